@@ -1,0 +1,57 @@
+# weave-router: the README's commands. Every target sets up what it needs first.
+#   make demo    three hosts in network namespaces form a mesh; prints their status
+#   make test    lint + every test layer (unit, wire, sim, fastpath, integration)
+#   make bench   data-plane benchmarks, ratios to kernel baselines (bench/results/)
+#   make lint    ruff + mypy --strict on router/ and cli/
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := libsodium-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping
+PYTEST_ARGS ?=
+
+.PHONY: setup apt venv build demo test test-fast lint bench clean
+
+setup: .stamp-apt .stamp-venv build
+
+# Debian packages: only installed when one is missing, so repeated runs are quick.
+.stamp-apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+.stamp-venv: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel 'Cython>=3.0,<4'
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	@touch $@
+
+# The compiled data plane, rebuilt in place whenever a Cython source changes.
+build: .stamp-venv $(wildcard _fastpath/*.pyx _fastpath/*.pxd _fastpath/*.h) setup.py
+	@if ls _fastpath/*.pyx >/dev/null 2>&1; then \
+	  $(PY) setup.py -q build_ext --inplace >/dev/null; fi
+
+demo: setup
+	$(PY) -m tests.demo
+
+lint: setup
+	$(VENV)/bin/ruff check router cli tests bench
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) build .stamp-* router/*.so _fastpath/*.c _fastpath/*.html

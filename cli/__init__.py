@@ -1,0 +1,1 @@
+"""The weave-router command line."""

@@ -1,0 +1,82 @@
+"""Every tunable of the router, as frozen dataclasses with units and defaults.
+
+``cli/launch.py`` turns flags and environment variables into a :class:`RouterConfig`
+(validating each value and raising :class:`~router.errors.ConfigError` that names the
+flag); ``router/daemon.py`` builds every service from it. Defaults are Weave's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from router.mesh.names import PeerName
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_PORT = 6783
+DEFAULT_HTTP_ADDR = ("127.0.0.1", 6784)
+DEFAULT_METRICS_ADDR = ("127.0.0.1", 6782)
+DEFAULT_DB_PATH = Path("/var/lib/weave-router/weave.db")
+DEFAULT_LOG_FILE = Path("/var/log/weave-router.log")
+PROTOCOL_MIN_VERSION = 1
+PROTOCOL_MAX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MeshTimings:
+    """Timers of the mesh control plane, all in seconds."""
+
+    handshake_timeout: float = 10.0
+    tcp_heartbeat_interval: float = 30.0
+    tcp_timeout: float = 60.0
+    gossip_interval: float = 30.0
+    backoff_initial: float = 2.0
+    backoff_factor: float = 1.5
+    backoff_max: float = 360.0
+    backoff_jitter: float = 0.1  # +-10% of each delay
+    backoff_reset_after: float = 60.0  # a connection that lived this long resets the backoff
+    udp_heartbeat_fast: float = 0.5  # while pending
+    udp_heartbeat_slow: float = 10.0  # once established
+    udp_heartbeat_timeout: float = 60.0  # pending this long, or silent this long: connection fails
+    accept_rate: float = 20.0  # inbound connections per second, sustained
+    accept_burst: int = 50
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Who we are on the mesh and how we find and talk to peers."""
+
+    name: PeerName | None = None  # None: persisted, or random on first launch
+    nickname: str = ""
+    host: str = "0.0.0.0"  # listen address for TCP and UDP (--host)
+    port: int = DEFAULT_PORT
+    password: bytes | None = None
+    trusted_subnets: tuple[IPNetwork, ...] = ()
+    peers: tuple[str, ...] = ()  # HOST[:PORT] targets from the command line
+    resume: bool = False  # use the persisted targets instead of ``peers``
+    discovery: bool = True
+    conn_limit: int = 200
+    timings: MeshTimings = field(default_factory=MeshTimings)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything ``weave-router launch`` was told."""
+
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    db_path: Path = DEFAULT_DB_PATH
+    log_file: Path | None = None  # None: stderr
+    log_level: str = "info"
+    http_addr: tuple[str, int] = DEFAULT_HTTP_ADDR
+    metrics_addr: tuple[str, int] | None = DEFAULT_METRICS_ADDR
+    mtu: int | None = None
+    no_fastdp: bool = False
+    ipalloc_range: IPNetwork = ipaddress.IPv4Network("10.32.0.0/12")
+    ipalloc_default_subnet: IPNetwork | None = None
+    ipalloc_init: str = ""
+    dns: bool = True
+    dns_domain: str = "weave.local."
+    dns_listen_address: str | None = None
+    dns_ttl: int = 1

@@ -1,0 +1,1 @@
+"""The mesh: peers, their connections, topology gossip, routes and the connection maker."""
