@@ -17,7 +17,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_PORT = 6783
 DEFAULT_HTTP_ADDR = ("127.0.0.1", 6784)
-DEFAULT_METRICS_ADDR = ("127.0.0.1", 6782)
 DEFAULT_DB_PATH = Path("/var/lib/weave-router/weave.db")
 DEFAULT_LOG_FILE = Path("/var/log/weave-router.log")
 PROTOCOL_MIN_VERSION = 1
@@ -69,14 +68,4 @@ class RouterConfig:
     db_path: Path = DEFAULT_DB_PATH
     log_file: Path | None = None  # None: stderr
     log_level: str = "info"
-    http_addr: tuple[str, int] = DEFAULT_HTTP_ADDR
-    metrics_addr: tuple[str, int] | None = DEFAULT_METRICS_ADDR
-    mtu: int | None = None
-    no_fastdp: bool = False
-    ipalloc_range: IPNetwork = ipaddress.IPv4Network("10.32.0.0/12")
-    ipalloc_default_subnet: IPNetwork | None = None
-    ipalloc_init: str = ""
-    dns: bool = True
-    dns_domain: str = "weave.local."
-    dns_listen_address: str | None = None
-    dns_ttl: int = 1
+    http_addr: tuple[str, int] | None = DEFAULT_HTTP_ADDR  # None: no API (simulations)

@@ -41,7 +41,10 @@ class PeerName(int):
         """Parse ``aa:bb:cc:dd:ee:ff`` or the ``::`` shorthand; ConfigError if malformed."""
         octets = _parse_octets(text.strip().lower())
         if octets is None:
-            raise ConfigError(f"invalid peer name {text!r}: expected six hex octets like 01:23:45:67:89:ab or ::1")
+            raise ConfigError(
+                f"invalid peer name {text!r}: expected six hex octets "
+                "like 01:23:45:67:89:ab or ::1"
+            )
         return cls(int.from_bytes(bytes(octets), "big"))
 
     @classmethod

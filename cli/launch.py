@@ -1,0 +1,359 @@
+"""``weave-router launch``: flags and environment -> :class:`RouterConfig`, then run it.
+
+Every value is checked here, before anything is created: a bad one is a
+:class:`~router.errors.ConfigError` whose one-line message names the flag (or the
+environment variable) and the value, and the command exits 2.
+
+Two ways to run:
+
+* ``--foreground``: :func:`router.daemon.run` in this process (systemd ``Type=notify``
+  units and container images use this). Logs go to stderr unless ``--log-file``.
+* detached (the default):
+
+  1. refuse if a router already answers on the API address;
+  2. start the supervisor (``python -m cli.supervise``) in a new session, stdin from
+     ``/dev/null``, stdout and stderr appended to the log file; it runs
+     ``launch --foreground`` with the same (normalised) settings and restarts it after a
+     crash unless ``--no-restart``; the password travels in ``WEAVE_PASSWORD``, never on
+     a command line;
+  3. poll ``GET /status`` until it answers 200 (then print the peer name from
+     ``/report`` and exit 0), or the supervisor exits (print the last error of the log,
+     exit 1), or :data:`READY_TIMEOUT` passes (stop the supervisor, exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from cli.client import (
+    ApiClient,
+    ApiUnreachable,
+    default_http_addr,
+    format_addr,
+    parse_host,
+    parse_port,
+    split_host_port,
+)
+from router.config import (
+    DEFAULT_DB_PATH,
+    DEFAULT_LOG_FILE,
+    DEFAULT_PORT,
+    IPNetwork,
+    MeshConfig,
+    RouterConfig,
+)
+from router.errors import ConfigError, RouterError
+from router.mesh.names import PeerName
+
+ENV_PASSWORD = "WEAVE_PASSWORD"
+ENV_PORT = "WEAVE_PORT"
+ENV_HTTP_ADDR = "WEAVE_HTTP_ADDR"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_CONN_LIMIT = 200
+MAX_CONN_LIMIT = 10_000
+MAX_NICKNAME = 64  # characters
+MAX_PEERS = 10_000  # PEER arguments
+
+READY_TIMEOUT = 30.0  # seconds a detached launch waits for GET /status to answer 200
+POLL_INTERVAL = 0.1  # seconds between polls
+PROBE_TIMEOUT = 2.0  # seconds for one poll request
+LOG_TAIL_BYTES = 64 * 1024  # how much of the log is searched for the error after a failure
+_TRACEBACK_DECORATION = re.compile(r"^[|+\-\s]+")  # exception group tracebacks: "  | Err: x"
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:.,]+\s+(ERROR|CRITICAL)\s+\S+\s+\S+:\s+")
+
+
+class LaunchError(RouterError):
+    """The router could not be started (already running, crashed at start, too slow)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``launch`` (values are validated by :func:`build_config`, not here)."""
+    add = parser.add_argument
+    add("--password", metavar="P", help=f"encrypt the mesh with this password [{ENV_PASSWORD}]")
+    add("--trusted-subnets", metavar="CIDR,...", help="peers here may skip encryption")
+    add("--host", metavar="IP", help="address to listen on for peers (default all)")
+    add("--port", metavar="PORT", help=f"TCP and UDP port for peers (6783) [{ENV_PORT}]")
+    add("--name", metavar="MAC", help="peer name, like 01:23:45:67:89:ab or ::1")
+    add("--nickname", metavar="NAME", help="peer nickname (default: the host name)")
+    add("--resume", action="store_true", help="connect to the persisted targets")
+    add("--no-discovery", action="store_true", help="only connect to the given targets")
+    add("--conn-limit", metavar="N", help=f"most connections (default {DEFAULT_CONN_LIMIT})")
+    add("--http-addr", metavar="HOST:PORT",
+        help=f"control API address (127.0.0.1:6784) [{ENV_HTTP_ADDR}]")
+    add("--db-path", metavar="PATH", help=f"database file (default {DEFAULT_DB_PATH})")
+    add("--log-file", metavar="PATH",
+        help=f"log file (default {DEFAULT_LOG_FILE}; stderr with --foreground)")
+    add("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
+    add("--no-restart", action="store_true", help="do not restart the router after a crash")
+    add("--foreground", action="store_true", help="run in this process (systemd, containers)")
+    add("peers", nargs="*", metavar="PEER", help="HOST[:PORT] of peers to connect to")
+
+
+def parse_peer(text: str, flag: str = "PEER") -> str:
+    """Check one ``HOST[:PORT]`` target; returned unchanged."""
+    if not text:
+        raise ConfigError(f"{flag}: empty peer address")
+    flag = f"{flag} {text}"
+    host, port = split_host_port(text, flag)
+    parse_host(host, flag)
+    if port is not None:
+        parse_port(port, flag)
+    return text
+
+
+def _password(value: str | None, env: Mapping[str, str]) -> bytes | None:
+    if value is not None:
+        if not value:
+            raise ConfigError("--password: must not be empty")
+        return os.fsencode(value)
+    from_env = env.get(ENV_PASSWORD, "")
+    return os.fsencode(from_env) if from_env else None
+
+
+def _subnets(value: str | None) -> tuple[IPNetwork, ...]:
+    if value is None:
+        return ()
+    subnets: list[IPNetwork] = []
+    for item in value.split(","):
+        item = item.strip()
+        try:
+            if "/" not in item:
+                raise ValueError(item)
+            subnets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"--trusted-subnets: {item or '(empty)'} is not a CIDR (like 10.0.0.0/8)"
+            ) from None
+    return tuple(subnets)
+
+
+def _listen_host(value: str | None) -> str:
+    if value is None:
+        return MeshConfig().host
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(f"--host: {value or '(empty)'} is not an IP address") from None
+
+
+def _port(value: str | None, env: Mapping[str, str]) -> int:
+    if value is not None:
+        return parse_port(value, "--port")
+    if env.get(ENV_PORT):
+        return parse_port(env[ENV_PORT], ENV_PORT)
+    return DEFAULT_PORT
+
+
+def _name(value: str | None) -> PeerName | None:
+    if value is None:
+        return None
+    try:
+        return PeerName.parse(value)
+    except ConfigError as exc:
+        raise ConfigError(f"--name: {exc}") from None
+
+
+def _nickname(value: str | None) -> str:
+    nickname = socket.gethostname() if value is None else value
+    if not nickname or len(nickname) > MAX_NICKNAME or not nickname.isprintable() or any(
+        char.isspace() for char in nickname
+    ):
+        raise ConfigError(
+            f"--nickname: {nickname!r} is not 1-{MAX_NICKNAME} printable characters "
+            "without spaces"
+        )
+    return nickname
+
+
+def _conn_limit(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_CONN_LIMIT
+    if not value.isdigit() or int(value) > MAX_CONN_LIMIT:
+        raise ConfigError(f"--conn-limit: {value} is not a number of connections "
+                          f"(0-{MAX_CONN_LIMIT})")
+    return int(value)
+
+
+def _file(value: str | None, flag: str, default: Path | None) -> Path | None:
+    """A file path: not a directory, and its parent (if it exists) a directory."""
+    if value is None:
+        return default
+    if not value.strip():
+        raise ConfigError(f"{flag}: empty path")
+    path = Path(value).absolute()
+    if path.is_dir():
+        raise ConfigError(f"{flag}: {value} is a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag}: {parent} is not a directory")
+            break
+    return path
+
+
+def _log_level(value: str | None) -> str:
+    if value is None:
+        return "info"
+    if value.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level: {value} is not one of {', '.join(LOG_LEVELS)}")
+    return value.lower()
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConfig:
+    """Check every launch flag (and WEAVE_* variables) and build the router's config."""
+    peers: list[str] = list(args.peers)
+    if args.resume and peers:
+        raise ConfigError("--resume: cannot be combined with PEER arguments "
+                          "(it uses the persisted targets)")
+    if len(peers) > MAX_PEERS:
+        raise ConfigError(f"PEER: {len(peers)} peers given, at most {MAX_PEERS}")
+    mesh = MeshConfig(
+        name=_name(args.name),
+        nickname=_nickname(args.nickname),
+        host=_listen_host(args.host),
+        port=_port(args.port, env),
+        password=_password(args.password, env),
+        trusted_subnets=_subnets(args.trusted_subnets),
+        peers=tuple(parse_peer(peer) for peer in peers),
+        resume=bool(args.resume),
+        discovery=not args.no_discovery,
+        conn_limit=_conn_limit(args.conn_limit),
+    )
+    return RouterConfig(
+        mesh=mesh,
+        db_path=_file(args.db_path, "--db-path", DEFAULT_DB_PATH) or DEFAULT_DB_PATH,
+        log_file=_file(args.log_file, "--log-file", None if args.foreground else DEFAULT_LOG_FILE),
+        log_level=_log_level(args.log_level),
+        http_addr=default_http_addr(args.http_addr, env.get(ENV_HTTP_ADDR)),
+    )
+
+
+def config_to_argv(config: RouterConfig) -> list[str]:
+    """``launch`` flags that rebuild ``config`` (all but the password), PEERs after ``--``."""
+    mesh = config.mesh
+    argv = ["--host", mesh.host, "--port", str(mesh.port), "--nickname", mesh.nickname,
+            "--conn-limit", str(mesh.conn_limit), "--db-path", str(config.db_path),
+            "--log-level", config.log_level]
+    if config.http_addr is not None:
+        argv += ["--http-addr", format_addr(config.http_addr)]
+    if mesh.name is not None:
+        argv += ["--name", str(mesh.name)]
+    if mesh.trusted_subnets:
+        argv += ["--trusted-subnets", ",".join(str(net) for net in mesh.trusted_subnets)]
+    if mesh.resume:
+        argv.append("--resume")
+    if not mesh.discovery:
+        argv.append("--no-discovery")
+    if config.log_file is not None:
+        argv += ["--log-file", str(config.log_file)]
+    return [*argv, "--", *mesh.peers]
+
+
+def child_environment(config: RouterConfig, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the supervisor: ours, with the password (or none) in WEAVE_PASSWORD."""
+    child = dict(env)
+    child.pop(ENV_PASSWORD, None)
+    if config.mesh.password is not None:
+        child[ENV_PASSWORD] = os.fsdecode(config.mesh.password)
+    return child
+
+
+def run_foreground(config: RouterConfig) -> int:
+    """Run the router in this process until it stops; its exit code."""
+    from router import daemon  # the daemon pulls in trio and every service: only now
+
+    return daemon.run(config)
+
+
+def _answers(client: ApiClient) -> bool:
+    try:
+        client.get("/status")
+    except ApiUnreachable:
+        return False
+    return True
+
+
+def last_error(log_file: Path, offset: int) -> str:
+    """The last error line the log got after ``offset`` (without its time and level)."""
+    try:
+        with log_file.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(offset, size - LOG_TAIL_BYTES))
+            lines = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines()]
+    except OSError as exc:
+        return f"cannot read {log_file}: {exc.strerror}"
+    lines = [line for line in lines if line]
+    if not lines:
+        return "no log output"
+    errors = [line for line in lines if _LOG_PREFIX.match(line) or "error" in line.lower()]
+    line = (errors or lines)[-1]
+    return _LOG_PREFIX.sub("", _TRACEBACK_DECORATION.sub("", line))
+
+
+def _spawn_supervisor(config: RouterConfig, *, no_restart: bool,
+                      env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], Path, int]:
+    log_file = config.log_file or DEFAULT_LOG_FILE
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = log_file.open("ab")
+    except OSError as exc:
+        raise LaunchError(f"--log-file: cannot open {log_file}: {exc.strerror}") from exc
+    with log:
+        offset = log.seek(0, os.SEEK_END)
+        command = [sys.executable, "-m", "cli.supervise"]
+        command += ["--no-restart"] if no_restart else []
+        command += ["--", *config_to_argv(config)]
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+            env=child_environment(config, env), start_new_session=True, close_fds=True,
+        )
+    return process, log_file, offset
+
+
+def run_detached(config: RouterConfig, *, no_restart: bool, env: Mapping[str, str]) -> int:
+    """Start the supervised router in the background; wait until it serves; print its name."""
+    assert config.http_addr is not None
+    addr = format_addr(config.http_addr)
+    client = ApiClient(config.http_addr, timeout=PROBE_TIMEOUT)
+    if _answers(client):
+        raise LaunchError(f"weave-router is already running (answering on {addr})")
+    process, log_file, offset = _spawn_supervisor(config, no_restart=no_restart, env=env)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise LaunchError(f"the router did not start: {last_error(log_file, offset)} "
+                              f"(log: {log_file})")
+        try:
+            if client.get("/status").status == 200:
+                break
+        except ApiUnreachable:
+            pass
+        if time.monotonic() >= deadline:
+            process.terminate()  # the supervisor passes it on to the router
+            raise LaunchError(f"the router did not answer on {addr} within "
+                              f"{READY_TIMEOUT:g} s (log: {log_file})")
+        time.sleep(POLL_INTERVAL)
+    try:
+        report = json.loads(client.get("/report").body)
+        print(report["Router"]["Name"])
+    except (ApiUnreachable, ValueError, KeyError, TypeError) as exc:
+        raise LaunchError(f"the router started but its report is unreadable: {exc}") from exc
+    return 0
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``launch``: ConfigError for a bad flag, LaunchError if the router cannot start."""
+    config = build_config(args, env)
+    if args.foreground:
+        return run_foreground(config)
+    return run_detached(config, no_restart=bool(args.no_restart), env=env)

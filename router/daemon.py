@@ -1,0 +1,234 @@
+"""The composition root: builds every service from a RouterConfig and runs them.
+
+Start order (each service reports readiness through ``nursery.start``, so a later one
+starts only once the earlier ones are serving):
+
+1. store       open sqlite, settle the peer name (``--name``, persisted, or new random)
+2. sleeve      bind UDP ``--port`` (heartbeats now; the data plane later)
+3. mesh        bind TCP ``--port``, start the connection maker and gossip
+4. control     bind the HTTP API on ``--http-addr``
+5. ready       ``/status`` answers 200, systemd gets ``READY=1``
+
+Shutdown runs the other way round: the API stops answering, the mesh closes every
+connection (peers see EOF at once, not a timeout), the UDP socket closes, the store closes
+last. ``docs/concurrency.md`` draws the nursery tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from router import __version__
+from router.config import PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION, RouterConfig
+from router.control.api import serve_api
+from router.errors import ConfigError
+from router.mesh.names import PeerName, random_short_id, random_uid
+from router.mesh.service import MeshService
+from router.network.service import Network, TrioNetwork
+from router.overlay.sleeve.service import SleeveService
+from router.status import RouterStatus, Status
+from router.store import Store
+
+log = logging.getLogger("weave-router")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # crashed or could not start: the supervisor restarts it
+EXIT_CONFIG = 2  # a bad configuration: restarting will not help
+
+
+def settle_name(store: Store, wanted: PeerName | None) -> PeerName:
+    """The peer name: ``--name`` if given, else the persisted one, else a new random one.
+
+    A random name is persisted at once, so a restart keeps it and two machines cloned
+    from one image (no database yet) never share a name.
+    """
+    stored = store.get_meta("peer_name")
+    if wanted is not None:
+        if stored is not None and stored != str(wanted):
+            log.warning("peer name changed from %s to %s (--name)", stored, wanted)
+        name = wanted
+    elif stored is not None:
+        name = PeerName.parse(stored)
+    else:
+        name = PeerName.random()
+    if stored != str(name):
+        store.set_meta("peer_name", str(name))
+    return name
+
+
+class Router:
+    """One weave-router: the services and the order they start and stop in."""
+
+    def __init__(self, config: RouterConfig, store: Store, *, network: Network,
+                 name: PeerName, uid: int | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.name = name
+        self.nickname = config.mesh.nickname or socket.gethostname()
+        self.uid = uid if uid is not None else random_uid()
+        self.ready = False
+        self._stop = trio.Event()
+        targets = self._initial_targets()
+        self.sleeve = SleeveService(network, config.mesh, name=name)
+        self.mesh = MeshService(
+            config.mesh, network=network, sleeve=self.sleeve, name=name,
+            nickname=self.nickname, uid=self.uid, short_id=random_short_id(),
+            targets=targets, save_targets=store.save_targets, rng=rng,
+        )
+
+    def _initial_targets(self) -> list[str]:
+        """``--resume`` takes the persisted targets; otherwise the command line's replace them."""
+        if self.config.mesh.resume:
+            return self.store.load_targets()
+        return list(self.config.mesh.peers)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.sleeve.run)
+            await nursery.start(self.mesh.run)
+            if self.config.http_addr is not None:
+                host, port = self.config.http_addr
+                await nursery.start(serve_api, self, host, port)
+            self.ready = True
+            log.info("ready: %s(%s) listening on %s:%d", self.name, self.nickname,
+                     self.config.mesh.host, self.config.mesh.port)
+            task_status.started()
+            await self._stop.wait()
+            log.info("stopping")
+            self.ready = False
+            nursery.cancel_scope.cancel()
+
+    # The RouterControl protocol of router/control/api.py.
+
+    def snapshot(self) -> Status:
+        mesh = self.mesh.statistics()
+        router = RouterStatus(
+            version=__version__,
+            protocol="weave-router",
+            protocol_min_version=PROTOCOL_MIN_VERSION,
+            protocol_max_version=PROTOCOL_MAX_VERSION,
+            name=str(self.name),
+            nickname=self.nickname,
+            port=self.config.mesh.port,
+            encryption=self.config.mesh.password is not None,
+            peer_discovery=self.config.mesh.discovery,
+            trusted_subnets=tuple(str(n) for n in self.config.mesh.trusted_subnets),
+            targets=mesh.targets,
+            connections=mesh.connections,
+            peers=mesh.peers,
+            unicast_routes=mesh.unicast_routes,
+            broadcast_routes=mesh.broadcast_routes,
+            conn_limit=self.config.mesh.conn_limit,
+            counters=mesh.counters,
+        )
+        return Status(ready=self.ready, router=router)
+
+    async def connect(self, peers: list[str], replace: bool) -> None:
+        await self.mesh.connect(peers, replace=replace)
+
+    async def forget(self, peers: list[str]) -> None:
+        await self.mesh.forget(peers)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+
+def notify_systemd(state: str) -> None:
+    """Tell systemd (``Type=notify``) about our state; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(path)
+            sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("could not notify systemd at %s: %s", path, exc)
+
+
+class _PeerFilter(logging.Filter):
+    """Stamps every log record with the peer, so logs of several routers can be merged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peer = "-"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.peer = self.peer
+        return True
+
+
+def setup_logging(config: RouterConfig) -> _PeerFilter:
+    handler: logging.Handler
+    if config.log_file is not None:
+        config.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(config.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    peer_filter = _PeerFilter()
+    handler.addFilter(peer_filter)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(peer)s %(name)s: %(message)s")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    return peer_filter
+
+
+async def _main(router: Router) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, signals, router)
+            await nursery.start(_serve, router, nursery.cancel_scope)
+            notify_systemd("READY=1")
+
+
+async def _serve(router: Router, scope: trio.CancelScope, *,
+                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    await router.run(task_status=task_status)
+    scope.cancel()  # the router has stopped: end the signal watcher too
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], router: Router) -> None:
+    async for signum in signals:
+        log.info("received %s", signal.Signals(signum).name)
+        notify_systemd("STOPPING=1")
+        router.request_stop()
+
+
+def run(config: RouterConfig) -> int:
+    """Run a router in this process until it is stopped; the exit code says how it ended."""
+    peer_filter = setup_logging(config)
+    try:
+        store = Store.open(config.db_path)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    try:
+        name = settle_name(store, config.mesh.name)
+        router = Router(config, store, network=TrioNetwork(), name=name)
+        peer_filter.peer = f"{name}({router.nickname})"
+        log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
+                 router.nickname, Path(config.db_path))
+        trio.run(_main, router)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    finally:
+        store.close()
+    log.info("stopped")
+    return EXIT_OK

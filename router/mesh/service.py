@@ -1,0 +1,595 @@
+"""The mesh service: trio driver of the sans-IO mesh cores.
+
+Pipeline of one connection (each stage a sans-IO object fed bytes and ``now``):
+
+1. **dial or accept**  the connection maker (``targets.py``) says whom to dial; the
+   listener accepts, limited by ``AcceptLimiter`` and ``--conn-limit``.
+2. **handshake**       ``handshake.py``: version range, identities, keys, proof of key.
+3. **register**        a duplicate connection to the same peer is resolved the same way
+   on both ends (the one dialled by the greater name survives); the sleeve overlay starts
+   UDP heartbeats for it.
+4. **session**         ``session.py``: framed (sealed) messages, TCP heartbeats, timeout.
+   Gossip messages go to ``gossip.py``; ``ConnectionEstablished`` to the overlay.
+5. **topology**        every change of our connections is gossiped (``topology.py``); routes
+   (``routes.py``) and discovery targets are recomputed from the merged topology.
+6. **close**           any error closes this connection only; its reason is logged, kept
+   for ``status connections``, and the connection maker schedules a retry.
+
+Task tree: ``run`` owns a nursery with the accept loop, the dialler loop, the gossip timer
+and one child per connection; each connection's child owns its reader, writer and timer.
+All state lives on the trio thread; nothing here blocks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from router.config import MeshConfig
+from router.errors import HandshakeError, RemoteProtocolError
+from router.mesh.gossip import (
+    BroadcastIn,
+    BroadcastOut,
+    GossipChannel,
+    Gossiper,
+    GossipIn,
+    GossipOut,
+    GossipRouter,
+    UnicastIn,
+    UnicastOut,
+)
+from router.mesh.handshake import Handshake, HandshakeResult, LocalIdentity
+from router.mesh.names import PeerName
+from router.mesh.routes import Routes, compute_routes
+from router.mesh.session import Session
+from router.mesh.targets import AcceptLimiter, BackoffPolicy, ConnectionMaker
+from router.mesh.topology import LocalConnection, Topology, TopologyGossiper
+from router.network.service import Listener, Network, Stream
+from router.overlay.sleeve.service import SleeveService
+from router.status import ConnectionStatus, PeerStatus
+from router.wire.messages import (
+    ConnectionEstablished,
+    Gossip,
+    GossipBroadcast,
+    GossipUnicast,
+    Message,
+)
+
+log = logging.getLogger("weave-router.mesh")
+
+READ_SIZE = 65536
+
+
+class _Wakeup:
+    """A level-triggered wake-up: ``set`` any number of times, ``wait`` consumes it."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+@dataclass(eq=False)
+class _Connection:
+    """A connection that finished its handshake; lives on the trio thread."""
+
+    stream: Stream
+    outbound: bool
+    address: str  # the remote TCP address, "ip:port"
+    target: str | None  # the dial target this connection satisfies, if we dialled
+    result: HandshakeResult
+    session: Session
+    started: float
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    wake: _Wakeup = field(default_factory=_Wakeup)
+    satisfies: set[str] = field(default_factory=set)  # targets whose duplicate dial lost
+    close_reason: str = ""
+
+    @property
+    def remote(self) -> PeerName:
+        return self.result.remote_name
+
+    def close(self, reason: str) -> None:
+        if not self.close_reason:
+            self.close_reason = reason
+        self.scope.cancel()
+
+
+@dataclass(frozen=True)
+class MeshStatistics:
+    """What the mesh contributes to ``status`` and the report."""
+
+    targets: tuple[str, ...]
+    connections: tuple[ConnectionStatus, ...]
+    peers: tuple[PeerStatus, ...]
+    unicast_routes: Mapping[str, str]
+    broadcast_routes: Mapping[str, tuple[str, ...]]
+    counters: Mapping[str, int]
+
+
+def split_target(addr: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` (already normalised by the connection maker)."""
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MeshService:
+    """Listener, dialler, connections, gossip and topology of one router."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        *,
+        network: Network,
+        sleeve: SleeveService,
+        name: PeerName,
+        nickname: str,
+        uid: int,
+        short_id: int,
+        targets: list[str],
+        save_targets: Callable[[list[str]], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.nickname = nickname
+        self.uid = uid
+        self.short_id = short_id
+        self._network = network
+        self._sleeve = sleeve
+        self._save_targets = save_targets
+        self._rng = rng or random.Random()
+        timings = config.timings
+        now = trio.current_time() if _in_trio() else 0.0
+        self._identity = LocalIdentity(
+            name=name, nickname=nickname, uid=uid, short_id=short_id,
+            password=config.password, trusted_subnets=config.trusted_subnets,
+            overlays={"sleeve": sleeve.features()},
+        )
+        self._maker = ConnectionMaker(
+            ourself=name, port=config.port, discovery=config.discovery,
+            conn_limit=config.conn_limit, rng=self._rng, now=now,
+            policy=BackoffPolicy(
+                initial=timings.backoff_initial, factor=timings.backoff_factor,
+                max=timings.backoff_max, jitter=timings.backoff_jitter,
+                reset_after=timings.backoff_reset_after,
+            ),
+        )
+        self._maker.add_targets(targets, replace=True)
+        self._limiter = AcceptLimiter(rate=timings.accept_rate, burst=timings.accept_burst)
+        self.topology = Topology(name, nickname, uid, short_id)
+        self.gossip = GossipRouter(name, now=now, interval=timings.gossip_interval, rng=self._rng)
+        self._topology_dirty = False
+        self._topology_gossiper = TopologyGossiper(
+            self.topology, self.gossip, on_change=self._mark_topology_changed
+        )
+        self._routes: Routes = compute_routes(name, self.topology.peers())
+        self._by_peer: dict[PeerName, _Connection] = {}
+        self._maker_wake = _Wakeup()
+        self._gossip_wake = _Wakeup()
+        self._nursery: trio.Nursery | None = None
+        self._counters: dict[str, int] = {
+            "connections_accepted": 0, "connections_refused": 0, "handshake_failures": 0,
+            "connection_terminations": 0, "duplicate_connections": 0, "send_queue_drops": 0,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind the listener, then accept, dial and gossip until cancelled."""
+        listener = await self._network.listen_tcp(self.config.host, self.config.port)
+        log.info("listening for peers on TCP %s:%d", *listener.address)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._accept_loop, listener)
+                nursery.start_soon(self._dial_loop)
+                nursery.start_soon(self._gossip_loop)
+                self._announce()
+                task_status.started()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+    # ------------------------------------------------------------------ control API
+
+    async def connect(self, peers: list[str], *, replace: bool) -> None:
+        """Add targets (``connect``); ``replace`` drops the old ones first. Persisted."""
+        self._maker.add_targets(peers, replace=replace)
+        self._save_targets(self._maker.direct_targets())
+        self._maker_wake.set()
+        await trio.lowlevel.checkpoint()
+
+    async def forget(self, peers: list[str]) -> None:
+        """Drop targets (``forget``); live connections stay until lost. Persisted."""
+        self._maker.forget(peers)
+        self._save_targets(self._maker.direct_targets())
+        self._maker_wake.set()
+        await trio.lowlevel.checkpoint()
+
+    def register_gossiper(self, channel: str, gossiper: Gossiper) -> GossipChannel:
+        """A gossip channel for IPAM, DNS and other services."""
+        return self.gossip.register(channel, gossiper)
+
+    # ------------------------------------------------------------------ loops
+
+    async def _accept_loop(self, listener: Listener) -> None:
+        while True:
+            stream = await listener.accept()
+            refusal = self._refusal(trio.current_time())
+            if refusal:
+                self._counters["connections_refused"] += 1
+                log.warning("<-[%s:%d] refusing connection: %s", *stream.remote, refusal)
+                await stream.aclose()
+                continue
+            self._counters["connections_accepted"] += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_connection, stream, None)
+
+    def _refusal(self, now: float) -> str:
+        if len(self._by_peer) >= self.config.conn_limit:
+            return f"connection limit {self.config.conn_limit} reached"
+        if not self._limiter.allow(now):
+            return "too many connection attempts"
+        return ""
+
+    async def _dial_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            for addr in self._maker.dials_due(now):
+                self._maker.dial_started(addr, now)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._dial, addr)
+            with trio.move_on_at(self._maker.deadline()):
+                await self._maker_wake.wait()
+
+    async def _dial(self, addr: str) -> None:
+        host, port = split_target(addr)
+        try:
+            ip = await self._network.resolve(host)
+            stream = await self._network.connect_tcp(ip, port)
+        except OSError as exc:
+            self._maker.dial_failed(addr, trio.current_time(), _os_error_text(exc), retry=True)
+            log.info("->[%s] connection failed: %s", addr, _os_error_text(exc))
+            self._maker_wake.set()
+            return
+        await self._run_connection(stream, addr)
+
+    async def _gossip_loop(self) -> None:
+        while True:
+            with trio.move_on_at(self.gossip.deadline()):
+                await self._gossip_wake.wait()
+            self.gossip.handle_timer(trio.current_time())
+            self._flush_gossip()
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _run_connection(self, stream: Stream, target: str | None) -> None:
+        outbound = target is not None
+        address = f"{stream.remote[0]}:{stream.remote[1]}"
+        arrow = "->" if outbound else "<-"
+        try:
+            result, leftover = await self._handshake(stream, outbound)
+        except (RemoteProtocolError, OSError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            reason = _error_text(exc)
+            retry = not isinstance(exc, HandshakeError) or exc.retry
+            self._counters["handshake_failures"] += 1
+            log.warning("%s[%s] connection shutting down due to error during handshake: %s",
+                        arrow, address, reason)
+            if target is not None:
+                self._maker.dial_failed(target, trio.current_time(), reason, retry=retry)
+                self._maker_wake.set()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        now = trio.current_time()
+        session = Session(
+            result, now=now,
+            heartbeat_interval=self.config.timings.tcp_heartbeat_interval,
+            timeout=self.config.timings.tcp_timeout,
+        )
+        conn = _Connection(stream=stream, outbound=outbound, address=address, target=target,
+                           result=result, session=session, started=now)
+        try:
+            if self._register(conn):
+                await self._serve(conn, leftover)
+        finally:
+            self._unregister(conn)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _handshake(self, stream: Stream, outbound: bool) -> tuple[HandshakeResult, bytes]:
+        remote_ip = ipaddress.ip_address(stream.remote[0])
+        hs = Handshake(self._identity, outbound=outbound, remote_ip=remote_ip,
+                       now=trio.current_time(), timeout=self.config.timings.handshake_timeout)
+        while not hs.done:
+            out = hs.data_to_send()
+            if out:
+                await stream.send_all(out)
+            if hs.done:
+                break
+            data = b""
+            with trio.move_on_at(hs.deadline()) as scope:
+                data = await stream.receive_some(READ_SIZE)
+            if scope.cancelled_caught:
+                hs.handle_timer(trio.current_time())
+                continue
+            if not data:
+                raise RemoteProtocolError("connection closed by peer during handshake")
+            hs.receive_data(data)
+        out = hs.data_to_send()
+        if out:
+            await stream.send_all(out)
+        return hs.result, hs.leftover()
+
+    def _register(self, conn: _Connection) -> bool:
+        """Admit a connection after its handshake; False when it loses to a duplicate."""
+        existing = self._by_peer.get(conn.remote)
+        if existing is not None:
+            self._counters["duplicate_connections"] += 1
+            # Both ends decide alike: the connection dialled by the greater name survives.
+            keep_new = conn.outbound == (self.name > conn.remote)
+            loser, winner = (existing, conn) if keep_new else (conn, existing)
+            log.info("%s: duplicate connection to %s; keeping the one dialled by %s",
+                     conn.address, conn.remote, max(self.name, conn.remote))
+            if loser.target is not None:
+                winner.satisfies.add(loser.target)
+                loser.target = None
+            winner.satisfies |= loser.satisfies
+            loser.satisfies.clear()
+            if loser is existing:
+                self._detach(existing, "duplicate connection")
+                existing.close("duplicate connection")
+            else:
+                return self._satisfy_targets(winner)
+        self._by_peer[conn.remote] = conn
+        self._sleeve.add_connection(conn.result, conn.stream.remote[0], self)
+        self._satisfy_targets(conn)
+        log.info("%s[%s] connection added %s(%s)%s", "->" if conn.outbound else "<-",
+                 conn.address, conn.remote, conn.result.remote_nickname,
+                 " encrypted" if conn.result.encrypted else "")
+        self._local_connections_changed()
+        # After the routes list the new neighbour, so a stale record can be sent to it.
+        self._topology_gossiper.note_direct_peer(
+            conn.remote, conn.result.remote_nickname, conn.result.remote_uid,
+            conn.result.remote_short_id)
+        self._flush_gossip()
+        return True
+
+    def _satisfy_targets(self, conn: _Connection) -> bool:
+        now = trio.current_time()
+        for target in ({conn.target} if conn.target else set()) | conn.satisfies:
+            self._maker.connected(target, conn.remote, now, outbound=True)
+        self._maker.set_connected_peers(set(self._by_peer))
+        self._maker_wake.set()
+        return False
+
+    def _detach(self, conn: _Connection, reason: str) -> None:
+        if self._by_peer.get(conn.remote) is conn:
+            del self._by_peer[conn.remote]
+            self._sleeve.remove_connection(conn.result.conn_id)
+
+    def _unregister(self, conn: _Connection) -> None:
+        reason = conn.close_reason or "connection closed"
+        was_live = self._by_peer.get(conn.remote) is conn
+        self._detach(conn, reason)
+        now = trio.current_time()
+        for target in ({conn.target} if conn.target else set()) | conn.satisfies:
+            self._maker.disconnected(target, conn.remote, now, reason)
+        if was_live:
+            self._counters["connection_terminations"] += 1
+            log.info("%s[%s %s(%s)] connection deleted: %s", "->" if conn.outbound else "<-",
+                     conn.address, conn.remote, conn.result.remote_nickname, reason)
+            self._local_connections_changed()
+        self._maker.set_connected_peers(set(self._by_peer))
+        self._maker_wake.set()
+
+    async def _serve(self, conn: _Connection, leftover: bytes) -> None:
+        with conn.scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, conn)
+                    nursery.start_soon(self._timer, conn)
+                    self._deliver(conn, conn.session.receive_data(leftover, trio.current_time()))
+                    await self._reader(conn)
+            except* RemoteProtocolError as group:
+                conn.close(_error_text(_first_leaf(group)))
+            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+                conn.close(_error_text(_first_leaf(group)))
+
+    async def _reader(self, conn: _Connection) -> None:
+        while True:
+            data = await conn.stream.receive_some(READ_SIZE)
+            if not data:
+                raise RemoteProtocolError("connection closed by peer")
+            messages = conn.session.receive_data(data, trio.current_time())
+            self._deliver(conn, messages)
+            conn.wake.set()
+
+    async def _writer(self, conn: _Connection) -> None:
+        while True:
+            out = conn.session.data_to_send()
+            if out:
+                await conn.stream.send_all(out)
+            else:
+                await conn.wake.wait()
+
+    async def _timer(self, conn: _Connection) -> None:
+        while True:
+            deadline = conn.session.deadline()
+            await trio.sleep_until(deadline if math.isfinite(deadline) else math.inf)
+            conn.session.handle_timer(trio.current_time())
+            conn.wake.set()
+
+    def _deliver(self, conn: _Connection, messages: list[Message]) -> None:
+        for msg in messages:
+            if isinstance(msg, ConnectionEstablished):
+                self._sleeve.remote_heard_us(conn.result.conn_id)
+                continue
+            if isinstance(msg, GossipUnicast):
+                event: UnicastIn | BroadcastIn | GossipIn = UnicastIn(
+                    msg.channel, msg.src, msg.dst, msg.payload)
+            elif isinstance(msg, GossipBroadcast):
+                event = BroadcastIn(msg.channel, msg.src, msg.payload)
+            elif isinstance(msg, Gossip):
+                event = GossipIn(msg.channel, msg.src, msg.payload)
+            else:
+                raise RemoteProtocolError(f"unexpected message {type(msg).__name__}")
+            self.gossip.receive(conn.remote, event)
+        if self._topology_dirty:
+            self._topology_changed()
+        self._flush_gossip()
+
+    # ------------------------------------------------------------------ gossip, topology
+
+    def _flush_gossip(self) -> None:
+        for neighbour, event in self.gossip.messages_to_send():
+            conn = self._by_peer.get(neighbour)
+            if conn is None:
+                continue
+            msg: Message
+            if isinstance(event, UnicastOut):
+                msg = GossipUnicast(event.channel, event.src, event.dst, event.payload)
+            elif isinstance(event, BroadcastOut):
+                msg = GossipBroadcast(event.channel, event.src, event.payload)
+            else:
+                assert isinstance(event, GossipOut)
+                msg = Gossip(event.channel, event.src, event.payload)
+            if conn.session.send(msg):
+                conn.wake.set()
+            else:
+                self._counters["send_queue_drops"] += 1
+
+    def _local_connections(self) -> list[LocalConnection]:
+        return [
+            LocalConnection(
+                remote_name=conn.remote,
+                remote_addr=conn.target if conn.target else conn.address,
+                outbound=conn.outbound,
+                established=self._sleeve.established(conn.result.conn_id),
+            )
+            for conn in self._by_peer.values()
+        ]
+
+    def _local_connections_changed(self) -> None:
+        self._topology_gossiper.set_local_connections(self._local_connections())
+        self._topology_changed()
+
+    def _mark_topology_changed(self) -> None:
+        """Called by the topology gossiper inside ``gossip.receive``: act after it returns."""
+        self._topology_dirty = True
+
+    def _topology_changed(self) -> None:
+        self._topology_dirty = False
+        self._routes = compute_routes(self.name, self.topology.peers())
+        self.gossip.set_routes(self._routes, frozenset(self._by_peer))
+        self._maker.set_discovered(self.topology.discovery_addresses(self.config.port))
+        self._maker.set_connected_peers(set(self._by_peer))
+        self._maker_wake.set()
+        self._gossip_wake.set()  # new neighbours may move the gossip deadline
+        self._flush_gossip()
+
+    def _announce(self) -> None:
+        self._local_connections_changed()
+
+    # ------------------------------------------------------------------ overlay events
+
+    def on_heard(self, conn_id: int) -> None:
+        """The sleeve hears this connection's UDP heartbeats: tell the peer over TCP."""
+        conn = self._conn_by_id(conn_id)
+        if conn is not None and conn.session.send(ConnectionEstablished()):
+            conn.wake.set()
+
+    def on_established(self, conn_id: int) -> None:
+        """UDP works both ways: the connection is established; gossip it."""
+        conn = self._conn_by_id(conn_id)
+        if conn is not None:
+            log.info("%s[%s %s(%s)] connection fully established",
+                     "->" if conn.outbound else "<-", conn.address, conn.remote,
+                     conn.result.remote_nickname)
+            self._local_connections_changed()
+
+    def on_failed(self, conn_id: int, reason: str) -> None:
+        """The UDP path failed: close the connection; the maker retries."""
+        conn = self._conn_by_id(conn_id)
+        if conn is not None:
+            conn.close(reason)
+
+    def _conn_by_id(self, conn_id: int) -> _Connection | None:
+        for conn in self._by_peer.values():
+            if conn.result.conn_id == conn_id:
+                return conn
+        return None
+
+    # ------------------------------------------------------------------ status
+
+    def statistics(self) -> MeshStatistics:
+        now = trio.current_time()
+        password = self.config.password is not None
+        lines = [self._connection_status(conn, password) for conn in self._by_peer.values()]
+        lines += self._maker.target_statuses(now, wall_now=time.time())
+        return MeshStatistics(
+            targets=tuple(self._maker.direct_targets()),
+            connections=tuple(lines),
+            peers=self.topology.peer_statuses(),
+            unicast_routes={str(d): str(h) for d, h in sorted(self._routes.unicast.items())},
+            broadcast_routes={
+                str(s): tuple(str(h) for h in sorted(hops))
+                for s, hops in sorted(self._routes.broadcast.items())
+            },
+            counters=dict(self._counters),
+        )
+
+    def _connection_status(self, conn: _Connection, password: bool) -> ConnectionStatus:
+        established = self._sleeve.established(conn.result.conn_id)
+        return ConnectionStatus(
+            outbound=conn.outbound,
+            address=conn.target if conn.target else conn.address,
+            state="established" if established else "pending",
+            overlay="sleeve",
+            encrypted=conn.result.encrypted if password else None,
+            peer_name=str(conn.remote),
+            peer_nickname=conn.result.remote_nickname,
+        )
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _in_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _os_error_text(exc: OSError) -> str:
+    return exc.strerror or str(exc) if exc.errno is None else f"{exc.strerror or exc}"
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return _os_error_text(exc)
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+        return "connection reset by peer"
+    return str(exc) or type(exc).__name__
+

@@ -1,0 +1,631 @@
+"""The mesh as this peer knows it: one entry per peer, merged from gossip.
+
+Each peer owns its entry (name, nickname, uid, short id, version and the connections it
+reports) and bumps the version on every change; everyone else only stores and forwards
+it. Merging keeps, per name, the entry with the greatest key
+``(version, uid, short_id, nickname, connections)``: a total order, so merging is
+commutative, associative and idempotent, and any set of updates applied in any order
+converges to the same state.
+
+Restarts. A restarted peer keeps its name but has a new uid and starts again at version
+1, so its old incarnation (higher version) first wins the merge elsewhere. Two rules end
+that quickly (as Weave's mesh does):
+
+* A record *about ourself* that is not exactly our entry and not older (a stale
+  incarnation, or a forged or future version) makes us bump our version above it, so our
+  own truth wins everywhere once flooded.
+* :meth:`Topology.note_direct_peer` (called after a handshake) adopts a neighbour's new
+  uid at once, and returns the superseded record so the driver can hand it to that
+  neighbour, which then bumps (rule one) without waiting for gossip.
+
+Unreachable peers are garbage collected by :meth:`Topology.garbage_collect` (reachability
+over symmetric connections in any state; our direct neighbours are always kept).
+Short-id collisions: the lowest name keeps a contested short id; when that is not us we
+pick a free one and bump our version.
+
+Payload layout (CBOR through :mod:`router.wire.cbor`), one channel for both kinds::
+
+    {"v": 1, "from": <sender name, uint48>, "kind": "update" | "request-full",
+     "peers": [record, ...]}                 (empty list for "request-full")
+    record = [name: uint48, nickname: text, uid: uint64 (non-zero), short_id: uint12,
+              version: uint (< 2**62), [conn, ...]]
+    conn   = [remote name: uint48, address "ip:port": text, outbound: bool,
+              established: bool]
+
+A full topology is an "update" holding every record; :meth:`Topology.encode_chunks`
+splits a large one into payloads of at most :data:`CHUNK_BUDGET` bytes. Limits:
+:data:`MAX_PEERS` records, :data:`MAX_CONNECTIONS` connections per record (remote names
+unique), :data:`MAX_NICKNAME` characters, :data:`MAX_ADDRESS` characters, payload at most
+:data:`MAX_PAYLOAD` bytes. Anything else is a :class:`~router.errors.DecodeError`.
+
+:class:`TopologyGossiper` carries all this on gossip channel ``"topology"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from router.errors import DecodeError, LocalProtocolError
+from router.mesh.gossip import GossipChannel, GossipData, GossipRouter
+from router.mesh.names import NAME_BITS, SHORT_ID_BITS, UID_BITS, PeerName
+from router.mesh.routes import reachable
+from router.status import PeerConnection, PeerStatus
+from router.wire import cbor
+from router.wire.constants import MAX_FRAME_SIZE, MAX_NICKNAME_LEN
+
+FORMAT_VERSION = 1
+MAX_PEERS = 10_000
+MAX_CONNECTIONS = 2048
+MAX_NICKNAME = MAX_NICKNAME_LEN  # characters
+MAX_ADDRESS = 64  # characters: "[v6 address]:port" fits
+MAX_VERSION = 1 << 62  # versions at or above are refused, so bumping can never overflow
+MAX_PAYLOAD = MAX_FRAME_SIZE  # bytes: a payload travels in one frame
+MAX_DEPTH = 6
+CHUNK_BUDGET = 2 * 1024 * 1024  # bytes (estimated) per payload of a chunked update
+_RECORD_BOUND = 32 + 4 * MAX_NICKNAME  # bytes: a record without connections, at most
+_CONN_BOUND = 16 + 4 * MAX_ADDRESS  # bytes: one connection, at most
+TOPOLOGY_CHANNEL = "topology"
+_KIND_UPDATE = "update"
+_KIND_REQUEST = "request-full"
+
+
+@dataclass(frozen=True, order=True)
+class ConnectionSummary:
+    """A connection as its owner reports it: remote peer, its TCP address, direction, state."""
+
+    remote_name: PeerName
+    remote_addr: str  # "ip:port" of the remote as the owner sees it (the dial target if outbound)
+    outbound: bool
+    established: bool
+
+
+LocalConnection = ConnectionSummary  # what the driver calls the entries of our own list
+
+
+@dataclass(frozen=True)
+class PeerEntry:
+    """One peer of the mesh; ``connections`` are sorted by remote name, one per remote."""
+
+    name: PeerName
+    nickname: str
+    uid: int
+    short_id: int
+    version: int
+    connections: tuple[ConnectionSummary, ...] = ()
+
+    def key(self) -> tuple[int, int, int, str, tuple[ConnectionSummary, ...]]:
+        """Merge order: the greater key wins (see the module docstring)."""
+        return (self.version, self.uid, self.short_id, self.nickname, self.connections)
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What :meth:`Topology.apply_update_untrusted` learnt.
+
+    ``delta`` encodes the ``added`` and ``updated`` entries for forwarding (None when
+    nothing changed). ``unknown`` are peers that the connections of those new entries
+    refer to and that we still do not know (the update did not carry them): ask
+    ``sender`` for the full topology. Only changed entries count, so an answer that
+    teaches nothing never triggers another request. ``wants_full``: the sender asked
+    us for everything.
+    """
+
+    sender: PeerName
+    wants_full: bool
+    added: frozenset[PeerName]
+    updated: frozenset[PeerName]
+    unknown: frozenset[PeerName]
+    delta: bytes | None
+
+    @property
+    def changed(self) -> frozenset[PeerName]:
+        """Added or updated peers."""
+        return self.added | self.updated
+
+
+@dataclass(frozen=True)
+class TopologyStatistics:
+    """Counters and sizes of the topology, for status and metrics."""
+
+    peers: int
+    established_connections: int  # reported by all peers, each direction counted
+    version: int  # our own entry's version
+    updates_applied: int
+    records_stale: int  # records that lost the merge (already known or older)
+    records_dropped: int  # new peers refused because MAX_PEERS was reached
+    full_requests: int
+    peers_removed: int  # by garbage collection
+
+
+class Topology:
+    """This peer's view of the mesh (sans-IO; see the module docstring)."""
+
+    def __init__(
+        self,
+        ourself: PeerName,
+        nickname: str,
+        uid: int,
+        short_id: int,
+        *,
+        rng: random.Random | None = None,
+        max_peers: int = MAX_PEERS,
+    ) -> None:
+        _check_local(nickname, uid, short_id)
+        self._ourself = ourself
+        self._rng = rng if rng is not None else random.Random()
+        self._max_peers = max_peers
+        self._entries: dict[PeerName, PeerEntry] = {
+            ourself: PeerEntry(ourself, nickname, uid, short_id, 1)
+        }
+        self._generation = 0
+        self._applied = self._stale = self._dropped = self._requests = self._removed = 0
+
+    @property
+    def ourself(self) -> PeerName:
+        """Our peer name."""
+        return self._ourself
+
+    @property
+    def generation(self) -> int:
+        """Increases on every change of any entry; recompute routes when it moves."""
+        return self._generation
+
+    def local_entry(self) -> PeerEntry:
+        """Our own entry."""
+        return self._entries[self._ourself]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def peers(self) -> Mapping[PeerName, PeerEntry]:
+        """A read-only snapshot of every known peer, ourself included."""
+        return MappingProxyType(dict(self._entries))
+
+    def peer_by_short_id(self, short_id: int) -> PeerName | None:
+        """The peer holding ``short_id`` (the lowest name wins a collision)."""
+        holders = [n for n, e in self._entries.items() if e.short_id == short_id]
+        return min(holders) if holders else None
+
+    # -- local changes --------------------------------------------------------------------
+
+    def set_local_connections(self, conns: Iterable[ConnectionSummary]) -> bytes | None:
+        """Replace our connection list; the encoded update to send, or None if unchanged."""
+        ordered = tuple(sorted(conns))
+        if len(ordered) > MAX_CONNECTIONS:
+            raise LocalProtocolError(f"more than {MAX_CONNECTIONS} connections")
+        remotes = [c.remote_name for c in ordered]
+        if len(set(remotes)) != len(remotes) or self._ourself in remotes:
+            raise LocalProtocolError("duplicate connection, or a connection to ourself")
+        mine = self._entries[self._ourself]
+        if ordered == mine.connections:
+            return None
+        self._store_own(dataclasses.replace(mine, version=mine.version + 1, connections=ordered))
+        return self.encode_update([self._ourself])
+
+    def note_direct_peer(
+        self, name: PeerName, nickname: str, uid: int, short_id: int
+    ) -> bytes | None:
+        """Adopt what a handshake told us about a neighbour.
+
+        A new or restarted neighbour (unknown, or known with another uid) gets an entry
+        with version 0 and no connections, replaced by its first real record. Returns an
+        update holding the superseded old-incarnation record, to hand to that neighbour
+        so it bumps its version above it; None if nothing was superseded.
+        """
+        _check_local(nickname, uid, short_id)
+        if name == self._ourself:
+            raise LocalProtocolError("a handshake with ourself")
+        old = self._entries.get(name)
+        if old is not None and old.uid == uid:
+            return None
+        if old is None and len(self._entries) >= self._max_peers:
+            self._dropped += 1
+            return None
+        self._entries[name] = PeerEntry(name, nickname, uid, short_id, 0)
+        self._generation += 1
+        self._resolve_short_id()
+        if old is None or old.version == 0:  # nothing, or only another handshake's word
+            return None
+        return _encode(self._ourself, _KIND_UPDATE, [old])
+
+    def garbage_collect(self) -> set[PeerName]:
+        """Drop peers unreachable from us over symmetric connections; returns their names.
+
+        Our direct neighbours (the peers in our own connection list) are always kept.
+        """
+        keep = reachable(self._ourself, self._entries) | {
+            c.remote_name for c in self._entries[self._ourself].connections
+        }
+        removed = {name for name in self._entries if name not in keep}
+        for name in removed:
+            del self._entries[name]
+        if removed:
+            self._removed += len(removed)
+            self._generation += 1
+            self._resolve_short_id()
+        return removed
+
+    def discovery_addresses(self, port: int) -> dict[str, PeerName]:
+        """Addresses of peers that others are connected to: ``"host:port" -> peer name``.
+
+        For peer discovery (as Weave does): an outbound connection's address is the
+        target its owner dialled; for an inbound one only the host is useful, with
+        ``port`` (ours, the mesh port) instead of the remote's ephemeral port.
+        Connections to ourself are skipped. The strings come from gossip: untrusted.
+        """
+        found: dict[str, PeerName] = {}
+        for name, entry in self._entries.items():
+            if name == self._ourself:
+                continue
+            for conn in entry.connections:
+                if conn.remote_name == self._ourself:
+                    continue
+                host, sep, _ = conn.remote_addr.rpartition(":")
+                if conn.outbound:
+                    found[conn.remote_addr] = conn.remote_name
+                elif sep and host:
+                    found[f"{host}:{port}"] = conn.remote_name
+        return found
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encode_full(self) -> bytes:
+        """Every entry we know, as one "update" payload (see :meth:`encode_chunks`)."""
+        return _encode(self._ourself, _KIND_UPDATE, self._entries.values())
+
+    def encode_update(self, names: Iterable[PeerName]) -> bytes:
+        """An "update" payload with the current entries of ``names`` (unknown ones skipped)."""
+        entries = [self._entries[n] for n in sorted(set(names)) if n in self._entries]
+        return _encode(self._ourself, _KIND_UPDATE, entries)
+
+    def encode_chunks(self, names: Iterable[PeerName] | None = None) -> list[bytes]:
+        """The entries of ``names`` (default: all) as "update" payloads that each fit a frame.
+
+        Records are grouped by a worst-case size estimate so that no payload exceeds
+        :data:`CHUNK_BUDGET`; a small topology is one payload.
+        """
+        wanted = self._entries if names is None else set(names)
+        chunks: list[bytes] = []
+        group: list[PeerEntry] = []
+        size = 0
+        for name in sorted(n for n in wanted if n in self._entries):
+            entry = self._entries[name]
+            cost = _RECORD_BOUND + _CONN_BOUND * len(entry.connections)
+            if group and size + cost > CHUNK_BUDGET:
+                chunks.append(_encode(self._ourself, _KIND_UPDATE, group))
+                group, size = [], 0
+            group.append(entry)
+            size += cost
+        if group:
+            chunks.append(_encode(self._ourself, _KIND_UPDATE, group))
+        return chunks
+
+    def encode_request_full(self) -> bytes:
+        """A "request-full" payload: please send me everything you know."""
+        return _encode(self._ourself, _KIND_REQUEST, ())
+
+    # -- merging ----------------------------------------------------------------------------
+
+    def apply_update_untrusted(self, payload: bytes) -> UpdateResult:
+        """Decode (DecodeError on anything malformed) and merge an update or a request."""
+        sender, kind, records = _decode(payload)
+        if kind == _KIND_REQUEST:
+            self._requests += 1
+            empty: frozenset[PeerName] = frozenset()
+            return UpdateResult(sender, True, empty, empty, empty, None)
+        added: set[PeerName] = set()
+        updated: set[PeerName] = set()
+        for record in records:
+            if record.name == self._ourself:
+                if self._answer_record_about_us(record):
+                    updated.add(self._ourself)
+                continue
+            old = self._entries.get(record.name)
+            if old is None and len(self._entries) >= self._max_peers:
+                self._dropped += 1
+            elif old is None:
+                self._entries[record.name] = record
+                added.add(record.name)
+            elif record.key() > old.key():
+                self._entries[record.name] = record
+                updated.add(record.name)
+            else:
+                self._stale += 1
+        self._applied += 1
+        if added or updated:
+            self._generation += 1
+            if self._resolve_short_id():
+                updated.add(self._ourself)
+        changed = added | updated
+        referenced = {c.remote_name for n in changed for c in self._entries[n].connections}
+        unknown = frozenset(n for n in referenced if n not in self._entries)
+        delta = self.encode_update(changed) if changed else None
+        return UpdateResult(
+            sender, False, frozenset(added), frozenset(updated), unknown, delta
+        )
+
+    def _answer_record_about_us(self, record: PeerEntry) -> bool:
+        """A record naming us that is not ours and not older: bump above it. True if bumped."""
+        mine = self._entries[self._ourself]
+        if record == mine or record.key() < mine.key():
+            return False
+        self._store_own(dataclasses.replace(mine, version=record.version + 1))
+        return True
+
+    def _store_own(self, entry: PeerEntry) -> None:
+        self._entries[self._ourself] = entry
+        self._generation += 1
+
+    def _resolve_short_id(self) -> bool:
+        """If a lower-named peer holds our short id, move to a free one. True if moved."""
+        mine = self._entries[self._ourself]
+        if self.peer_by_short_id(mine.short_id) == self._ourself:
+            return False
+        used = {e.short_id for e in self._entries.values()}
+        free = [i for i in range(1 << SHORT_ID_BITS) if i not in used]
+        if not free:
+            return False  # all taken: keep ours; retried after the next change
+        new_id = free[self._rng.randrange(len(free))]
+        self._store_own(dataclasses.replace(mine, version=mine.version + 1, short_id=new_id))
+        return True
+
+    # -- observability ----------------------------------------------------------------------
+
+    def statistics(self) -> TopologyStatistics:
+        """Frozen counters and sizes."""
+        established = sum(
+            1 for e in self._entries.values() for c in e.connections if c.established
+        )
+        return TopologyStatistics(
+            peers=len(self._entries),
+            established_connections=established,
+            version=self._entries[self._ourself].version,
+            updates_applied=self._applied,
+            records_stale=self._stale,
+            records_dropped=self._dropped,
+            full_requests=self._requests,
+            peers_removed=self._removed,
+        )
+
+    def peer_statuses(self) -> tuple[PeerStatus, ...]:
+        """Every peer with its connections, sorted by name, for ``status peers``."""
+        result = []
+        for name in sorted(self._entries):
+            entry = self._entries[name]
+            conns = tuple(
+                PeerConnection(
+                    outbound=c.outbound,
+                    address=c.remote_addr,
+                    peer_name=str(c.remote_name),
+                    peer_nickname=self._nickname_of(c.remote_name),
+                    established=c.established,
+                )
+                for c in entry.connections
+            )
+            result.append(
+                PeerStatus(
+                    str(name), entry.nickname, entry.uid, entry.short_id, entry.version, conns
+                )
+            )
+        return tuple(result)
+
+    def _nickname_of(self, name: PeerName) -> str:
+        entry = self._entries.get(name)
+        return entry.nickname if entry is not None else ""
+
+
+class TopologyUpdate:
+    """Gossip data of the topology channel: the names of entries to send.
+
+    Entries are encoded when the message is actually sent, so a queued update always
+    carries the newest version; merging is the union of names.
+    """
+
+    def __init__(self, topology: Topology, names: Iterable[PeerName]) -> None:
+        self.topology = topology
+        self.names = frozenset(names)
+
+    def encode(self) -> list[bytes]:
+        """The current entries of the names still known, in frame-sized payloads."""
+        return self.topology.encode_chunks(self.names)
+
+    def merge(self, other: GossipData) -> GossipData:
+        """Union of the two name sets."""
+        if not isinstance(other, TopologyUpdate):
+            raise LocalProtocolError("topology gossip merged with foreign data")
+        return TopologyUpdate(self.topology, self.names | other.names)
+
+
+class TopologyGossiper:
+    """The topology on gossip channel ``"topology"``, like any other gossiper.
+
+    * Local changes (:meth:`set_local_connections`) and every change learnt from a
+      neighbour are flooded to all neighbours as gossip deltas; a peer forwards only what
+      was new to it, so floods stop.
+    * Periodic gossip and every new neighbour get the full topology (``gossip()``).
+    * An update (gossip) whose new entries reference peers we do not know makes us
+      unicast a "request-full" to its sender; a "request-full" is answered by unicasting
+      the full topology back, which is merged and flooded on.
+    * After every merge that changed something we garbage collect, so unreachable peers
+      are never forwarded, then call ``on_change`` (recompute routes there). Changes made
+      through :meth:`set_local_connections` and :meth:`note_direct_peer` do not call it:
+      the caller knows.
+
+    Constructing it registers the channel on ``router``.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        router: GossipRouter,
+        *,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._topology = topology
+        self._on_change = on_change
+        self._channel: GossipChannel = router.register(TOPOLOGY_CHANNEL, self)
+
+    @property
+    def topology(self) -> Topology:
+        """The topology this gossiper carries."""
+        return self._topology
+
+    @property
+    def channel(self) -> GossipChannel:
+        """The ``"topology"`` channel."""
+        return self._channel
+
+    def set_local_connections(self, conns: Iterable[ConnectionSummary]) -> bool:
+        """Replace our connections, garbage collect, flood the change; True if changed."""
+        if self._topology.set_local_connections(conns) is None:
+            return False
+        self._topology.garbage_collect()
+        self._channel.gossip_update(TopologyUpdate(self._topology, [self._topology.ourself]))
+        return True
+
+    def note_direct_peer(self, name: PeerName, nickname: str, uid: int, short_id: int) -> None:
+        """Adopt a neighbour's identity after a handshake.
+
+        Call it once the router lists ``name`` among its neighbours (:meth:`GossipRouter.
+        set_routes`): a superseded old-incarnation record is unicast to that neighbour so
+        it bumps its version at once (otherwise it learns it later through gossip).
+        """
+        stale = self._topology.note_direct_peer(name, nickname, uid, short_id)
+        if stale is not None:
+            self._channel.send_unicast(name, stale)
+
+    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
+        """A request-full (answered) or a full topology (merged and flooded)."""
+        delta = self._apply(payload, src, may_request=False)
+        if delta is not None:
+            self._channel.gossip_update(delta)
+
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> GossipData | None:
+        """Broadcasts are not how we send topology, but are accepted like gossip."""
+        return self._apply(payload, src, may_request=True)
+
+    def gossip(self) -> GossipData | None:
+        """The full topology."""
+        return TopologyUpdate(self._topology, self._topology.peers())
+
+    def on_gossip(self, payload: bytes) -> GossipData | None:
+        """Merge; the entries that were new to us go on to our other neighbours."""
+        return self._apply(payload, None, may_request=True)
+
+    def _apply(
+        self, payload: bytes, reply_to: PeerName | None, *, may_request: bool
+    ) -> TopologyUpdate | None:
+        """Merge one payload; answer requests, ask for what is missing, GC, return the delta.
+
+        A full topology that arrives as the answer to our request (a unicast) never
+        triggers another request, so two peers cannot ping-pong requests.
+        """
+        result = self._topology.apply_update_untrusted(payload)
+        peer = reply_to if reply_to is not None else result.sender
+        if result.wants_full:
+            if peer != self._topology.ourself:
+                for chunk in self._topology.encode_chunks():
+                    self._channel.send_unicast(peer, chunk)
+            return None
+        if result.unknown and may_request and peer != self._topology.ourself:
+            self._channel.send_unicast(peer, self._topology.encode_request_full())
+        if not result.changed:
+            return None
+        removed = self._topology.garbage_collect()
+        if self._on_change is not None:
+            self._on_change()
+        names = result.changed - removed
+        return TopologyUpdate(self._topology, names) if names else None
+
+
+# -- codec ------------------------------------------------------------------------------------
+
+
+def _encode(sender: PeerName, kind: str, entries: Iterable[PeerEntry]) -> bytes:
+    records = [
+        [
+            int(e.name),
+            e.nickname,
+            e.uid,
+            e.short_id,
+            e.version,
+            [[int(c.remote_name), c.remote_addr, c.outbound, c.established] for c in e.connections],
+        ]
+        for e in entries
+    ]
+    return cbor.encode({"v": FORMAT_VERSION, "from": int(sender), "kind": kind, "peers": records})
+
+
+def _decode(payload: bytes) -> tuple[PeerName, str, list[PeerEntry]]:
+    """Untrusted payload -> (sender, kind, records); DecodeError on anything malformed."""
+    obj = cbor.decode_untrusted(payload, max_size=MAX_PAYLOAD, max_depth=MAX_DEPTH)
+    if not isinstance(obj, dict) or set(obj) != {"v", "from", "kind", "peers"}:
+        raise DecodeError("topology payload: expected a map with v, from, kind, peers")
+    if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
+        raise DecodeError(f"topology payload: unsupported version {obj['v']!r}")
+    kind = obj["kind"]
+    if kind not in (_KIND_UPDATE, _KIND_REQUEST):
+        raise DecodeError(f"topology payload: unknown kind {kind!r}")
+    sender = PeerName(_uint(obj["from"], NAME_BITS, "from"))
+    raw = obj["peers"]
+    if not isinstance(raw, list) or len(raw) > MAX_PEERS:
+        raise DecodeError(f"topology payload: peers must be a list of at most {MAX_PEERS}")
+    if kind == _KIND_REQUEST and raw:
+        raise DecodeError("topology payload: request-full carries no peers")
+    records = [_decode_record(r) for r in raw]
+    names = [r.name for r in records]
+    if len(set(names)) != len(names):
+        raise DecodeError("topology payload: a peer appears twice")
+    return sender, kind, records
+
+
+def _decode_record(raw: Any) -> PeerEntry:
+    if not isinstance(raw, list) or len(raw) != 6:
+        raise DecodeError("topology record: expected a list of 6 items")
+    name, nickname, uid, short_id, version, conns = raw
+    if not isinstance(nickname, str) or len(nickname) > MAX_NICKNAME:
+        raise DecodeError(f"topology record: nickname must be text of at most {MAX_NICKNAME}")
+    if _uint(uid, UID_BITS, "uid") == 0:
+        raise DecodeError("topology record: uid 0 is reserved")
+    _uint(short_id, SHORT_ID_BITS, "short_id")
+    if _uint(version, 64, "version") >= MAX_VERSION:
+        raise DecodeError("topology record: version too large")
+    if not isinstance(conns, list) or len(conns) > MAX_CONNECTIONS:
+        raise DecodeError(f"topology record: at most {MAX_CONNECTIONS} connections")
+    decoded = tuple(sorted(_decode_connection(c) for c in conns))
+    remotes = {c.remote_name for c in decoded}
+    if len(remotes) != len(decoded):
+        raise DecodeError("topology record: two connections to the same peer")
+    peer = PeerName(_uint(name, NAME_BITS, "name"))
+    return PeerEntry(peer, nickname, uid, short_id, version, decoded)
+
+
+def _decode_connection(raw: Any) -> ConnectionSummary:
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise DecodeError("topology connection: expected a list of 4 items")
+    remote, address, outbound, established = raw
+    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
+        raise DecodeError(f"topology connection: address must be text of at most {MAX_ADDRESS}")
+    if type(outbound) is not bool or type(established) is not bool:
+        raise DecodeError("topology connection: outbound and established must be booleans")
+    peer = PeerName(_uint(remote, NAME_BITS, "remote"))
+    return ConnectionSummary(peer, address, outbound, established)
+
+
+def _uint(value: Any, bits: int, what: str) -> int:
+    if type(value) is not int or not 0 <= value < (1 << bits):
+        raise DecodeError(f"topology payload: {what} must be an unsigned {bits}-bit integer")
+    return value
+
+
+def _check_local(nickname: str, uid: int, short_id: int) -> None:
+    if len(nickname) > MAX_NICKNAME:
+        raise LocalProtocolError(f"nickname longer than {MAX_NICKNAME} characters")
+    if not 0 < uid < (1 << UID_BITS) or not 0 <= short_id < (1 << SHORT_ID_BITS):
+        raise LocalProtocolError("uid or short id out of range")
+

@@ -1,0 +1,209 @@
+"""The sleeve UDP packet codec: one fixed header, then the payload, sealed when encrypted.
+
+Every datagram on UDP ``--port`` (6783) has this layout; all integers big-endian. The
+Cython data plane implements the same layout for frames (type 2)::
+
+    offset  size  field
+         0     1  version        1
+         1     1  type           1 = heartbeat, 2 = frames (next milestone); others refused
+         2     2  reserved       0 (a receiver refuses anything else)
+         4     8  connection id  agreed in the TCP handshake (XOR of both sides' random ids)
+        12     8  counter        per sender and connection: 0, 1, 2, ... never repeated
+        20     -  payload        unencrypted: the body
+                                 encrypted:   MAC (16) || ciphertext (4 + len(body))
+
+Encrypted connections seal ``header[0:4] || body`` with the connection's session key
+(NaCl secretbox) under ``make_nonce(Transport.UDP, sender_high, counter)``, where
+``sender_high`` says whether the *sender's* peer name is the greater. The key binds the
+connection id and the nonce binds the counter and the direction; the repeated first four
+header bytes bind version and type, so no header bit can be changed unnoticed.
+Unencrypted connections carry the same header and the bare body (no MAC).
+
+Heartbeat body (type 1)::
+
+         0     6  sender peer name
+         6     6  receiver peer name (a heartbeat for another peer is refused)
+        12     -  padding, zero bytes: pads a heartbeat to a chosen datagram size (PMTU probes)
+
+Datagrams are at most :data:`MAX_DATAGRAM` bytes (the IPv4 UDP payload limit).
+``decode_*_untrusted`` raise only :class:`~router.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from router.crypto.keys import MAC_SIZE, SessionKey
+from router.crypto.nonces import MAX_COUNTER, Transport, make_nonce
+from router.errors import DecodeError, LocalProtocolError
+from router.mesh.names import PeerName
+
+__all__ = [
+    "HEADER_SIZE",
+    "HEARTBEAT_BODY_SIZE",
+    "MAX_DATAGRAM",
+    "SEALED_OVERHEAD",
+    "VERSION",
+    "PacketHeader",
+    "PacketType",
+    "SleeveHeartbeat",
+    "decode_header_untrusted",
+    "decode_heartbeat_body_untrusted",
+    "decode_heartbeat_untrusted",
+    "encode_heartbeat",
+    "encode_packet",
+    "heartbeat_min_size",
+    "open_packet_untrusted",
+]
+
+VERSION = 1
+HEADER_SIZE = 20  # bytes
+_BOUND_SIZE = 4  # header bytes repeated inside the sealed box
+SEALED_OVERHEAD = MAC_SIZE + _BOUND_SIZE  # 20 bytes more than unencrypted
+HEARTBEAT_BODY_SIZE = 12  # two peer names, before padding
+MAX_DATAGRAM = 65507  # 65535 - 20 (IPv4) - 8 (UDP)
+_HEADER = struct.Struct(">BBHQQ")
+_NAMES = struct.Struct(">6s6s")
+
+
+class PacketType(IntEnum):
+    """Byte 1 of the header."""
+
+    HEARTBEAT = 1
+    FRAMES = 2
+
+
+_TYPES = frozenset(int(t) for t in PacketType)
+
+
+@dataclass(frozen=True)
+class PacketHeader:
+    """The clear header of a sleeve packet."""
+
+    type: PacketType
+    conn_id: int
+    counter: int
+
+
+@dataclass(frozen=True)
+class SleeveHeartbeat:
+    """A heartbeat body: who sent it, for whom, and how many zero bytes pad it."""
+
+    sender: PeerName
+    receiver: PeerName
+    padding: int = 0
+
+
+def encode_packet(
+    ptype: PacketType,
+    conn_id: int,
+    counter: int,
+    body: bytes,
+    *,
+    key: SessionKey | None,
+    sender_high: bool,
+) -> bytes:
+    """A complete datagram; sealed when ``key`` is given. LocalProtocolError if too big."""
+    if not (0 <= conn_id <= MAX_COUNTER and 0 <= counter <= MAX_COUNTER):
+        raise LocalProtocolError(f"connection id or counter out of range: {conn_id}, {counter}")
+    header = _HEADER.pack(VERSION, ptype, 0, conn_id, counter)
+    if key is None:
+        payload = body
+    else:
+        payload = key.seal(make_nonce(Transport.UDP, sender_high, counter), header[:4] + body)
+    if HEADER_SIZE + len(payload) > MAX_DATAGRAM:
+        raise LocalProtocolError(f"sleeve packet of {HEADER_SIZE + len(payload)} bytes is too big")
+    return header + payload
+
+
+def decode_header_untrusted(data: bytes) -> PacketHeader:
+    """The clear header of a datagram (not authenticated yet); DecodeError if malformed."""
+    if len(data) < HEADER_SIZE:
+        raise DecodeError(f"sleeve packet of {len(data)} bytes is shorter than its header")
+    if len(data) > MAX_DATAGRAM:
+        raise DecodeError(f"sleeve packet of {len(data)} bytes is too big")
+    version, ptype, reserved, conn_id, counter = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise DecodeError(f"unknown sleeve packet version {version}")
+    if ptype not in _TYPES:
+        raise DecodeError(f"unknown sleeve packet type {ptype}")
+    if reserved:
+        raise DecodeError(f"reserved sleeve header bits set: {reserved:#06x}")
+    return PacketHeader(PacketType(ptype), conn_id, counter)
+
+
+def open_packet_untrusted(
+    data: bytes, *, key: SessionKey | None, sender_high: bool
+) -> tuple[PacketHeader, bytes]:
+    """Header and authenticated body of a datagram; DecodeError if malformed or forged.
+
+    ``sender_high`` is the *sender's* view: True when the remote's name is the greater.
+    Replay screening is the caller's job (the counter is in the header).
+    """
+    header = decode_header_untrusted(data)
+    payload = bytes(data[HEADER_SIZE:])
+    if key is None:
+        return header, payload
+    if len(payload) < SEALED_OVERHEAD:
+        raise DecodeError(f"sealed sleeve payload of {len(payload)} bytes is truncated")
+    plain = key.open(make_nonce(Transport.UDP, sender_high, header.counter), payload)
+    if plain[:_BOUND_SIZE] != bytes(data[:_BOUND_SIZE]):
+        raise DecodeError("sleeve header does not match its sealed copy")
+    return header, plain[_BOUND_SIZE:]
+
+
+def heartbeat_min_size(encrypted: bool) -> int:
+    """The size of an unpadded heartbeat datagram (32 bytes, 52 when sealed)."""
+    return HEADER_SIZE + HEARTBEAT_BODY_SIZE + (SEALED_OVERHEAD if encrypted else 0)
+
+
+def encode_heartbeat(
+    conn_id: int,
+    counter: int,
+    sender: PeerName,
+    receiver: PeerName,
+    *,
+    key: SessionKey | None,
+    sender_high: bool,
+    size: int = 0,
+) -> bytes:
+    """A heartbeat datagram, zero-padded to ``size`` bytes when ``size`` is given.
+
+    LocalProtocolError if ``size`` is below :func:`heartbeat_min_size` or above
+    :data:`MAX_DATAGRAM`.
+    """
+    minimum = heartbeat_min_size(key is not None)
+    if size and not minimum <= size <= MAX_DATAGRAM:
+        raise LocalProtocolError(f"heartbeat size {size} outside {minimum}..{MAX_DATAGRAM}")
+    padding = size - minimum if size else 0
+    body = _NAMES.pack(sender.to_bytes(6, "big"), receiver.to_bytes(6, "big")) + bytes(padding)
+    return encode_packet(
+        PacketType.HEARTBEAT, conn_id, counter, body, key=key, sender_high=sender_high
+    )
+
+
+def decode_heartbeat_body_untrusted(body: bytes) -> SleeveHeartbeat:
+    """A heartbeat body (after opening); DecodeError if short or the padding is not zero."""
+    if len(body) < HEARTBEAT_BODY_SIZE:
+        raise DecodeError(f"heartbeat body of {len(body)} bytes is truncated")
+    sender, receiver = _NAMES.unpack_from(body)
+    padding = bytes(body[HEARTBEAT_BODY_SIZE:])
+    if padding.count(0) != len(padding):
+        raise DecodeError("heartbeat padding is not zero")
+    return SleeveHeartbeat(
+        PeerName(int.from_bytes(sender, "big")),
+        PeerName(int.from_bytes(receiver, "big")),
+        len(padding),
+    )
+
+
+def decode_heartbeat_untrusted(
+    data: bytes, *, key: SessionKey | None, sender_high: bool
+) -> tuple[PacketHeader, SleeveHeartbeat]:
+    """Open a heartbeat datagram; DecodeError if malformed, forged or not a heartbeat."""
+    header, body = open_packet_untrusted(data, key=key, sender_high=sender_high)
+    if header.type is not PacketType.HEARTBEAT:
+        raise DecodeError(f"expected a heartbeat, got sleeve packet type {header.type.name}")
+    return header, decode_heartbeat_body_untrusted(body)

@@ -1,0 +1,147 @@
+"""The sleeve overlay's trio driver: owns UDP ``--port`` and the per-connection paths.
+
+Stages:
+
+1. **receive**  datagrams from the UDP socket go to ``SleeveDemux`` (sans-IO, in
+   ``forwarder.py``), which finds the connection's ``HeartbeatPath`` by connection id and
+   counts anything malformed, forged or replayed as a drop.
+2. **timers**   the demux says when the next heartbeat is due; due datagrams are sent.
+3. **events**   after each step, path state changes go to the mesh: ``on_heard`` (tell the
+   peer over TCP that its heartbeats arrive), ``on_established`` (UDP works both ways),
+   ``on_failed`` (the path died: close the connection).
+
+The Cython data plane of the next milestone takes over this socket; the heartbeat logic
+stays in ``forwarder.py`` and receives its datagrams from the native receive loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from router.config import MeshConfig
+from router.mesh.handshake import HandshakeResult
+from router.mesh.names import PeerName
+from router.network.service import Datagrams, Network
+from router.overlay.sleeve.forwarder import HeartbeatPath, SleeveDemux
+
+log = logging.getLogger("weave-router.sleeve")
+
+MAX_DATAGRAM = 65535
+
+
+class PathEvents(Protocol):
+    """What the sleeve tells the mesh about a connection's UDP path."""
+
+    def on_heard(self, conn_id: int) -> None: ...
+
+    def on_established(self, conn_id: int) -> None: ...
+
+    def on_failed(self, conn_id: int, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
+class _Path:
+    path: HeartbeatPath
+    events: PathEvents
+    established: bool = False
+    failed: bool = False
+
+
+class SleeveService:
+    """UDP heartbeats per connection: ``pending`` until the path works both ways."""
+
+    def __init__(self, network: Network, config: MeshConfig, *, name: PeerName) -> None:
+        self._network = network
+        self._config = config
+        self._name = name
+        self._demux = SleeveDemux()
+        self._paths: dict[int, _Path] = {}
+        self._sock: Datagrams | None = None
+        self._wake = trio.Event()
+
+    def features(self) -> dict[str, int | str | bool]:
+        """What the handshake offers the peer about this overlay."""
+        return {"udp_port": self._config.port}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = await self._network.open_udp(self._config.host, self._config.port)
+        self._sock = sock
+        log.info("sleeve listening on UDP %s:%d", *sock.address)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_loop, sock)
+                nursery.start_soon(self._send_loop, sock)
+                task_status.started()
+        finally:
+            self._sock = None
+            sock.close()
+
+    # ---------------------------------------------------------------- mesh-facing
+
+    def add_connection(self, result: HandshakeResult, remote_ip: str, events: PathEvents) -> None:
+        udp_port = int(result.remote_overlays.get("sleeve", {}).get("udp_port", self._config.port))
+        timings = self._config.timings
+        path = HeartbeatPath(
+            local=self._name, remote=result.remote_name, conn_id=result.conn_id,
+            remote_addr=(remote_ip, udp_port), key=result.overlay_key,
+            sender_high=result.sender_high, now=trio.current_time(),
+            fast_interval=timings.udp_heartbeat_fast, slow_interval=timings.udp_heartbeat_slow,
+            timeout=timings.udp_heartbeat_timeout,
+        )
+        self._demux.add(path)
+        self._paths[result.conn_id] = _Path(path, events)
+        self._wake.set()
+
+    def remove_connection(self, conn_id: int) -> None:
+        self._demux.remove(conn_id)
+        self._paths.pop(conn_id, None)
+
+    def remote_heard_us(self, conn_id: int) -> None:
+        entry = self._paths.get(conn_id)
+        if entry is not None:
+            entry.path.remote_heard_us()
+            self._dispatch()
+
+    def established(self, conn_id: int) -> bool:
+        entry = self._paths.get(conn_id)
+        return entry is not None and entry.path.established
+
+    # ---------------------------------------------------------------- loops
+
+    async def _receive_loop(self, sock: Datagrams) -> None:
+        while True:
+            data, addr = await sock.recvfrom(MAX_DATAGRAM)
+            self._demux.receive_datagram(data, addr, trio.current_time())
+            self._dispatch()
+            self._wake.set()  # a reply may now be due
+
+    async def _send_loop(self, sock: Datagrams) -> None:
+        while True:
+            now = trio.current_time()
+            self._demux.handle_timer(now)
+            for data, addr in self._demux.datagrams_to_send(now):
+                await sock.sendto(data, addr)
+            self._dispatch()
+            deadline = self._demux.deadline()
+            with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    def _dispatch(self) -> None:
+        """Turn path state changes into mesh events (each reported once)."""
+        for conn_id, entry in list(self._paths.items()):
+            path = entry.path
+            if path.take_newly_heard():
+                entry.events.on_heard(conn_id)
+            if path.established and not entry.established:
+                entry.established = True
+                entry.events.on_established(conn_id)
+            if path.failed_reason and not entry.failed:
+                entry.failed = True
+                log.info("UDP path to %s failed: %s", path.remote, path.failed_reason)
+                entry.events.on_failed(conn_id, path.failed_reason)
