@@ -218,6 +218,7 @@ def run(config: RouterConfig) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    exit_code = EXIT_OK
     try:
         name = settle_name(store, config.mesh.name)
         router = Router(config, store, network=TrioNetwork(), name=name)
@@ -225,10 +226,11 @@ def run(config: RouterConfig) -> int:
         log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
                  router.nickname, Path(config.db_path))
         trio.run(_main, router)
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_FAILURE
+    except* OSError as group:
+        # Binding a port or opening a socket failed: one line, and the supervisor decides.
+        log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))
+        exit_code = EXIT_FAILURE
     finally:
         store.close()
     log.info("stopped")
-    return EXIT_OK
+    return exit_code

@@ -15,16 +15,20 @@ from the wire's ``GossipUnicast``/``GossipBroadcast``/``Gossip``):
 2. **broadcast** ``(channel, src, payload)``: delivered to every peer once, along the
    broadcast tree of ``src`` (``broadcast_all[src]``); a peer relays what its gossiper
    returns from ``on_gossip_broadcast`` (nothing, if it returns None).
-3. **gossip** ``(channel, src, payload)``: neighbour to neighbour, ``src`` being the
-   sender. The gossiper merges it and returns what was new; that delta goes on to all
-   our other neighbours, so news floods and stops where it is no longer new.
+3. **gossip** ``(channel, src, payload)``: ``src`` is the peer the gossip started from.
+   The gossiper merges it and returns what was new; that delta is relayed, still under
+   ``src``, along ``src``'s broadcast tree (``broadcast_all[src]``), so one piece of
+   news costs one message per peer rather than one per connection, and it stops where
+   it is no longer new. A peer's own gossip (``gossip_update``) goes to all neighbours.
    Every ``interval`` seconds each channel's complete state (``gossip()``) goes to
    ``fanout`` random neighbours, and a new neighbour gets every channel's complete
    state at once: together these repair any loss.
 
 Pending output is kept per neighbour: unicasts and our own broadcasts in FIFO order,
-gossip merged per channel and broadcast relays merged per (channel, source), encoded
-only when :meth:`GossipRouter.messages_to_send` is called. Each neighbour's pending
+gossip and broadcast relays merged per (channel, source), encoded only when
+:meth:`GossipRouter.messages_to_send` is called. The driver pulls each neighbour's
+output when that connection can write, so news arriving meanwhile merges into what is
+already pending instead of queueing behind it. Each neighbour's pending
 items are bounded (``max_queue_per_neighbour``); overflow, messages for a channel we
 do not run and unroutable unicasts are counted drops (a unicast for another peer is
 relayed whatever its channel: routing needs no gossiper). A unicast whose next hop is
@@ -182,7 +186,7 @@ class _Outbox:
 
     def __init__(self) -> None:
         self.raw: deque[UnicastOut | BroadcastOut] = deque()
-        self.gossip: dict[str, GossipData] = {}
+        self.gossip: dict[tuple[str, PeerName], GossipData] = {}
         self.relays: dict[tuple[str, PeerName], GossipData] = {}
 
     def __len__(self) -> int:
@@ -330,8 +334,8 @@ class GossipRouter:
         self._counts["gossip_delivered"] += 1
         if delta is None:
             return
-        for other in sorted(self._outboxes):
-            if other != neighbour and self._enqueue_gossip(other, event.channel, delta):
+        for hop in sorted(self._routes.broadcast_all.get(event.src, frozenset())):
+            if hop != neighbour and self._enqueue_gossip(hop, event.channel, delta, event.src):
                 self._counts["gossip_forwarded"] += 1
 
     def _channel(self, name: str) -> GossipChannel | None:
@@ -371,19 +375,25 @@ class GossipRouter:
 
     def messages_to_send(self) -> list[tuple[PeerName, OutEvent]]:
         """Everything pending, per neighbour in name order, encoding gossip data now."""
-        out: list[tuple[PeerName, OutEvent]] = []
-        for neighbour in sorted(self._outboxes):
-            box = self._outboxes[neighbour]
-            out.extend((neighbour, event) for event in box.raw)
-            for name, data in box.gossip.items():
-                out.extend(
-                    (neighbour, GossipOut(name, self.ourself, p)) for p in data.encode()
-                )
-            for (name, src), data in box.relays.items():
-                out.extend((neighbour, BroadcastOut(name, src, p)) for p in data.encode())
-            self._outboxes[neighbour] = _Outbox()
+        return [(n, event) for n in sorted(self._outboxes) for event in self.messages_for(n)]
+
+    def messages_for(self, neighbour: PeerName) -> list[OutEvent]:
+        """What is pending for one neighbour (encoded now); empty if nothing or unknown."""
+        box = self._outboxes.get(neighbour)
+        if box is None or not box:
+            return []
+        out: list[OutEvent] = list(box.raw)
+        for (name, src), data in box.gossip.items():
+            out.extend(GossipOut(name, src, p) for p in data.encode())
+        for (name, src), data in box.relays.items():
+            out.extend(BroadcastOut(name, src, p) for p in data.encode())
+        self._outboxes[neighbour] = _Outbox()
         self._counts["messages_sent"] += len(out)
         return out
+
+    def pending(self) -> frozenset[PeerName]:
+        """Neighbours with output waiting to be pulled."""
+        return frozenset(n for n, box in self._outboxes.items() if box)
 
     def statistics(self) -> GossipStatistics:
         """Frozen counters."""
@@ -412,13 +422,15 @@ class GossipRouter:
         box.raw.append(event)
         return True
 
-    def _enqueue_gossip(self, neighbour: PeerName, channel: str, data: GossipData) -> bool:
+    def _enqueue_gossip(self, neighbour: PeerName, channel: str, data: GossipData,
+                        src: PeerName | None = None) -> bool:
         box = self._outboxes.get(neighbour)
-        if not self._room(box, merging=box is not None and channel in box.gossip):
+        key = (channel, self.ourself if src is None else src)
+        if not self._room(box, merging=box is not None and key in box.gossip):
             return False
         assert box is not None
-        pending = box.gossip.get(channel)
-        box.gossip[channel] = data if pending is None else pending.merge(data)
+        pending = box.gossip.get(key)
+        box.gossip[key] = data if pending is None else pending.merge(data)
         return True
 
     def _enqueue_relay(

@@ -22,6 +22,7 @@ All state lives on the trio thread; nothing here blocks.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -40,7 +41,6 @@ from router.mesh.gossip import (
     GossipChannel,
     Gossiper,
     GossipIn,
-    GossipOut,
     GossipRouter,
     UnicastIn,
     UnicastOut,
@@ -65,6 +65,8 @@ from router.wire.messages import (
 log = logging.getLogger("weave-router.mesh")
 
 READ_SIZE = 65536
+ROUTES_MIN_INTERVAL = 0.05  # seconds between route recomputations (coalesces bursts)
+FLUSH_ON_FAILURE_TIMEOUT = 1.0  # seconds to hand a failing peer our last handshake bytes
 
 
 class _Wakeup:
@@ -171,14 +173,16 @@ class MeshService:
         self._limiter = AcceptLimiter(rate=timings.accept_rate, burst=timings.accept_burst)
         self.topology = Topology(name, nickname, uid, short_id)
         self.gossip = GossipRouter(name, now=now, interval=timings.gossip_interval, rng=self._rng)
-        self._topology_dirty = False
         self._topology_gossiper = TopologyGossiper(
             self.topology, self.gossip, on_change=self._mark_topology_changed
         )
         self._routes: Routes = compute_routes(name, self.topology.peers())
         self._by_peer: dict[PeerName, _Connection] = {}
+        self._by_id: dict[int, _Connection] = {}  # the same connections, by connection id
         self._maker_wake = _Wakeup()
         self._gossip_wake = _Wakeup()
+        self._routes_wake = _Wakeup()
+        self._local_dirty = False  # our connections changed since we last gossiped them
         self._nursery: trio.Nursery | None = None
         self._counters: dict[str, int] = {
             "connections_accepted": 0, "connections_refused": 0, "handshake_failures": 0,
@@ -197,6 +201,7 @@ class MeshService:
                 nursery.start_soon(self._accept_loop, listener)
                 nursery.start_soon(self._dial_loop)
                 nursery.start_soon(self._gossip_loop)
+                nursery.start_soon(self._routes_loop)
                 self._announce()
                 task_status.started()
         finally:
@@ -316,28 +321,46 @@ class MeshService:
         remote_ip = ipaddress.ip_address(stream.remote[0])
         hs = Handshake(self._identity, outbound=outbound, remote_ip=remote_ip,
                        now=trio.current_time(), timeout=self.config.timings.handshake_timeout)
-        while not hs.done:
-            out = hs.data_to_send()
-            if out:
-                await stream.send_all(out)
-            if hs.done:
-                break
-            data = b""
-            with trio.move_on_at(hs.deadline()) as scope:
-                data = await stream.receive_some(READ_SIZE)
-            if scope.cancelled_caught:
-                hs.handle_timer(trio.current_time())
-                continue
-            if not data:
-                raise RemoteProtocolError("connection closed by peer during handshake")
-            hs.receive_data(data)
+        try:
+            while not hs.done:
+                out = hs.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                if hs.done:
+                    break
+                data = b""
+                with trio.move_on_at(hs.deadline()) as scope:
+                    data = await stream.receive_some(READ_SIZE)
+                if scope.cancelled_caught:
+                    hs.handle_timer(trio.current_time())
+                    continue
+                if not data:
+                    raise RemoteProtocolError("connection closed by peer during handshake")
+                hs.receive_data(data)
+        except HandshakeError:
+            # What we queued before failing (our Hello, our Ready) lets the peer find the
+            # same problem and report it on its side too, instead of a bare "closed".
+            await self._send_best_effort(stream, hs.data_to_send())
+            raise
         out = hs.data_to_send()
         if out:
             await stream.send_all(out)
         return hs.result, hs.leftover()
 
+    @staticmethod
+    async def _send_best_effort(stream: Stream, data: bytes) -> None:
+        if not data:
+            return
+        with trio.move_on_after(FLUSH_ON_FAILURE_TIMEOUT), contextlib.suppress(
+            OSError, trio.BrokenResourceError, trio.ClosedResourceError
+        ):
+            await stream.send_all(data)
+
     def _register(self, conn: _Connection) -> bool:
         """Admit a connection after its handshake; False when it loses to a duplicate."""
+        if conn.result.conn_id in self._by_id:
+            conn.close_reason = "connection id already in use"
+            return False
         existing = self._by_peer.get(conn.remote)
         if existing is not None:
             self._counters["duplicate_connections"] += 1
@@ -357,6 +380,7 @@ class MeshService:
             else:
                 return self._satisfy_targets(winner)
         self._by_peer[conn.remote] = conn
+        self._by_id[conn.result.conn_id] = conn
         self._sleeve.add_connection(conn.result, conn.stream.remote[0], self)
         self._satisfy_targets(conn)
         log.info("%s[%s] connection added %s(%s)%s", "->" if conn.outbound else "<-",
@@ -381,6 +405,7 @@ class MeshService:
     def _detach(self, conn: _Connection, reason: str) -> None:
         if self._by_peer.get(conn.remote) is conn:
             del self._by_peer[conn.remote]
+            del self._by_id[conn.result.conn_id]
             self._sleeve.remove_connection(conn.result.conn_id)
 
     def _unregister(self, conn: _Connection) -> None:
@@ -423,6 +448,11 @@ class MeshService:
     async def _writer(self, conn: _Connection) -> None:
         while True:
             out = conn.session.data_to_send()
+            if not out:
+                # Pull gossip only once the previous bytes are out: whatever arrived
+                # meanwhile has merged into one pending item per channel and source.
+                self._pull_gossip(conn)
+                out = conn.session.data_to_send()
             if out:
                 await conn.stream.send_all(out)
             else:
@@ -450,28 +480,27 @@ class MeshService:
             else:
                 raise RemoteProtocolError(f"unexpected message {type(msg).__name__}")
             self.gossip.receive(conn.remote, event)
-        if self._topology_dirty:
-            self._topology_changed()
         self._flush_gossip()
 
     # ------------------------------------------------------------------ gossip, topology
 
     def _flush_gossip(self) -> None:
-        for neighbour, event in self.gossip.messages_to_send():
+        """Wake the writers of neighbours that have gossip waiting; they pull it."""
+        for neighbour in self.gossip.pending():
             conn = self._by_peer.get(neighbour)
-            if conn is None:
-                continue
+            if conn is not None:
+                conn.wake.set()
+
+    def _pull_gossip(self, conn: _Connection) -> None:
+        for event in self.gossip.messages_for(conn.remote):
             msg: Message
             if isinstance(event, UnicastOut):
                 msg = GossipUnicast(event.channel, event.src, event.dst, event.payload)
             elif isinstance(event, BroadcastOut):
                 msg = GossipBroadcast(event.channel, event.src, event.payload)
             else:
-                assert isinstance(event, GossipOut)
                 msg = Gossip(event.channel, event.src, event.payload)
-            if conn.session.send(msg):
-                conn.wake.set()
-            else:
+            if not conn.session.send(msg):
                 self._counters["send_queue_drops"] += 1
 
     def _local_connections(self) -> list[LocalConnection]:
@@ -486,22 +515,45 @@ class MeshService:
         ]
 
     def _local_connections_changed(self) -> None:
-        self._topology_gossiper.set_local_connections(self._local_connections())
-        self._topology_changed()
+        """Our connections changed: neighbours now, the gossiped record once per burst.
+
+        A router joining a mesh of N adds N connections (and establishes them) within
+        moments; publishing one topology version per change would make every peer
+        decode 2N versions of our record. The routes loop publishes them together.
+        """
+        self.gossip.set_routes(self._routes, frozenset(self._by_peer))
+        self._local_dirty = True
+        self._routes_wake.set()
+        self._flush_gossip()
 
     def _mark_topology_changed(self) -> None:
-        """Called by the topology gossiper inside ``gossip.receive``: act after it returns."""
-        self._topology_dirty = True
+        """Called by the topology gossiper inside ``gossip.receive``: recompute later."""
+        self._routes_wake.set()
 
-    def _topology_changed(self) -> None:
-        self._topology_dirty = False
-        self._routes = compute_routes(self.name, self.topology.peers())
-        self.gossip.set_routes(self._routes, frozenset(self._by_peer))
-        self._maker.set_discovered(self.topology.discovery_addresses(self.config.port))
-        self._maker.set_connected_peers(set(self._by_peer))
-        self._maker_wake.set()
-        self._gossip_wake.set()  # new neighbours may move the gossip deadline
-        self._flush_gossip()
+    async def _routes_loop(self) -> None:
+        """Recompute routes and discovery once per burst of topology changes.
+
+        A burst of gossip (a mesh forming, a partition healing) changes the topology
+        hundreds of times in a moment; like Weave's router, we coalesce them. Until the
+        recomputation, relays follow the previous trees; periodic gossip repairs any
+        update that a stale tree failed to carry.
+        """
+        while True:
+            await self._routes_wake.wait()
+            if self._local_dirty:
+                self._local_dirty = False
+                self._topology_gossiper.set_local_connections(self._local_connections())
+            removed = self.topology.garbage_collect()
+            if removed:
+                log.info("removed unreachable peers: %s", ", ".join(map(str, sorted(removed))))
+            self._routes = compute_routes(self.name, self.topology.peers())
+            self.gossip.set_routes(self._routes, frozenset(self._by_peer))
+            self._maker.set_discovered(self.topology.discovery_addresses(self.config.port))
+            self._maker.set_connected_peers(set(self._by_peer))
+            self._maker_wake.set()
+            self._gossip_wake.set()  # new neighbours may move the gossip deadline
+            self._flush_gossip()
+            await trio.sleep(ROUTES_MIN_INTERVAL)
 
     def _announce(self) -> None:
         self._local_connections_changed()
@@ -530,10 +582,7 @@ class MeshService:
             conn.close(reason)
 
     def _conn_by_id(self, conn_id: int) -> _Connection | None:
-        for conn in self._by_peer.values():
-            if conn.result.conn_id == conn_id:
-                return conn
-        return None
+        return self._by_id.get(conn_id)
 
     # ------------------------------------------------------------------ status
 

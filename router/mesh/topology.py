@@ -44,6 +44,7 @@ unique), :data:`MAX_NICKNAME` characters, :data:`MAX_ADDRESS` characters, payloa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ MAX_ADDRESS = 64  # characters: "[v6 address]:port" fits
 MAX_VERSION = 1 << 62  # versions at or above are refused, so bumping can never overflow
 MAX_PAYLOAD = MAX_FRAME_SIZE  # bytes: a payload travels in one frame
 MAX_DEPTH = 6
+RECORD_CACHE_SIZE = 4096  # encoded peer records kept (process-wide, LRU)
 CHUNK_BUDGET = 2 * 1024 * 1024  # bytes (estimated) per payload of a chunked update
 _RECORD_BOUND = 32 + 4 * MAX_NICKNAME  # bytes: a record without connections, at most
 _CONN_BOUND = 16 + 4 * MAX_ADDRESS  # bytes: one connection, at most
@@ -313,7 +315,7 @@ class Topology:
 
     def apply_update_untrusted(self, payload: bytes) -> UpdateResult:
         """Decode (DecodeError on anything malformed) and merge an update or a request."""
-        sender, kind, records = _decode(payload)
+        sender, kind, records = _decode(payload, self._stale_key)
         if kind == _KIND_REQUEST:
             self._requests += 1
             empty: frozenset[PeerName] = frozenset()
@@ -321,6 +323,9 @@ class Topology:
         added: set[PeerName] = set()
         updated: set[PeerName] = set()
         for record in records:
+            if record is None:  # not newer than ours: its connections were not even decoded
+                self._stale += 1
+                continue
             if record.name == self._ourself:
                 if self._answer_record_about_us(record):
                     updated.add(self._ourself)
@@ -348,6 +353,18 @@ class Topology:
         return UpdateResult(
             sender, False, frozenset(added), frozenset(updated), unknown, delta
         )
+
+    def _stale_key(self, name: PeerName, version: int, uid: int, raw: Any) -> bool:
+        """Whether a received record cannot change the one we hold.
+
+        A lower (version, uid) loses the merge whatever it holds; an equal one that is
+        the very record we hold changes nothing. Both are decided without decoding.
+        """
+        old = self._entries.get(name)
+        if old is None:
+            return False
+        mine = (old.version, old.uid)
+        return (version, uid) < mine or ((version, uid) == mine and raw == _raw_record(old))
 
     def _answer_record_about_us(self, record: PeerEntry) -> bool:
         """A record naming us that is not ours and not older: bump above it. True if bumped."""
@@ -451,8 +468,9 @@ class TopologyGossiper:
     * An update (gossip) whose new entries reference peers we do not know makes us
       unicast a "request-full" to its sender; a "request-full" is answered by unicasting
       the full topology back, which is merged and flooded on.
-    * After every merge that changed something we garbage collect, so unreachable peers
-      are never forwarded, then call ``on_change`` (recompute routes there). Changes made
+    * After every merge that changed something we call ``on_change``: the driver
+      recomputes routes and garbage collects there, once per burst of changes (a
+      reachability walk per merged update would dominate a large mesh). Changes made
       through :meth:`set_local_connections` and :meth:`note_direct_peer` do not call it:
       the caller knows.
 
@@ -536,33 +554,48 @@ class TopologyGossiper:
             self._channel.send_unicast(peer, self._topology.encode_request_full())
         if not result.changed:
             return None
-        removed = self._topology.garbage_collect()
         if self._on_change is not None:
             self._on_change()
-        names = result.changed - removed
-        return TopologyUpdate(self._topology, names) if names else None
+        return TopologyUpdate(self._topology, result.changed)
 
 
 # -- codec ------------------------------------------------------------------------------------
 
 
 def _encode(sender: PeerName, kind: str, entries: Iterable[PeerEntry]) -> bytes:
-    records = [
-        [
-            int(e.name),
-            e.nickname,
-            e.uid,
-            e.short_id,
-            e.version,
-            [[int(c.remote_name), c.remote_addr, c.outbound, c.established] for c in e.connections],
-        ]
-        for e in entries
+    head = {"v": FORMAT_VERSION, "from": int(sender), "kind": kind, "peers": []}
+    return cbor.encode_with_array_tail(head, [_encode_record(e) for e in entries])
+
+
+@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
+def _encode_record(e: PeerEntry) -> bytes:
+    """One peer record, encoded once per version: gossip re-sends records far more often
+    than they change, and a full mesh of N peers holds N records of N connections."""
+    return cbor.encode(_raw_record(e))
+
+
+@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
+def _raw_record(e: PeerEntry) -> list[Any]:
+    """The record as plain CBOR values (shared by the cache: never mutate it)."""
+    return [
+        int(e.name),
+        e.nickname,
+        e.uid,
+        e.short_id,
+        e.version,
+        [[int(c.remote_name), c.remote_addr, c.outbound, c.established] for c in e.connections],
     ]
-    return cbor.encode({"v": FORMAT_VERSION, "from": int(sender), "kind": kind, "peers": records})
 
 
-def _decode(payload: bytes) -> tuple[PeerName, str, list[PeerEntry]]:
-    """Untrusted payload -> (sender, kind, records); DecodeError on anything malformed."""
+def _decode(
+    payload: bytes, stale: Callable[[PeerName, int, int, Any], bool]
+) -> tuple[PeerName, str, list[PeerEntry | None]]:
+    """Untrusted payload -> (sender, kind, records); DecodeError on anything malformed.
+
+    A record for which ``stale(name, version, uid, raw)`` holds comes back as None, its
+    connections unread: in a mesh of N peers most records a peer receives are ones it
+    already has, and their N connections each would dominate the cost of gossip.
+    """
     obj = cbor.decode_untrusted(payload, max_size=MAX_PAYLOAD, max_depth=MAX_DEPTH)
     if not isinstance(obj, dict) or set(obj) != {"v", "from", "kind", "peers"}:
         raise DecodeError("topology payload: expected a map with v, from, kind, peers")
@@ -577,17 +610,26 @@ def _decode(payload: bytes) -> tuple[PeerName, str, list[PeerEntry]]:
         raise DecodeError(f"topology payload: peers must be a list of at most {MAX_PEERS}")
     if kind == _KIND_REQUEST and raw:
         raise DecodeError("topology payload: request-full carries no peers")
-    records = [_decode_record(r) for r in raw]
-    names = [r.name for r in records]
+    records = [_decode_record(r, stale) for r in raw]
+    names = [_record_name(r) for r in raw]
     if len(set(names)) != len(names):
         raise DecodeError("topology payload: a peer appears twice")
     return sender, kind, records
 
 
-def _decode_record(raw: Any) -> PeerEntry:
+def _record_name(raw: Any) -> PeerName:
+    return PeerName(_uint(raw[0], NAME_BITS, "name"))  # shape checked by _decode_record
+
+
+def _decode_record(
+    raw: Any, stale: Callable[[PeerName, int, int, Any], bool]
+) -> PeerEntry | None:
     if not isinstance(raw, list) or len(raw) != 6:
         raise DecodeError("topology record: expected a list of 6 items")
     name, nickname, uid, short_id, version, conns = raw
+    peer = PeerName(_uint(name, NAME_BITS, "name"))
+    if stale(peer, _uint(version, 64, "version"), _uint(uid, UID_BITS, "uid"), raw):
+        return None
     if not isinstance(nickname, str) or len(nickname) > MAX_NICKNAME:
         raise DecodeError(f"topology record: nickname must be text of at most {MAX_NICKNAME}")
     if _uint(uid, UID_BITS, "uid") == 0:
@@ -601,7 +643,6 @@ def _decode_record(raw: Any) -> PeerEntry:
     remotes = {c.remote_name for c in decoded}
     if len(remotes) != len(decoded):
         raise DecodeError("topology record: two connections to the same peer")
-    peer = PeerName(_uint(name, NAME_BITS, "name"))
     return PeerEntry(peer, nickname, uid, short_id, version, decoded)
 
 

@@ -58,6 +58,32 @@ def encode(obj: object) -> bytes:
         raise LocalProtocolError(f"cannot encode value as CBOR: {exc}") from exc
 
 
+def encode_with_array_tail(head: Mapping[str, object], items: Sequence[bytes]) -> bytes:
+    """``encode(head | {last_key: [items...]})`` where ``items`` are already encoded.
+
+    For payloads made of many records that rarely change (the topology): each record is
+    encoded once and cached by its owner, and only the array around them is built here.
+    ``head`` must hold exactly one key whose value is an empty list, and that key must
+    sort last canonically (longest key, then bytewise), so the array is the final item.
+    """
+    empty = [key for key, value in head.items() if value == []]
+    if len(empty) != 1 or max(head, key=lambda k: (len(k), k.encode())) != empty[0]:
+        raise LocalProtocolError("the array key must be the only empty list and sort last")
+    prefix = encode(head)
+    assert prefix.endswith(b"\x80")
+    return prefix[:-1] + _array_header(len(items)) + b"".join(items)
+
+
+def _array_header(count: int) -> bytes:
+    """The CBOR head of an array of ``count`` items (major type 4)."""
+    if count < 24:
+        return bytes([0x80 | count])
+    for code, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if count < 1 << (8 * size):
+            return bytes([0x80 | code]) + count.to_bytes(size, "big")
+    raise LocalProtocolError(f"array of {count} items is too long for CBOR")
+
+
 def _check_encodable(obj: object, depth: int) -> None:
     if obj is None or isinstance(obj, bool | float | str | bytes):
         return

@@ -1,4 +1,8 @@
-"""Simulations run under trio's virtual clock: minutes of protocol time in milliseconds."""
+"""Simulations run under trio's virtual clock: minutes of protocol time in milliseconds.
+
+Every simulation test takes pytest-trio's ``autojump_clock`` fixture as an argument (the
+clock is only used when a test requests it by name).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,8 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio.testing
 
 from router.testing.sim import Sim
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import trio
+from trio.testing import MockClock
 
 from router.testing.sim import Sim
-
-pytestmark = pytest.mark.usefixtures("autojump_clock")
 
 
 def _ips(n: int) -> list[str]:
@@ -22,7 +20,7 @@ async def _start(sim: Sim, n: int) -> list[str]:
     return ips
 
 
-async def test_three_routers_discover_each_other(sim: Sim) -> None:
+async def test_three_routers_discover_each_other(sim: Sim, autojump_clock: MockClock) -> None:
     await _start(sim, 3)
     await sim.wait_until(sim.full_mesh, timeout=30, what="a full mesh of 3",
                          show=sim.mesh_summary)
@@ -34,7 +32,7 @@ async def test_three_routers_discover_each_other(sim: Sim) -> None:
 
 
 async def test_fifty_routers_with_one_common_target_form_a_full_mesh_survive_a_partition_and_heal(
-    sim: Sim,
+    sim: Sim, autojump_clock: MockClock
 ) -> None:
     ips = await _start(sim, 50)
     took = await sim.wait_until(sim.full_mesh, timeout=120, what="a full mesh of 50",
@@ -58,7 +56,9 @@ async def test_fifty_routers_with_one_common_target_form_a_full_mesh_survive_a_p
     assert {n.ip for n in sim.running()} == set(ips)
 
 
-async def test_a_restarted_router_rejoins_with_a_new_uid(sim: Sim) -> None:
+async def test_a_restarted_router_rejoins_with_a_new_uid(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
     ips = await _start(sim, 4)
     await sim.wait_until(sim.full_mesh, timeout=30, what="a full mesh of 4")
     old_uid = {p.name: p.uid for p in sim.routers[ips[0]].status().router.peers}
@@ -74,7 +74,7 @@ async def test_a_restarted_router_rejoins_with_a_new_uid(sim: Sim) -> None:
     assert name in peers and peers[name] != old_uid[name]
 
 
-async def test_a_silent_peer_times_out_and_is_retried(sim: Sim) -> None:
+async def test_a_silent_peer_times_out_and_is_retried(sim: Sim, autojump_clock: MockClock) -> None:
     ips = await _start(sim, 2)
     await sim.wait_until(sim.full_mesh, timeout=30, what="two connected routers")
     sim.net.isolate(ips[1])

@@ -311,6 +311,7 @@ class Node:
         self.links: dict[PeerName, Node] = {}
 
     def refresh(self) -> None:
+        self.topology.garbage_collect()  # as the driver does, once per burst of changes
         self.router.set_routes(compute_routes(self.name, self.topology.peers()),
                                frozenset(self.links))
 

@@ -93,7 +93,7 @@ class SleeveService:
             fast_interval=timings.udp_heartbeat_fast, slow_interval=timings.udp_heartbeat_slow,
             timeout=timings.udp_heartbeat_timeout,
         )
-        self._demux.add(path)
+        self._demux.add(path)  # the mesh never passes a connection id already in use
         self._paths[result.conn_id] = _Path(path, events)
         self._wake.set()
 

@@ -1,0 +1,483 @@
+"""The IPAM token ring: who owns which part of the allocation range (a CRDT, sans-IO).
+
+The allocation range ``[start, end)`` (addresses as ints) is cut by *tokens*. Each
+:class:`Entry` says: peer ``peer`` owns every address from ``token`` up to the next
+token (the last entry up to ``end``), believes about ``free`` of them are free, and
+this is version ``version`` of that statement. A non-empty ring always has a token at
+``start``, so ranges never wrap.
+
+Rules (as Weave's ring):
+
+* Only the owner of a range changes it: it splits its range (inserting tokens), gives
+  parts away (:meth:`Ring.grant`), or reports its free count; each change bumps the
+  version of the entries it touches. Tokens are never removed.
+* Merge (:meth:`Ring.merge`) is per token: unknown tokens are added, and for a token
+  both sides know the greater ``(version, free, peer)`` wins, which is commutative,
+  associative and idempotent. Incoming data that would take away a range of ours that
+  holds allocations is refused with :class:`RingConflictError` (Weave's messages);
+  a range of ours without allocations is given up (repairing inconsistent rings). An
+  entry of ours that comes back with a higher version but still ours (an update we
+  made before a restart and did not persist) is re-asserted above it.
+* Rings over different ranges, or seeded by different peers, never merge:
+  :class:`DifferentRangeError`, :class:`DifferentSeedsError`.
+* :meth:`Ring.transfer` (``rmpeer``, hand-over on ``reset``) re-assigns every entry of
+  a peer with the version raised by :data:`TRANSFER_VERSION_BUMP`, so the transfer
+  wins over the old owner's last updates.
+
+Wire and storage format (CBOR through :mod:`router.wire.cbor`)::
+
+    {"start": uint32, "end": uint (<= 2**32), "seeds": [uint48, ...],
+     "entries": [[token: uint32, peer: uint48, version: uint, free: uint], ...]}
+
+with ``start < end``, seeds sorted and unique (at most :data:`MAX_SEEDS`), entries
+sorted by token, unique, inside ``[start, end)``, the first at ``start`` (if any), free
+no more than the entry's size, versions below :data:`MAX_VERSION`, at most
+:data:`MAX_ENTRIES` entries. Anything else is a :class:`~router.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from router.errors import BrokenError, DecodeError, LocalProtocolError, RemoteProtocolError
+from router.mesh.names import NAME_BITS, PeerName
+from router.wire import cbor
+
+Range = tuple[int, int]  # [start, end)
+
+MAX_ENTRIES = 65536  # tokens in one ring
+MAX_SEEDS = 10_000  # peers a ring can be seeded with
+MAX_VERSION = 1 << 62  # refused at or above, so bumping never overflows
+ADDRESS_SPACE = 1 << 32  # IPv4
+TRANSFER_VERSION_BUMP = 100  # a transfer outranks this many updates by the old owner
+MAX_RING_BYTES = 4 * 1024 * 1024
+
+
+class RingConflictError(RemoteProtocolError):
+    """Incoming ring data contradicts a range of ours that holds allocations."""
+
+
+class DifferentSeedsError(RemoteProtocolError):
+    """The incoming ring was seeded by other peers than ours."""
+
+    def __init__(self, received: tuple[PeerName, ...], ours: tuple[PeerName, ...]) -> None:
+        super().__init__("Received ring was seeded differently from ours")
+        self.received = received
+        self.ours = ours
+
+
+class DifferentRangeError(RemoteProtocolError):
+    """The incoming ring covers another allocation range."""
+
+    def __init__(self, received: Range, ours: Range) -> None:
+        super().__init__("Received range differs from ours")
+        self.received = received
+        self.ours = ours
+
+
+@dataclass(frozen=True)
+class Entry:
+    """``peer`` owns from ``token`` to the next token; ``free`` of those are free."""
+
+    token: int
+    peer: PeerName
+    version: int = 0
+    free: int = 0
+
+    def key(self) -> tuple[int, int, int]:
+        """Merge order for two entries at the same token: the greater wins."""
+        return (self.version, self.free, int(self.peer))
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What a merge did: ``changed`` anything, ``moved`` ownership (new tokens/owners)."""
+
+    changed: bool
+    moved: bool
+
+
+def range_text(start: int, end: int) -> str:
+    """``10.32.0.0/12`` when ``[start, end)`` is one CIDR block, else ``first-last``."""
+    size = end - start
+    if size > 0 and size & (size - 1) == 0 and start % size == 0:
+        return str(ipaddress.IPv4Network((start, 32 - size.bit_length() + 1)))
+    return f"{ipaddress.IPv4Address(start)}-{ipaddress.IPv4Address(end - 1)}"
+
+
+class Ring:
+    """One peer's replica of the ring (see module doc). ``ourself`` is that peer."""
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        ourself: PeerName,
+        *,
+        seeds: Iterable[PeerName] = (),
+        entries: Iterable[Entry] = (),
+    ) -> None:
+        if not 0 <= start < end <= ADDRESS_SPACE:
+            raise LocalProtocolError(f"bad ring range [{start}, {end})")
+        self.start = start
+        self.end = end
+        self.ourself = ourself
+        self._seeds: tuple[PeerName, ...] = tuple(seeds)
+        self._entries: list[Entry] = list(entries)
+        problem = _entries_problem(start, end, self._entries)
+        if problem:
+            raise LocalProtocolError(f"bad ring entries: {problem}")
+
+    # -- views ----------------------------------------------------------------------------
+
+    @property
+    def seeds(self) -> tuple[PeerName, ...]:
+        """The peers this ring was first divided among (sorted)."""
+        return self._seeds
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        """All entries, sorted by token."""
+        return tuple(self._entries)
+
+    def empty(self) -> bool:
+        """True until the ring is seeded (or merged with a seeded one)."""
+        return not self._entries
+
+    def size(self) -> int:
+        """Addresses in the whole range."""
+        return self.end - self.start
+
+    def contains(self, addr: int) -> bool:
+        """Whether ``addr`` is inside the allocation range."""
+        return self.start <= addr < self.end
+
+    def _next_token(self, i: int) -> int:
+        return self._entries[i + 1].token if i + 1 < len(self._entries) else self.end
+
+    def ranges(self) -> list[tuple[Entry, int, int]]:
+        """Every entry with the range ``[start, end)`` it covers."""
+        return [(e, e.token, self._next_token(i)) for i, e in enumerate(self._entries)]
+
+    def owner(self, addr: int) -> PeerName | None:
+        """The peer owning ``addr`` (None if the ring is empty or ``addr`` is outside)."""
+        if not self._entries or not self.contains(addr):
+            return None
+        i = bisect.bisect_right(self._entries, addr, key=lambda e: e.token) - 1
+        return self._entries[i].peer
+
+    def owned_ranges(self, peer: PeerName | None = None) -> list[Range]:
+        """The ranges ``peer`` (default: ourself) owns, lowest first, adjacent ones joined."""
+        who = self.ourself if peer is None else peer
+        out: list[Range] = []
+        for entry, start, end in self.ranges():
+            if entry.peer != who:
+                continue
+            if out and out[-1][1] == start:
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((start, end))
+        return out
+
+    def peers(self) -> frozenset[PeerName]:
+        """Every peer owning at least one range."""
+        return frozenset(e.peer for e in self._entries)
+
+    def shares(self) -> dict[PeerName, int]:
+        """Addresses owned per peer."""
+        out: dict[PeerName, int] = {}
+        for entry, start, end in self.ranges():
+            out[entry.peer] = out.get(entry.peer, 0) + end - start
+        return out
+
+    # -- changes by the owner -------------------------------------------------------------
+
+    def claim_for_peers(self, peers: Iterable[PeerName]) -> None:
+        """Seed an empty ring: the range split evenly among ``peers`` (sorted, unique)."""
+        if self._entries:
+            raise LocalProtocolError("only an empty ring can be seeded")
+        seeds = sorted(set(peers))
+        if not seeds or len(seeds) > min(MAX_SEEDS, self.size()):
+            raise LocalProtocolError(f"cannot seed a ring of {self.size()} with {len(seeds)}")
+        size, count = self.size(), len(seeds)
+        bounds = [self.start + size * i // count for i in range(count + 1)]
+        self._entries = [
+            Entry(bounds[i], peer, 0, bounds[i + 1] - bounds[i]) for i, peer in enumerate(seeds)
+        ]
+        self._seeds = tuple(seeds)
+        self._check()
+
+    def grant(self, start: int, end: int, peer: PeerName) -> None:
+        """Give ``[start, end)``, which we own entirely, to ``peer`` (a donation)."""
+        if not self.start <= start < end <= self.end:
+            raise LocalProtocolError(f"grant of [{start}, {end}) outside the ring")
+        for entry, lo, hi in self.ranges():
+            if lo < end and start < hi and entry.peer != self.ourself:
+                raise LocalProtocolError(f"grant of [{start}, {end}): not all ours")
+        self._split_at(start)
+        self._split_at(end)
+        for i, entry in enumerate(self._entries):
+            if start <= entry.token < end:
+                size = self._next_token(i) - entry.token
+                self._entries[i] = Entry(entry.token, peer, entry.version + 1, size)
+        self._check()
+
+    def _split_at(self, token: int) -> None:
+        """Make ``token`` a token (inside a range of ours); the old range keeps its owner."""
+        if token >= self.end:
+            return
+        i = bisect.bisect_right(self._entries, token, key=lambda e: e.token) - 1
+        entry = self._entries[i]
+        if entry.token == token:
+            return
+        end = self._next_token(i)
+        self._entries[i] = Entry(
+            entry.token, entry.peer, entry.version + 1, min(entry.free, token - entry.token)
+        )
+        self._entries.insert(i + 1, Entry(token, entry.peer, 0, min(entry.free, end - token)))
+
+    def report_free(self, free: Callable[[int, int], int]) -> bool:
+        """Refresh the free counts of our entries from ``free(start, end)``; True if changed."""
+        changed = False
+        for i, (entry, start, end) in enumerate(self.ranges()):
+            if entry.peer != self.ourself:
+                continue
+            count = free(start, end)
+            if count != entry.free:
+                self._entries[i] = replace(entry, version=entry.version + 1, free=count)
+                changed = True
+        return changed
+
+    def transfer(self, from_peer: PeerName, to_peer: PeerName) -> list[Range]:
+        """Give every range of ``from_peer`` to ``to_peer``; returns the ranges moved."""
+        moved: list[Range] = []
+        for i, (entry, start, end) in enumerate(self.ranges()):
+            if entry.peer == from_peer:
+                self._entries[i] = replace(
+                    entry, peer=to_peer, version=entry.version + TRANSFER_VERSION_BUMP
+                )
+                moved.append((start, end))
+        self._check()
+        return moved
+
+    # -- choosing peers -------------------------------------------------------------------
+
+    def choose_peers_to_ask_for_space(
+        self, start: int, end: int, rng: random.Random
+    ) -> list[PeerName]:
+        """Other peers with free space in ``[start, end)``, in weighted-random order."""
+        totals: dict[PeerName, int] = {}
+        for entry, lo, hi in self.ranges():
+            if hi <= start or lo >= end or entry.free == 0 or entry.peer == self.ourself:
+                continue
+            totals[entry.peer] = totals.get(entry.peer, 0) + entry.free
+        weighted = sorted(
+            ((free * rng.random(), peer) for peer, free in sorted(totals.items())), reverse=True
+        )
+        return [peer for _weight, peer in weighted]
+
+    def pick_peer_for_transfer(self, is_valid: Callable[[PeerName], bool]) -> PeerName | None:
+        """The first other peer owning a range for which ``is_valid`` holds."""
+        for entry in self._entries:
+            if entry.peer != self.ourself and is_valid(entry.peer):
+                return entry.peer
+        return None
+
+    # -- merge ----------------------------------------------------------------------------
+
+    def merge(self, other: Ring, has_allocations: Callable[[int, int], bool]) -> MergeResult:
+        """Merge ``other`` (decoded from a peer) into this ring; see module doc."""
+        if (other.start, other.end) != (self.start, self.end):
+            raise DifferentRangeError((other.start, other.end), (self.start, self.end))
+        if other._seeds and self._seeds and other._seeds != self._seeds:
+            raise DifferentSeedsError(other._seeds, self._seeds)
+        merged = _clamp_free(self._merged_entries(other._entries), self.end)
+        problem = _entries_problem(self.start, self.end, merged)
+        if problem:  # pragma: no cover - both inputs were valid, merging keeps that
+            raise BrokenError(f"Merge of incoming data causes: {problem}")
+        new = Ring(self.start, self.end, self.ourself, entries=merged)
+        for start, end in _subtract(self.owned_ranges(), new.owned_ranges()):
+            if has_allocations(start, end):
+                raise RingConflictError(self._conflict_message(other, start))
+        changed = new._entries != self._entries or (not self._seeds and bool(other._seeds))
+        moved = [(e.token, e.peer) for e in new._entries] != [
+            (e.token, e.peer) for e in self._entries
+        ]
+        self._entries = new._entries
+        if not self._seeds:
+            self._seeds = other._seeds
+        self._check()
+        return MergeResult(changed=changed, moved=moved)
+
+    def _merged_entries(self, theirs: Sequence[Entry]) -> list[Entry]:
+        mine = {e.token: e for e in self._entries}
+        out = dict(mine)
+        for entry in theirs:
+            current = mine.get(entry.token)
+            if current is None:
+                out[entry.token] = entry
+            elif current.peer == self.ourself == entry.peer and entry.version > current.version:
+                # our own entry, updated by an incarnation of ours we do not remember
+                out[entry.token] = replace(current, version=entry.version + 1)
+            elif entry.key() > current.key():
+                out[entry.token] = entry
+        return [out[t] for t in sorted(out)]
+
+    def _conflict_message(self, other: Ring, token: int) -> str:
+        i = bisect.bisect_right(other._entries, token, key=lambda e: e.token) - 1
+        theirs = other._entries[i] if i >= 0 else None
+        mine = next((e for e in self._entries if theirs and e.token == theirs.token), None)
+        if theirs is None:
+            return f"Merge of incoming data would take {_ip(token)} from us"
+        if mine is None:
+            return (
+                f"Peer {theirs.peer} says it owns the IP range from {_ip(theirs.token)}, "
+                "which I think I own"
+            )
+        if mine.version == theirs.version:
+            return (
+                f"Inconsistent entries for {_ip(mine.token)}: owned by {mine.peer} but "
+                f"incoming message says {theirs.peer}"
+            )
+        return (
+            f"Received update for IP range I own at {_ip(mine.token)} v{mine.version}: "
+            f"incoming message says owner {theirs.peer} v{theirs.version}"
+        )
+
+    def _check(self) -> None:
+        problem = _entries_problem(self.start, self.end, self._entries)
+        if problem:
+            raise BrokenError(f"ring invariant broken: {problem}")
+
+    # -- codec ----------------------------------------------------------------------------
+
+    def to_wire(self) -> dict[str, Any]:
+        """The CBOR-ready value of the module doc's format."""
+        return {
+            "start": self.start,
+            "end": self.end,
+            "seeds": [int(s) for s in self._seeds],
+            "entries": [[e.token, int(e.peer), e.version, e.free] for e in self._entries],
+        }
+
+    def encode(self) -> bytes:
+        """The ring as CBOR (for persistence)."""
+        return cbor.encode(self.to_wire())
+
+    @classmethod
+    def from_wire(cls, raw: Any, ourself: PeerName) -> Ring:
+        """Check and build a ring from a decoded CBOR value; DecodeError if malformed."""
+        if not isinstance(raw, dict) or set(raw) != {"start", "end", "seeds", "entries"}:
+            raise DecodeError("ring: expected a map with start, end, seeds, entries")
+        start = _uint(raw["start"], ADDRESS_SPACE - 1, "ring start")
+        end = _uint(raw["end"], ADDRESS_SPACE, "ring end")
+        if start >= end:
+            raise DecodeError("ring: empty range")
+        seeds = [_name(s) for s in _list(raw["seeds"], MAX_SEEDS, "ring seeds")]
+        if seeds != sorted(set(seeds)):
+            raise DecodeError("ring: seeds not sorted and unique")
+        entries = [_entry(e) for e in _list(raw["entries"], MAX_ENTRIES, "ring entries")]
+        problem = _entries_problem(start, end, entries)
+        if problem:
+            raise DecodeError(f"ring: {problem}")
+        return cls(start, end, ourself, seeds=seeds, entries=entries)
+
+    @classmethod
+    def decode_untrusted(cls, data: bytes, ourself: PeerName) -> Ring:
+        """Decode :meth:`encode`'s output; DecodeError on anything else."""
+        return cls.from_wire(cbor.decode_untrusted(data, max_size=MAX_RING_BYTES), ourself)
+
+    def __repr__(self) -> str:
+        return f"Ring({range_text(self.start, self.end)}, {len(self._entries)} entries)"
+
+
+def _entries_problem(start: int, end: int, entries: Sequence[Entry]) -> str:
+    """Why ``entries`` is not a valid ring over ``[start, end)`` ("" if it is)."""
+    if not entries:
+        return ""
+    if len(entries) > MAX_ENTRIES:
+        return f"more than {MAX_ENTRIES} tokens"
+    if entries[0].token != start:
+        return "Token is out of range" if entries[0].token < start else "no token at range start"
+    for i, entry in enumerate(entries):
+        nxt = entries[i + 1].token if i + 1 < len(entries) else end
+        if entry.token >= end:
+            return "Token is out of range"
+        if nxt < entry.token:
+            return "Ring not sorted"
+        if nxt == entry.token:
+            return "Token appears twice in ring"
+        if entry.free > nxt - entry.token:
+            return (
+                f"Entry {_ip(entry.token)}-{_ip(nxt)} reporting too much free space: "
+                f"{entry.free} > {nxt - entry.token}"
+            )
+        if entry.version >= MAX_VERSION:
+            return "version out of range"
+    return ""
+
+
+def _clamp_free(entries: list[Entry], end: int) -> list[Entry]:
+    """``entries`` with every free count cut to its range's size (free is only a hint).
+
+    New tokens from one side can split a range whose entry still carries the other
+    side's older, larger free count.
+    """
+    for i, entry in enumerate(entries):
+        size = (entries[i + 1].token if i + 1 < len(entries) else end) - entry.token
+        if entry.free > size:
+            entries[i] = replace(entry, free=size)
+    return entries
+
+
+def _subtract(ranges: Iterable[Range], minus: Sequence[Range]) -> list[Range]:
+    """``ranges`` minus ``minus`` (both sorted, disjoint)."""
+    out: list[Range] = []
+    for start, end in ranges:
+        pos = start
+        for lo, hi in minus:
+            if hi <= pos or lo >= end:
+                continue
+            if lo > pos:
+                out.append((pos, lo))
+            pos = max(pos, hi)
+        if pos < end:
+            out.append((pos, end))
+    return out
+
+
+def _ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value % ADDRESS_SPACE))
+
+
+def _uint(value: Any, limit: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise DecodeError(f"{what}: expected an integer in 0..{limit}")
+    return value
+
+
+def _name(value: Any) -> PeerName:
+    return PeerName(_uint(value, (1 << NAME_BITS) - 1, "peer name"))
+
+
+def _list(value: Any, limit: int, what: str) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise DecodeError(f"{what}: expected a list of at most {limit} items")
+    return value
+
+
+def _entry(raw: Any) -> Entry:
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise DecodeError("ring entry: expected [token, peer, version, free]")
+    return Entry(
+        _uint(raw[0], ADDRESS_SPACE - 1, "ring token"),
+        _name(raw[1]),
+        _uint(raw[2], MAX_VERSION - 1, "ring version"),
+        _uint(raw[3], ADDRESS_SPACE, "ring free count"),
+    )
+

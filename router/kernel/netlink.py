@@ -1,0 +1,414 @@
+"""The kernel port over pyroute2: every netlink call on one worker thread this port owns.
+
+The only module that imports pyroute2. pyroute2's ``IPRoute`` is synchronous and bound to
+the thread that opened it, and a netlink socket belongs to the network namespace its
+thread was in when it was created; so:
+
+1. :func:`open_netlink_port` starts one worker thread (``threading.Thread``), which first
+   records the namespace it was born in (the router's own, ``netns=None``).
+2. Each public coroutine turns its work into a job, hands the job to the worker through a
+   queue, and waits (shielded: a netlink change is never abandoned half-way) for the
+   result, which the worker posts back with ``TrioToken.run_sync_soon``. A ``trio.Lock``
+   admits one job at a time, so the queue holds at most one job (plus the stop sentinel).
+3. On the worker, the router's own namespace has one long-lived ``IPRoute``. For another
+   namespace the worker enters it with ``setns(2)`` (this thread only), opens an
+   ``IPRoute`` there and returns home at once; that socket serves one batch (a snapshot, an
+   ``apply``) and is closed after it, so the port never pins a container's namespace
+   alive after the container is gone. No socket joins a multicast group (``groups=0``):
+   link events are never queued for a reader that does not exist.
+4. A TAP device is created in the namespace of the thread that opens ``/dev/net/tun``: the
+   worker enters the target namespace around :func:`router.kernel.tap.open_tap`.
+5. Every failure becomes :class:`~router.errors.KernelError` with the kernel's errno and
+   the operation in words (``add bridge weave mtu 1376: File exists``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any, TypeVar
+
+import outcome
+import trio
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from router.errors import BrokenError, ClosedError, KernelError
+from router.kernel import tap as tapdev
+from router.kernel.port import (
+    MTU_MAX,
+    AddAddress,
+    AddBridge,
+    Address,
+    AddRoute,
+    AddVeth,
+    DeleteAddress,
+    DeleteLink,
+    DeleteRoute,
+    KernelStatistics,
+    Link,
+    NetnsState,
+    Op,
+    Route,
+    Scope,
+    SetDown,
+    SetMac,
+    SetMaster,
+    SetMtu,
+    SetUp,
+    is_link_local,
+    kernel_error,
+)
+
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
+RT_TABLE_MAIN = 254
+RTPROT_KERNEL = 2  # routes the kernel derives from addresses: not ours, left out of snapshots
+RTN_UNICAST = 1
+IFF_UP = 0x1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise KernelError(code, f"setns {what}: {os.strerror(code)}")
+
+
+class _Worker:
+    """State owned by the worker thread: its home namespace and its home IPRoute."""
+
+    def __init__(self) -> None:
+        self.home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.home = IPRoute(groups=0)
+        self.broken = ""  # why this thread can no longer be trusted to be at home
+
+    def check(self) -> _Worker:
+        """``self``, unless a failed return home left the thread in a foreign namespace."""
+        if self.broken:
+            raise BrokenError(self.broken)
+        return self
+
+    def close(self) -> None:
+        self.home.close()
+        os.close(self.home_fd)
+
+    @contextmanager
+    def entered(self, netns: str) -> Iterator[None]:
+        """Run the body with this thread in ``netns``; always come back home."""
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise kernel_error(exc.errno or errno.ENOENT, f"namespace {netns}") from None
+        try:
+            _setns(fd, netns)
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            try:
+                _setns(self.home_fd, "back home")
+            except KernelError as exc:  # the thread would act in the wrong namespace
+                self.broken = f"netlink worker cannot return to its namespace: {exc}"
+                raise BrokenError(self.broken) from exc
+
+    @contextmanager
+    def batch(self) -> Iterator[Callable[[str | None], Any]]:
+        """A function netns -> IPRoute; sockets for other namespaces close at the end."""
+        opened: dict[str, Any] = {}
+
+        def ipr(netns: str | None) -> Any:
+            if netns is None:
+                return self.home
+            if netns not in opened:
+                with self.entered(netns):
+                    opened[netns] = IPRoute(groups=0)
+            return opened[netns]
+
+        try:
+            yield ipr
+        finally:
+            for sock in opened.values():
+                sock.close()
+
+    def open_tap(self, name: str, netns: str | None) -> tapdev.Tap:
+        if netns is None:
+            return tapdev.Tap(name, tapdev.open_tap(name))
+        with self.entered(netns):
+            return tapdev.Tap(name, tapdev.open_tap(name))
+
+
+# --- reading state ------------------------------------------------------------------------
+
+
+def _snapshot(ipr: Any, netns: str | None) -> NetnsState:
+    names: dict[int, str] = {}
+    raw_links = list(ipr.link("dump"))
+    for msg in raw_links:
+        names[msg["index"]] = msg.get_attr("IFLA_IFNAME")
+    links = tuple(_link(msg, names) for msg in raw_links)
+    addresses = tuple(a for msg in ipr.addr("dump") if (a := _address(msg, names)) is not None)
+    routes = tuple(r for msg in ipr.route("dump") if (r := _route(msg, names)) is not None)
+    return NetnsState(netns=netns, links=links, addresses=addresses, routes=routes)
+
+
+def _link(msg: Any, names: dict[int, str]) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
+    master = msg.get_attr("IFLA_MASTER")
+    return Link(
+        index=msg["index"], name=msg.get_attr("IFLA_IFNAME"), kind=kind,
+        mac=(msg.get_attr("IFLA_ADDRESS") or "").lower(), mtu=msg.get_attr("IFLA_MTU"),
+        up=bool(msg["flags"] & IFF_UP), master=names.get(master) if master else None,
+    )
+
+
+def _address(msg: Any, names: dict[int, str]) -> Address | None:
+    ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    if ip is None or msg["index"] not in names:
+        return None
+    cidr = ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}")
+    return None if is_link_local(cidr) else Address(names[msg["index"]], cidr)
+
+
+def _route(msg: Any, names: dict[int, str]) -> Route | None:
+    table = msg.get_attr("RTA_TABLE") or msg["table"]
+    if table != RT_TABLE_MAIN or msg["proto"] == RTPROT_KERNEL or msg["type"] != RTN_UNICAST:
+        return None
+    dst = msg.get_attr("RTA_DST") or ("::" if msg["family"] == 10 else "0.0.0.0")
+    gateway = msg.get_attr("RTA_GATEWAY")
+    oif = msg.get_attr("RTA_OIF")
+    return Route(
+        dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}"),
+        ifname=names.get(oif) if oif else None,
+        gateway=ipaddress.ip_address(gateway) if gateway else None,
+        scope=_scope(msg["scope"]),
+    )
+
+
+def _scope(value: int) -> Scope:
+    try:
+        return Scope(value)
+    except ValueError:  # site (200) and user-defined scopes: not ones we use
+        return Scope.UNIVERSE
+
+
+# --- changing state -------------------------------------------------------------------------
+
+
+def _index(ipr: Any, name: str, op: Op) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise kernel_error(errno.ENODEV, f"{op}: link {name}")
+    return int(found[0])
+
+
+def _add_bridge(w: _Worker, ipr: Any, op: AddBridge) -> None:
+    # A bridge follows its ports' smallest MTU unless its MTU was *changed* by hand; creating
+    # it one byte off and then setting the real value pins it (no-op sets do not count).
+    first = op.mtu + 1 if op.mtu < MTU_MAX else op.mtu - 1
+    extra = {"address": op.mac} if op.mac is not None else {}
+    ipr.link("add", ifname=op.name, kind="bridge", mtu=first, br_stp_state=0,
+             br_mcast_snooping=0, **extra)
+    ipr.link("set", index=_index(ipr, op.name, op), mtu=op.mtu)
+
+
+def _add_veth(w: _Worker, ipr: Any, op: AddVeth) -> None:
+    peer: dict[str, Any] = {"ifname": op.peer, "mtu": op.mtu}
+    if op.peer_mac is not None:
+        peer["address"] = op.peer_mac
+    if op.peer_netns == op.netns:
+        ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
+        return
+    if op.peer_netns is None:
+        peer["net_ns_fd"] = w.home_fd
+        ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
+        return
+    try:
+        fd = os.open(op.peer_netns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise kernel_error(exc.errno or errno.ENOENT, f"{op}: namespace {op.peer_netns}") \
+            from None
+    try:
+        peer["net_ns_fd"] = fd
+        ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
+    finally:
+        os.close(fd)
+
+
+def _set_master(w: _Worker, ipr: Any, op: SetMaster) -> None:
+    master = 0 if op.master is None else _index(ipr, op.master, op)
+    ipr.link("set", index=_index(ipr, op.name, op), master=master)
+
+
+def _route_args(ipr: Any, route: Route, op: Op) -> dict[str, Any]:
+    args: dict[str, Any] = {"dst": str(route.dst), "table": RT_TABLE_MAIN,
+                            "scope": int(route.scope)}
+    if route.ifname is not None:
+        args["oif"] = _index(ipr, route.ifname, op)
+    if route.gateway is not None:
+        args["gateway"] = str(route.gateway)
+    return args
+
+
+def _addr_args(ipr: Any, op: AddAddress | DeleteAddress) -> dict[str, Any]:
+    return {"index": _index(ipr, op.ifname, op), "address": str(op.cidr.ip),
+            "prefixlen": op.cidr.network.prefixlen}
+
+
+_Handler = Callable[[_Worker, Any, Any], None]
+_HANDLERS: dict[type, _Handler] = {
+    AddBridge: _add_bridge,
+    AddVeth: _add_veth,
+    DeleteLink: lambda w, ipr, op: ipr.link("del", index=_index(ipr, op.name, op)),
+    SetUp: lambda w, ipr, op: ipr.link("set", index=_index(ipr, op.name, op), state="up"),
+    SetDown: lambda w, ipr, op: ipr.link("set", index=_index(ipr, op.name, op), state="down"),
+    SetMtu: lambda w, ipr, op: ipr.link("set", index=_index(ipr, op.name, op), mtu=op.mtu),
+    SetMac: lambda w, ipr, op: ipr.link("set", index=_index(ipr, op.name, op), address=op.mac),
+    SetMaster: _set_master,
+    AddAddress: lambda w, ipr, op: ipr.addr("add", **_addr_args(ipr, op)),
+    DeleteAddress: lambda w, ipr, op: ipr.addr("del", **_addr_args(ipr, op)),
+    AddRoute: lambda w, ipr, op: ipr.route("add", **_route_args(ipr, op.route, op)),
+    DeleteRoute: lambda w, ipr, op: ipr.route("del", **_route_args(ipr, op.route, op)),
+}
+
+
+def _apply(w: _Worker, ops: Sequence[Op]) -> tuple[int, KernelError | None]:
+    """Run ops in order on the worker; (how many succeeded, the error that stopped us)."""
+    done = 0
+    with w.batch() as ipr:
+        for op in ops:
+            try:
+                _HANDLERS[type(op)](w, ipr(op.netns), op)
+            except NetlinkError as exc:
+                return done, kernel_error(exc.code, str(op))
+            except KernelError as exc:
+                return done, exc
+            except OSError as exc:
+                return done, kernel_error(exc.errno or errno.EIO, str(op))
+            done += 1
+    return done, None
+
+
+def _take_snapshot(w: _Worker, netns: str | None) -> NetnsState:
+    try:
+        with w.batch() as ipr:
+            return _snapshot(ipr(netns), netns)
+    except NetlinkError as exc:
+        raise kernel_error(exc.code, f"snapshot{'' if netns is None else ' of ' + netns}") \
+            from None
+
+
+# --- the port -----------------------------------------------------------------------------
+
+
+class NetlinkPort:
+    """:class:`router.kernel.port.KernelPort` on the real kernel. Use :func:`open_netlink_port`."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._worker: _Worker | None = None
+        self._thread = threading.Thread(target=self._serve, name="netlink", daemon=True)
+        self._lock = trio.Lock()
+        self._closed = False
+        self._stats = KernelStatistics()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+        if self._worker is not None:
+            self._worker.close()
+
+    async def _start(self) -> None:
+        self._thread.start()
+
+        def start() -> None:
+            self._worker = _Worker()
+
+        await self._run(start)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        async with self._lock:
+            if self._closed:
+                raise ClosedError("netlink port is closed")
+            send, receive = trio.open_memory_channel[outcome.Outcome[T]](1)
+            token = trio.lowlevel.current_trio_token()
+
+            def job() -> None:
+                result = outcome.capture(fn)
+                with suppress(trio.RunFinishedError):
+                    token.run_sync_soon(send.send_nowait, result)
+
+            self._jobs.put(job)
+            with trio.CancelScope(shield=True):
+                result = await receive.receive()
+        return result.unwrap()
+
+    def _w(self) -> _Worker:
+        if self._worker is None:
+            raise ClosedError("netlink port is not running")
+        return self._worker.check()
+
+    async def snapshot(self, netns: str | None = None) -> NetnsState:
+        """See :meth:`router.kernel.port.KernelPort.snapshot`."""
+        state = await self._run(lambda: _take_snapshot(self._w(), netns))
+        self._bump(snapshots=1)
+        return state
+
+    async def apply(self, ops: Sequence[Op]) -> None:
+        """See :meth:`router.kernel.port.KernelPort.apply`."""
+        ops = tuple(ops)
+        if not ops:
+            return
+        done, error = await self._run(lambda: _apply(self._w(), ops))
+        self._bump(ops_applied=done, ops_failed=0 if error is None else 1)
+        if error is not None:
+            raise error
+
+    async def open_tap(self, name: str, *, netns: str | None = None) -> tapdev.Tap:
+        """See :meth:`router.kernel.port.KernelPort.open_tap`."""
+        device = await self._run(lambda: self._w().open_tap(name, netns))
+        self._bump(taps_opened=1)
+        return device
+
+    def statistics(self) -> KernelStatistics:
+        """Counters since the port opened."""
+        return self._stats
+
+    def _bump(self, **deltas: int) -> None:
+        current = self._stats
+        self._stats = KernelStatistics(**{
+            key: getattr(current, key) + deltas.get(key, 0)
+            for key in ("snapshots", "ops_applied", "ops_failed", "taps_opened")
+        })
+
+    async def aclose(self) -> None:
+        """Stop the worker (closing its netlink sockets). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.ident is None:
+            return  # never started
+        async with self._lock:  # after the job in flight and those already waiting
+            self._jobs.put(None)
+        await trio.to_thread.run_sync(self._thread.join)
+
+
+@asynccontextmanager
+async def open_netlink_port() -> AsyncIterator[NetlinkPort]:
+    """A running :class:`NetlinkPort`, closed on exit."""
+    port = NetlinkPort()
+    try:
+        await port._start()
+        yield port
+    finally:
+        with trio.CancelScope(shield=True):
+            await port.aclose()
