@@ -189,7 +189,12 @@ def setup_logging(config: RouterConfig) -> _PeerFilter:
     return peer_filter
 
 
-async def _main(router: Router) -> None:
+async def _main(config: RouterConfig, store: Store, name: PeerName,
+                peer_filter: _PeerFilter) -> None:
+    router = Router(config, store, network=TrioNetwork(), name=name)
+    peer_filter.peer = f"{name}({router.nickname})"
+    log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
+             router.nickname, Path(config.db_path))
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, router)
@@ -221,11 +226,7 @@ def run(config: RouterConfig) -> int:
     exit_code = EXIT_OK
     try:
         name = settle_name(store, config.mesh.name)
-        router = Router(config, store, network=TrioNetwork(), name=name)
-        peer_filter.peer = f"{name}({router.nickname})"
-        log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
-                 router.nickname, Path(config.db_path))
-        trio.run(_main, router)
+        trio.run(_main, config, store, name, peer_filter)
     except* OSError as group:
         # Binding a port or opening a socket failed: one line, and the supervisor decides.
         log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))

@@ -49,7 +49,7 @@ from router.mesh.handshake import Handshake, HandshakeResult, LocalIdentity
 from router.mesh.names import PeerName
 from router.mesh.routes import Routes, compute_routes
 from router.mesh.session import Session
-from router.mesh.targets import AcceptLimiter, BackoffPolicy, ConnectionMaker
+from router.mesh.targets import AcceptLimiter, BackoffPolicy, ConnectionMaker, parse_address
 from router.mesh.topology import LocalConnection, Topology, TopologyGossiper
 from router.network.service import Listener, Network, Stream
 from router.overlay.sleeve.service import SleeveService
@@ -103,6 +103,10 @@ class _Connection:
     def remote(self) -> PeerName:
         return self.result.remote_name
 
+    def targets(self) -> set[str]:
+        """Every dial target this connection stands for (its own and duplicates' that lost)."""
+        return ({self.target} if self.target else set()) | self.satisfies
+
     def close(self, reason: str) -> None:
         if not self.close_reason:
             self.close_reason = reason
@@ -119,12 +123,6 @@ class MeshStatistics:
     unicast_routes: Mapping[str, str]
     broadcast_routes: Mapping[str, tuple[str, ...]]
     counters: Mapping[str, int]
-
-
-def split_target(addr: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` (already normalised by the connection maker)."""
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class MeshService:
@@ -154,7 +152,7 @@ class MeshService:
         self._save_targets = save_targets
         self._rng = rng or random.Random()
         timings = config.timings
-        now = trio.current_time() if _in_trio() else 0.0
+        now = trio.current_time()  # built inside trio.run: the cores run on trio's clock
         self._identity = LocalIdentity(
             name=name, nickname=nickname, uid=uid, short_id=short_id,
             password=config.password, trusted_subnets=config.trusted_subnets,
@@ -163,11 +161,7 @@ class MeshService:
         self._maker = ConnectionMaker(
             ourself=name, port=config.port, discovery=config.discovery,
             conn_limit=config.conn_limit, rng=self._rng, now=now,
-            policy=BackoffPolicy(
-                initial=timings.backoff_initial, factor=timings.backoff_factor,
-                max=timings.backoff_max, jitter=timings.backoff_jitter,
-                reset_after=timings.backoff_reset_after,
-            ),
+            policy=BackoffPolicy.from_timings(timings),
         )
         self._maker.add_targets(targets, replace=True)
         self._limiter = AcceptLimiter(rate=timings.accept_rate, burst=timings.accept_burst)
@@ -202,7 +196,7 @@ class MeshService:
                 nursery.start_soon(self._dial_loop)
                 nursery.start_soon(self._gossip_loop)
                 nursery.start_soon(self._routes_loop)
-                self._announce()
+                self._local_connections_changed()  # publish our (empty) record
                 task_status.started()
         finally:
             self._nursery = None
@@ -262,10 +256,10 @@ class MeshService:
                 await self._maker_wake.wait()
 
     async def _dial(self, addr: str) -> None:
-        host, port = split_target(addr)
+        target = parse_address(addr, default_port=self.config.port)
         try:
-            ip = await self._network.resolve(host)
-            stream = await self._network.connect_tcp(ip, port)
+            ip = await self._network.resolve(target.host)
+            stream = await self._network.connect_tcp(ip, target.port)
         except OSError as exc:
             self._maker.dial_failed(addr, trio.current_time(), _os_error_text(exc), retry=True)
             log.info("->[%s] connection failed: %s", addr, _os_error_text(exc))
@@ -374,11 +368,11 @@ class MeshService:
                 loser.target = None
             winner.satisfies |= loser.satisfies
             loser.satisfies.clear()
-            if loser is existing:
-                self._detach(existing, "duplicate connection")
-                existing.close("duplicate connection")
-            else:
-                return self._satisfy_targets(winner)
+            if loser is conn:
+                self._satisfy_targets(winner)
+                return False
+            self._detach(existing)
+            existing.close("duplicate connection")
         self._by_peer[conn.remote] = conn
         self._by_id[conn.result.conn_id] = conn
         self._sleeve.add_connection(conn.result, conn.stream.remote[0], self)
@@ -394,15 +388,14 @@ class MeshService:
         self._flush_gossip()
         return True
 
-    def _satisfy_targets(self, conn: _Connection) -> bool:
+    def _satisfy_targets(self, conn: _Connection) -> None:
         now = trio.current_time()
-        for target in ({conn.target} if conn.target else set()) | conn.satisfies:
+        for target in conn.targets():
             self._maker.connected(target, conn.remote, now, outbound=True)
         self._maker.set_connected_peers(set(self._by_peer))
         self._maker_wake.set()
-        return False
 
-    def _detach(self, conn: _Connection, reason: str) -> None:
+    def _detach(self, conn: _Connection) -> None:
         if self._by_peer.get(conn.remote) is conn:
             del self._by_peer[conn.remote]
             del self._by_id[conn.result.conn_id]
@@ -411,9 +404,9 @@ class MeshService:
     def _unregister(self, conn: _Connection) -> None:
         reason = conn.close_reason or "connection closed"
         was_live = self._by_peer.get(conn.remote) is conn
-        self._detach(conn, reason)
+        self._detach(conn)
         now = trio.current_time()
-        for target in ({conn.target} if conn.target else set()) | conn.satisfies:
+        for target in conn.targets():
             self._maker.disconnected(target, conn.remote, now, reason)
         if was_live:
             self._counters["connection_terminations"] += 1
@@ -555,9 +548,6 @@ class MeshService:
             self._flush_gossip()
             await trio.sleep(ROUTES_MIN_INTERVAL)
 
-    def _announce(self) -> None:
-        self._local_connections_changed()
-
     # ------------------------------------------------------------------ overlay events
 
     def on_heard(self, conn_id: int) -> None:
@@ -623,16 +613,9 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-def _in_trio() -> bool:
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return False
-    return True
-
-
 def _os_error_text(exc: OSError) -> str:
-    return exc.strerror or str(exc) if exc.errno is None else f"{exc.strerror or exc}"
+    """``connection refused`` rather than ``[Errno 111] Connection refused``."""
+    return (exc.strerror or str(exc)).lower()
 
 
 def _error_text(exc: BaseException) -> str:
