@@ -15,6 +15,10 @@ stdout and stderr appended to the router's log file. It runs
 * SIGTERM or SIGINT to the supervisor is passed on to the child; once the child has
   exited the supervisor exits, never restarting.
 
+A restarted router runs with ``--resume`` in place of the PEERs it was launched with:
+it reconnects to the persisted targets, which include what ``connect`` added and leave
+out what ``forget`` dropped since the launch.
+
 :class:`RestartPolicy` holds the decision, free of processes and clocks, so it is tested
 on its own.
 """
@@ -85,6 +89,7 @@ class Supervisor:
         """``launch_flags``: what follows ``launch --foreground`` on the child's command line."""
         self.command = [sys.executable, "-m", "cli.main", "launch", "--foreground",
                         *launch_flags]
+        self.restart_command = [*self.command[:5], *resume_flags(launch_flags)]
         self.policy = RestartPolicy(restart=restart)
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
@@ -113,10 +118,22 @@ class Supervisor:
                 return exit_status(code)
             log.warning("router exited with %s after %.1f s; restarting in %g s",
                         describe_exit(code), uptime, delay)
+            self.command = self.restart_command
             until = time.monotonic() + delay
             while time.monotonic() < until and not self.stopping:
                 time.sleep(SLEEP_SLICE)
         return exit_status(code)
+
+
+def resume_flags(launch_flags: Sequence[str]) -> list[str]:
+    """The flags of a restart: the same options with ``--resume``, no PEERs.
+
+    ``launch_flags`` is ``OPTIONS... -- PEERS...`` as ``cli.launch.config_to_argv``
+    writes it (options never contain a bare ``--``).
+    """
+    flags = list(launch_flags)
+    options = flags[: flags.index("--")] if "--" in flags else flags
+    return [*options, "--resume"] if "--resume" not in options else options
 
 
 def parse_argv(argv: Sequence[str]) -> tuple[bool, list[str]]:

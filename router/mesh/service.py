@@ -164,6 +164,7 @@ class MeshService:
             policy=BackoffPolicy.from_timings(timings),
         )
         self._maker.add_targets(targets, replace=True)
+        save_targets(self._maker.direct_targets())  # what --resume starts from next time
         self._limiter = AcceptLimiter(rate=timings.accept_rate, burst=timings.accept_burst)
         self.topology = Topology(name, nickname, uid, short_id)
         self.gossip = GossipRouter(name, now=now, interval=timings.gossip_interval, rng=self._rng)

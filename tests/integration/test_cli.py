@@ -98,7 +98,9 @@ def test_user_mistakes_exit_nonzero_with_one_line(
 def test_a_killed_router_is_restarted_unless_no_restart(make_mesh: MakeMesh) -> None:
     mesh = make_mesh(2)
     supervised, unsupervised = mesh.hosts
-    run_parallel(supervised.launch, lambda: unsupervised.launch("--no-restart"))
+    run_parallel(lambda: supervised.launch(unsupervised.ip),
+                 lambda: unsupervised.launch("--no-restart"))
+    supervised.router("connect", "192.0.2.7")  # TEST-NET: a target that never answers
     name = peer_name(supervised)
     pids = [host.listener_pid() for host in mesh.hosts]
     assert all(pids), f"no process listens on TCP 6783: {pids}"
@@ -114,5 +116,8 @@ def test_a_killed_router_is_restarted_unless_no_restart(make_mesh: MakeMesh) -> 
 
     supervised.wait("the router to be restarted after kill -9", restarted, timeout=30)
     assert peer_name(supervised) == name
+    # Restarted with --resume: the launch PEER and the connected target both survive.
+    targets = supervised.status("targets").split()
+    assert sorted(targets) == sorted([f"{unsupervised.ip}:6783", "192.0.2.7:6783"]), targets
     unsupervised.wait_stopped()
     assert unsupervised.router("status", check=False).returncode != 0

@@ -332,3 +332,11 @@ def test_last_error_finds_the_error_written_after_the_offset(tmp_path: Path) -> 
     assert last_error(log, offset) == "OSError: [Errno 98] Address already in use"
     assert last_error(log, log.stat().st_size) == "no log output"
     assert last_error(tmp_path / "missing.log", 0).startswith("cannot read")
+
+
+def test_a_restart_resumes_the_persisted_targets_instead_of_the_launch_peers() -> None:
+    from cli.supervise import resume_flags
+
+    assert resume_flags(["--port", "6783", "--", "10.0.0.1", "10.0.0.2"]) == [
+        "--port", "6783", "--resume"]
+    assert resume_flags(["--resume", "--"]) == ["--resume"]
