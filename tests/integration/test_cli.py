@@ -121,3 +121,22 @@ def test_a_killed_router_is_restarted_unless_no_restart(make_mesh: MakeMesh) -> 
     assert sorted(targets) == sorted([f"{unsupervised.ip}:6783", "192.0.2.7:6783"]), targets
     unsupervised.wait_stopped()
     assert unsupervised.router("status", check=False).returncode != 0
+
+
+def test_foreground_tells_systemd_it_is_ready_once_serving(make_mesh: MakeMesh) -> None:
+    """``launch --foreground`` under systemd (``Type=notify``): READY=1 once /status answers,
+    STOPPING=1 on SIGTERM, then exit 0."""
+    import socket
+
+    host = make_mesh(1).hosts[0]
+    path = host.dir / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(20.0)
+        proc = host.popen(host.router_argv("launch", "--foreground"),
+                          env={"NOTIFY_SOCKET": str(path)})
+        assert sock.recv(256) == b"READY=1"
+        assert host.router("status").returncode == 0  # serving when it said so
+        proc.send_signal(signal.SIGTERM)
+        assert sock.recv(256) == b"STOPPING=1"
+        assert proc.wait(timeout=15) == 0
