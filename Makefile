@@ -33,7 +33,7 @@ setup: .stamp-apt .stamp-venv build
 	@touch $@
 
 # The compiled data plane, rebuilt in place whenever a Cython source changes.
-build: .stamp-venv $(wildcard _fastpath/*.pyx _fastpath/*.pxd _fastpath/*.h) setup.py
+build: .stamp-venv $(wildcard _fastpath/*.pyx _fastpath/*.pxi _fastpath/*.pxd _fastpath/*.h) setup.py
 	@if ls _fastpath/*.pyx >/dev/null 2>&1; then \
 	  $(PY) setup.py -q build_ext --inplace >/dev/null; fi
 

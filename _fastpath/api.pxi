@@ -27,6 +27,15 @@ cdef uint64_t _mac(object mac) except? 0:
     return int.from_bytes(mac, "big")
 
 
+cdef tuple _address(object addr):
+    """(host, port) of a peer address; the host must still pass inet_pton."""
+    host, port = addr if isinstance(addr, tuple) and len(addr) == 2 else (None, None)
+    if not isinstance(host, str) or "\0" in host or not isinstance(port, int) \
+            or not 0 < port < 65536:
+        raise LocalProtocolError(f"peer address must be (IP literal, port): {addr!r}")
+    return host, port
+
+
 cdef bytes _as_bytes(object data):
     if type(data) is bytes:
         return <bytes>data
@@ -131,9 +140,8 @@ cdef class Dataplane:
         if not isinstance(max_datagram, int) or not MIN_DATAGRAM <= max_datagram <= MAX_DATAGRAM:
             raise LocalProtocolError(
                 f"max_datagram must be {MIN_DATAGRAM}..{MAX_DATAGRAM}, got {max_datagram!r}")
-        host, port = addr
-        if not isinstance(port, int) or not 0 < port < 65536 or \
-                fp_addr_set(&a, str(host).encode(), port) != 0:
+        host, port = _address(addr)
+        if fp_addr_set(&a, host.encode(), port) != 0:
             raise LocalProtocolError(f"peer address must be (IP literal, port): {addr!r}")
         cdef uint64_t conn = conn_id
         cdef uint32_t maxd = max_datagram
@@ -173,7 +181,7 @@ cdef class Dataplane:
         if i < 0:
             raise LocalProtocolError(f"peer table full ({MAX_PEERS} peers)")
         self.retired.pop(n, None)
-        self.addrs[i] = (str(host), int(port))
+        self.addrs[i] = (host, port)
 
     def remove_peer(self, name):
         """End the session with ``name`` (no-op if there is none); routes stay as set.

@@ -278,7 +278,8 @@ cdef bint mac_lookup(DP *dp, uint64_t mac, double now, uint64_t *peer) noexcept 
     return found
 
 
-cdef void mac_rebuild(DP *dp, double now, bint expire, uint64_t forget, bint do_forget) noexcept nogil:
+cdef void mac_rebuild(DP *dp, double now, bint expire, uint64_t forget,
+                      bint do_forget) noexcept nogil:
     """Reinsert the entries that stay (not expired, not forgotten); caller holds mac_lock."""
     cdef MacEntry *old = dp.macs
     cdef MacEntry *fresh = <MacEntry *>calloc(MAC_SLOTS, sizeof(MacEntry))

@@ -187,9 +187,7 @@ class Dataplane:
             raise LocalProtocolError(
                 f"max_datagram must be {MIN_DATAGRAM_SIZE}..{MAX_DATAGRAM_SIZE}, "
                 f"got {max_datagram!r}")
-        host, port = addr
-        if not isinstance(port, int) or not 0 < port < 65536 or not _ip_literal(str(host)):
-            raise LocalProtocolError(f"peer address must be (IP literal, port): {addr!r}")
+        host, port = _address(addr)
         if any(s.conn_id == conn_id for n, s in self._sessions.items() if n != name):
             raise LocalProtocolError(f"connection id {conn_id:#x} belongs to another peer")
         old = self._sessions.get(name)
@@ -203,7 +201,7 @@ class Dataplane:
                 old.replay = retired.replay  # the same connection again: no nonce reuse
             self._sessions[name] = old
         old.max_datagram = max_datagram
-        old.addr = (str(host), int(port))
+        old.addr = (host, port)
 
     def remove_peer(self, name: int) -> None:
         """End the session with ``name`` (no-op if there is none); remember its counters."""
@@ -607,6 +605,18 @@ def _split_records(body: bytes) -> list[bytes] | None:
         records.append(body[pos + 2:end])
         pos = end
     return records or None
+
+
+def _address(addr: object) -> Address:
+    """(host, port) of a peer address: an IP literal (no scope) and a port."""
+    host: object = None
+    port: object = None
+    if isinstance(addr, tuple) and len(addr) == 2:
+        host, port = addr
+    if (not isinstance(host, str) or "%" in host or not _ip_literal(host)
+            or not isinstance(port, int) or not 0 < port < 65536):
+        raise LocalProtocolError(f"peer address must be (IP literal, port): {addr!r}")
+    return host, port
 
 
 def _ip_literal(host: str) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from router.crypto.keys import SessionKey
 from router.dataplane.backend import Backend
-from router.errors import LocalProtocolError
+from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.overlay.sleeve.packet import (
     HEADER_SIZE,
@@ -46,23 +46,26 @@ def test_unicast_frames_of_every_size_arrive_unchanged(backend: Backend) -> None
 @pytest.mark.parametrize("encrypted", [True, False])
 def test_datagrams_are_sleeve_packets_the_python_codec_opens(backend: Backend,
                                                             encrypted: bool) -> None:
-    m = Mesh(backend, 2, [(1, 2)], encrypted=encrypted)
+    m = Mesh(backend, 2, [(1, 2)])
+    key = bytes(range(32)) if encrypted else None
+    for x, y in ((1, 2), (2, 1)):
+        m.nodes[x].dp.set_peer(name_of(y), 9, m.nodes[y].addr, key, 1400)
     m.nodes[1].dp.learn_mac(mac(2), name_of(2), 0.0)
-    m.send(1, [frame(mac(2), mac(1), 50), frame(mac(2), mac(1), 3000)], 1.0)
+    small, big = frame(mac(2), mac(1), 50), frame(mac(2), mac(1), 3000)
+    m.send(1, [small, big], 1.0)
     assert len(m.wire) == 1 + 3
-    header = decode_header_untrusted(m.wire[0][2])  # frames: a sleeve packet of type 2
-    assert (header.type, header.counter) == (PacketType.FRAMES, FIRST_COUNTER)
+    skey = SessionKey(key) if key else None
+    header, body = open_packet_untrusted(m.wire[0][2], key=skey, sender_high=False)
+    assert (header.type, header.conn_id, header.counter) == (PacketType.FRAMES, 9, FIRST_COUNTER)
+    assert body == bytes((0, 16)) + name_of(1).to_bytes(6, "big") + name_of(2).to_bytes(
+        6, "big") + (len(small) - 10).to_bytes(2, "big") + small
+    if key is not None:
+        with pytest.raises(DecodeError, match="authentication"):
+            open_packet_untrusted(m.wire[0][2], key=SessionKey(bytes(32)), sender_high=False)
     # fragments of one element sealed once: type 3, all with the element's counter
     assert [(d[1], d[12:20]) for _, _, d in m.wire[1:]] == [
         (3, (FIRST_COUNTER + 1).to_bytes(8, "big"))] * 3
-    if encrypted:
-        # the key is whatever the mesh chose: both ends must agree, and a wrong key fails
-        with pytest.raises(Exception, match="authentication"):
-            open_packet_untrusted(m.wire[0][2], key=SessionKey(bytes(32)), sender_high=False)
-    else:
-        _, body = open_packet_untrusted(m.wire[0][2], key=None, sender_high=False)
-        assert body[2:8] == name_of(1).to_bytes(6, "big")
-        assert body[8:14] == name_of(2).to_bytes(6, "big")
+    assert m.take(2) == [small, big]
 
 
 def test_small_frames_are_packed_into_one_datagram(backend: Backend) -> None:
@@ -297,6 +300,9 @@ def test_misuse_is_a_local_protocol_error(backend: Backend) -> None:
         lambda: dp.set_peer(name_of(2), 1, addr, None, 100),
         lambda: dp.set_peer(name_of(2), 1, ("host.example", 6783), None, 1400),
         lambda: dp.set_peer(name_of(2), 1, ("192.0.2.2", 0), None, 1400),
+        lambda: dp.set_peer(name_of(2), 1, ("fe80::1%lo", 6783), None, 1400),
+        lambda: dp.set_peer(name_of(2), 1, ("192.0.2.2\0", 6783), None, 1400),
+        lambda: dp.set_peer(name_of(2), 1, "192.0.2.2:6783", None, 1400),  # type: ignore[arg-type]
         lambda: dp.learn_mac(b"\x01", name_of(2), 0.0),
         lambda: dp.set_routes({-5: name_of(2)}, {}),
         lambda: backend.Dataplane(name_of(1), mac_expiry=0),
@@ -305,6 +311,7 @@ def test_misuse_is_a_local_protocol_error(backend: Backend) -> None:
         with pytest.raises(LocalProtocolError):
             call()
     dp.set_peer(name_of(2), 1, addr, None, 1400)
+    dp.set_peer(name_of(4), 2, ("2001:db8::4", 6783), None, 1400)  # IPv6 is fine
     with pytest.raises(LocalProtocolError, match="another peer"):
         dp.set_peer(name_of(3), 1, addr, None, 1400)
     if not backend.THREADED:

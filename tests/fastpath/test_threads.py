@@ -1,10 +1,12 @@
-"""The native data-plane threads on real devices (the compiled backend only).
+"""The native data-plane threads (the compiled backend only).
 
-Two namespaces, each with a TAP opened like the router's capture device (vnet header,
-checksum and TSO offloads) and an address; two data planes whose UDP sockets sit on one
-loopback. The kernel's own ping and TCP talk across: ARP broadcasts, unicast replies,
-TSO super-frames fragmented and reassembled, encrypted or not. Everything is removed
-afterwards, even on failure.
+* Without privileges: a datagram socketpair stands in for each TAP (it keeps message
+  boundaries, as a TAP does), so the test writes elements in and reads them out.
+* On real devices (integration, root): two namespaces, each with a TAP opened like the
+  router's capture device (vnet header, checksum and TSO offloads) and an address; two
+  data planes whose UDP sockets sit on one loopback. The kernel's own ping and TCP talk
+  across: ARP broadcasts, unicast replies, TSO super-frames fragmented and reassembled,
+  encrypted or not. Everything is removed afterwards, even on failure.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from router.dataplane.backend import Backend, DataplaneLike
 from router.mesh.names import PeerName
 from router.overlay.sleeve.packet import encode_heartbeat
 from tests.fastpath.devices import Namespaces, in_netns, open_tap
-from tests.fastpath.mesh import name_of
+from tests.fastpath.mesh import BROADCAST_MAC, frame, mac, name_of
 
 A, B = name_of(1), name_of(2)
 ADDR_A, ADDR_B = "10.99.0.1", "10.99.0.2"
@@ -55,6 +57,39 @@ def _udp_socket() -> socket.socket:
     return sock
 
 
+def test_threads_carry_elements_between_socketpairs(native: Backend) -> None:
+    key = os.urandom(32)
+    with contextlib.ExitStack() as stack:
+        taps = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+        udp = [_udp_socket(), _udp_socket()]
+        for sock in [*udp, *(end for ends in taps for end in ends)]:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            stack.callback(sock.close)
+        a, b = native.Dataplane(A), native.Dataplane(B)
+        stack.callback(a.stop)
+        stack.callback(b.stop)
+        a.set_peer(B, CONN, udp[1].getsockname(), key, 1400)
+        b.set_peer(A, CONN, udp[0].getsockname(), key, 1400)
+        a.set_routes({B: B}, {A: [B]})
+        b.set_routes({A: A}, {B: [A]})
+        a.start(taps[0][0].fileno(), udp[0].fileno())
+        b.start(taps[1][0].fileno(), udp[1].fileno())
+        with pytest.raises(Exception, match="running"):
+            a.start(taps[0][0].fileno(), udp[0].fileno())
+        elements = [frame(BROADCAST_MAC, mac(1), n) for n in (60, 1500, 9000, 65000)]
+        for element in elements:
+            taps[0][1].send(element)
+        taps[1][1].settimeout(5)
+        assert [taps[1][1].recv(1 << 17) for _ in elements] == elements
+        a.stop()
+        a.stop()  # idempotent
+        assert not a.running
+        a.start(taps[0][0].fileno(), udp[0].fileno())  # and restartable
+        taps[0][1].send(elements[0])
+        assert taps[1][1].recv(1 << 17) == elements[0]
+        assert b.statistics()["peers"][A]["frames_in"] == len(elements) + 1
+
+
 @pytest.fixture(params=[True, False], ids=["encrypted", "plain"])
 def pair(request: pytest.FixtureRequest, native: Backend) -> Iterator[Pair]:
     key = os.urandom(32) if request.param else None
@@ -81,6 +116,7 @@ def pair(request: pytest.FixtureRequest, native: Backend) -> Iterator[Pair]:
         yield Pair(ns_a, ns_b, a, b, udp_a, udp_b, key)
 
 
+@pytest.mark.integration
 def test_ping_crosses_the_data_plane(pair: Pair) -> None:
     result = pair.ping()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -91,6 +127,7 @@ def test_ping_crosses_the_data_plane(pair: Pair) -> None:
     assert stats_a["macs"] == 2 and stats_b["macs"] == 2
 
 
+@pytest.mark.integration
 def test_tcp_stream_travels_as_fragmented_super_frames(pair: Pair) -> None:
     data = os.urandom(8 << 20)
     server = in_netns(pair.ns_b, lambda: socket.create_server((ADDR_B, 0)))
@@ -126,6 +163,7 @@ def test_tcp_stream_travels_as_fragmented_super_frames(pair: Pair) -> None:
     assert pair.b.statistics()["drops"]["reassembly"] == 0
 
 
+@pytest.mark.integration
 def test_heartbeats_become_upcalls(pair: Pair) -> None:
     heartbeat = encode_heartbeat(CONN, 0, PeerName(B), PeerName(A), key=None, sender_high=True)
     sender = in_netns(pair.ns_a, _udp_socket)
@@ -136,6 +174,7 @@ def test_heartbeats_become_upcalls(pair: Pair) -> None:
     assert pair.a.get_upcalls(0.01) == []
 
 
+@pytest.mark.integration
 def test_tables_change_while_the_threads_run(pair: Pair) -> None:
     assert pair.ping(count=1).returncode == 0
     pair.b.remove_peer(A)  # B no longer knows the connection: A's frames go up as unknown
