@@ -47,17 +47,21 @@ from cli.client import (
 from router.config import (
     DEFAULT_DB_PATH,
     DEFAULT_LOG_FILE,
+    DEFAULT_MTU,
     DEFAULT_PORT,
     IPNetwork,
     MeshConfig,
     RouterConfig,
 )
+from router.dataplane.backend import BACKENDS
 from router.errors import ConfigError, RouterError
 from router.mesh.names import PeerName
 
 ENV_PASSWORD = "WEAVE_PASSWORD"
 ENV_PORT = "WEAVE_PORT"
 ENV_HTTP_ADDR = "WEAVE_HTTP_ADDR"
+ENV_MTU = "WEAVE_MTU"
+MIN_MTU, MAX_MTU = 576, 65535  # bytes: IPv4's minimum datagram size; the largest frame
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_CONN_LIMIT = 200
 MAX_CONN_LIMIT = 10_000
@@ -90,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--conn-limit", metavar="N", help=f"most connections (default {DEFAULT_CONN_LIMIT})")
     add("--http-addr", metavar="HOST:PORT",
         help=f"control API address (127.0.0.1:6784) [{ENV_HTTP_ADDR}]")
+    add("--mtu", metavar="BYTES",
+        help=f"MTU of the bridge and containers (default {DEFAULT_MTU}) [{ENV_MTU}]")
+    add("--dataplane", metavar="NAME", choices=BACKENDS,
+        help="'native' (default) or 'reference', the pure-Python twin (~100x slower)")
     add("--db-path", metavar="PATH", help=f"database file (default {DEFAULT_DB_PATH})")
     add("--log-file", metavar="PATH",
         help=f"log file (default {DEFAULT_LOG_FILE}; stderr with --foreground)")
@@ -201,6 +209,17 @@ def _file(value: str | None, flag: str, default: Path | None) -> Path | None:
     return path
 
 
+def _mtu(value: str | None, env: Mapping[str, str]) -> int:
+    flag = "--mtu"
+    if value is None and env.get(ENV_MTU):
+        value, flag = env[ENV_MTU], ENV_MTU
+    if value is None:
+        return DEFAULT_MTU
+    if not value.isdigit() or not MIN_MTU <= int(value) <= MAX_MTU:
+        raise ConfigError(f"{flag}: {value} is not an MTU ({MIN_MTU}-{MAX_MTU} bytes)")
+    return int(value)
+
+
 def _log_level(value: str | None) -> str:
     if value is None:
         return "info"
@@ -235,6 +254,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConf
         log_file=_file(args.log_file, "--log-file", None if args.foreground else DEFAULT_LOG_FILE),
         log_level=_log_level(args.log_level),
         http_addr=default_http_addr(args.http_addr, env.get(ENV_HTTP_ADDR)),
+        mtu=_mtu(args.mtu, env),
+        dataplane=args.dataplane or "native",
     )
 
 
@@ -243,7 +264,8 @@ def config_to_argv(config: RouterConfig) -> list[str]:
     mesh = config.mesh
     argv = ["--host", mesh.host, "--port", str(mesh.port), "--nickname", mesh.nickname,
             "--conn-limit", str(mesh.conn_limit), "--db-path", str(config.db_path),
-            "--log-level", config.log_level]
+            "--log-level", config.log_level, "--mtu", str(config.mtu),
+            "--dataplane", config.dataplane]
     if config.http_addr is not None:
         argv += ["--http-addr", format_addr(config.http_addr)]
     if mesh.name is not None:

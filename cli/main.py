@@ -8,6 +8,9 @@ Commands of this milestone (cli.md has the contract)::
     weave-router report [-f TEMPLATE]
     weave-router connect [--replace] [PEER ...]
     weave-router forget PEER ...
+    weave-router attach [ADDR ...] [--no-multicast-route] CONTAINER
+    weave-router detach [ADDR ...] CONTAINER
+    weave-router ps [CONTAINER ...]
     weave-router version
 
 Every command but ``launch`` and ``version`` talks to the router's API at ``--http-addr``
@@ -30,6 +33,7 @@ from cli import launch
 from cli.client import ApiClient, ApiResponse, ApiUnreachable, default_http_addr, format_addr
 from cli.template import Template, TemplateError
 from router import __version__
+from router.containers.addresses import parse_addrs
 from router.errors import ConfigError
 
 PROG = "weave-router"
@@ -80,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     forget = commands.add_parser("forget", help="drop connection targets")
     forget.add_argument("peers", nargs="+", metavar="PEER", help="HOST[:PORT]")
     _add_http_addr(forget)
+    attach = commands.add_parser("attach", help="put a container on the weave network")
+    attach.add_argument("--no-multicast-route", action="store_true",
+                        help="do not route 224.0.0.0/4 via ethwe")
+    attach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER",
+                        help="ADDR = [ip:]CIDR; CONTAINER = netns name, path or PID")
+    _add_http_addr(attach)
+    detach = commands.add_parser("detach", help="take addresses (all: the container) off")
+    detach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER")
+    _add_http_addr(detach)
+    ps = commands.add_parser("ps", help="attached containers: name, MAC, CIDRs")
+    ps.add_argument("containers", nargs="*", metavar="CONTAINER")
+    _add_http_addr(ps)
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -176,6 +192,37 @@ def cmd_forget(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def _container_fields(args: argparse.Namespace) -> list[tuple[str, str]]:
+    *addrs, container = args.args
+    parse_addrs(addrs)  # a malformed ADDR is a usage error, before asking the router
+    return [("container", container), *(("addr", addr) for addr in addrs)]
+
+
+def cmd_attach(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``attach [ADDR...] CONTAINER``: prints the container's addresses, as Weave does."""
+    fields = _container_fields(args)
+    if args.no_multicast_route:
+        fields.append(("multicast_route", "false"))
+    line = _call(_client(args, env), "POST", "/attach", fields).body.split()
+    print(" ".join(cidr.split("/")[0] for cidr in line[2:]))
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``detach [ADDR...] CONTAINER``: without ADDRs, the container leaves the network."""
+    _call(_client(args, env), "POST", "/detach", _container_fields(args))
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``ps [CONTAINER...]``: one line per attached container: name, MAC, CIDRs."""
+    wanted = set(args.containers)
+    for line in _call(_client(args, env), "GET", "/ps").body.splitlines():
+        if not wanted or line.split()[0] in wanted:
+            print(line)
+    return 0
+
+
 def cmd_version(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``version``: this program's version."""
     print(f"{PROG} {__version__}")
@@ -189,6 +236,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "report": cmd_report,
     "connect": cmd_connect,
     "forget": cmd_forget,
+    "attach": cmd_attach,
+    "detach": cmd_detach,
+    "ps": cmd_ps,
     "version": cmd_version,
 }
 

@@ -19,6 +19,7 @@ DEFAULT_PORT = 6783
 DEFAULT_HTTP_ADDR = ("127.0.0.1", 6784)
 DEFAULT_DB_PATH = Path("/var/lib/weave-router/weave.db")
 DEFAULT_LOG_FILE = Path("/var/log/weave-router.log")
+DEFAULT_MTU = 1376  # Weave's default; frames larger than a path's MTU are carried in pieces
 PROTOCOL_MIN_VERSION = 1
 PROTOCOL_MAX_VERSION = 1
 
@@ -69,3 +70,5 @@ class RouterConfig:
     log_file: Path | None = None  # None: stderr
     log_level: str = "info"
     http_addr: tuple[str, int] | None = DEFAULT_HTTP_ADDR  # None: no API (simulations)
+    mtu: int = DEFAULT_MTU  # bytes: the bridge's and every container's ethwe MTU (--mtu)
+    dataplane: str = "native"  # "reference": the pure-Python twin, ~100x slower (by name only)

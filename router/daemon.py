@@ -4,14 +4,17 @@ Start order (each service reports readiness through ``nursery.start``, so a late
 starts only once the earlier ones are serving):
 
 1. store       open sqlite, settle the peer name (``--name``, persisted, or new random)
-2. sleeve      bind UDP ``--port`` (heartbeats now; the data plane later)
-3. mesh        bind TCP ``--port``, start the connection maker and gossip
-4. control     bind the HTTP API on ``--http-addr``
-5. ready       ``/status`` answers 200, systemd gets ``READY=1``
+2. kernel      the netlink port (its own worker thread)
+3. sleeve      bind UDP ``--port``; the data plane plumbs the bridge and TAP and starts its
+               native threads on that socket (heartbeats come back as upcalls)
+4. mesh        bind TCP ``--port``, start the connection maker and gossip
+5. control     bind the HTTP API on ``--http-addr``
+6. ready       ``/status`` answers 200, systemd gets ``READY=1``
 
 Shutdown runs the other way round: the API stops answering, the mesh closes every
-connection (peers see EOF at once, not a timeout), the UDP socket closes, the store closes
-last. ``docs/concurrency.md`` draws the nursery tree.
+connection (peers see EOF at once, not a timeout), the data plane's threads stop, the
+UDP socket closes, the netlink port and then the store close last. The bridge stays, so
+containers on this host keep talking. ``docs/concurrency.md`` draws the nursery tree.
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ import trio
 
 from router import __version__
 from router.config import PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION, RouterConfig
+from router.containers.service import Attached, ContainersService
 from router.control.api import serve_api
-from router.errors import ConfigError
+from router.dataplane.service import DataplaneService
+from router.errors import ConfigError, KernelError
+from router.kernel.netlink import open_netlink_port
+from router.kernel.port import KernelPort
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
 from router.network.service import Network, TrioNetwork
@@ -70,8 +77,9 @@ class Router:
     """One weave-router: the services and the order they start and stop in."""
 
     def __init__(self, config: RouterConfig, store: Store, *, network: Network,
-                 name: PeerName, uid: int | None = None,
+                 name: PeerName, kernel: KernelPort | None = None, uid: int | None = None,
                  rng: random.Random | None = None) -> None:
+        """``kernel`` None: no bridge, no data plane, no containers (simulations)."""
         self.config = config
         self.store = store
         self.name = name
@@ -80,7 +88,11 @@ class Router:
         self.ready = False
         self._stop = trio.Event()
         targets = self._initial_targets()
-        self.sleeve = SleeveService(network, config.mesh, name=name)
+        self.dataplane = (None if kernel is None else
+                          DataplaneService(kernel, name=name, mtu=config.mtu,
+                                           backend=config.dataplane))
+        self.containers = None if kernel is None else ContainersService(kernel, store)
+        self.sleeve = SleeveService(network, config.mesh, name=name, dataplane=self.dataplane)
         self.mesh = MeshService(
             config.mesh, network=network, sleeve=self.sleeve, name=name,
             nickname=self.nickname, uid=self.uid, short_id=random_short_id(),
@@ -143,6 +155,22 @@ class Router:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def attach(self, container: str, addrs: list[str], *,
+                     multicast_route: bool) -> Attached:
+        return await self._containers().attach(container, addrs,
+                                               multicast_route=multicast_route)
+
+    async def detach(self, container: str, addrs: list[str]) -> Attached | None:
+        return await self._containers().detach(container, addrs)
+
+    async def ps(self) -> list[Attached]:
+        return await self._containers().ps()
+
+    def _containers(self) -> ContainersService:
+        if self.containers is None:
+            raise ConfigError("this router runs without a data plane: no containers")
+        return self.containers
+
 
 def notify_systemd(state: str) -> None:
     """Tell systemd (``Type=notify``) about our state; a no-op outside systemd."""
@@ -191,10 +219,15 @@ def setup_logging(config: RouterConfig) -> _PeerFilter:
 
 async def _main(config: RouterConfig, store: Store, name: PeerName,
                 peer_filter: _PeerFilter) -> None:
-    router = Router(config, store, network=TrioNetwork(), name=name)
-    peer_filter.peer = f"{name}({router.nickname})"
-    log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
-             router.nickname, Path(config.db_path))
+    async with open_netlink_port() as kernel:
+        router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel)
+        peer_filter.peer = f"{name}({router.nickname})"
+        log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
+                 router.nickname, Path(config.db_path))
+        await _serve_until_stopped(router)
+
+
+async def _serve_until_stopped(router: Router) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, router)
@@ -227,8 +260,12 @@ def run(config: RouterConfig) -> int:
     try:
         name = settle_name(store, config.mesh.name)
         trio.run(_main, config, store, name, peer_filter)
-    except* OSError as group:
-        # Binding a port or opening a socket failed: one line, and the supervisor decides.
+    except* ConfigError as group:
+        log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))
+        exit_code = EXIT_CONFIG
+    except* (OSError, KernelError) as group:
+        # A port in use, a socket or device that cannot be opened: one line, and the
+        # supervisor decides whether to try again.
         log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))
         exit_code = EXIT_FAILURE
     finally:

@@ -41,6 +41,7 @@ from typing import Protocol
 import h11
 import trio
 
+from router.containers.service import Attached
 from router.control.layouts import VIEWS
 from router.control.report import render_report
 from router.errors import ConfigError
@@ -73,6 +74,19 @@ class RouterControl(Protocol):
 
     def request_stop(self) -> None:
         """Begin a graceful stop (returns at once)."""
+        ...
+
+    async def attach(self, container: str, addrs: list[str], *,
+                     multicast_route: bool) -> Attached:
+        """Attach a container (ConfigError for a bad container or address)."""
+        ...
+
+    async def detach(self, container: str, addrs: list[str]) -> Attached | None:
+        """Take addresses off a container (all: it leaves the network)."""
+        ...
+
+    async def ps(self) -> list[Attached]:
+        """The attached containers."""
         ...
 
 
@@ -181,6 +195,31 @@ async def _forget(control: RouterControl, request: Request) -> Reply:
     return Reply(200, "")
 
 
+def _container(fields: dict[str, list[str]]) -> str:
+    values = fields.get("container", [])
+    if len(values) != 1 or not values[0]:
+        raise ConfigError("give exactly one container")
+    return values[0]
+
+
+async def _attach(control: RouterControl, request: Request) -> Reply:
+    fields = parse_form(request.body, frozenset({"container", "addr", "multicast_route"}))
+    multicast = fields.get("multicast_route", ["true"])
+    attached = await control.attach(_container(fields), fields.get("addr", []),
+                                    multicast_route=_parse_bool("multicast_route", multicast))
+    return Reply(200, attached.line() + "\n")
+
+
+async def _detach(control: RouterControl, request: Request) -> Reply:
+    fields = parse_form(request.body, frozenset({"container", "addr"}))
+    left = await control.detach(_container(fields), fields.get("addr", []))
+    return Reply(200, "" if left is None else left.line() + "\n")
+
+
+async def _ps(control: RouterControl, request: Request) -> Reply:
+    return Reply(200, "".join(a.line() + "\n" for a in await control.ps()))
+
+
 async def _stop(control: RouterControl, request: Request) -> Reply:
     return Reply(200, "stopping\n", close=True, after=control.request_stop)
 
@@ -190,6 +229,9 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/connect": {"POST": _connect},
     "/forget": {"POST": _forget},
     "/stop": {"POST": _stop},
+    "/attach": {"POST": _attach},
+    "/detach": {"POST": _detach},
+    "/ps": {"GET": _ps},
     **{("/status/" + view).rstrip("/"): {"GET": _status_handler(view)} for view in VIEWS},
 }
 

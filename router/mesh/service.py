@@ -542,6 +542,7 @@ class MeshService:
                 log.info("removed unreachable peers: %s", ", ".join(map(str, sorted(removed))))
             self._routes = compute_routes(self.name, self.topology.peers())
             self.gossip.set_routes(self._routes, frozenset(self._by_peer))
+            self._sleeve.set_routes(self._routes)
             self._maker.set_discovered(self.topology.discovery_addresses(self.config.port))
             self._maker.set_connected_peers(set(self._by_peer))
             self._maker_wake.set()
@@ -558,7 +559,7 @@ class MeshService:
             conn.wake.set()
 
     def on_established(self, conn_id: int) -> None:
-        """UDP works both ways: the connection is established; gossip it."""
+        """UDP works both ways: the connection is established; gossip it (routes follow)."""
         conn = self._conn_by_id(conn_id)
         if conn is not None:
             log.info("%s[%s %s(%s)] connection fully established",
@@ -596,6 +597,7 @@ class MeshService:
 
     def _connection_status(self, conn: _Connection, password: bool) -> ConnectionStatus:
         established = self._sleeve.established(conn.result.conn_id)
+        mtu = self._sleeve.path_mtu(conn.result.conn_id)
         return ConnectionStatus(
             outbound=conn.outbound,
             address=conn.target if conn.target else conn.address,
@@ -604,6 +606,7 @@ class MeshService:
             encrypted=conn.result.encrypted if password else None,
             peer_name=str(conn.remote),
             peer_nickname=conn.result.remote_nickname,
+            attrs={"mtu": str(mtu)} if established and mtu else {},
         )
 
 

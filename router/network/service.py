@@ -56,6 +56,10 @@ class Datagrams(Protocol):
 
     async def recvfrom(self, max_bytes: int) -> tuple[bytes, Address]: ...
 
+    def fileno(self) -> int:
+        """The socket's descriptor, for the native data plane (real sockets only)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -131,6 +135,9 @@ class _TrioDatagrams:
             except ConnectionRefusedError:
                 continue  # an earlier sendto's ICMP error reported on this socket
             return bytes(data), _addr(addr)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
 
     def close(self) -> None:
         self._sock.close()

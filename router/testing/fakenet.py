@@ -134,6 +134,9 @@ class FakeDatagrams:
         data, src = await self._recv.receive()
         return data[:max_bytes], src
 
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "a fake socket has no descriptor (no data plane in sims)")
+
     def close(self) -> None:
         self._host.net.udp_sockets.pop(self.address, None)
         self._send.close()

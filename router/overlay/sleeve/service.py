@@ -10,28 +10,40 @@ Stages:
    peer over TCP that its heartbeats arrive), ``on_established`` (UDP works both ways),
    ``on_failed`` (the path died: close the connection).
 
-The Cython data plane of the next milestone takes over this socket; the heartbeat logic
-stays in ``forwarder.py`` and receives its datagrams from the native receive loop.
+With a data plane (a real host; simulations run without), the native receive thread owns
+the socket: frames never reach Python, and heartbeats come back as upcalls to
+:meth:`SleeveService.receive_control`. Once a path is established its session (address,
+key, path MTU) is handed to the data plane; it is removed with the connection.
+The path MTU is the kernel's for the route to the peer (``IP_MTU`` of a connected UDP
+socket); the data plane cuts anything larger into pieces, so no frame is too big.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
 from router.config import MeshConfig
+from router.crypto.keys import SessionKey
+from router.dataplane.service import DataplaneService
 from router.mesh.handshake import HandshakeResult
 from router.mesh.names import PeerName
+from router.mesh.routes import Routes
 from router.network.service import Datagrams, Network
 from router.overlay.sleeve.forwarder import HeartbeatPath, SleeveDemux
 
 log = logging.getLogger("weave-router.sleeve")
 
 MAX_DATAGRAM = 65535
+UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers: path MTU - 28 = largest datagram payload
+SOCKET_BUFFER = 8 * 1024 * 1024  # bytes: the native threads send and receive in bursts
+IP_MTU = 14  # <linux/in.h>: the path MTU of a connected socket
 
 
 class PathEvents(Protocol):
@@ -48,15 +60,19 @@ class PathEvents(Protocol):
 class _Path:
     path: HeartbeatPath
     events: PathEvents
+    key: SessionKey | None
     established: bool = False
     failed: bool = False
+    path_mtu: int = 0  # once established
 
 
 class SleeveService:
     """UDP heartbeats per connection: ``pending`` until the path works both ways."""
 
-    def __init__(self, network: Network, config: MeshConfig, *, name: PeerName) -> None:
+    def __init__(self, network: Network, config: MeshConfig, *, name: PeerName,
+                 dataplane: DataplaneService | None = None) -> None:
         self._network = network
+        self._dataplane = dataplane
         self._config = config
         self._name = name
         self._demux = SleeveDemux()
@@ -74,7 +90,12 @@ class SleeveService:
         log.info("sleeve listening on UDP %s:%d", *sock.address)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive_loop, sock)
+                if self._dataplane is not None:
+                    fd = sock.fileno()
+                    _set_buffers(fd)
+                    await nursery.start(self._dataplane.run, fd, self.receive_control)
+                else:
+                    nursery.start_soon(self._receive_loop, sock)
                 nursery.start_soon(self._send_loop, sock)
                 task_status.started()
         finally:
@@ -94,12 +115,30 @@ class SleeveService:
             timeout=timings.udp_heartbeat_timeout,
         )
         self._demux.add(path)  # the mesh never passes a connection id already in use
-        self._paths[result.conn_id] = _Path(path, events)
+        self._paths[result.conn_id] = _Path(path, events, key=result.overlay_key)
         self._wake.set()
 
     def remove_connection(self, conn_id: int) -> None:
         self._demux.remove(conn_id)
-        self._paths.pop(conn_id, None)
+        entry = self._paths.pop(conn_id, None)
+        if entry is not None and entry.established and self._dataplane is not None:
+            self._dataplane.remove_peer(entry.path.remote)
+
+    def set_routes(self, routes: Routes) -> None:
+        """Frames follow the mesh's routes over established connections."""
+        if self._dataplane is not None:
+            self._dataplane.set_routes(routes.unicast, routes.broadcast)
+
+    def path_mtu(self, conn_id: int) -> int:
+        """The underlay path MTU to this connection's peer; 0 until established."""
+        entry = self._paths.get(conn_id)
+        return entry.path_mtu if entry is not None else 0
+
+    def receive_control(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """A non-frame datagram (a heartbeat) handed up by the data plane."""
+        self._demux.receive_datagram(data, addr, now)
+        self._dispatch()
+        self._wake.set()
 
     def remote_heard_us(self, conn_id: int) -> None:
         entry = self._paths.get(conn_id)
@@ -140,8 +179,37 @@ class SleeveService:
                 entry.events.on_heard(conn_id)
             if path.established and not entry.established:
                 entry.established = True
+                self._program(entry)
                 entry.events.on_established(conn_id)
             if path.failed_reason and not entry.failed:
                 entry.failed = True
                 log.info("UDP path to %s failed: %s", path.remote, path.failed_reason)
                 entry.events.on_failed(conn_id, path.failed_reason)
+
+    def _program(self, entry: _Path) -> None:
+        """Hand an established path's session to the data plane."""
+        path = entry.path
+        entry.path_mtu = _route_mtu(path.remote_addr)
+        if self._dataplane is None:
+            return
+        self._dataplane.set_peer(
+            path.remote, path.conn_id, path.remote_addr,
+            entry.key.raw if entry.key is not None else None,
+            entry.path_mtu - UDP_IP_OVERHEAD,
+        )
+
+
+def _route_mtu(addr: tuple[str, int]) -> int:
+    """The kernel's path MTU towards ``addr`` (1500 if it cannot say)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(addr)
+            return int(sock.getsockopt(socket.IPPROTO_IP, IP_MTU))
+        except OSError:
+            return 1500
+
+
+def _set_buffers(fd: int) -> None:
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)

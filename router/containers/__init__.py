@@ -1,0 +1,1 @@
+"""Containers on the weave network: attach, detach, ps."""
