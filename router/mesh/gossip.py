@@ -334,7 +334,11 @@ class GossipRouter:
         self._counts["gossip_delivered"] += 1
         if delta is None:
             return
-        for hop in sorted(self._routes.broadcast_all.get(event.src, frozenset())):
+        # A source our routes do not know yet (its record is news in this very delta) has
+        # no tree here: pass the news to every other neighbour rather than drop it.
+        tree = self._routes.broadcast_all.get(event.src)
+        hops = tree if tree is not None else frozenset(self._outboxes)
+        for hop in sorted(hops):
             if hop != neighbour and self._enqueue_gossip(hop, event.channel, delta, event.src):
                 self._counts["gossip_forwarded"] += 1
 

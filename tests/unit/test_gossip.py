@@ -254,6 +254,30 @@ def test_gossip_update_floods_deltas_and_stops() -> None:
     assert pump(routers) == 0
 
 
+def test_gossip_follows_the_source_tree_in_a_full_mesh() -> None:
+    full = [(a, b) for a in range(1, 6) for b in range(a + 1, 6)]
+    gossipers: dict[int, WordGossiper] = {}
+    channels: dict[int, GossipChannel] = {}
+    routers = wired(full, gossipers, channels)
+    pump(routers)
+    gossipers[1].words.add("news")
+    channels[1].gossip_update(Words({"news"}))
+    # One message per other peer: in a full mesh the source's tree has depth one, so
+    # nobody relays (flooding would cost one message per connection, 4 + 4 * 3).
+    assert pump(routers) == 4
+    assert all(g.words == {"news"} for g in gossipers.values())
+
+
+def test_news_from_a_source_without_a_tree_yet_reaches_every_neighbour() -> None:
+    gossipers = {i: WordGossiper() for i in (1, 2, 3)}
+    routers = wired([(1, 2), (1, 3)], gossipers)
+    pump(routers)
+    # Peer 9 is not in 1's routes yet (its record is what the gossip brings).
+    routers[_n(1)].receive(_n(2), GossipIn(CHANNEL, _n(9), b"fresh"))
+    pump(routers)
+    assert gossipers[3].words == {"fresh"}
+
+
 def test_bad_payload_raises_remote_protocol_error() -> None:
     gossipers: dict[int, WordGossiper] = {}
     routers = wired([(1, 2)], gossipers)
