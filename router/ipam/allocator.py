@@ -16,7 +16,13 @@ driver (``router/ipam/service.py``) does, in this order:
 4. sleep until :meth:`Allocator.deadline` and call :meth:`Allocator.handle_timer`.
 
 ``completions()`` and ``messages_to_send()`` refuse (LocalProtocolError) while a batch is
-waiting to be taken, so step 1 cannot be skipped.
+waiting to be taken, so step 1 cannot be skipped. The driver also wraps the gossiper
+calls the gossip router makes (``on_gossip*``) the same way.
+
+News spreads three ways: ownership we change ourselves is pushed to every neighbour
+(:class:`GossipNow`); ownership changes learnt from gossip go on as the delta
+``on_gossip`` returns (our state), relayed along the origin's broadcast tree; and our
+state is relayed on after every broadcast we receive.
 
 Initialisation (``--ipalloc-init``): ``seed=NAMES`` divides the range among NAMES at
 once; ``consensus[=N]`` runs :mod:`router.ipam.consensus` when the first allocation or
@@ -57,6 +63,7 @@ from typing import Any
 from router.errors import (
     BrokenError,
     ClosedError,
+    ConfigError,
     DecodeError,
     LocalProtocolError,
     RemoteProtocolError,
@@ -432,14 +439,19 @@ class Allocator:
         return None if self._closed else IpamGossip(self)
 
     def on_gossip(self, payload: bytes) -> GossipData | None:
-        """Merge a neighbour's state; changes go on as :class:`GossipNow`, not from here."""
+        """Merge gossip; if ownership moved, our state is relayed on (instead of GossipNow)."""
         if self._closed:
             return None
         msg = _decode(payload, self.ourself)
         if msg.kind != "state":
             raise RemoteProtocolError(f"ipam: {msg.kind} must be unicast")
-        self._receive_state(None, msg)
-        return None
+        already = self._gossip_queued
+        self._gossip_queued = True  # a move found here travels as the relayed delta
+        try:
+            moved = self._receive_state(None, msg)
+        finally:
+            self._gossip_queued = already
+        return IpamGossip(self) if moved else None
 
     # -- output ---------------------------------------------------------------------------
 
@@ -609,26 +621,30 @@ class Allocator:
         self._asked.clear()
         self._try_pending()
 
-    def _receive_state(self, sender: PeerName | None, msg: _Message) -> None:
+    def _receive_state(self, sender: PeerName | None, msg: _Message) -> bool:
+        """Act on a peer's state; True if ring ownership moved."""
         for name, nickname in msg.nicknames:
             if name != self.ourself and len(self._nicknames) < MAX_NICKNAMES:
                 self._nicknames[name] = nickname
         if msg.ring is not None:
-            self._merge(msg.ring)
-        elif not self._ring.empty():
+            return self._merge(msg.ring)
+        if not self._ring.empty():
             if sender is not None:
                 self._messages.append(Unicast(sender, self.state_payload()))
         elif msg.paxos is not None:
             if self._paxos is not None:
-                changed = self._paxos.update(msg.paxos)
-                if self._paxos.think() or changed:
+                learned = self._paxos.update(msg.paxos)  # may include our own old claims
+                if self._paxos.think():  # our claims changed: say so (as Weave does)
                     self._dirty.paxos = True
                     self._messages.append(Broadcast(self.state_payload()))
+                elif learned:
+                    self._dirty.paxos = True
                 self._check_consensus()
         elif self._paxos is not None and sender is not None:
             self._establish_ring()  # an observer asked for a ring
+        return False
 
-    def _merge(self, other: Ring) -> None:
+    def _merge(self, other: Ring) -> bool:
         try:
             result = self._ring.merge(other, self._space.has_allocations)
         except DifferentSeedsError as exc:
@@ -643,6 +659,7 @@ class Allocator:
             ) from None
         if result.changed:
             self._ring_changed(moved=result.moved)
+        return result.moved
 
     def _donate(self, src: PeerName, start: int, end: int) -> None:
         """A peer asked for space in ``[start, end)``: give some, or say no; send our ring."""
@@ -814,8 +831,8 @@ class Allocator:
         if by_nick:
             return by_nick[0]
         try:
-            name = PeerName.parse(text)
-        except Exception:
+            name: PeerName | None = PeerName.parse(text)
+        except ConfigError:
             name = None
         known = self._ring.peers() | self._reachable | {self.ourself}
         if name is None or name not in known:

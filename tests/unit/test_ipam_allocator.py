@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from router.errors import ClosedError, DecodeError, LocalProtocolError, RemotePr
 from router.ipam import (
     AllocatorConfig,
     Broadcast,
+    CancelledError,
     Completion,
     ConflictError,
     Consensus,
@@ -43,6 +44,7 @@ from router.ipam.allocator import (
     STATUS_WAITING,
     Allocator,
 )
+from router.mesh.gossip import Gossiper
 from router.mesh.names import PeerName
 from router.wire import cbor
 
@@ -73,6 +75,7 @@ class Mesh:
         self.in_flight: list[_Envelope] = []
         self.answers: dict[tuple[PeerName, int], Completion] = {}
         self.errors: list[tuple[PeerName, PeerName, RemoteProtocolError]] = []
+        self._reach: dict[PeerName, frozenset[PeerName]] = {}
 
     # -- peers and links ----------------------------------------------------------------------
 
@@ -87,12 +90,10 @@ class Mesh:
         self.topology()
         return alloc
 
-    def restart(self, name: PeerName, **changes: object) -> Allocator:
+    def restart(self, name: PeerName, **changes: Any) -> Allocator:
         config = self.configs[name]
         if changes:
-            from dataclasses import replace
-
-            config = replace(config, **changes)  # type: ignore[arg-type]
+            config = replace(config, **changes)
             self.configs[name] = config
         self.in_flight = [e for e in self.in_flight if e.dst != name]
         alloc = Allocator(config, now=self.now, persisted=self.disk.get(name),
@@ -125,19 +126,25 @@ class Mesh:
         }
         self.topology()
 
-    def reachable(self, name: PeerName) -> set[PeerName]:
-        seen, todo = {name}, [name]
-        while todo:
-            here = todo.pop()
-            for link in self.links:
-                if here in link:
-                    (other,) = link - {here}
-                    if other in self.peers and other not in seen:
-                        seen.add(other)
-                        todo.append(other)
-        return seen - {name}
+    def reachable(self, name: PeerName) -> frozenset[PeerName]:
+        return self._reach.get(name, frozenset())
 
     def topology(self) -> None:
+        """Links changed: recompute who reaches whom and tell every allocator."""
+        adjacent: dict[PeerName, set[PeerName]] = {p: set() for p in self.peers}
+        for link in self.links:
+            a, b = sorted(link)
+            if a in self.peers and b in self.peers:
+                adjacent[a].add(b)
+                adjacent[b].add(a)
+        self._reach = {}
+        for name in self.peers:
+            seen, todo = {name}, [name]
+            while todo:
+                for other in adjacent[todo.pop()] - seen:
+                    seen.add(other)
+                    todo.append(other)
+            self._reach[name] = frozenset(seen - {name})
         for name, alloc in self.peers.items():
             alloc.set_peers({p: NICK[p] for p in self.reachable(name)}, self.now)
             self.flush(name)
@@ -196,8 +203,10 @@ class Mesh:
                 alloc.on_gossip_unicast(env.src, env.payload)
             elif env.kind == "broadcast":
                 alloc.on_gossip_broadcast(env.src, env.payload)
-            else:
-                alloc.on_gossip(env.payload)
+            elif alloc.on_gossip(env.payload) is not None:  # news: relay it on
+                for other in sorted(self.reachable(env.dst) - {env.src}):
+                    if frozenset((env.dst, other)) in self.links:
+                        self._gossip(env.dst, other)
         except RemoteProtocolError as exc:
             self.errors.append((env.src, env.dst, exc))
         finally:
@@ -449,6 +458,32 @@ def test_too_many_pending_requests_are_refused() -> None:
     assert stats.pending_allocates == 2 and stats.counters["pending_overflow"] == 1
 
 
+def test_cancel_detach_while_pending_prune_and_quorum_changes() -> None:
+    mesh = Mesh()
+    mesh.add(A, Consensus(), target_count=4)
+    first = mesh.allocate(A, "gone")
+    second = mesh.allocate(A, "detached")
+    assert isinstance(first, Pending) and isinstance(second, Pending)
+    assert mesh.peers[A].status() == "awaiting consensus (quorum: 3, known: 1)"
+    assert mesh.call(A, lambda a: a.cancel(first.ticket))
+    assert not mesh.call(A, lambda a: a.cancel(first.ticket))
+    assert mesh.call(A, lambda a: a.free("detached")) == []  # detach while waiting
+    done = mesh.answer(A, second)
+    assert done.cidr is None and isinstance(done.error, CancelledError)
+    assert str(done.error) == "Allocate request for detached cancelled"
+    assert (A, first.ticket) not in mesh.answers
+    mesh.call(A, lambda a: a.set_target_count(0))  # quorum 1 from now on
+    mesh.advance(5)
+    assert mesh.peers[A].status() == STATUS_READY
+    for ident in ("c1", "c2", "c3"):
+        mesh.allocate(A, ident)
+    mesh.call(A, lambda a: a.claim("plumbing", IPv4Interface("10.32.9.9/12"), 0,
+                                   is_container=False))
+    assert mesh.call(A, lambda a: a.prune_owned(["c2"])) == ["c1", "c3"]
+    assert mesh.peers[A].lookup("c2") and mesh.peers[A].lookup("plumbing")
+    assert mesh.disk[A].owned.keys() == {"c2", "plumbing"}
+
+
 # -- rmpeer, reset, restarts ------------------------------------------------------------------
 
 
@@ -568,6 +603,8 @@ def test_different_ranges_refuse_to_merge() -> None:
 
 def test_outputs_wait_until_state_is_durable() -> None:
     alloc = Allocator(AllocatorConfig(A, UNIVERSE, mode=Seed((A,))), now=0)
+    gossiper: Gossiper = alloc  # the "ipam" channel's gossiper (checked by mypy)
+    assert gossiper.gossip() is not None
     with pytest.raises(LocalProtocolError, match="take_persistence"):
         alloc.messages_to_send()
     batch = alloc.take_persistence()
