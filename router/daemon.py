@@ -144,7 +144,8 @@ class Router:
             conn_limit=self.config.mesh.conn_limit,
             counters=mesh.counters,
         )
-        return Status(ready=self.ready, router=router)
+        dataplane = None if self.dataplane is None else dict(self.dataplane.statistics())
+        return Status(ready=self.ready, router=router, dataplane=dataplane)
 
     async def connect(self, peers: list[str], replace: bool) -> None:
         await self.mesh.connect(peers, replace=replace)

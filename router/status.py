@@ -82,3 +82,6 @@ class Status:
 
     ready: bool
     router: RouterStatus
+    # The sleeve data plane's counters (frames and bytes per peer, drops by reason), as
+    # ``router.dataplane.backend.Statistics``; None without a data plane (simulations).
+    dataplane: Mapping[str, object] | None = None

@@ -24,8 +24,10 @@ connections`` info column.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from router.control.layouts import connection_info
+from router.mesh.names import PeerName
 from router.status import ConnectionStatus, PeerStatus, RouterStatus, Status
 
 JSON_INDENT = 4  # as Weave's MarshalIndent
@@ -90,7 +92,20 @@ def _router(router: RouterStatus) -> dict[str, object]:
 
 def build_report(status: Status) -> dict[str, object]:
     """The report as plain JSON-ready data."""
-    return {"Version": status.router.version, "Router": _router(status.router)}
+    router = _router(status.router)
+    if status.dataplane is not None:
+        router["OverlayDiagnostics"] = {"sleeve": _sleeve(status.dataplane)}
+    return {"Version": status.router.version, "Router": router}
+
+
+def _sleeve(stats: Mapping[str, object]) -> dict[str, object]:
+    """The data plane's counters; peers keyed by name as the rest of the report writes them."""
+    peers = stats.get("peers", {})
+    assert isinstance(peers, Mapping)
+    return {
+        **{key: value for key, value in stats.items() if key != "peers"},
+        "peers": {str(PeerName(int(name))): counters for name, counters in peers.items()},
+    }
 
 
 def render_report(status: Status) -> str:

@@ -61,6 +61,20 @@ def test_report_connections_and_routes() -> None:
     assert router["BroadcastRoutes"] == [{"Source": H1, "Via": [H2, H3]}]
 
 
+def test_report_carries_the_data_plane_counters_by_peer_name() -> None:
+    import dataclasses
+
+    counters = {"frames_out": 3, "bytes_out": 300, "datagrams_out": 3, "frames_in": 2,
+                "bytes_in": 200, "datagrams_in": 2}
+    stats = {"frames_captured": 3, "drops": {"bad_auth": 1, "replay": 0},
+             "peers": {0x0A0000000002: counters}}
+    report = build_report(dataclasses.replace(sample_status(), dataplane=stats))
+    sleeve = report["Router"]["OverlayDiagnostics"]["sleeve"]
+    assert sleeve["drops"] == {"bad_auth": 1, "replay": 0}
+    assert sleeve["peers"] == {"0a:00:00:00:00:02": counters}
+    assert "OverlayDiagnostics" not in build_report(sample_status())["Router"]
+
+
 def test_report_is_deterministic_indented_json() -> None:
     text = render_report(sample_status())
     assert text == render_report(sample_status())
