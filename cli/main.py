@@ -4,6 +4,7 @@ Commands of this milestone (cli.md has the contract)::
 
     weave-router launch [options] [PEER ...]
     weave-router stop
+    weave-router reset
     weave-router status [targets|connections|peers]
     weave-router report [-f TEMPLATE]
     weave-router connect [--replace] [PEER ...]
@@ -27,12 +28,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from cli import launch
 from cli.client import ApiClient, ApiResponse, ApiUnreachable, default_http_addr, format_addr
 from cli.template import Template, TemplateError
 from router import __version__
+from router.config import DEFAULT_DB_PATH
 from router.containers.addresses import parse_addrs
 from router.errors import ConfigError
 
@@ -69,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     launch.add_arguments(commands.add_parser("launch", help="start the router on this host"))
     _add_http_addr(commands.add_parser("stop", help="stop the router"))
+    reset = commands.add_parser("reset", help="stop; remove the bridge, devices and data")
+    reset.add_argument("--db-path", metavar="PATH",
+                       help=f"the database to remove if the router is not running "
+                            f"(default {DEFAULT_DB_PATH})")
+    _add_http_addr(reset)
     status = commands.add_parser("status", help="show the router's status")
     status.add_argument("view", nargs="?", choices=STATUS_VIEWS, metavar="VIEW",
                         help="targets, connections or peers")
@@ -137,6 +145,26 @@ def cmd_stop(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``stop``: ask the router to stop, then wait until it no longer answers."""
     client = _client(args, env)
     _call(client, "POST", "/stop")
+    return _wait_stopped(client)
+
+
+def cmd_reset(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``reset``: a running router removes its plumbing and data as it stops; with none
+    running, this command removes them itself."""
+    client = _client(args, env)
+    try:
+        client.post("/reset", [])
+    except ApiUnreachable as exc:
+        if not exc.refused:
+            raise CommandError(f"{PROG}: error: the router did not answer: {exc.reason}") from exc
+        from router.daemon import reset_offline  # trio and netlink: only when needed
+
+        reset_offline(Path(args.db_path) if args.db_path else DEFAULT_DB_PATH)
+        return 0
+    return _wait_stopped(client)
+
+
+def _wait_stopped(client: ApiClient) -> int:
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
         try:
@@ -232,6 +260,7 @@ def cmd_version(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "launch": cmd_launch,
     "stop": cmd_stop,
+    "reset": cmd_reset,
     "status": cmd_status,
     "report": cmd_report,
     "connect": cmd_connect,

@@ -38,7 +38,8 @@ from router.control.api import serve_api
 from router.dataplane.service import DataplaneService
 from router.errors import ConfigError, KernelError
 from router.kernel.netlink import open_netlink_port
-from router.kernel.port import KernelPort
+from router.kernel.plumbing import reset_plan
+from router.kernel.port import KernelPort, execute
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
 from router.network.service import Network, TrioNetwork
@@ -86,12 +87,14 @@ class Router:
         self.nickname = config.mesh.nickname or socket.gethostname()
         self.uid = uid if uid is not None else random_uid()
         self.ready = False
+        self.reset_requested = False
         self._stop = trio.Event()
         targets = self._initial_targets()
         self.dataplane = (None if kernel is None else
                           DataplaneService(kernel, name=name, mtu=config.mtu,
                                            backend=config.dataplane))
         self.containers = None if kernel is None else ContainersService(kernel, store)
+        self._kernel = kernel
         self.sleeve = SleeveService(network, config.mesh, name=name, dataplane=self.dataplane)
         self.mesh = MeshService(
             config.mesh, network=network, sleeve=self.sleeve, name=name,
@@ -107,8 +110,9 @@ class Router:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.sleeve.run)
-            await nursery.start(self.mesh.run)
+            services = trio.CancelScope()
+            stopped = trio.Event()
+            await nursery.start(self._run_services, services, stopped)
             if self.config.http_addr is not None:
                 host, port = self.config.http_addr
                 await nursery.start(serve_api, self, host, port)
@@ -119,7 +123,24 @@ class Router:
             await self._stop.wait()
             log.info("stopping")
             self.ready = False
+            services.cancel()
+            await stopped.wait()
+            if self.reset_requested and self._kernel is not None:
+                # Before the API goes: `reset` returns once the router stops answering.
+                await reset_host(self._kernel)
             nursery.cancel_scope.cancel()
+
+    async def _run_services(self, scope: trio.CancelScope, stopped: trio.Event, *,
+                            task_status: trio.TaskStatus[None]) -> None:
+        """The sleeve (with the data plane) and the mesh, until ``scope`` is cancelled."""
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.sleeve.run)
+                    await nursery.start(self.mesh.run)
+                    task_status.started()
+        finally:
+            stopped.set()
 
     # The RouterControl protocol of router/control/api.py.
 
@@ -154,6 +175,11 @@ class Router:
         await self.mesh.forget(peers)
 
     def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reset(self) -> None:
+        """Stop, then remove the bridge, our devices and our data (``weave-router reset``)."""
+        self.reset_requested = True
         self._stop.set()
 
     async def attach(self, container: str, addrs: list[str], *,
@@ -219,13 +245,38 @@ def setup_logging(config: RouterConfig) -> _PeerFilter:
 
 
 async def _main(config: RouterConfig, store: Store, name: PeerName,
-                peer_filter: _PeerFilter) -> None:
+                peer_filter: _PeerFilter) -> bool:
+    """Run the router; True when it was asked to reset (its data is then removed)."""
     async with open_netlink_port() as kernel:
         router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel)
         peer_filter.peer = f"{name}({router.nickname})"
         log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
                  router.nickname, Path(config.db_path))
         await _serve_until_stopped(router)
+        return router.reset_requested
+
+
+async def reset_host(kernel: KernelPort) -> None:
+    """Delete the bridge and every device of ours (containers lose ``ethwe``)."""
+    await execute(kernel, reset_plan(await kernel.snapshot()))
+    log.info("reset: removed the bridge and its devices")
+
+
+def remove_data(db_path: Path) -> None:
+    """Delete the database (and its WAL files): the peer name, targets, everything."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+
+def reset_offline(db_path: Path) -> None:
+    """``reset`` with no router running: remove the plumbing and the data ourselves."""
+
+    async def plumbing() -> None:
+        async with open_netlink_port() as kernel:
+            await reset_host(kernel)
+
+    trio.run(plumbing)
+    remove_data(db_path)
 
 
 async def _serve_until_stopped(router: Router) -> None:
@@ -258,9 +309,10 @@ def run(config: RouterConfig) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
     exit_code = EXIT_OK
+    reset = False
     try:
         name = settle_name(store, config.mesh.name)
-        trio.run(_main, config, store, name, peer_filter)
+        reset = trio.run(_main, config, store, name, peer_filter)
     except* ConfigError as group:
         log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))
         exit_code = EXIT_CONFIG
@@ -271,5 +323,8 @@ def run(config: RouterConfig) -> int:
         exit_code = EXIT_FAILURE
     finally:
         store.close()
+    if reset:
+        remove_data(config.db_path)
+        log.info("reset: removed %s", config.db_path)
     log.info("stopped")
     return exit_code

@@ -76,6 +76,10 @@ class RouterControl(Protocol):
         """Begin a graceful stop (returns at once)."""
         ...
 
+    def request_reset(self) -> None:
+        """Stop, then remove the bridge, devices and data (returns at once)."""
+        ...
+
     async def attach(self, container: str, addrs: list[str], *,
                      multicast_route: bool) -> Attached:
         """Attach a container (ConfigError for a bad container or address)."""
@@ -224,11 +228,16 @@ async def _stop(control: RouterControl, request: Request) -> Reply:
     return Reply(200, "stopping\n", close=True, after=control.request_stop)
 
 
+async def _reset(control: RouterControl, request: Request) -> Reply:
+    return Reply(200, "resetting\n", close=True, after=control.request_reset)
+
+
 ROUTES: dict[str, dict[str, Handler]] = {
     "/report": {"GET": _report},
     "/connect": {"POST": _connect},
     "/forget": {"POST": _forget},
     "/stop": {"POST": _stop},
+    "/reset": {"POST": _reset},
     "/attach": {"POST": _attach},
     "/detach": {"POST": _detach},
     "/ps": {"GET": _ps},
