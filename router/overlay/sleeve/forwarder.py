@@ -32,10 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router.crypto.keys import SessionKey
-from router.crypto.nonces import MAX_COUNTER, ReplayWindow
+from router.crypto.nonces import ReplayWindow
 from router.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from router.mesh.names import PeerName
 from router.overlay.sleeve.packet import (
+    FRAME_COUNTER_BASE,
     HEADER_SIZE,
     PacketType,
     decode_header_untrusted,
@@ -204,7 +205,7 @@ class HeartbeatPath:
         """The heartbeat due at ``now``, if any, with the address to send it to."""
         if self._failed_reason or now < self._next_send:
             return []
-        if self._counter > MAX_COUNTER:
+        if self._counter >= FRAME_COUNTER_BASE:  # above it, the data plane's frames count
             self._fail("UDP packet counter exhausted")
             return []
         data = encode_heartbeat(

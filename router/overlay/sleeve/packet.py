@@ -1,11 +1,12 @@
 """The sleeve UDP packet codec: one fixed header, then the payload, sealed when encrypted.
 
 Every datagram on UDP ``--port`` (6783) has this layout; all integers big-endian. The
-Cython data plane implements the same layout for frames (type 2)::
+Cython data plane implements the same layout for frames (types 2 and 3, see
+``docs/wire-format.md``, "Sleeve frames")::
 
     offset  size  field
          0     1  version        1
-         1     1  type           1 = heartbeat, 2 = frames (next milestone); others refused
+         1     1  type           1 = heartbeat, 2 = frames, 3 = fragment; others refused
          2     2  reserved       0 (a receiver refuses anything else)
          4     8  connection id  agreed in the TCP handshake (XOR of both sides' random ids)
         12     8  counter        per sender and connection: 0, 1, 2, ... never repeated
@@ -41,6 +42,7 @@ from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
 
 __all__ = [
+    "FRAME_COUNTER_BASE",
     "HEADER_SIZE",
     "HEARTBEAT_BODY_SIZE",
     "MAX_DATAGRAM",
@@ -72,7 +74,13 @@ class PacketType(IntEnum):
     """Byte 1 of the header."""
 
     HEARTBEAT = 1
-    FRAMES = 2
+    FRAMES = 2  # carried by the data plane (router._fastpath), never decoded here
+    FRAGMENT = 3  # a piece of a large frame, ditto
+
+
+# Frames share a connection's key and nonce space with heartbeats: the data plane counts
+# frames from 2**63 up, heartbeats count from 0 and must stay below it.
+FRAME_COUNTER_BASE = 1 << 63
 
 
 _TYPES = frozenset(int(t) for t in PacketType)
