@@ -19,6 +19,7 @@ DEFAULT_PORT = 6783
 DEFAULT_HTTP_ADDR = ("127.0.0.1", 6784)
 DEFAULT_DB_PATH = Path("/var/lib/weave-router/weave.db")
 DEFAULT_LOG_FILE = Path("/var/log/weave-router.log")
+DEFAULT_IPALLOC_RANGE = ipaddress.IPv4Network("10.32.0.0/12")  # Weave's --ipalloc-range
 DEFAULT_MTU = 1376  # Weave's default; frames larger than a path's MTU are carried in pieces
 PROTOCOL_MIN_VERSION = 1
 PROTOCOL_MAX_VERSION = 1
@@ -72,3 +73,8 @@ class RouterConfig:
     http_addr: tuple[str, int] | None = DEFAULT_HTTP_ADDR  # None: no API (simulations)
     mtu: int = DEFAULT_MTU  # bytes: the bridge's and every container's ethwe MTU (--mtu)
     dataplane: str = "native"  # "reference": the pure-Python twin, ~100x slower (by name only)
+    ipalloc_range: ipaddress.IPv4Network = DEFAULT_IPALLOC_RANGE  # --ipalloc-range
+    ipalloc_default_subnet: ipaddress.IPv4Network | None = None  # None: the whole range
+    # --ipalloc-init as given (``consensus[=N]``, ``seed=NAME,...``, ``observer``; parsed by
+    # router.ipam.parse_init_mode); --init-peer-count N is stored as ``consensus=N``.
+    ipalloc_init: str = "consensus"

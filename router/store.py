@@ -1,9 +1,18 @@
 """Persistent state of one router in sqlite (stdlib ``sqlite3``): what must survive a restart.
 
-Now: the peer identity and other small facts (``meta``: key -> text) and the connection
-targets given by ``launch PEER...`` / ``connect`` / ``forget`` (``targets``, in order), so
-``launch --resume`` can use them. Later milestones add the IPAM ring and allocations and
-the DNS entries as further migrations.
+What it keeps:
+
+* the peer identity and other small facts (``meta``: key -> text);
+* the connection targets given by ``launch PEER...`` / ``connect`` / ``forget``
+  (``targets``, in order), so ``launch --resume`` can use them;
+* IPAM (migration 2): ``ipam_state`` (key -> blob: ``peer_name`` as UTF-8 text, ``ring``
+  and ``paxos`` as the allocator's own bytes) and ``ipam_owned`` (one row per container
+  or other ident: its addresses as space-separated ``IP/PREFIXLEN`` and whether it is a
+  container). :meth:`Store.apply_ipam` writes one
+  :class:`~router.ipam.PersistBatch` in ONE transaction (all of it or nothing);
+  :meth:`Store.load_ipam` gives back the :class:`~router.ipam.PersistedState` they sum to.
+
+Later milestones add the DNS entries as further migrations.
 
 Layout and rules:
 
@@ -29,9 +38,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from ipaddress import IPv4Interface
 from pathlib import Path
 
 from router.errors import ClosedError, ConfigError, LocalProtocolError
+from router.ipam import OwnedRecord, PersistBatch, PersistedState
+from router.mesh.names import PeerName
 
 # Step i upgrades a database at user_version i to user_version i + 1. Append only: a
 # released step is never edited, a fix is a new step.
@@ -40,12 +52,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "CREATE TABLE targets (position INTEGER PRIMARY KEY, address TEXT NOT NULL UNIQUE)",
     ),
+    (
+        "CREATE TABLE ipam_state (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+        "CREATE TABLE ipam_owned (ident TEXT PRIMARY KEY, cidrs TEXT NOT NULL, "
+        "is_container INTEGER NOT NULL)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 BUSY_TIMEOUT_MS = 5000  # wait this long for another process holding the write lock
 MAX_TARGETS = 10_000  # same bound as the connection maker's target list
 MAX_META_VALUE = 64 * 1024  # bytes of one meta value
+MAX_IPAM_BLOB = 16 * 1024 * 1024  # bytes of a stored ring or consensus state
 
 
 class Store:
@@ -165,6 +183,67 @@ class Store:
             db.execute("DELETE FROM targets")
             db.executemany(
                 "INSERT INTO targets (position, address) VALUES (?, ?)", enumerate(unique)
+            )
+
+    def load_ipam(self) -> PersistedState | None:
+        """The stored IPAM state; None if none was ever written (or it was reset away).
+
+        A row that cannot be read back is a ConfigError naming ``--db-path``.
+        """
+        db = self._conn()
+        state = dict(db.execute("SELECT key, value FROM ipam_state").fetchall())
+        raw_name = state.get("peer_name")
+        if raw_name is None:
+            return None
+        try:
+            name = PeerName.parse(bytes(raw_name).decode())
+            owned = {
+                str(ident): OwnedRecord(
+                    tuple(IPv4Interface(text) for text in str(cidrs).split()), bool(flag)
+                )
+                for ident, cidrs, flag in db.execute(
+                    "SELECT ident, cidrs, is_container FROM ipam_owned ORDER BY ident"
+                )
+            }
+        except (ValueError, UnicodeDecodeError, ConfigError) as exc:
+            raise ConfigError(f"--db-path: {self._path}: unreadable IPAM data: {exc}") from exc
+        ring, paxos = state.get("ring"), state.get("paxos")
+        return PersistedState(
+            peer_name=name,
+            ring=None if ring is None else bytes(ring),
+            paxos=None if paxos is None else bytes(paxos),
+            owned=owned,
+        )
+
+    def apply_ipam(self, batch: PersistBatch) -> None:
+        """Write ``batch`` in one transaction: after a crash, all of it is there or none."""
+        for blob in (batch.ring, batch.paxos):
+            if blob is not None and len(blob) > MAX_IPAM_BLOB:
+                raise LocalProtocolError(f"IPAM state of {len(blob)} bytes is over the limit")
+        with self.transaction():
+            db = self._conn()
+            if batch.reset:
+                db.execute("DELETE FROM ipam_state")
+                db.execute("DELETE FROM ipam_owned")
+            rows = [("peer_name", str(batch.peer_name).encode())]
+            rows += [(key, blob) for key, blob in (("ring", batch.ring), ("paxos", batch.paxos))
+                     if blob is not None]
+            db.executemany(
+                "INSERT INTO ipam_state (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rows,
+            )
+            gone = [(ident,) for ident, record in batch.owned.items() if record is None]
+            db.executemany("DELETE FROM ipam_owned WHERE ident = ?", gone)
+            db.executemany(
+                "INSERT INTO ipam_owned (ident, cidrs, is_container) VALUES (?, ?, ?) "
+                "ON CONFLICT (ident) DO UPDATE SET cidrs = excluded.cidrs, "
+                "is_container = excluded.is_container",
+                [
+                    (ident, " ".join(str(c) for c in record.cidrs), int(record.is_container))
+                    for ident, record in batch.owned.items()
+                    if record is not None
+                ],
             )
 
     def close(self) -> None:

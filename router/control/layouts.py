@@ -1,4 +1,4 @@
-"""Weave's text layouts for ``status``, ``status targets|connections|peers``.
+"""Weave's text layouts for ``status``, ``status targets|connections|peers|ipam``.
 
 Pure functions from a :class:`~router.status.Status` snapshot to text (every line ends
 with ``\\n``, no trailing blanks). The layouts are Weave Net's, so scripts that read
@@ -16,6 +16,11 @@ with ``\\n``, no trailing blanks). The layouts are Weave Net's, so scripts that 
               Peers: 3 (with 6 established connections)
      TrustedSubnets: none
 
+            Service: ipam                      (only when IPAM runs; after a blank line)
+             Status: ready
+              Range: 10.32.0.0/12
+      DefaultSubnet: 10.32.0.0/12
+
     status targets      one target per line
 
     status connections  direction, address (21 wide), state (11 wide), info, attrs
@@ -28,6 +33,10 @@ with ``\\n``, no trailing blanks). The layouts are Weave Net's, so scripts that 
     ce:31:e0:06:45:1a(host1)
        <- 192.168.48.12:39634   ea:2d:b2:e6:e4:f5(host2)              established
 
+    status ipam         each peer's share of the range: peer 27 wide, then the count
+    00:00:00:00:00:01(one)      349526 IPs (33.3% of total) (2 active)
+    00:00:00:00:00:03(three)    349525 IPs (33.3% of total) - unreachable!
+
 The info column of a pending or established connection is Weave's: ``encrypted`` or
 ``unencrypted`` (11 wide, only when this router has a password), the overlay (``sleeve`` or
 ``fastdp``) and the remote peer. Failed and retrying connections show the error instead,
@@ -39,6 +48,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from router.ipam import IpamStatistics
 from router.status import CONNECTION_STATES, ConnectionStatus, RouterStatus, Status
 
 LABEL_WIDTH = 15
@@ -47,6 +57,7 @@ STATE_WIDTH = 11
 ENCRYPTION_WIDTH = 11
 OVERLAY_WIDTH = 6
 PEER_WIDTH = 37
+IPAM_PEER_WIDTH = 27
 
 # The order Weave lists connection counts in (``Connections: 5 (1 established, ...)``).
 CONNECTION_COUNT_ORDER = ("established", "pending", "retrying", "failed", "connecting")
@@ -91,10 +102,28 @@ def _peers_summary(router: RouterStatus) -> str:
     return f"{total} (with {detail} connections)" if detail else str(total)
 
 
+def _ipam_of(status: Status) -> IpamStatistics | None:
+    """The IPAM snapshot of ``status`` (None: IPAM not running)."""
+    ipam = getattr(status, "ipam", None)  # becomes ``status.ipam`` once Status has the field
+    return ipam if isinstance(ipam, IpamStatistics) else None
+
+
+def ipam_section(ipam: IpamStatistics) -> list[str]:
+    """The ``Service: ipam`` lines of ``status`` (preceded by a blank line)."""
+    return [
+        "",
+        _field("Service", "ipam"),
+        _field("Status", ipam.status),
+        _field("Range", ipam.range),
+        _field("DefaultSubnet", ipam.default_subnet),
+    ]
+
+
 def render_status(status: Status) -> str:
-    """The text of ``weave-router status`` (the router section; later IPAM and DNS too)."""
+    """The text of ``weave-router status``: the router section, then IPAM's if it runs."""
     router = status.router
     subnets = ", ".join(router.trusted_subnets) if router.trusted_subnets else "none"
+    ipam = _ipam_of(status)
     return _lines([
         _field("Version", router.version),
         _field("Service", "router"),
@@ -109,6 +138,7 @@ def render_status(status: Status) -> str:
         _field("Connections", _connections_summary(router)),
         _field("Peers", _peers_summary(router)),
         _field("TrustedSubnets", subnets),
+        *(ipam_section(ipam) if ipam is not None else []),
     ])
 
 
@@ -171,10 +201,33 @@ def render_peers(status: Status) -> str:
     return _lines(lines)
 
 
+def render_ipam_shares(ipam: IpamStatistics | None) -> str:
+    """``status ipam``: one line per peer owning part of the range (empty without IPAM)."""
+    if ipam is None:
+        return ""
+    lines = []
+    for share in ipam.shares:
+        peer = _peer(share.name, share.nickname)
+        pct = 100.0 * share.ips / ipam.max_ips if ipam.max_ips else 0.0
+        line = f"{peer:<{IPAM_PEER_WIDTH}} {share.ips} IPs ({pct:.1f}% of total)"
+        if share.active is not None:
+            line += f" ({share.active} active)"
+        if not share.reachable:
+            line += " - unreachable!"
+        lines.append(line)
+    return _lines(lines)
+
+
+def render_ipam(status: Status) -> str:
+    """``status ipam`` of a status snapshot."""
+    return render_ipam_shares(_ipam_of(status))
+
+
 # ``GET /status/<view>`` -> renderer. ``""`` is plain ``/status``.
 VIEWS = {
     "": render_status,
     "targets": render_targets,
     "connections": render_connections,
     "peers": render_peers,
+    "ipam": render_ipam,
 }
