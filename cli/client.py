@@ -110,8 +110,9 @@ def default_http_addr(flag_value: str | None, env_value: str | None) -> tuple[st
 class ApiClient:
     """Requests to one router's API."""
 
-    def __init__(self, addr: tuple[str, int], *, timeout: float = REQUEST_TIMEOUT) -> None:
-        """Talk to the API at ``addr``; each request must finish within ``timeout`` s."""
+    def __init__(self, addr: tuple[str, int], *, timeout: float | None = REQUEST_TIMEOUT) -> None:
+        """Talk to the API at ``addr``; each request must finish within ``timeout`` s
+        (None: wait as long as it takes, for requests that block by design: ``prime``)."""
         self.addr = addr
         self.timeout = timeout
 
@@ -131,7 +132,7 @@ class ApiClient:
         except ConnectionRefusedError as exc:
             raise ApiUnreachable(self.addr, "connection refused", refused=True) from exc
         except TimeoutError as exc:
-            raise ApiUnreachable(self.addr, f"no answer within {self.timeout:g} s",
+            raise ApiUnreachable(self.addr, f"no answer within {self.timeout} s",
                                  refused=False) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise ApiUnreachable(self.addr, str(exc) or type(exc).__name__,

@@ -46,6 +46,7 @@ from cli.client import (
 )
 from router.config import (
     DEFAULT_DB_PATH,
+    DEFAULT_IPALLOC_RANGE,
     DEFAULT_LOG_FILE,
     DEFAULT_MTU,
     DEFAULT_PORT,
@@ -55,6 +56,7 @@ from router.config import (
 )
 from router.dataplane.backend import BACKENDS
 from router.errors import ConfigError, RouterError
+from router.ipam import parse_init_mode, parse_subnet
 from router.mesh.names import PeerName
 
 ENV_PASSWORD = "WEAVE_PASSWORD"
@@ -94,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--conn-limit", metavar="N", help=f"most connections (default {DEFAULT_CONN_LIMIT})")
     add("--http-addr", metavar="HOST:PORT",
         help=f"control API address (127.0.0.1:6784) [{ENV_HTTP_ADDR}]")
+    add("--ipalloc-range", metavar="CIDR",
+        help=f"range containers get addresses from (default {DEFAULT_IPALLOC_RANGE})")
+    add("--ipalloc-default-subnet", metavar="CIDR",
+        help="subnet of `attach` without net: (default: the whole range)")
+    add("--ipalloc-init", metavar="MODE",
+        help="consensus[=COUNT] (default), seed=NAME,... or observer")
+    add("--init-peer-count", metavar="N", help="same as --ipalloc-init consensus=N")
     add("--mtu", metavar="BYTES",
         help=f"MTU of the bridge and containers (default {DEFAULT_MTU}) [{ENV_MTU}]")
     add("--dataplane", metavar="NAME", choices=BACKENDS,
@@ -220,6 +229,27 @@ def _mtu(value: str | None, env: Mapping[str, str]) -> int:
     return int(value)
 
 
+def _ipam(args: argparse.Namespace) -> dict[str, object]:
+    """The IPAM flags, each checked with Weave's messages."""
+    if args.init_peer_count is not None and args.ipalloc_init is not None:
+        raise ConfigError("--init-peer-count: cannot be combined with --ipalloc-init")
+    init = args.ipalloc_init or "consensus"
+    if args.init_peer_count is not None:
+        if not args.init_peer_count.isdigit() or int(args.init_peer_count) < 1:
+            raise ConfigError(f"--init-peer-count: {args.init_peer_count} is not a count of peers")
+        init = f"consensus={int(args.init_peer_count)}"
+    parse_init_mode(init)
+    universe = (parse_subnet(args.ipalloc_range, what="--ipalloc-range")
+                if args.ipalloc_range else DEFAULT_IPALLOC_RANGE)
+    default = None
+    if args.ipalloc_default_subnet:
+        default = parse_subnet(args.ipalloc_default_subnet, what="--ipalloc-default-subnet")
+        if not default.subnet_of(universe):
+            raise ConfigError(f"--ipalloc-default-subnet: {default} is not inside "
+                              f"--ipalloc-range {universe}")
+    return {"ipalloc_range": universe, "ipalloc_default_subnet": default, "ipalloc_init": init}
+
+
 def _log_level(value: str | None) -> str:
     if value is None:
         return "info"
@@ -256,6 +286,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConf
         http_addr=default_http_addr(args.http_addr, env.get(ENV_HTTP_ADDR)),
         mtu=_mtu(args.mtu, env),
         dataplane=args.dataplane or "native",
+        **_ipam(args),  # type: ignore[arg-type]
     )
 
 
@@ -265,7 +296,10 @@ def config_to_argv(config: RouterConfig) -> list[str]:
     argv = ["--host", mesh.host, "--port", str(mesh.port), "--nickname", mesh.nickname,
             "--conn-limit", str(mesh.conn_limit), "--db-path", str(config.db_path),
             "--log-level", config.log_level, "--mtu", str(config.mtu),
-            "--dataplane", config.dataplane]
+            "--dataplane", config.dataplane, "--ipalloc-range", str(config.ipalloc_range),
+            "--ipalloc-init", config.ipalloc_init]
+    if config.ipalloc_default_subnet is not None:
+        argv += ["--ipalloc-default-subnet", str(config.ipalloc_default_subnet)]
     if config.http_addr is not None:
         argv += ["--http-addr", format_addr(config.http_addr)]
     if mesh.name is not None:

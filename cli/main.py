@@ -40,7 +40,7 @@ from router.containers.addresses import parse_addrs
 from router.errors import ConfigError
 
 PROG = "weave-router"
-STATUS_VIEWS = ("targets", "connections", "peers")
+STATUS_VIEWS = ("targets", "connections", "peers", "ipam")
 STOP_TIMEOUT = 30.0  # seconds ``stop`` waits for the router to stop answering
 STOP_POLL = 0.1  # seconds
 
@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps = commands.add_parser("ps", help="attached containers: name, MAC, CIDRs")
     ps.add_argument("containers", nargs="*", metavar="CONTAINER")
     _add_http_addr(ps)
+    _add_http_addr(commands.add_parser("prime", help="wait until this peer can allocate"))
+    rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
+    rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
+    _add_http_addr(rmpeer)
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -121,7 +125,7 @@ def _call(client: ApiClient, method: str, path: str,
           fields: Sequence[tuple[str, str]] = ()) -> ApiResponse:
     """One API request; CommandError unless it answers 200."""
     try:
-        response = client.post(path, fields) if method == "POST" else client.get(path)
+        response = client.post(path, fields) if method == "POST" else client.request(method, path)
     except ApiUnreachable as exc:
         addr = format_addr(exc.addr)
         if exc.refused:
@@ -231,7 +235,9 @@ def cmd_attach(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     fields = _container_fields(args)
     if args.no_multicast_route:
         fields.append(("multicast_route", "false"))
-    line = _call(_client(args, env), "POST", "/attach", fields).body.split()
+    client = _client(args, env)
+    client.timeout = None  # an allocation waits for IPAM consensus, as in Weave
+    line = _call(client, "POST", "/attach", fields).body.split()
     print(" ".join(cidr.split("/")[0] for cidr in line[2:]))
     return 0
 
@@ -248,6 +254,22 @@ def cmd_ps(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     for line in _call(_client(args, env), "GET", "/ps").body.splitlines():
         if not wanted or line.split()[0] in wanted:
             print(line)
+    return 0
+
+
+def cmd_prime(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``prime``: block until the IPAM ring is known (consensus reached, or joined)."""
+    client = _client(args, env)
+    client.timeout = None  # as Weave's prime: waits as long as it takes
+    _call(client, "GET", "/ring")
+    return 0
+
+
+def cmd_rmpeer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``rmpeer PEER...``: prints ``N IPs taken over from PEER`` for each."""
+    client = _client(args, env)
+    for peer in args.peers:
+        sys.stdout.write(_call(client, "DELETE", f"/peer/{peer}").body)
     return 0
 
 
@@ -268,6 +290,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "attach": cmd_attach,
     "detach": cmd_detach,
     "ps": cmd_ps,
+    "prime": cmd_prime,
+    "rmpeer": cmd_rmpeer,
     "version": cmd_version,
 }
 

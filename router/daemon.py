@@ -37,6 +37,7 @@ from router.containers.service import Attached, ContainersService
 from router.control.api import serve_api
 from router.dataplane.service import DataplaneService
 from router.errors import ConfigError, KernelError
+from router.ipam.service import IpamService, allocator_config
 from router.kernel.netlink import open_netlink_port
 from router.kernel.plumbing import reset_plan
 from router.kernel.port import KernelPort, execute
@@ -93,7 +94,7 @@ class Router:
         self.dataplane = (None if kernel is None else
                           DataplaneService(kernel, name=name, mtu=config.mtu,
                                            backend=config.dataplane))
-        self.containers = None if kernel is None else ContainersService(kernel, store)
+
         self._kernel = kernel
         self.sleeve = SleeveService(network, config.mesh, name=name, dataplane=self.dataplane)
         self.mesh = MeshService(
@@ -101,6 +102,15 @@ class Router:
             nickname=self.nickname, uid=self.uid, short_id=random_short_id(),
             targets=targets, save_targets=store.save_targets, rng=rng,
         )
+        self.ipam = IpamService(
+            allocator_config(config, name, self.nickname), store,
+            register=self.mesh.register_gossiper, peers=self._ipam_peers,
+            target_count=lambda: len(self.mesh.statistics().targets),
+            on_output=self.mesh.flush_gossip, rng=rng,
+        )
+        self.containers = (None if kernel is None else
+                           ContainersService(kernel, store, self.ipam,
+                                             universe=config.ipalloc_range))
 
     def _initial_targets(self) -> list[str]:
         """``--resume`` takes the persisted targets; otherwise the command line's replace them."""
@@ -123,6 +133,8 @@ class Router:
             await self._stop.wait()
             log.info("stopping")
             self.ready = False
+            if self.reset_requested:
+                await self.ipam.reset_handover()  # while the mesh can still carry it
             services.cancel()
             await stopped.wait()
             if self.reset_requested and self._kernel is not None:
@@ -138,6 +150,7 @@ class Router:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.sleeve.run)
                     await nursery.start(self.mesh.run)
+                    await nursery.start(self.ipam.run)
                     task_status.started()
         finally:
             stopped.set()
@@ -166,7 +179,14 @@ class Router:
             counters=mesh.counters,
         )
         dataplane = None if self.dataplane is None else dict(self.dataplane.statistics())
-        return Status(ready=self.ready, router=router, dataplane=dataplane)
+        return Status(ready=self.ready, router=router, dataplane=dataplane,
+                      ipam=self.ipam.statistics())
+
+    def _ipam_peers(self) -> dict[PeerName, str]:
+        """The peers IPAM can reach now, with their nicknames."""
+        known = self.mesh.topology.peers()
+        return {n: known[n].nickname if n in known else ""
+                for n in self.mesh.gossip.routes.unicast_all}
 
     async def connect(self, peers: list[str], replace: bool) -> None:
         await self.mesh.connect(peers, replace=replace)

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from router.ipam import IpamStatistics
 
 CONNECTION_STATES = ("connecting", "retrying", "failed", "pending", "established")
 
@@ -85,3 +89,4 @@ class Status:
     # The sleeve data plane's counters (frames and bytes per peer, drops by reason), as
     # ``router.dataplane.backend.Statistics``; None without a data plane (simulations).
     dataplane: Mapping[str, object] | None = None
+    ipam: IpamStatistics | None = None  # None: no IPAM (simulations without it)

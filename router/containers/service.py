@@ -9,13 +9,16 @@ containers are attached is kept in the store, so ``ps`` survives a router restar
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.containers.addresses import parse_addrs
+from router.containers.addresses import AddressRequest, parse_addrs
 from router.errors import ConfigError, KernelError
+from router.ipam import NotFoundError
+from router.ipam.service import IpamService
 from router.kernel.plumbing import (
     Attachment,
     attach_plan,
@@ -46,21 +49,24 @@ class Attached:
 class ContainersService:
     """Attach and detach containers through the kernel port."""
 
-    def __init__(self, kernel: KernelPort, store: Store) -> None:
+    def __init__(self, kernel: KernelPort, store: Store, ipam: IpamService, *,
+                 universe: ipaddress.IPv4Network) -> None:
+        """``universe``: the allocation range (``--ipalloc-range``)."""
         self._kernel = kernel
         self._store = store
+        self._ipam = ipam
+        self._universe = universe
 
     async def attach(self, container: str, addrs: Sequence[str], *,
                      multicast_route: bool = True) -> Attached:
+        """Addresses: none or ``net:default`` -> IPAM's default subnet; ``net:CIDR`` ->
+        allocated there; ``ip:CIDR`` -> claimed from IPAM when inside its range."""
         request = parse_addrs(addrs)
-        if request.needs_ipam or not request.cidrs:
-            raise ConfigError("attach needs an explicit address (ip:CIDR, e.g. "
-                              "ip:10.32.1.1/12): allocation from net:... or without an "
-                              "address comes with IPAM, which this router does not run yet")
-        path = resolve_netns(container)
+        path = resolve_netns(container)  # a bad container fails before anything is allocated
+        cidrs = await self._addresses(container, request)
         host, target = await self._kernel.snapshot(), await self._kernel.snapshot(path)
         plan = attach_plan(host, target, host_veth=host_veth_name(netns_inode(path)),
-                           cidrs=request.cidrs, multicast_route=multicast_route)
+                           cidrs=cidrs, multicast_route=multicast_route)
         await _run(self._kernel, plan, f"attach {container}")
         self._remember(container, path)
         result = await self._describe(container, path)
@@ -76,6 +82,7 @@ class ContainersService:
         target = await self._kernel.snapshot(path)
         plan = detach_plan(target, cidrs=request.cidrs or None)
         await _run(self._kernel, plan, f"detach {container}")
+        self._release(container, request.cidrs)
         now = attachment(await self._kernel.snapshot(path))
         if now is None:
             self._forget(container)
@@ -92,6 +99,31 @@ class ContainersService:
             except (ConfigError, KernelError):
                 self._forget(container)  # the namespace is gone, and its veth with it
         return found
+
+    async def _addresses(self, container: str,
+                         request: AddressRequest) -> list[ipaddress.IPv4Interface]:
+        cidrs: list[ipaddress.IPv4Interface] = []
+        for cidr in request.cidrs:
+            if cidr.ip in self._universe:
+                cidrs.append(await self._ipam.claim(container, cidr))
+            else:
+                cidrs.append(cidr)  # outside the allocation range: not IPAM's business
+        for subnet in request.subnets:
+            cidrs.append(await self._ipam.allocate(container, subnet))
+        if request.default_subnet or not (request.cidrs or request.subnets):
+            cidrs.append(await self._ipam.allocate(container))
+        return cidrs
+
+    def _release(self, container: str, cidrs: Sequence[ipaddress.IPv4Interface]) -> None:
+        """Give detached addresses back to IPAM (all of the container's when none given)."""
+        try:
+            if not cidrs:
+                self._ipam.free(container)
+            for cidr in cidrs:
+                if cidr.ip in self._universe:
+                    self._ipam.free(container, cidr.ip)
+        except NotFoundError:
+            pass  # not from IPAM (outside its range, or attached before it ran)
 
     async def _describe(self, container: str, path: str) -> Attached:
         now = attachment(await self._kernel.snapshot(path))

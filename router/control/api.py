@@ -42,9 +42,11 @@ import h11
 import trio
 
 from router.containers.service import Attached
+from router.control import ipam_api
 from router.control.layouts import VIEWS
 from router.control.report import render_report
 from router.errors import ConfigError
+from router.ipam.service import IpamService
 from router.status import Status
 
 log = logging.getLogger("weave-router.api")
@@ -74,6 +76,11 @@ class RouterControl(Protocol):
 
     def request_stop(self) -> None:
         """Begin a graceful stop (returns at once)."""
+        ...
+
+    @property
+    def ipam(self) -> IpamService | None:
+        """The allocator behind /ip, /ring and /peer (None: those answer 503)."""
         ...
 
     def request_reset(self) -> None:
@@ -247,6 +254,13 @@ ROUTES: dict[str, dict[str, Handler]] = {
 
 async def dispatch(control: RouterControl, request: Request) -> Reply:
     """Route one request; every failure becomes an error reply, never an exception."""
+    try:
+        reply = await ipam_api.handle_ipam(control.ipam, request)
+    except Exception:
+        log.exception("control API: %s %s failed", request.method, request.path)
+        return error(500, f"internal error serving {request.method} {request.path} (see the log)")
+    if reply is not None:
+        return reply
     methods = ROUTES.get(request.path)
     if methods is None:
         return error(404, f"no such path: {request.path}")

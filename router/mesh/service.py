@@ -220,6 +220,11 @@ class MeshService:
         self._maker_wake.set()
         await trio.lowlevel.checkpoint()
 
+    def flush_gossip(self) -> None:
+        """Wake writers of neighbours with gossip waiting: for services (IPAM) that send
+        outside the mesh's own receive path (API calls, their timers)."""
+        self._flush_gossip()
+
     def register_gossiper(self, channel: str, gossiper: Gossiper) -> GossipChannel:
         """A gossip channel for IPAM, DNS and other services."""
         return self.gossip.register(channel, gossiper)

@@ -36,6 +36,7 @@ class RouterDouble:
     explode: bool = False
     stopped: bool = False
     scope: trio.CancelScope | None = None
+    ipam: None = None  # no allocator: /ip, /ring and /peer answer 503
 
     def snapshot(self) -> Status:
         if self.explode:
@@ -421,3 +422,8 @@ async def test_cli_launch_refuses_when_a_router_already_answers(
     assert capsys.readouterr().err == (
         f"weave-router is already running (answering on 127.0.0.1:{api.port})\n")
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_ipam_paths_answer_503_without_an_allocator(api: Api) -> None:
+    response = await _request(api.port, "GET", "/ring")
+    assert response.status == 503
