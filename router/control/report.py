@@ -27,6 +27,7 @@ import json
 from collections.abc import Mapping
 
 from router.control.layouts import connection_info
+from router.ipam import IpamStatistics
 from router.mesh.names import PeerName
 from router.status import ConnectionStatus, PeerStatus, RouterStatus, Status
 
@@ -95,7 +96,29 @@ def build_report(status: Status) -> dict[str, object]:
     router = _router(status.router)
     if status.dataplane is not None:
         router["OverlayDiagnostics"] = {"sleeve": _sleeve(status.dataplane)}
-    return {"Version": status.router.version, "Router": router}
+    report: dict[str, object] = {"Version": status.router.version, "Router": router}
+    if status.ipam is not None:
+        report["IPAM"] = _ipam(status.ipam)
+    return report
+
+
+def _ipam(ipam: IpamStatistics) -> dict[str, object]:
+    """Weave's IPAM section: status, range, default subnet, each peer's share."""
+    return {
+        "Status": ipam.status,
+        "Range": ipam.range,
+        "DefaultSubnet": ipam.default_subnet,
+        "MaxIPs": ipam.max_ips,
+        "IPs": dict(ipam.ips),
+        "UnreachablePeers": ipam.unreachable_peers,
+        "PendingAllocates": ipam.pending_allocates,
+        "PendingClaims": ipam.pending_claims,
+        "Entries": [
+            {"Name": share.name, "NickName": share.nickname, "Size": share.ips,
+             "IsKnownPeer": share.reachable, "Active": share.active}
+            for share in ipam.shares
+        ],
+    }
 
 
 def _sleeve(stats: Mapping[str, object]) -> dict[str, object]:

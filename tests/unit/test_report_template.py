@@ -75,6 +75,25 @@ def test_report_carries_the_data_plane_counters_by_peer_name() -> None:
     assert "OverlayDiagnostics" not in build_report(sample_status())["Router"]
 
 
+def test_report_has_an_ipam_section_when_ipam_runs() -> None:
+    import dataclasses
+
+    from router.ipam import IpamStatistics, PeerShare
+
+    ipam = IpamStatistics(
+        status="ready", range="10.32.0.0/12", default_subnet="10.32.0.0/12", max_ips=1 << 20,
+        ips={"local-used": 2, "local-free": 10}, unreachable_peers=1, pending_allocates=0,
+        pending_claims=0, quorum=None, known=None, counters={},
+        shares=(PeerShare("aa:00:00:00:00:01", "host1", 12, True, 2),
+                PeerShare("aa:00:00:00:00:02", "host2", 20, False, None)),
+    )
+    report = build_report(dataclasses.replace(sample_status(), ipam=ipam))
+    assert report["IPAM"]["Status"] == "ready"
+    assert [e["NickName"] for e in report["IPAM"]["Entries"]] == ["host1", "host2"]
+    assert report["IPAM"]["UnreachablePeers"] == 1
+    assert render("{{.IPAM.Range}}", report) == "10.32.0.0/12"
+
+
 def test_report_is_deterministic_indented_json() -> None:
     text = render_report(sample_status())
     assert text == render_report(sample_status())
