@@ -1,5 +1,5 @@
 # weave-router: the README's commands. Every target sets up what it needs first.
-#   make demo    three hosts in network namespaces form a mesh; prints their status
+#   make demo    three hosts in network namespaces form a mesh; containers ping and iperf3 across it
 #   make test    lint + every test layer (unit, wire, sim, fastpath, integration)
 #   make bench   data-plane benchmarks, ratios to kernel baselines (bench/results/)
 #   make lint    ruff + mypy --strict on router/ and cli/

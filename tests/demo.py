@@ -1,26 +1,38 @@
-"""``make demo``: three hosts in network namespaces form a weave-router mesh.
+"""``make demo``: three hosts in network namespaces form a weave-router mesh, and a
+container on each host talks to the others across it.
 
 1. build hosts host1..host3 on one underlay LAN (``router/testing/netns.py``);
 2. ``weave-router launch`` on host1, ``weave-router launch <host1's IP>`` on host2 and host3;
 3. wait until every host has two established connections (host2 and host3 find each other
    by discovery);
 4. print each host's ``status`` and ``status connections``;
-5. clean up: stop the routers, delete the namespaces (always: on success, failure, Ctrl-C).
+5. put a container (a bare network namespace) on each host on the network:
+   ``weave-router attach ip:10.32.1.N/12 CONTAINER`` on host N, then ``weave-router ps``;
+6. each container pings the next one across hosts (c1 -> c2 -> c3 -> c1);
+7. a short iperf3 (TCP, 3 s) from the container on host1 to the one on host2 prints the
+   throughput through the sleeve;
+8. clean up: stop the routers, delete the namespaces (always: on success, failure, Ctrl-C).
 
 Exits 0 on success, 1 with the reason on failure, 130 when interrupted. Needs root.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 from types import FrameType
 
-from router.testing.netns import CommandError, Host, Mesh, WaitTimeout
+from router.testing.netns import BareContainer, CommandError, Host, Mesh, WaitTimeout, wait_until
 
 N_HOSTS = 3
+PREFIXLEN = 12  # container N is 10.32.1.N/12 (Weave's default range is 10.32.0.0/12)
+IPERF_SECONDS = 3
+IPERF_PORT = 5201  # iperf3's default, inside the container's own namespace
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -42,10 +54,88 @@ def run_demo(mesh: Mesh) -> None:
     print(f"launching: host1 alone, then host2 and host3 with peer {h1.ip}")
     mesh.launch_star()
     mesh.wait_full_mesh(timeout=30)
+    mesh.wait_routes(timeout=30)
     print(f"full mesh after {time.monotonic() - started:.1f}s\n")
     for host in mesh.hosts:
         _show(host)
         _show(host, "connections")
+    containers = _attach_containers(mesh)
+    _ping_around(containers)
+    _iperf(containers[0], containers[1])
+
+
+def _ip_of(container: BareContainer) -> str:
+    return f"10.32.1.{container.host.index}"
+
+
+def _attach_containers(mesh: Mesh) -> list[BareContainer]:
+    """A bare container namespace on each host, attached with an explicit address."""
+    containers = [mesh.add_bare_container(host) for host in mesh.hosts]
+    for container in containers:
+        host = container.host
+        command = f"weave-router attach ip:{_ip_of(container)}/{PREFIXLEN} {container.name}"
+        print(f"==== {host.nickname}: {command}")
+        print(container.attach(f"ip:{_ip_of(container)}/{PREFIXLEN}").stdout.rstrip())
+    print()
+    for host in mesh.hosts:
+        print(f"==== {host.nickname}: weave-router ps")
+        print(host.router("ps").stdout.rstrip())
+    print()
+    return containers
+
+
+def _ping_around(containers: list[BareContainer]) -> None:
+    """Each container pings the next one (on the next host); fails unless all replies come."""
+    for src, dst in zip(containers, containers[1:] + containers[:1], strict=True):
+        proc = src.run(["ping", "-n", "-c", "3", "-i", "0.2", "-w", "10", _ip_of(dst)],
+                       check=False, timeout=20)
+        summary = [line for line in proc.stdout.splitlines() if "transmitted" in line or
+                   line.startswith("rtt")]
+        print(f"ping {src.name} ({src.host.nickname}) -> {_ip_of(dst)} "
+              f"({dst.name} on {dst.host.nickname}): {'; '.join(summary)}")
+        if proc.returncode != 0:
+            raise CommandError(f"ping {_ip_of(dst)} from {src.name} failed:\n"
+                               f"{proc.stdout}{proc.stderr}")
+    print()
+
+
+def _iperf(client: BareContainer, server: BareContainer) -> None:
+    """iperf3 TCP for a few seconds from ``client`` to ``server``; print the throughput."""
+    listener = server.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
+                            stdout=subprocess.DEVNULL)
+
+    def listening() -> tuple[bool, str]:
+        out = server.run(["ss", "-Htln", f"sport = :{IPERF_PORT}"], check=False).stdout
+        return bool(out.strip()) or listener.poll() is not None, out or "(no listener)"
+
+    try:
+        wait_until(f"iperf3 -s to listen in {server.name}", listening, timeout=10)
+        proc = client.run(["iperf3", "-c", _ip_of(server), "-p", str(IPERF_PORT),
+                           "-t", str(IPERF_SECONDS), "-J"], check=False,
+                          timeout=IPERF_SECONDS + 20)
+    finally:
+        try:
+            listener.wait(timeout=5)  # -1: it exits after one test
+        except subprocess.TimeoutExpired:
+            listener.kill()
+            listener.wait()
+    if proc.returncode != 0:
+        raise CommandError(f"iperf3 from {client.name} failed: {_iperf_error(proc.stdout)}"
+                           f"{proc.stderr}")
+    end = json.loads(proc.stdout)["end"]
+    rate = end["sum_received"]["bits_per_second"] / 1e9
+    sent = end["sum_sent"]["bytes"] / 2**20
+    print(f"iperf3 TCP {client.name} ({client.host.nickname}) -> {_ip_of(server)} "
+          f"({server.host.nickname}), {IPERF_SECONDS} s through the sleeve: "
+          f"{rate:.2f} Gbit/s ({sent:.0f} MiB sent, {end['sum_sent'].get('retransmits', 0)} "
+          "retransmits)")
+    print()
+    _show(client.host, "connections")
+
+
+def _iperf_error(output: str) -> str:
+    match = re.search(r'"error":\s*"([^"]*)"', output)
+    return match.group(1) + "\n" if match else ""
 
 
 def main() -> int:
@@ -76,7 +166,8 @@ def main() -> int:
                 print(f"cleanup failed: {exc}", file=sys.stderr)
                 code = code or 1
     if code == 0:
-        print("demo done: every host saw two established connections")
+        print("demo done: every host saw two established connections, "
+              "containers on every host reached each other")
     return code
 
 

@@ -63,7 +63,7 @@ class ContainersService:
         allocated there; ``ip:CIDR`` -> claimed from IPAM when inside its range."""
         request = parse_addrs(addrs)
         path = resolve_netns(container)  # a bad container fails before anything is allocated
-        cidrs = await self._addresses(container, request)
+        cidrs = await self._addresses(ipam_ident(path), request)
         host, target = await self._kernel.snapshot(), await self._kernel.snapshot(path)
         plan = attach_plan(host, target, host_veth=host_veth_name(netns_inode(path)),
                            cidrs=cidrs, multicast_route=multicast_route)
@@ -82,7 +82,7 @@ class ContainersService:
         target = await self._kernel.snapshot(path)
         plan = detach_plan(target, cidrs=request.cidrs or None)
         await _run(self._kernel, plan, f"detach {container}")
-        self._release(container, request.cidrs)
+        self._release(ipam_ident(path), request.cidrs)
         now = attachment(await self._kernel.snapshot(path))
         if now is None:
             self._forget(container)
@@ -100,28 +100,28 @@ class ContainersService:
                 self._forget(container)  # the namespace is gone, and its veth with it
         return found
 
-    async def _addresses(self, container: str,
+    async def _addresses(self, ident: str,
                          request: AddressRequest) -> list[ipaddress.IPv4Interface]:
         cidrs: list[ipaddress.IPv4Interface] = []
         for cidr in request.cidrs:
             if cidr.ip in self._universe:
-                cidrs.append(await self._ipam.claim(container, cidr))
+                cidrs.append(await self._ipam.claim(ident, cidr))
             else:
                 cidrs.append(cidr)  # outside the allocation range: not IPAM's business
         for subnet in request.subnets:
-            cidrs.append(await self._ipam.allocate(container, subnet))
+            cidrs.append(await self._ipam.allocate(ident, subnet))
         if request.default_subnet or not (request.cidrs or request.subnets):
-            cidrs.append(await self._ipam.allocate(container))
+            cidrs.append(await self._ipam.allocate(ident))
         return cidrs
 
-    def _release(self, container: str, cidrs: Sequence[ipaddress.IPv4Interface]) -> None:
+    def _release(self, ident: str, cidrs: Sequence[ipaddress.IPv4Interface]) -> None:
         """Give detached addresses back to IPAM (all of the container's when none given)."""
         try:
             if not cidrs:
-                self._ipam.free(container)
+                self._ipam.free(ident)
             for cidr in cidrs:
                 if cidr.ip in self._universe:
-                    self._ipam.free(container, cidr.ip)
+                    self._ipam.free(ident, cidr.ip)
         except NotFoundError:
             pass  # not from IPAM (outside its range, or attached before it ran)
 
@@ -142,6 +142,12 @@ class ContainersService:
         registry = self._registry()
         if registry.pop(container, None) is not None:
             self._store.set_meta(REGISTRY_KEY, json.dumps(registry))
+
+
+def ipam_ident(path: str) -> str:
+    """The container's id for IPAM: its namespace, whichever way it was named (a name, a
+    path or a PID of one namespace are one container)."""
+    return f"netns-{netns_inode(path):x}"
 
 
 async def _run(kernel: KernelPort, plan: Plan, what: str) -> None:

@@ -21,6 +21,14 @@ drive it from plain code. Usage::
         h1.launch()
         run_parallel(lambda: h2.launch(h1.ip), lambda: h3.launch(h1.ip))
         mesh.wait_full_mesh()  # each host: 2 established connections, nothing else
+        c1, c2 = mesh.add_bare_container(h1), mesh.add_bare_container(h2)
+        c1.attach("ip:10.32.1.1/12"); c2.attach("ip:10.32.1.2/12")  # weave-router attach
+        c1.run(["ping", "-c", "1", "10.32.1.2"])
+
+Containers come in two kinds: :meth:`Mesh.add_bare_container` makes an empty namespace
+(only ``lo``) for ``weave-router attach`` to plumb; :meth:`Mesh.add_container` pre-makes a
+veth pair (``ethwe`` in the container, ``vethwecN`` in the host) for callers that wire
+the host end themselves (kernel baselines in ``bench/``). Both are named ``<prefix>-cN``.
 
 Every wait is a poll against an absolute deadline; on timeout it raises :class:`WaitTimeout`
 naming what was awaited, what was seen instead, the host's last ``status connections`` and
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -40,6 +49,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +67,7 @@ STOP_TIMEOUT = 10.0  # seconds for `weave-router stop` during teardown
 TERM_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 _seq = itertools.count(1)
 _own_leftovers_cleaned = False
+_cleanup_lock = threading.Lock()  # guards the cleanup of leftovers in Mesh.build
 _NS_RE = re.compile(r"^wr(\d+)n\d+-")
 
 
@@ -212,6 +223,16 @@ class Namespace:
         self._children.append(proc)
         return proc
 
+    def links(self) -> list[str]:
+        """Names of the links in this namespace (``ip -o link show``, without ``@peer``)."""
+        out = _ip("-n", self.name, "-o", "link", "show", check=False).stdout
+        return re.findall(r"^\d+: ([^:@\s]+)", out, re.MULTILINE)
+
+    def addresses(self, dev: str) -> list[str]:
+        """The IPv4 CIDRs on ``dev`` (empty if there is no such link)."""
+        out = _ip("-n", self.name, "-o", "-4", "addr", "show", "dev", dev, check=False).stdout
+        return re.findall(r"\binet (\S+)", out)
+
     def pids(self) -> list[int]:
         """PIDs of every process whose network namespace is this one."""
         out = _ip("netns", "pids", self.name, check=False).stdout
@@ -249,6 +270,23 @@ class Container(Namespace):
         super().__init__(name, env)
         self.host = host
         self.host_veth = host_veth
+
+
+class BareContainer(Namespace):
+    """A container namespace with only ``lo`` (up): ``weave-router attach`` creates its
+    ``ethwe`` (and the host end of the veth) in ``host``."""
+
+    def __init__(self, name: str, env: Mapping[str, str], host: Host) -> None:
+        super().__init__(name, env)
+        self.host = host
+
+    def attach(self, *addrs: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``weave-router attach ADDRS NAME`` on this container's host."""
+        return self.host.router("attach", *addrs, self.name, check=check)
+
+    def detach(self, *addrs: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``weave-router detach ADDRS NAME`` on this container's host."""
+        return self.host.router("detach", *addrs, self.name, check=check)
 
 
 class Host(Namespace):
@@ -346,6 +384,20 @@ class Host(Namespace):
         what = f"{n} established connection(s)" + (" and nothing else" if only else "")
         return self.wait_connections(accept, what, timeout)
 
+    def wait_routes(self, n: int, timeout: float = 20.0) -> str:
+        """Wait until this router reports a unicast route to ``n`` other peers (its
+        ``report``'s ``Router.UnicastRoutes``): the mesh has converged for frames from here."""
+        def probe() -> tuple[bool, str]:
+            proc = self.router("report", "-f", "{{json .Router.UnicastRoutes}}", check=False,
+                               timeout=10.0)
+            try:
+                routes = json.loads(proc.stdout)
+            except ValueError:
+                return False, proc.stdout + proc.stderr
+            return isinstance(routes, list) and len(routes) == n, proc.stdout
+
+        return self.wait(f"unicast routes to {n} peer(s)", probe, timeout)
+
     def wait_ready(self, timeout: float = 20.0) -> str:
         """Wait until ``weave-router status`` answers; return its output."""
         def probe() -> tuple[bool, str]:
@@ -403,6 +455,7 @@ class Mesh:
         self.lan = f"{prefix}-lan"
         self.hosts: list[Host] = []
         self.containers: list[Container] = []
+        self.bare_containers: list[BareContainer] = []
         self.env = _clean_env(router_bin.parent)
         self._closed = False
 
@@ -413,10 +466,11 @@ class Mesh:
         if not 1 <= n_hosts <= MAX_HOSTS:
             raise ValueError(f"n_hosts must be 1..{MAX_HOSTS}, got {n_hosts}")
         global _own_leftovers_cleaned
-        cleanup_stale()
-        if not _own_leftovers_cleaned:  # an earlier, crashed process had our pid
-            cleanup_leftovers(f"wr{os.getpid()}")
-            _own_leftovers_cleaned = True
+        with _cleanup_lock:  # meshes may be built in parallel threads: clean up once, first
+            cleanup_stale()
+            if not _own_leftovers_cleaned:  # an earlier, crashed process had our pid
+                cleanup_leftovers(f"wr{os.getpid()}")
+                _own_leftovers_cleaned = True
         seq = next(_seq)
         prefix = f"wr{os.getpid()}n{seq}"
         binary = router_bin or Path(sys.prefix) / "bin" / "weave-router"
@@ -457,7 +511,7 @@ class Mesh:
     def add_container(self, host: Host) -> Container:
         """A new container namespace ``<prefix>-cN``: ``ethwe`` paired with ``vethwecN`` in
         ``host`` (both down, no address: the router attaches them)."""
-        n = len(self.containers) + 1
+        n = self._next_container_number()
         name = f"{self.prefix}-c{n}"
         _ip("netns", "add", name)
         container = Container(name, self.env, host, f"vethwec{n}")
@@ -466,6 +520,19 @@ class Mesh:
             container.host_veth, "netns", host.name)
         _ip("-n", name, "link", "set", "lo", "up")
         return container
+
+    def add_bare_container(self, host: Host) -> BareContainer:
+        """A new, bare container namespace ``<prefix>-cN`` (only ``lo``, up) for ``host``'s
+        router to attach; it is deleted on teardown like every other namespace."""
+        name = f"{self.prefix}-c{self._next_container_number()}"
+        _ip("netns", "add", name)
+        container = BareContainer(name, self.env, host)
+        self.bare_containers.append(container)
+        _ip("-n", name, "link", "set", "lo", "up")
+        return container
+
+    def _next_container_number(self) -> int:
+        return len(self.containers) + len(self.bare_containers) + 1
 
     def launch_star(self, *args: str, n: int | None = None) -> None:
         """Launch host1 with ``args``, then host2..host<n> in parallel with ``args`` and
@@ -481,6 +548,13 @@ class Mesh:
         run_parallel(*(lambda h=h: h.wait_established(len(hosts) - 1, timeout=timeout)
                        for h in hosts))
 
+    def wait_routes(self, n: int | None = None, timeout: float = 20.0) -> None:
+        """Wait until each of the first ``n`` hosts reports a unicast route to each of the
+        other ``n - 1`` (``n`` defaults to every host)."""
+        hosts = self.hosts[:n]
+        run_parallel(*(lambda h=h: h.wait_routes(len(hosts) - 1, timeout=timeout)
+                       for h in hosts))
+
     def diagnostics(self) -> str:
         """Every host's diagnostics (status connections and log tail)."""
         return "\n".join(h.diagnostics() for h in self.hosts)
@@ -490,7 +564,7 @@ class Mesh:
         if self._closed:
             return
         self._closed = True
-        spaces: list[Namespace] = [*self.containers, *self.hosts]
+        spaces: list[Namespace] = [*self.containers, *self.bare_containers, *self.hosts]
         with contextlib.suppress(Exception):
             run_parallel(*(h.stop_router for h in self.hosts))
         with contextlib.suppress(Exception):
