@@ -7,7 +7,9 @@ container on each host talks to the others across it.
    by discovery);
 4. print each host's ``status`` and ``status connections``;
 5. put a container (a bare network namespace) on each host on the network:
-   ``weave-router attach ip:10.32.1.N/12 CONTAINER`` on host N, then ``weave-router ps``;
+   ``weave-router attach CONTAINER`` on host N: IPAM allocates its address (the first
+   attach triggers the consensus that splits 10.32.0.0/12 between the three peers),
+   then ``weave-router ps`` and ``weave-router status ipam``;
 6. each container pings the next one across hosts (c1 -> c2 -> c3 -> c1);
 7. a short iperf3 (TCP, 3 s) from the container on host1 to the one on host2 prints the
    throughput through the sleeve;
@@ -30,7 +32,6 @@ from types import FrameType
 from router.testing.netns import BareContainer, CommandError, Host, Mesh, WaitTimeout, wait_until
 
 N_HOSTS = 3
-PREFIXLEN = 12  # container N is 10.32.1.N/12 (Weave's default range is 10.32.0.0/12)
 IPERF_SECONDS = 3
 IPERF_PORT = 5201  # iperf3's default, inside the container's own namespace
 
@@ -64,22 +65,26 @@ def run_demo(mesh: Mesh) -> None:
     _iperf(containers[0], containers[1])
 
 
+ADDRESSES: dict[str, str] = {}  # container name -> the address IPAM gave it
+
+
 def _ip_of(container: BareContainer) -> str:
-    return f"10.32.1.{container.host.index}"
+    return ADDRESSES[container.name]
 
 
 def _attach_containers(mesh: Mesh) -> list[BareContainer]:
-    """A bare container namespace on each host, attached with an explicit address."""
+    """A bare container namespace on each host, attached with an address from IPAM."""
     containers = [mesh.add_bare_container(host) for host in mesh.hosts]
     for container in containers:
-        host = container.host
-        command = f"weave-router attach ip:{_ip_of(container)}/{PREFIXLEN} {container.name}"
-        print(f"==== {host.nickname}: {command}")
-        print(container.attach(f"ip:{_ip_of(container)}/{PREFIXLEN}").stdout.rstrip())
+        print(f"==== {container.host.nickname}: weave-router attach {container.name}")
+        address = container.attach().stdout.strip()
+        print(address)
+        ADDRESSES[container.name] = address.split()[0]
     print()
     for host in mesh.hosts:
         print(f"==== {host.nickname}: weave-router ps")
         print(host.router("ps").stdout.rstrip())
+    _show(mesh.hosts[0], "ipam")
     print()
     return containers
 

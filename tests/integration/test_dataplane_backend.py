@@ -27,10 +27,10 @@ def test_a_reference_router_talks_to_a_router_of_either_backend(
         run_parallel(lambda: h1.launch("--dataplane", "reference"),
                      lambda: h2.launch("--dataplane", second, h1.ip))
         h1.wait_established(1)
-        h1.router("attach", "ip:10.32.7.1/12", containers[0])
-        h2.router("attach", "ip:10.32.7.2/12", containers[1])
+        h1.router("attach", "ip:172.31.7.1/24", containers[0])
+        h2.router("attach", "ip:172.31.7.2/24", containers[1])
         ping = subprocess.run(["ip", "netns", "exec", containers[0], "ping", "-c", "3", "-i",
-                               "0.2", "-W", "2", "-s", "3000", "10.32.7.2"],
+                               "0.2", "-W", "2", "-s", "3000", "172.31.7.2"],
                               capture_output=True, text=True, timeout=30)
         assert ping.returncode == 0, ping.stdout + ping.stderr
     finally:
