@@ -51,7 +51,7 @@ test-fast: setup
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .stamp-* router/*.so _fastpath/*.c _fastpath/*.html

@@ -105,9 +105,10 @@ class Router:
         self.ipam = IpamService(
             allocator_config(config, name, self.nickname), store,
             register=self.mesh.register_gossiper, peers=self._ipam_peers,
-            target_count=lambda: len(self.mesh.statistics().targets),
+            target_count=self.mesh.target_count,
             on_output=self.mesh.flush_gossip, rng=rng,
         )
+        self.mesh.on_routes_changed(self.ipam.notify_peers_changed)
         self.containers = (None if kernel is None else
                            ContainersService(kernel, store, self.ipam,
                                              universe=config.ipalloc_range))

@@ -31,7 +31,7 @@ class PeerName(int):
         return super().__new__(cls, value)
 
     def __str__(self) -> str:
-        return ":".join(f"{b:02x}" for b in int(self).to_bytes(6, "big"))
+        return int(self).to_bytes(6, "big").hex(":")
 
     def __repr__(self) -> str:
         return f"PeerName({self})"

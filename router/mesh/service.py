@@ -178,6 +178,7 @@ class MeshService:
         self._gossip_wake = _Wakeup()
         self._routes_wake = _Wakeup()
         self._local_dirty = False  # our connections changed since we last gossiped them
+        self._routes_listeners: list[Callable[[], None]] = []
         self._nursery: trio.Nursery | None = None
         self._counters: dict[str, int] = {
             "connections_accepted": 0, "connections_refused": 0, "handshake_failures": 0,
@@ -219,6 +220,14 @@ class MeshService:
         self._save_targets(self._maker.direct_targets())
         self._maker_wake.set()
         await trio.lowlevel.checkpoint()
+
+    def on_routes_changed(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every route recomputation (IPAM: who is reachable)."""
+        self._routes_listeners.append(listener)
+
+    def target_count(self) -> int:
+        """How many targets we were given (launch PEERs and ``connect``): IPAM's quorum."""
+        return len(self._maker.direct_targets())
 
     def flush_gossip(self) -> None:
         """Wake writers of neighbours with gossip waiting: for services (IPAM) that send
@@ -548,6 +557,8 @@ class MeshService:
             self._routes = compute_routes(self.name, self.topology.peers())
             self.gossip.set_routes(self._routes, frozenset(self._by_peer))
             self._sleeve.set_routes(self._routes)
+            for listener in self._routes_listeners:
+                listener()
             self._maker.set_discovered(self.topology.discovery_addresses(self.config.port))
             self._maker.set_connected_peers(set(self._by_peer))
             self._maker_wake.set()

@@ -8,12 +8,16 @@ Partitions, loss and restarts are one line each::
 
     sim.net.partition(first_half, second_half); ...; sim.net.heal()
     await sim.stop("10.0.0.7"); await sim.start("10.0.0.7")
+    await sim.kill("10.0.0.9")  # a crash and a pulled cable: no goodbye, never back
+
+Router settings other than the mesh's (``--ipalloc-init``, ``--ipalloc-range``) go in
+``router_options``: ``await sim.add(ip, router_options={"ipalloc_init": "consensus=30"})``.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -58,11 +62,18 @@ class Sim:
         self.timings = timings or MeshTimings()
         self.routers: dict[str, SimRouter] = {}
 
-    async def add(self, ip: str, peers: tuple[str, ...] = (), **mesh: object) -> SimRouter:
-        """Create a router at ``ip`` (nickname = ip) and start it."""
+    async def add(self, ip: str, peers: tuple[str, ...] = (), *,
+                  router_options: Mapping[str, object] | None = None,
+                  **mesh: object) -> SimRouter:
+        """Create a router at ``ip`` (nickname = ip) and start it.
+
+        ``mesh`` overrides :class:`MeshConfig` fields, ``router_options`` other
+        :class:`RouterConfig` fields (e.g. ``ipalloc_init``, ``ipalloc_range``).
+        """
         mesh_config = replace(MeshConfig(), nickname=ip, peers=peers, timings=self.timings)
         mesh_config = replace(mesh_config, **mesh)  # type: ignore[arg-type]
         config = RouterConfig(mesh=mesh_config, db_path=self.tmp / f"{ip}.db", http_addr=None)
+        config = replace(config, **(router_options or {}))  # type: ignore[arg-type]
         store = Store.open(config.db_path)
         sim_router = SimRouter(ip=ip, config=config, store=store)
         self.routers[ip] = sim_router
@@ -92,6 +103,14 @@ class Sim:
         node.scope.cancel()
         while node.router is not None:
             await trio.sleep(0.01)
+
+    async def kill(self, ip: str) -> None:
+        """Crash the router at ``ip`` for good: its host drops off the network first, so
+        peers get no goodbye (they time out), then it stops without a reset or hand-over.
+        Its store stays readable (``routers[ip].store``); do not :meth:`start` it again
+        before :meth:`FakeNetwork.heal` (its host stays isolated until then)."""
+        self.net.isolate(ip)
+        await self.stop(ip)
 
     async def wait_until(self, check: Callable[[], bool], *, timeout: float, what: str,
                          show: Callable[[], str] = lambda: "") -> float:
