@@ -102,12 +102,6 @@ def _peers_summary(router: RouterStatus) -> str:
     return f"{total} (with {detail} connections)" if detail else str(total)
 
 
-def _ipam_of(status: Status) -> IpamStatistics | None:
-    """The IPAM snapshot of ``status`` (None: IPAM not running)."""
-    ipam = getattr(status, "ipam", None)  # becomes ``status.ipam`` once Status has the field
-    return ipam if isinstance(ipam, IpamStatistics) else None
-
-
 def ipam_section(ipam: IpamStatistics) -> list[str]:
     """The ``Service: ipam`` lines of ``status`` (preceded by a blank line)."""
     return [
@@ -123,7 +117,7 @@ def render_status(status: Status) -> str:
     """The text of ``weave-router status``: the router section, then IPAM's if it runs."""
     router = status.router
     subnets = ", ".join(router.trusted_subnets) if router.trusted_subnets else "none"
-    ipam = _ipam_of(status)
+    ipam = status.ipam
     return _lines([
         _field("Version", router.version),
         _field("Service", "router"),
@@ -220,7 +214,7 @@ def render_ipam_shares(ipam: IpamStatistics | None) -> str:
 
 def render_ipam(status: Status) -> str:
     """``status ipam`` of a status snapshot."""
-    return render_ipam_shares(_ipam_of(status))
+    return render_ipam_shares(status.ipam)
 
 
 # ``GET /status/<view>`` -> renderer. ``""`` is plain ``/status``.

@@ -55,14 +55,12 @@ class DataplaneService:
         self._backend_name = backend
         self._backend = load_backend(backend)  # ConfigError if the extension is missing
         self._dp: DataplaneLike = self._backend.Dataplane(int(name))
-        self._tap: TapDevice | None = None
 
     async def run(self, udp_fd: int, on_control: ControlSink, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Plumb, start the pipeline on ``udp_fd``, feed control datagrams to ``on_control``."""
         await execute(self._kernel, bridge_plan(await self._kernel.snapshot(), mtu=self._mtu))
         tap = await self._kernel.open_tap(TAP_NAME)
-        self._tap = tap
         try:
             await execute(self._kernel, tap_plan(await self._kernel.snapshot(), mtu=self._mtu))
             with contextlib.ExitStack() as stack:
@@ -70,7 +68,6 @@ class DataplaneService:
         finally:
             self._dp.stop()
             tap.close()
-            self._tap = None
 
     async def _serve(self, tap: TapDevice, udp_fd: int, on_control: ControlSink,
                      stack: contextlib.ExitStack, task_status: trio.TaskStatus[None]) -> None:

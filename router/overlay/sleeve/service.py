@@ -77,7 +77,6 @@ class SleeveService:
         self._name = name
         self._demux = SleeveDemux()
         self._paths: dict[int, _Path] = {}
-        self._sock: Datagrams | None = None
         self._wake = trio.Event()
 
     def features(self) -> dict[str, int | str | bool]:
@@ -86,7 +85,6 @@ class SleeveService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = await self._network.open_udp(self._config.host, self._config.port)
-        self._sock = sock
         log.info("sleeve listening on UDP %s:%d", *sock.address)
         try:
             async with trio.open_nursery() as nursery:
@@ -99,7 +97,6 @@ class SleeveService:
                 nursery.start_soon(self._send_loop, sock)
                 task_status.started()
         finally:
-            self._sock = None
             sock.close()
 
     # ---------------------------------------------------------------- mesh-facing
