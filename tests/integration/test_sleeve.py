@@ -2,7 +2,7 @@
 
 Every scenario runs on its own mesh (``router/testing/netns.py``): hosts on an underlay LAN,
 ``weave-router launch`` on each, bare container namespaces put on the network with
-``weave-router attach ip:10.32.1.N/12 CONTAINER`` (container N on host N). The meshes of the
+``weave-router attach ip:172.31.1.N/16 CONTAINER`` (container N on host N). The meshes of the
 tests selected in this file are built in parallel, in the background, as soon as the first
 of them is needed; each test then waits for its own. Every mesh is torn down at the end of
 the module, also when a test or a build fails; a failing test gets its routers' logs.
@@ -42,8 +42,10 @@ from router.testing.netns import (
 
 pytestmark = pytest.mark.integration
 
-PREFIXLEN = 12  # containers are 10.32.1.N/12
-BROADCAST = "10.47.255.255"  # of 10.32.0.0/12
+# Containers are 172.31.1.N/16: outside IPAM's range (10.32.0.0/12), so these data-plane
+# scenarios claim nothing from IPAM and do not depend on its view of reachable peers.
+PREFIXLEN = 16
+BROADCAST = "172.31.255.255"  # of 172.31.0.0/16
 GROUP, GROUP_PORT = "239.1.2.3", 5007
 TCP_PORT = 5201
 PASSWORD = "sleeve-s3cret"
@@ -54,7 +56,7 @@ BUILD_TIMEOUT = 60.0  # seconds a test waits for its mesh to be built
 
 
 def container_ip(n: int) -> str:
-    return f"10.32.1.{n}"
+    return f"172.31.1.{n}"
 
 
 # Outside IPAM's range (10.32.0.0/12), so attach claims nothing: on a split mesh (a wrong
@@ -70,7 +72,7 @@ def outside_ip(n: int) -> str:
 
 
 def _attach_one_per_host(mesh: Mesh, *, in_range: bool = True) -> None:
-    """Container N on host N, attached at 10.32.1.N/12 (or, not ``in_range``, 172.30.1.N/24);
+    """Container N on host N, attached at 172.31.1.N/16 (or, not ``in_range``, 172.30.1.N/24);
     the attaches run in parallel."""
     containers = [mesh.add_bare_container(host) for host in mesh.hosts]
     run_parallel(*(functools.partial(c.attach, f"ip:{container_ip(n)}/{PREFIXLEN}" if in_range
