@@ -8,7 +8,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libsodium-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping
+APT_PACKAGES := libsodium-dev libssl-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping
 PYTEST_ARGS ?=
 
 .PHONY: setup apt venv build demo test test-fast lint bench clean

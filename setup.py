@@ -6,8 +6,8 @@ the Cython extension and its build switches:
 * ``WEAVE_FASTPATH_ANNOTATE=1`` writes Cython's HTML annotation next to the sources.
 * ``WEAVE_FASTPATH_DEBUG=1`` builds with ``-O0 -g`` and Cython's bounds checks on.
 
-libsodium is found through pkg-config; without it the build stops with a message that
-names the Debian package to install.
+libsodium (secretbox) and OpenSSL's libcrypto (AES-256-GCM) are found through pkg-config;
+without them the build stops with a message that names the Debian packages to install.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "_fastpath").glob("*.
 def _pkg_config(*args: str) -> list[str]:
     try:
         out = subprocess.run(
-            ["pkg-config", *args, "libsodium"], check=True, capture_output=True, text=True
+            ["pkg-config", *args, "libsodium", "libcrypto"],
+            check=True, capture_output=True, text=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         sys.exit(
-            "error: libsodium was not found by pkg-config; install it with "
-            "'apt-get install libsodium-dev pkg-config' (or run 'make setup')"
+            "error: libsodium or libcrypto was not found by pkg-config; install them with "
+            "'apt-get install libsodium-dev libssl-dev pkg-config' (or run 'make setup')"
         )
     return shlex.split(out)
 

@@ -68,7 +68,7 @@ cdef class Dataplane:
     cdef size_t scratch_cap
     cdef uint8_t *spare
     cdef list addrs
-    cdef object retired            # name -> (conn_id, key, send_counter, replay)
+    cdef object retired            # name -> (conn_id, key, send_counter, replay, cipher)
     cdef uint64_t _ourself
 
     def __cinit__(self, ourself, *, double mac_expiry=600.0, double reassembly_timeout=1.0):
@@ -115,13 +115,14 @@ cdef class Dataplane:
 
     # ---- tables ----------------------------------------------------------------------
 
-    def set_peer(self, name, conn_id, addr, key, max_datagram):
+    def set_peer(self, name, conn_id, addr, key, max_datagram, cipher="secretbox"):
         """Add or update the session with neighbour ``name``.
 
-        ``addr`` is ``(ip literal, port)``; ``key`` the 32-byte session key or None for
+        ``addr`` is ``(ip literal, port)``; ``key`` the 32-byte frame key or None for
         an unencrypted connection; ``max_datagram`` the largest UDP payload the path
-        carries (bytes, 512..65507). A new connection id or key starts a new session:
-        counters, replay window and partial frames start afresh.
+        carries (bytes, 512..65507); ``cipher`` one of CIPHERS. A new connection id, key
+        or cipher starts a new session: counters, replay window and partial frames start
+        afresh.
         """
         cdef uint64_t n = _name(name, "name")
         cdef fp_addr a
@@ -129,6 +130,12 @@ cdef class Dataplane:
         cdef Peer *p
         cdef bint fresh
         cdef const uint8_t *k = NULL
+        cdef int ciph
+        if cipher not in CIPHERS:
+            raise LocalProtocolError(f"unknown cipher {cipher!r}; known: {', '.join(CIPHERS)}")
+        ciph = CIPHER_SECRETBOX
+        if cipher == "aes256gcm" and key is not None:
+            ciph = CIPHER_AES256GCM
         if n == self._ourself:
             raise LocalProtocolError("a peer cannot have our own name")
         if not isinstance(conn_id, int) or not 0 <= conn_id < (1 << 64):
@@ -149,7 +156,7 @@ cdef class Dataplane:
         cdef uint64_t counter = 0
         cdef bint resume = False
         old = self.retired.get(n)
-        if old is not None and old[0] == conn_id and old[1] == key:
+        if old is not None and old[0] == conn_id and old[1] == key and old[4] == ciph:
             resume = True
             counter = old[2]
             memcpy(&replay, PyBytes_AS_STRING(old[3]), sizeof(Replay))
@@ -160,13 +167,17 @@ cdef class Dataplane:
             if i >= 0:
                 p = &self.dp.peers[i]
                 fresh = (not p.has_session or p.conn_id != conn or p.encrypted != (k != NULL)
-                         or (k != NULL and memcmp(p.key, k, KEY_SIZE) != 0))
+                         or (k != NULL and (memcmp(p.key, k, KEY_SIZE) != 0
+                                            or p.cipher != ciph)))
                 if fresh:
                     peer_reset_session(self.dp, i)
                     p.conn_id = conn
                     p.encrypted = k != NULL
+                    p.cipher = ciph
                     if k != NULL:
                         memcpy(p.key, k, KEY_SIZE)
+                        self.dp.key_gen += 1
+                        p.key_gen = self.dp.key_gen
                     if resume:             # the same connection again: never reuse a nonce
                         p.send_counter = counter
                         p.replay = replay
@@ -209,7 +220,8 @@ cdef class Dataplane:
         key = PyBytes_FromStringAndSize(<char *>saved.key, KEY_SIZE) if saved.encrypted else None
         sodium_memzero(saved.key, KEY_SIZE)
         self.retired[n] = (saved.conn_id, key, saved.send_counter,
-                           PyBytes_FromStringAndSize(<char *>&saved.replay, sizeof(Replay)))
+                           PyBytes_FromStringAndSize(<char *>&saved.replay, sizeof(Replay)),
+                           saved.cipher)
         self.retired.move_to_end(n)
         while len(self.retired) > RETIRED_SESSIONS:
             self.retired.popitem(last=False)

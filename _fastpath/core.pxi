@@ -273,14 +273,23 @@ cdef void ingress_records(DP *dp, Encoder *e, Sink *s, int32_t peer, uint8_t *bo
         pos += RECORD_HEADER + META_SIZE + flen
 
 
-cdef bint open_payload(Peer *p, uint8_t *d, uint8_t *payload, uint32_t length,
-                       uint64_t counter) noexcept nogil:
+cdef bint open_payload(Encoder *e, Peer *p, uint8_t *d, uint8_t *payload,
+                       uint32_t length, uint64_t counter) noexcept nogil:
     """Open [MAC | ciphertext] in place and check the bound copy of d[0:4]."""
     cdef uint8_t nonce[NONCE_SIZE]
-    make_nonce(nonce, not p.high, counter)
-    return crypto_secretbox_open_detached(payload + MAC_SIZE, payload + MAC_SIZE, payload,
-                                          length - MAC_SIZE, nonce, p.key) == 0 \
-        and memcmp(payload + MAC_SIZE, d, BOUND_SIZE) == 0
+    cdef void *ctx
+    if p.cipher == CIPHER_AES256GCM:
+        ctx = cipher_ctx(e, p, 0)
+        make_gcm_nonce(nonce, not p.high, counter)
+        if ctx == NULL or fp_gcm_open(ctx, payload + MAC_SIZE, length - MAC_SIZE, payload,
+                                      nonce) != 0:
+            return False
+    else:
+        make_nonce(nonce, not p.high, counter)
+        if crypto_secretbox_open_detached(payload + MAC_SIZE, payload + MAC_SIZE, payload,
+                                          length - MAC_SIZE, nonce, p.key) != 0:
+            return False
+    return memcmp(payload + MAC_SIZE, d, BOUND_SIZE) == 0
 
 
 cdef void ingress_fragment(DP *dp, Encoder *e, Sink *s, int32_t peer, uint8_t *d,
@@ -304,7 +313,7 @@ cdef void ingress_fragment(DP *dp, Encoder *e, Sink *s, int32_t peer, uint8_t *d
     if not replay_check(&p.replay, counter):
         drop(dp, DROP_REPLAY)
         return
-    if p.encrypted and not open_payload(p, d, r.buf, r.length, counter):
+    if p.encrypted and not open_payload(e, p, d, r.buf, r.length, counter):
         drop(dp, DROP_AUTH)
         return
     replay_accept(&p.replay, counter)
@@ -354,7 +363,7 @@ cdef void ingress_one(DP *dp, Encoder *e, Sink *s, int32_t index, uint8_t *d, ui
         if length < base:
             drop(dp, DROP_MALFORMED)
             return
-        if not open_payload(p, d, d + HEADER_SIZE, length - HEADER_SIZE, counter):
+        if not open_payload(e, p, d, d + HEADER_SIZE, length - HEADER_SIZE, counter):
             drop(dp, DROP_AUTH)
             return
     replay_accept(&p.replay, counter)

@@ -43,6 +43,8 @@ cdef struct Encoder:
     int fd                         # threads: the UDP socket
     fp_sender *sender
     fp_send_item *items
+    void **gcm                     # cipher contexts: [2 * peer + 1] seals, [2 * peer] opens
+    uint64_t *gcm_gen              # the Peer.key_gen each context holds (0: none)
 
 
 cdef Encoder *encoder_new(DP *dp, int grow, size_t arena, int32_t outs) noexcept nogil:
@@ -61,7 +63,10 @@ cdef Encoder *encoder_new(DP *dp, int grow, size_t arena, int32_t outs) noexcept
     e.open_off = <int32_t *>malloc(MAX_PEERS * sizeof(int32_t))
     e.open_len = <uint32_t *>malloc(MAX_PEERS * sizeof(uint32_t))
     e.open_pos = <int32_t *>malloc(MAX_PEERS * sizeof(int32_t))
-    if not (e.arena and e.outs and e.open_list and e.open_off and e.open_len and e.open_pos):
+    e.gcm = <void **>calloc(2 * MAX_PEERS, sizeof(void *))
+    e.gcm_gen = <uint64_t *>calloc(2 * MAX_PEERS, sizeof(uint64_t))
+    if not (e.arena and e.outs and e.open_list and e.open_off and e.open_len and e.open_pos
+            and e.gcm and e.gcm_gen):
         encoder_free(e)
         return NULL
     for i in range(MAX_PEERS):
@@ -70,8 +75,15 @@ cdef Encoder *encoder_new(DP *dp, int grow, size_t arena, int32_t outs) noexcept
 
 
 cdef void encoder_free(Encoder *e) noexcept nogil:
+    cdef int32_t i
     if e == NULL:
         return
+    if e.gcm != NULL:
+        for i in range(2 * MAX_PEERS):
+            if e.gcm[i] != NULL:
+                fp_gcm_free(e.gcm[i])
+    free(e.gcm)
+    free(e.gcm_gen)
     free(e.arena)
     free(e.outs)
     free(e.open_list)
@@ -108,10 +120,47 @@ cdef inline void put_sleeve_header(uint8_t *d, uint8_t ptype, uint64_t conn_id,
     fp_put64(d + 12, counter)
 
 
-cdef inline void seal(const Peer *p, uint8_t *mac, uint8_t *data, uint32_t length,
-                      uint64_t counter) noexcept nogil:
-    """Secretbox ``data`` in place under the nonce for ``counter``; MAC to ``mac``."""
+# ---- cipher contexts ------------------------------------------------------------------
+# An AES-256-GCM context holds an expanded key and serves one thread, so every encoder
+# keeps two per peer slot (seal, open), expanded again whenever the slot's key_gen moves
+# on (a new session, or the slot reused by another peer). Threads read Peer.key under
+# the read lock, which set_peer's write lock excludes.
+
+cdef void *cipher_ctx(Encoder *e, const Peer *p, int enc) noexcept nogil:
+    """This encoder's AES-256-GCM context for ``p`` (enc: 1 seal, 0 open); NULL if out
+    of memory."""
+    cdef size_t slot = <size_t>(p - e.dp.peers) * 2 + <size_t>enc
+    cdef void *ctx = e.gcm[slot]
+    if ctx == NULL:
+        ctx = fp_gcm_new()
+        if ctx == NULL:
+            return NULL
+        e.gcm[slot] = ctx
+        e.gcm_gen[slot] = 0
+    if e.gcm_gen[slot] != p.key_gen:
+        if fp_gcm_key(ctx, p.key, enc) != 0:
+            e.gcm_gen[slot] = 0
+            return NULL
+        e.gcm_gen[slot] = p.key_gen
+    return ctx
+
+
+cdef void seal(Encoder *e, const Peer *p, uint8_t *mac, uint8_t *data, uint32_t length,
+               uint64_t counter) noexcept nogil:
+    """Seal ``data`` in place under the nonce for ``counter``; MAC to ``mac``. Should
+    the cipher fail (no memory), the datagram goes out zeroed: it fails to open, is
+    counted there, and leaks nothing."""
     cdef uint8_t nonce[NONCE_SIZE]
+    cdef void *ctx
+    if p.cipher == CIPHER_AES256GCM:
+        ctx = cipher_ctx(e, p, 1)
+        make_gcm_nonce(nonce, p.high, counter)
+        if ctx != NULL and fp_gcm_seal(ctx, mac, data, length, nonce) == 0:
+            return
+        memset(mac, 0, MAC_SIZE)
+        memset(data, 0, length)
+        drop(e.dp, DROP_SEND)
+        return
     make_nonce(nonce, p.high, counter)
     crypto_secretbox_detached(data, mac, data, length, nonce, p.key)
 
@@ -124,7 +173,7 @@ cdef void close_datagram(Encoder *e, int32_t peer, uint32_t off, uint32_t length
     put_sleeve_header(d, TYPE_FRAMES, p.conn_id, counter)
     if p.encrypted:
         memcpy(d + HEADER_SIZE + MAC_SIZE, d, BOUND_SIZE)
-        seal(p, d + HEADER_SIZE, d + HEADER_SIZE + MAC_SIZE,
+        seal(e, p, d + HEADER_SIZE, d + HEADER_SIZE + MAC_SIZE,
              length - HEADER_SIZE - MAC_SIZE, counter)
     queue_datagram(e, peer, off, length)
 
@@ -272,7 +321,7 @@ cdef void fragment(Encoder *e, int32_t peer, const uint8_t *hdr, const uint8_t *
         payload[MAC_SIZE + 1] = TYPE_FRAGMENT
         payload[MAC_SIZE + 2] = 0
         payload[MAC_SIZE + 3] = 0
-        seal(p, payload, payload + MAC_SIZE, length - MAC_SIZE, counter)
+        seal(e, p, payload, payload + MAC_SIZE, length - MAC_SIZE, counter)
     for i in range(count):
         dlen = fsize if i < count - 1 else length - i * fsize
         d = e.arena + e.used

@@ -3,7 +3,7 @@
 
 One extension module built from this file and its includes:
 
-* ``sys.pxi``      declarations of libc, pthreads, libsodium and ``fp_sys.h``
+* ``sys.pxi``      declarations of libc, pthreads, libsodium, ``fp_sys.h`` and ``fp_gcm.h``
 * ``wire.pxi``     the frames format: constants, vnet header check, nonce, replay window
 * ``tables.pxi``   peers, sessions, routes, the MAC table; the DP struct and its locking
 * ``reasm.pxi``    reassembly of fragmented frames
@@ -29,6 +29,7 @@ if sodium_init() < 0:
     raise ImportError("libsodium failed to initialise")
 
 THREADED = True
+CIPHERS = ("aes256gcm", "secretbox")  # router.crypto.ciphers.Cipher names
 VNET_HEADER_SIZE = META_SIZE
 MAX_FRAME_SIZE = MAX_FRAME
 MAX_ELEMENT_SIZE = MAX_ELEMENT

@@ -91,6 +91,7 @@ cdef extern from "fp_sys.h" nogil:
                                        const unsigned char *mac, unsigned long long clen,
                                        const unsigned char *n, const unsigned char *k)
     void sodium_memzero(void *p, size_t n)
+    int crypto_aead_aes256gcm_is_available()
 
     uint16_t fp_get16(const uint8_t *p)
     void fp_put16(uint8_t *p, uint16_t v)
@@ -144,3 +145,16 @@ cdef extern from "fp_sys.h" nogil:
     int fp_receiver_recv(fp_receiver *r, int fd)
 
     int fp_tap_read(int fd, uint8_t *buf, size_t slot, int max, uint32_t *lens)
+
+
+cdef extern from "fp_gcm.h" nogil:
+    enum:
+        FP_GCM_TAG
+        FP_GCM_NONCE
+
+    void *fp_gcm_new()
+    void fp_gcm_free(void *ctx)
+    int fp_gcm_key(void *ctx, const uint8_t *key, int enc)
+    int fp_gcm_seal(void *ctx, uint8_t *mac, uint8_t *data, uint32_t length, const uint8_t *nonce)
+    int fp_gcm_open(void *ctx, uint8_t *data, uint32_t length, const uint8_t *mac,
+                    const uint8_t *nonce)

@@ -24,6 +24,8 @@ cdef struct Peer:
     int used
     int has_session
     int encrypted
+    int cipher                     # CIPHER_* of an encrypted session
+    uint64_t key_gen               # DP.key_gen when the key was set: encoders re-key on change
     int high                       # our name > theirs: the direction byte of our nonces
     uint64_t conn_id
     uint32_t max_datagram
@@ -64,6 +66,7 @@ cdef struct Reasm:
 
 cdef struct DP:
     uint64_t ourself
+    uint64_t key_gen               # bumped for every session key set (under the write lock)
     double mac_expiry
     double reasm_timeout
     double next_sweep

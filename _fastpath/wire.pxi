@@ -35,10 +35,16 @@ cdef enum:
     MIN_DATAGRAM = 512             # smallest max_datagram a peer may have (bytes)
     MAX_DATAGRAM = 65507           # IPv4 UDP payload limit
     KEY_SIZE = 32
-    NONCE_SIZE = 24
+    NONCE_SIZE = 24                # secretbox
+    GCM_NONCE_SIZE = 12            # AES-256-GCM
     REPLAY_WINDOW = 1024           # counters, as router.crypto.nonces.ReplayWindow
     REPLAY_WORDS = 16              # REPLAY_WINDOW / 64
     RETIRED_SESSIONS = 256         # removed sessions whose counters are remembered
+
+# Ciphers of an encrypted session (router.crypto.ciphers.Cipher, same numbers).
+cdef enum:
+    CIPHER_SECRETBOX = 0           # XSalsa20-Poly1305 (libsodium)
+    CIPHER_AES256GCM = 1           # AES-256-GCM (OpenSSL), with a key of its own
 
 # Frames count from 2**63: the connection's heartbeats (sealed by Python with the same
 # key, transport and direction) count from 0, so no nonce is ever used twice.
@@ -103,6 +109,15 @@ cdef inline void make_nonce(uint8_t *nonce, bint sender_high, uint64_t counter) 
     nonce[0] = 1
     nonce[1] = 1 if sender_high else 0
     fp_put64(nonce + 16, counter)
+
+
+cdef inline void make_gcm_nonce(uint8_t *nonce, bint sender_high, uint64_t counter) noexcept nogil:
+    """router.crypto.ciphers.gcm_nonce(sender_high, counter): 01 dir 00 00 counter."""
+    nonce[0] = 1
+    nonce[1] = 1 if sender_high else 0
+    nonce[2] = 0
+    nonce[3] = 0
+    fp_put64(nonce + 4, counter)
 
 
 cdef struct Replay:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from router.dataplane.backend import Address, Datagram, Statistics, Upcall
 
 THREADED: bool  # True: start() runs the pipeline in native threads
+CIPHERS: tuple[str, ...]  # ("aes256gcm", "secretbox"): set_peer's cipher (router.crypto.ciphers)
 DROP_REASONS: tuple[str, ...]  # keys of statistics()["drops"], in a fixed order
 UPCALL_CONTROL: int  # 1: a non-frame datagram (heartbeat) for the sleeve demux
 UPCALL_UNKNOWN_CONN: int  # 2: frames for a connection id the data plane does not know
@@ -33,13 +34,16 @@ class Dataplane:
 
     # tables (thread-safe: allowed while the threads run)
     def set_peer(
-        self, name: int, conn_id: int, addr: Address, key: bytes | None, max_datagram: int
+        self, name: int, conn_id: int, addr: Address, key: bytes | None, max_datagram: int,
+        cipher: str = "secretbox",
     ) -> None:
         """Add or update the session with neighbour ``name``.
 
-        ``addr``: (IP literal, port); ``key``: 32-byte session key, None = unencrypted;
-        ``max_datagram``: largest UDP payload for the path, MIN..MAX_DATAGRAM_SIZE. A new
-        conn_id or key starts a fresh session (counters, replay window, partial frames).
+        ``addr``: (IP literal, port); ``key``: 32-byte frame key
+        (``router.crypto.ciphers.frame_key``), None = unencrypted; ``max_datagram``:
+        largest UDP payload for the path, MIN..MAX_DATAGRAM_SIZE; ``cipher``: one of
+        CIPHERS. A new conn_id, key or cipher starts a fresh session (counters, replay
+        window, partial frames).
         LocalProtocolError on bad arguments, a conn_id of another peer, or a full table.
         """
     def remove_peer(self, name: int) -> None:

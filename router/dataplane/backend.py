@@ -74,7 +74,8 @@ class DataplaneLike(Protocol):
     def running(self) -> bool: ...
 
     def set_peer(
-        self, name: int, conn_id: int, addr: Address, key: bytes | None, max_datagram: int
+        self, name: int, conn_id: int, addr: Address, key: bytes | None, max_datagram: int,
+        cipher: str = ...,
     ) -> None: ...
 
     def remove_peer(self, name: int) -> None: ...
@@ -124,6 +125,9 @@ class Backend(Protocol):
 
     @property
     def DROP_REASONS(self) -> tuple[str, ...]: ...  # keys of statistics()["drops"]
+
+    @property
+    def CIPHERS(self) -> tuple[str, ...]: ...  # what set_peer's cipher may be
 
     @property
     def UPCALL_CONTROL(self) -> int: ...

@@ -20,13 +20,15 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from router.crypto.keys import KEY_SIZE, SessionKey
-from router.crypto.nonces import ReplayWindow, Transport, make_nonce
+from router.crypto.ciphers import PREFERENCE, SECRETBOX, FrameCipher
+from router.crypto.keys import KEY_SIZE
+from router.crypto.nonces import ReplayWindow
 from router.dataplane.backend import Address, Datagram, PeerCounters, Statistics, Upcall
 from router.errors import DecodeError, LocalProtocolError
-from router.overlay.sleeve.packet import PacketType, encode_packet
+from router.overlay.sleeve.packet import PacketType
 
 __all__ = [
+    "CIPHERS",
     "DROP_REASONS",
     "MAX_DATAGRAM_SIZE",
     "MAX_ELEMENT_SIZE",
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 THREADED = False
+CIPHERS = PREFERENCE  # the ciphers set_peer takes (router.crypto.ciphers)
 DROP_REASONS = ("no_route", "auth", "replay", "too_big", "queue_full", "malformed", "ttl",
                 "reassembly", "local_dst", "loop", "tap_write", "send")
 UPCALL_CONTROL = 1  # a non-frame packet (heartbeat) for the sleeve demux
@@ -103,7 +106,7 @@ def vnet_ok(meta: bytes, frame_len: int) -> bool:
 @dataclass(eq=False)
 class _Session:
     conn_id: int
-    key: SessionKey | None
+    key: FrameCipher | None
     high: bool  # our name is the greater: the direction byte of our nonces
     max_datagram: int
     addr: Address
@@ -171,7 +174,8 @@ class Dataplane:
     # ---- tables ----------------------------------------------------------------------
 
     def set_peer(
-        self, name: int, conn_id: int, addr: Address, key: bytes | None, max_datagram: int
+        self, name: int, conn_id: int, addr: Address, key: bytes | None, max_datagram: int,
+        cipher: str = SECRETBOX,
     ) -> None:
         """Add or update the session with neighbour ``name`` (see the extension's stub)."""
         name = _name(name, "name")
@@ -181,6 +185,8 @@ class Dataplane:
             raise LocalProtocolError(f"connection id out of range: {conn_id!r}")
         if key is not None and (not isinstance(key, bytes) or len(key) != KEY_SIZE):
             raise LocalProtocolError(f"a session key has {KEY_SIZE} bytes")
+        if cipher not in CIPHERS:
+            raise LocalProtocolError(f"unknown cipher {cipher!r}; known: {', '.join(CIPHERS)}")
         if not isinstance(max_datagram, int) or not (
             MIN_DATAGRAM_SIZE <= max_datagram <= MAX_DATAGRAM_SIZE
         ):
@@ -191,7 +197,7 @@ class Dataplane:
         if any(s.conn_id == conn_id for n, s in self._sessions.items() if n != name):
             raise LocalProtocolError(f"connection id {conn_id:#x} belongs to another peer")
         old = self._sessions.get(name)
-        skey = SessionKey(key) if key is not None else None
+        skey = FrameCipher(cipher, key) if key is not None else None
         retired = self._retired.pop(name, None)
         if old is None or old.conn_id != conn_id or old.key != skey:
             self._purge_reasm(name)
@@ -384,8 +390,7 @@ class Dataplane:
         header = struct.pack(">BBHQQ", 1, _FRAGMENT, 0, session.conn_id, counter)
         payload = body
         if session.key is not None:
-            nonce = make_nonce(Transport.UDP, session.high, counter)
-            payload = session.key.seal(nonce, header[:4] + body)
+            payload = session.key.seal(session.high, counter, header[:4] + body)
         for i in range(count):
             part = payload[i * fsize:(i + 1) * fsize]
             datagram = header + _FRAG.pack(length, fsize, i, count) + part
@@ -401,8 +406,9 @@ class Dataplane:
     def _close(self, hop: int, body: bytes) -> None:
         session = self._sessions[hop]
         counter, session.send_counter = session.send_counter, session.send_counter + 1
-        datagram = encode_packet(PacketType.FRAMES, session.conn_id, counter, body,
-                                 key=session.key, sender_high=session.high)
+        header = struct.pack(">BBHQQ", 1, PacketType.FRAMES, 0, session.conn_id, counter)
+        datagram = header + (body if session.key is None
+                             else session.key.seal(session.high, counter, header[:4] + body))
         self._outs.append((session.addr, datagram))
         session.counters["datagrams_out"] += 1
         session.counters["bytes_out"] += len(datagram)
@@ -453,8 +459,7 @@ class Dataplane:
         if session.key is None:
             return payload
         try:
-            plain = session.key.open(make_nonce(Transport.UDP, not session.high, counter),
-                                     payload)
+            plain = session.key.open(not session.high, counter, payload)
         except DecodeError:
             plain = b""
         if plain[:4] != bound:

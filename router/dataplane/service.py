@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import trio
 
+from router.crypto.ciphers import SECRETBOX, offered
 from router.dataplane.backend import Address, DataplaneLike, Statistics, load_backend
 from router.kernel.plumbing import TAP_NAME, bridge_plan, tap_plan
 from router.kernel.port import KernelPort, TapDevice, execute
@@ -87,9 +88,15 @@ class DataplaneService:
 
     # ------------------------------------------------------------------ tables
 
+    @property
+    def ciphers(self) -> tuple[str, ...]:
+        """The frame ciphers this data plane offers peers, best first."""
+        return tuple(c for c in offered() if c in self._backend.CIPHERS)
+
     def set_peer(self, name: PeerName, conn_id: int, addr: Address, key: bytes | None,
-                 max_datagram: int) -> None:
-        self._dp.set_peer(int(name), conn_id, addr, key, max_datagram)
+                 max_datagram: int, cipher: str = SECRETBOX) -> None:
+        """``key``: the frame key for ``cipher`` (router.crypto.ciphers.frame_key)."""
+        self._dp.set_peer(int(name), conn_id, addr, key, max_datagram, cipher)
 
     def remove_peer(self, name: PeerName) -> None:
         self._dp.remove_peer(int(name))

@@ -74,7 +74,8 @@ class Mesh:
     """Peers 1..n (names ``name_of(i)``, addresses 192.0.2.i:6783) joined by ``links``."""
 
     def __init__(self, backend: Backend, n: int, links: Iterable[tuple[int, int]], *,
-                 encrypted: bool = True, max_datagram: int | dict[int, int] = 1400,
+                 encrypted: bool = True, cipher: str = "secretbox",
+                 max_datagram: int | dict[int, int] = 1400,
                  seed: int = 0, mac_expiry: float = 600.0,
                  reassembly_timeout: float = 1.0) -> None:
         rng = random.Random(seed)
@@ -93,7 +94,8 @@ class Mesh:
             key = rng.randbytes(32) if encrypted else None
             for x, y in ((a, b), (b, a)):
                 md = max_datagram if isinstance(max_datagram, int) else max_datagram[x]
-                self.nodes[x].dp.set_peer(name_of(y), conn_id, self.nodes[y].addr, key, md)
+                self.nodes[x].dp.set_peer(name_of(y), conn_id, self.nodes[y].addr, key, md,
+                                          cipher)
         self.install_routes()
 
     def install_routes(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -71,6 +72,7 @@ steps = st.one_of(
 class Scenario:
     topology: str
     encrypted: bool
+    cipher: str
     paths: tuple[int, ...]
     faults: tuple[tuple[int, str, int], ...]  # (wire sequence number, fault, argument)
     steps: tuple[Step, ...]
@@ -80,6 +82,7 @@ scenarios = st.builds(
     Scenario,
     topology=st.sampled_from(sorted(TOPOLOGIES)),
     encrypted=st.booleans(),
+    cipher=st.sampled_from(["secretbox", "aes256gcm"]),
     paths=st.lists(st.sampled_from(PATHS), min_size=4, max_size=4).map(tuple),
     faults=st.lists(st.tuples(st.integers(1, 120), st.sampled_from(["drop", "cut", "flip"]),
                               st.integers(0, 2000)), max_size=8).map(tuple),
@@ -90,7 +93,7 @@ scenarios = st.builds(
 def run(backend: Backend, sc: Scenario) -> list[object]:
     """Everything observable of the scenario on ``backend``."""
     n, links = TOPOLOGIES[sc.topology]
-    m = Mesh(backend, n, links, encrypted=sc.encrypted,
+    m = Mesh(backend, n, links, encrypted=sc.encrypted, cipher=sc.cipher,
              max_datagram={i: sc.paths[i - 1] for i in range(1, n + 1)})
     faults = {seq: (kind, arg) for seq, kind, arg in sc.faults}
 
@@ -149,13 +152,14 @@ def test_native_and_reference_agree(sc: Scenario) -> None:
         assert a == b
 
 
-def test_a_fixed_busy_scenario_agrees() -> None:
-    """One large scenario always runs, whatever hypothesis picks."""
+@pytest.mark.parametrize("cipher", ["secretbox", "aes256gcm"])
+def test_a_fixed_busy_scenario_agrees(cipher: str) -> None:
+    """One large scenario always runs per cipher, whatever hypothesis picks."""
     big = tuple(FrameSpec(d, p, s, k) for d, p, s, k in [
         ("peer", 2, 65535 - 20, 3), ("bcast", 1, 60, 0), ("peer", 3, 1400, 2),
         ("unknown", 1, 9000, 1), ("peer", 4, 10, 0), ("peer", 4, 11, 0), ("peer", 1, 1, 4),
     ])
-    sc = Scenario("ring", True, (512, 1400, 9000, 1252), ((3, "drop", 0), (9, "flip", 77)),
+    sc = Scenario("ring", True, cipher, (512, 1400, 9000, 1252), ((3, "drop", 0), (9, "flip", 77)),
                   (Step("send", 1, big), Step("send", 3, big), Step("advance", 0, (), 1.0),
                    Step("replay", 5), Step("send", 2, big), Step("advance", 0, (), 700.0)))
     native = run(load_backend("native"), sc)

@@ -22,11 +22,11 @@ SOURCE = ("192.0.2.2", 6783)
 CONN = 0x1122334455667788
 
 
-def plane(backend: Backend, encrypted: bool) -> Mesh:
-    m = Mesh(backend, 3, [(1, 2), (1, 3)], encrypted=encrypted)
+def plane(backend: Backend, encrypted: bool, cipher: str = "secretbox") -> Mesh:
+    m = Mesh(backend, 3, [(1, 2), (1, 3)], encrypted=encrypted, cipher=cipher)
     for node in m.nodes.values():
         node.dp.set_peer(name_of(2) if node.name != name_of(2) else name_of(1), CONN,
-                         SOURCE, bytes(32) if encrypted else None, 1400)
+                         SOURCE, bytes(32) if encrypted else None, 1400, cipher)
     return m
 
 
@@ -93,8 +93,9 @@ inputs = st.lists(st.one_of(datagrams(), datagrams(), datagrams(),
                   min_size=1, max_size=8).map(lambda groups: [d for g in groups for d in g])
 
 
-def feed(backend: Backend, batch: list[bytes], encrypted: bool) -> list[object]:
-    m = plane(backend, encrypted)
+def feed(backend: Backend, batch: list[bytes], encrypted: bool,
+         cipher: str = "secretbox") -> list[object]:
+    m = plane(backend, encrypted, cipher)
     seen: list[object] = []
     for i in (1, 2, 3):
         out = m.nodes[i].dp.ingress([(SOURCE, d) for d in batch], 5.0)
@@ -105,11 +106,12 @@ def feed(backend: Backend, batch: list[bytes], encrypted: bool) -> list[object]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=inputs, encrypted=st.booleans())
+@given(batch=inputs, encrypted=st.booleans(), cipher=st.sampled_from(["secretbox", "aes256gcm"]))
 def test_hostile_datagrams_are_counted_drops_on_both_backends(batch: list[bytes],
-                                                              encrypted: bool) -> None:
-    native = feed(load_backend("native"), batch, encrypted)
-    assert native == feed(load_backend("reference"), batch, encrypted)
+                                                              encrypted: bool,
+                                                              cipher: str) -> None:
+    native = feed(load_backend("native"), batch, encrypted, cipher)
+    assert native == feed(load_backend("reference"), batch, encrypted, cipher)
     for stats in native[1::4]:
         assert isinstance(stats, dict)
         assert all(v >= 0 for v in stats["drops"].values())

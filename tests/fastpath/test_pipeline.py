@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import nacl.bindings
 import pytest
 
 from router.crypto.keys import SessionKey
@@ -165,6 +166,31 @@ def test_replayed_datagrams_are_dropped(backend: Backend) -> None:
     assert m.drops(2) == {"replay": 5}  # 1 datagram + 4 fragments
 
 
+def test_aes256gcm_datagrams_open_with_the_documented_nonce_and_layout(
+        backend: Backend) -> None:
+    """MAC || AES-256-GCM(header[0:4] || body) under nonce 01 dir 00 00 counter."""
+    key = bytes(range(32))
+    m = Mesh(backend, 2, [(1, 2)])
+    for x, y in ((1, 2), (2, 1)):
+        m.nodes[x].dp.set_peer(name_of(y), 9, m.nodes[y].addr, key, 1400, "aes256gcm")
+    m.nodes[1].dp.learn_mac(mac(2), name_of(2), 0.0)
+    small = frame(mac(2), mac(1), 50)
+    m.send(1, [small], 1.0)
+    (_, _, datagram), = m.wire
+    payload = datagram[HEADER_SIZE:]
+    nonce = bytes((1, 0, 0, 0)) + FIRST_COUNTER.to_bytes(8, "big")  # peer 1 < peer 2
+    plain = nacl.bindings.crypto_aead_aes256gcm_decrypt(payload[16:] + payload[:16], None,
+                                                        nonce, key)
+    assert plain[:4] == datagram[:4]
+    assert plain[4:] == bytes((0, 16)) + name_of(1).to_bytes(6, "big") + name_of(2).to_bytes(
+        6, "big") + (len(small) - 10).to_bytes(2, "big") + small
+    assert m.take(2) == [small]
+    # the other cipher, or the other key, opens nothing
+    m.nodes[2].dp.set_peer(name_of(1), 9, m.nodes[1].addr, key, 1400, "secretbox")
+    m.send(1, [small], 2.0)
+    assert m.take(2) == [] and m.drops(2) == {"auth": 1}
+
+
 @pytest.mark.parametrize("encrypted", [True, False])
 def test_truncated_datagrams_are_counted_drops(backend: Backend, encrypted: bool) -> None:
     m = Mesh(backend, 2, [(1, 2)], encrypted=encrypted)
@@ -302,6 +328,7 @@ def test_misuse_is_a_local_protocol_error(backend: Backend) -> None:
         lambda: dp.set_peer(name_of(2), 1, ("192.0.2.2", 0), None, 1400),
         lambda: dp.set_peer(name_of(2), 1, ("fe80::1%lo", 6783), None, 1400),
         lambda: dp.set_peer(name_of(2), 1, ("192.0.2.2\0", 6783), None, 1400),
+        lambda: dp.set_peer(name_of(2), 1, addr, bytes(32), 1400, "rot13"),
         lambda: dp.set_peer(name_of(2), 1, "192.0.2.2:6783", None, 1400),  # type: ignore[arg-type]
         lambda: dp.learn_mac(b"\x01", name_of(2), 0.0),
         lambda: dp.set_routes({-5: name_of(2)}, {}),
