@@ -68,6 +68,7 @@ cdef class Dataplane:
     cdef size_t scratch_cap
     cdef uint8_t *spare
     cdef list addrs
+    cdef list local                # frames egress made for the TAP, until take_local()
     cdef object retired            # name -> (conn_id, key, send_counter, replay, cipher)
     cdef uint64_t _ourself
 
@@ -83,6 +84,7 @@ cdef class Dataplane:
             raise MemoryError("cannot allocate the data plane")
         self.sink.mode = SINK_COLLECT
         self.addrs = [None] * MAX_PEERS
+        self.local = []
         self.retired = OrderedDict()
 
     def __dealloc__(self):
@@ -320,6 +322,19 @@ cdef class Dataplane:
         self.enc.used = 0
         return out
 
+    cdef list _sink_frames(self):
+        """The elements the last batch handed to the (collecting) sink."""
+        cdef int32_t i
+        return [PyBytes_FromStringAndSize(<char *>self.sink.buf + self.sink.frames[2 * i],
+                                          self.sink.frames[2 * i + 1])
+                for i in range(self.sink.nframes)]
+
+    def take_local(self):
+        """Frames egress() made for the local TAP (ICMP "fragmentation needed") since the
+        last call, oldest first; the threads write theirs to the TAP themselves."""
+        local, self.local = self.local, []
+        return local
+
     def egress(self, frames, double now):
         """Captured frames (vnet header + Ethernet frame each) -> [(addr, datagram)]."""
         self._not_running()
@@ -331,10 +346,14 @@ cdef class Dataplane:
             if lens == NULL or ptrs == NULL:
                 raise MemoryError()
             self._stage(items, lens, ptrs)
+            self.sink.nframes = 0
+            self.sink.buf_used = 0
+            self.sink.nup = 0
             with nogil:
                 pthread_rwlock_rdlock(&self.dp.lock)
-                egress_batch(self.dp, self.enc, ptrs, lens, n, now)
+                egress_batch(self.dp, self.enc, &self.sink, ptrs, lens, n, now)
                 pthread_rwlock_unlock(&self.dp.lock)
+            self.local.extend(self._sink_frames())
             return self._datagrams()
         finally:
             free(lens)
@@ -360,9 +379,7 @@ cdef class Dataplane:
                 pthread_rwlock_rdlock(&self.dp.lock)
                 ingress_batch(self.dp, self.enc, &self.sink, ptrs, lens, n, now)
                 pthread_rwlock_unlock(&self.dp.lock)
-            frames = [PyBytes_FromStringAndSize(<char *>self.sink.buf + self.sink.frames[2 * i],
-                                                self.sink.frames[2 * i + 1])
-                      for i in range(self.sink.nframes)]
+            frames = self._sink_frames()
             upcalls = [(self.sink.up[2 * i + 1], pairs[self.sink.up[2 * i]][0],
                         pairs[self.sink.up[2 * i]][1]) for i in range(self.sink.nup)]
             return frames, self._datagrams(), upcalls
@@ -405,6 +422,7 @@ cdef class Dataplane:
             "upcalls": fp_load64(&self.dp.upcalls),
             "macs": self.dp.mac_count,
             "mac_table_full": fp_load64(&self.dp.mac_full),
+            "icmp_frag_needed": fp_load64(&self.dp.frag_needed),
             "drops": {r: fp_load64(&self.dp.drops[j]) for j, r in enumerate(DROP_REASONS)},
             "peers": peers,
         }

@@ -4,7 +4,9 @@
 #   1. check the size (malformed / too_big)         2. learn the source MAC as local
 #   3. destination MAC -> peer (MAC table), or broadcast for group and unknown MACs;
 #      a destination MAC known to be local is dropped (local_dst)
-#   4. peer -> next hop (unicast route), or our broadcast hops
+#   4. peer -> next hop (unicast route), or our broadcast hops; a unicast IPv4 packet
+#      with DF set too big for the hop's path is answered with ICMP "fragmentation
+#      needed" into the TAP (icmp.pxi) and dropped (too_big)
 #   5. encode for each next hop (encoder.pxi: pack, fragment, seal)
 # ingress (datagrams from the UDP socket):
 #   1. sleeve header: malformed, or a heartbeat -> upcall, unknown connection id -> upcall
@@ -18,7 +20,7 @@
 
 cdef enum:
     SINK_COLLECT = 0               # Python's batch call: copy out
-    SINK_THREAD = 1                # RX thread: write the TAP, queue upcalls
+    SINK_THREAD = 1                # a thread: write the TAP (RX: queue upcalls)
 
 
 cdef struct UpcallSlot:
@@ -142,11 +144,14 @@ cdef void sink_deliver(DP *dp, Sink *s, uint8_t *elem, uint32_t elen) noexcept n
 
 # ---- egress -------------------------------------------------------------------------------
 
-cdef void egress_one(DP *dp, Encoder *e, uint8_t *elem, uint32_t elen, double now) noexcept nogil:
+cdef void egress_one(DP *dp, Encoder *e, Sink *s, uint8_t *elem, uint32_t elen,
+                     double now) noexcept nogil:
     cdef const uint8_t *frame = elem + META_SIZE
     cdef uint64_t dest = 0
     cdef int32_t hop, origin, i
     cdef Peer *o
+    cdef uint8_t reply[ICMP_REPLY_MAX]
+    cdef uint32_t rlen
     fp_add64(&dp.frames_captured, 1)
     if elen < META_SIZE + MIN_FRAME:
         drop(dp, DROP_MALFORMED)
@@ -165,6 +170,12 @@ cdef void egress_one(DP *dp, Encoder *e, uint8_t *elem, uint32_t elen, double no
         if hop < 0:
             drop(dp, DROP_NO_ROUTE)
             return
+        rlen = frag_needed(elem, elen, overlay_mtu(&dp.peers[hop]), reply)
+        if rlen:                       # DF and too big for the path: tell the sender
+            drop(dp, DROP_TOO_BIG)
+            fp_add64(&dp.frag_needed, 1)
+            sink_deliver(dp, s, reply, rlen)
+            return
         emit(e, hop, 0, INITIAL_TTL, dp.ourself, dest, elem, elen)
         return
     origin = find_name(dp, dp.ourself)
@@ -180,11 +191,11 @@ cdef void egress_one(DP *dp, Encoder *e, uint8_t *elem, uint32_t elen, double no
             drop(dp, DROP_NO_ROUTE)
 
 
-cdef void egress_batch(DP *dp, Encoder *e, uint8_t **elems, const uint32_t *lens, int32_t n,
-                       double now) noexcept nogil:
+cdef void egress_batch(DP *dp, Encoder *e, Sink *s, uint8_t **elems, const uint32_t *lens,
+                       int32_t n, double now) noexcept nogil:
     cdef int32_t i
     for i in range(n):
-        egress_one(dp, e, elems[i], lens[i], now)
+        egress_one(dp, e, s, elems[i], lens[i], now)
     encoder_finish(e)
 
 

@@ -7,6 +7,7 @@ One extension module built from this file and its includes:
 * ``wire.pxi``     the frames format: constants, vnet header check, nonce, replay window
 * ``tables.pxi``   peers, sessions, routes, the MAC table; the DP struct and its locking
 * ``reasm.pxi``    reassembly of fragmented frames
+* ``icmp.pxi``     ICMP "fragmentation needed" for DF packets too big for a path
 * ``encoder.pxi``  packing, fragmentation, sealing into an arena of datagrams
 * ``core.pxi``     the egress and ingress pipelines
 * ``threads.pxi``  the TX and RX threads and the upcall queue
@@ -20,6 +21,7 @@ include "sys.pxi"
 include "wire.pxi"
 include "tables.pxi"
 include "reasm.pxi"
+include "icmp.pxi"
 include "encoder.pxi"
 include "core.pxi"
 include "threads.pxi"

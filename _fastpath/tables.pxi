@@ -86,6 +86,7 @@ cdef struct DP:
     uint64_t frames_relayed
     uint64_t upcalls
     uint64_t mac_full
+    uint64_t frag_needed           # ICMP "fragmentation needed" replies written to the TAP
 
 
 cdef inline uint32_t hash64(uint64_t key, int bits) noexcept nogil:

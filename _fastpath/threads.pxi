@@ -35,7 +35,8 @@ cdef struct Runtime:
     uint8_t *tap_buf
     uint32_t tap_lens[FP_IO_BATCH]
     uint8_t *tap_ptrs[FP_IO_BATCH]
-    Sink sink
+    Sink sink                      # the RX thread's
+    Sink tx_sink                   # the TX thread's: ICMP replies into the TAP
     double next_timer
 
 
@@ -113,7 +114,8 @@ cdef void *tx_main(void *arg) noexcept nogil:
             fp_wait(rt.stop_fd, POLLIN, rt.stop_fd, ERROR_PAUSE_MS)
             continue
         pthread_rwlock_rdlock(&rt.dp.lock)
-        egress_batch(rt.dp, rt.tx_enc, rt.tap_ptrs, rt.tap_lens, n, fp_monotonic())
+        egress_batch(rt.dp, rt.tx_enc, &rt.tx_sink, rt.tap_ptrs, rt.tap_lens, n,
+                     fp_monotonic())
         encoder_flush(rt.tx_enc)
         pthread_rwlock_unlock(&rt.dp.lock)
     return NULL
@@ -194,6 +196,8 @@ cdef Runtime *runtime_new(DP *dp, UpcallQueue *queue, int tap_fd, int udp_fd) no
         return NULL
     for i in range(FP_IO_BATCH):
         rt.tap_ptrs[i] = rt.tap_buf + <size_t>i * TAP_SLOT
+    rt.tx_sink.mode = SINK_THREAD
+    rt.tx_sink.tap_fd = tap_fd
     rt.sink.mode = SINK_THREAD
     rt.sink.tap_fd = tap_fd
     rt.sink.queue = queue

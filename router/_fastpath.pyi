@@ -62,6 +62,10 @@ class Dataplane:
     # batches driven by Python (LocalProtocolError while the threads run)
     def egress(self, frames: Sequence[bytes], now: float) -> list[Datagram]:
         """Captured frames (vnet header + Ethernet frame) -> datagrams to send."""
+    def take_local(self) -> list[bytes]:
+        """Frames egress() made for the local TAP since the last call (ICMP
+        "fragmentation needed" for a DF packet too big for its path), oldest first.
+        The threads write theirs to the TAP themselves."""
     def ingress(
         self, datagrams: Sequence[tuple[Address, bytes]], now: float
     ) -> tuple[list[bytes], list[Datagram], list[Upcall]]:

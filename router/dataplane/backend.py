@@ -60,6 +60,7 @@ class Statistics(TypedDict):
     upcalls: int  # datagrams handed to Python
     macs: int  # MAC table entries (expired ones count until the next sweep)
     mac_table_full: int  # MACs not learnt because the table was full
+    icmp_frag_needed: int  # ICMP "fragmentation needed" replies written to the TAP
     drops: dict[str, int]  # by reason, keys DROP_REASONS
     peers: dict[int, PeerCounters]  # by peer name
 
@@ -91,6 +92,8 @@ class DataplaneLike(Protocol):
     def lookup_mac(self, mac: bytes, now: float) -> int | None: ...
 
     def egress(self, frames: Sequence[bytes], now: float) -> list[Datagram]: ...
+
+    def take_local(self) -> list[bytes]: ...
 
     def ingress(
         self, datagrams: Sequence[tuple[Address, bytes]], now: float

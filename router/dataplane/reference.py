@@ -24,6 +24,7 @@ from router.crypto.ciphers import PREFERENCE, SECRETBOX, FrameCipher
 from router.crypto.keys import KEY_SIZE
 from router.crypto.nonces import ReplayWindow
 from router.dataplane.backend import Address, Datagram, PeerCounters, Statistics, Upcall
+from router.dataplane.icmp import frag_needed, overlay_mtu
 from router.errors import DecodeError, LocalProtocolError
 from router.overlay.sleeve.packet import PacketType
 
@@ -159,7 +160,8 @@ class Dataplane:
         self._drops = dict.fromkeys(DROP_REASONS, 0)
         self._totals: dict[str, int] = dict.fromkeys(
             ("frames_captured", "frames_delivered", "frames_relayed", "upcalls",
-             "mac_table_full"), 0)
+             "mac_table_full", "icmp_frag_needed"), 0)
+        self._local: list[bytes] = []
 
     @property
     def ourself(self) -> int:
@@ -269,6 +271,11 @@ class Dataplane:
 
     # ---- batches -------------------------------------------------------------------------
 
+    def take_local(self) -> list[bytes]:
+        """Frames egress() made for the local TAP since the last call (see the stub)."""
+        local, self._local = self._local, []
+        return local
+
     def egress(self, frames: Sequence[bytes], now: float) -> list[Datagram]:
         """Captured frames (vnet header + Ethernet frame each) -> [(addr, datagram)]."""
         for element in frames:
@@ -307,6 +314,7 @@ class Dataplane:
             "upcalls": self._totals["upcalls"],
             "macs": len(self._macs),
             "mac_table_full": self._totals["mac_table_full"],
+            "icmp_frag_needed": self._totals["icmp_frag_needed"],
             "drops": dict(self._drops),
             "peers": {n: s.counters.copy() for n, s in self._sessions.items()},
         }
@@ -347,7 +355,16 @@ class Dataplane:
             elif hop is None:
                 self._drops["no_route"] += 1
             else:
-                self._emit(hop, 0, TTL, self._ourself, dest, element)
+                session = self._sessions[hop]
+                reply = frag_needed(element, overlay_mtu(session.max_datagram,
+                                                         session.key is not None))
+                if reply is None:
+                    self._emit(hop, 0, TTL, self._ourself, dest, element)
+                else:  # DF and too big for the path: tell the sender
+                    self._drops["too_big"] += 1
+                    self._totals["icmp_frag_needed"] += 1
+                    self._totals["frames_delivered"] += 1
+                    self._local.append(reply)
             return
         hops = self._broadcast.get(self._ourself, [])
         if not hops:

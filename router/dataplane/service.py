@@ -140,6 +140,8 @@ class DataplaneService:
                 continue
             for addr, datagram in self._dp.egress([element], time.monotonic()):
                 _sendto(sock, datagram, addr)
+            for frame in self._dp.take_local():  # ICMP "fragmentation needed"
+                os.write(tap_fd, frame)
 
     async def _pump_udp(self, tap_fd: int, sock: socket.socket, on_control: ControlSink) -> None:
         """Reference backend only: received datagrams through ``ingress`` in Python."""

@@ -46,6 +46,16 @@ def frame(dst: bytes, src: bytes, payload: bytes | int, meta: bytes = VNET_PLAIN
     return meta + dst + src + b"\x08\x00" + payload
 
 
+def ipv4_frame(dst: bytes, src: bytes, size: int, *, df: bool = True, proto: int = 17,
+               first: int = 0, meta: bytes = VNET_PLAIN) -> bytes:
+    """vnet header + Ethernet + an IPv4 packet of ``size`` bytes (at least 28) from
+    10.0.0.1 to 10.0.0.2; ``first``: the first payload byte (an ICMP type)."""
+    payload = bytes((first,)) + bytes((i * 5) & 0xFF for i in range(1, size - 20))
+    header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, size, 7, 0x4000 if df else 0, 64, proto,
+                         0, bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2)))
+    return meta + dst + src + b"\x08\x00" + header + payload
+
+
 def name_of(i: int) -> int:
     return 0x020000000000 + i
 
@@ -114,6 +124,7 @@ class Mesh:
              fault: Fault | None = None) -> None:
         """Frames captured on peer i: egress, then carry everything to quiescence."""
         out = self.nodes[i].dp.egress(list(frames), now)
+        self.nodes[i].delivered.extend(self.nodes[i].dp.take_local())  # ICMP replies
         self.carry(self.nodes[i].addr, out, now, fault)
 
     def carry(self, source: Address, datagrams: list[Datagram], now: float,

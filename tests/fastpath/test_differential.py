@@ -16,7 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.dataplane.backend import Backend, load_backend
-from tests.fastpath.mesh import BROADCAST_MAC, Mesh, chain, frame, full, mac, name_of, vnet
+from tests.fastpath.mesh import (
+    BROADCAST_MAC,
+    Mesh,
+    chain,
+    frame,
+    full,
+    ipv4_frame,
+    mac,
+    name_of,
+    vnet,
+)
 
 TOPOLOGIES = {
     "pair": (2, [(1, 2)]),
@@ -41,6 +51,7 @@ class FrameSpec:
     peer: int
     size: int
     meta: int
+    ip: str = "raw"  # or an IPv4 packet: "df", "nodf", "icmp-error" (with DF)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ frame_specs = st.builds(
     size=st.one_of(st.integers(0, 120), st.integers(1180, 1520), st.integers(1520, 12000),
                    st.sampled_from([65535 - 20, 65553 - 14])),
     meta=st.sampled_from(range(len(METAS))),
+    ip=st.sampled_from(["raw", "raw", "df", "nodf", "icmp-error"]),
 )
 steps = st.one_of(
     st.builds(Step, kind=st.just("send"), node=st.integers(1, 4),
@@ -139,7 +151,11 @@ def _frame(spec: FrameSpec, node: int, n: int) -> bytes:
         dst = mac(100 + spec.peer)
     else:
         dst = mac((spec.peer - 1) % n + 1)
-    return frame(dst, mac(node), spec.size, meta=METAS[spec.meta])
+    if spec.ip == "raw" or spec.size < 28:
+        return frame(dst, mac(node), spec.size, meta=METAS[spec.meta])
+    return ipv4_frame(dst, mac(node), min(spec.size, 65535), df=spec.ip != "nodf",
+                      proto=1 if spec.ip == "icmp-error" else 17,
+                      first=3 if spec.ip == "icmp-error" else 0, meta=METAS[spec.meta])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -155,11 +171,14 @@ def test_native_and_reference_agree(sc: Scenario) -> None:
 @pytest.mark.parametrize("cipher", ["secretbox", "aes256gcm"])
 def test_a_fixed_busy_scenario_agrees(cipher: str) -> None:
     """One large scenario always runs per cipher, whatever hypothesis picks."""
-    big = tuple(FrameSpec(d, p, s, k) for d, p, s, k in [
-        ("peer", 2, 65535 - 20, 3), ("bcast", 1, 60, 0), ("peer", 3, 1400, 2),
-        ("unknown", 1, 9000, 1), ("peer", 4, 10, 0), ("peer", 4, 11, 0), ("peer", 1, 1, 4),
+    big = tuple(FrameSpec(d, p, s, k, ip) for d, p, s, k, ip in [
+        ("peer", 2, 65535 - 20, 3, "raw"), ("bcast", 1, 60, 0, "raw"),
+        ("peer", 3, 1400, 2, "raw"), ("unknown", 1, 9000, 1, "raw"), ("peer", 4, 10, 0, "raw"),
+        ("peer", 4, 11, 0, "raw"), ("peer", 1, 1, 4, "raw"), ("peer", 2, 1400, 0, "df"),
+        ("peer", 3, 3000, 0, "nodf"), ("peer", 4, 1300, 0, "icmp-error"),
     ])
-    sc = Scenario("ring", True, cipher, (512, 1400, 9000, 1252), ((3, "drop", 0), (9, "flip", 77)),
+    sc = Scenario("ring", True, cipher, (512, 1400, 9000, 1252),
+                  ((3, "drop", 0), (9, "flip", 77)),
                   (Step("send", 1, big), Step("send", 3, big), Step("advance", 0, (), 1.0),
                    Step("replay", 5), Step("send", 2, big), Step("advance", 0, (), 700.0)))
     native = run(load_backend("native"), sc)

@@ -14,6 +14,7 @@ import pytest
 
 from router.crypto.keys import SessionKey
 from router.dataplane.backend import Backend
+from router.dataplane.icmp import inet_checksum
 from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.overlay.sleeve.packet import (
@@ -23,7 +24,17 @@ from router.overlay.sleeve.packet import (
     encode_heartbeat,
     open_packet_untrusted,
 )
-from tests.fastpath.mesh import BROADCAST_MAC, Mesh, chain, frame, full, mac, name_of, vnet
+from tests.fastpath.mesh import (
+    BROADCAST_MAC,
+    Mesh,
+    chain,
+    frame,
+    full,
+    ipv4_frame,
+    mac,
+    name_of,
+    vnet,
+)
 
 FIRST_COUNTER = 1 << 63  # frames count from 2**63; heartbeats (same key) from 0
 SIZES = [0, 1, 46, 100, 1300, 1335, 1336, 1337, 1400, 1500, 4000, 9000, 20000, 65535]
@@ -164,6 +175,41 @@ def test_replayed_datagrams_are_dropped(backend: Backend) -> None:
     m.carry(m.nodes[1].addr, [(to, d) for _, to, d in list(m.wire)], 2.0)
     assert m.take(2) == []
     assert m.drops(2) == {"replay": 5}  # 1 datagram + 4 fragments
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_a_df_packet_too_big_for_the_path_gets_icmp_fragmentation_needed(
+        backend: Backend, encrypted: bool) -> None:
+    m = Mesh(backend, 2, [(1, 2)], encrypted=encrypted, max_datagram=1252)  # a 1280 underlay
+    m.nodes[1].dp.learn_mac(mac(2), name_of(2), 0.0)
+    mtu = 1252 - 20 - (20 if encrypted else 0) - 14 - 2 - 10 - 14
+    big = ipv4_frame(mac(2), mac(1), 1376)
+    m.send(1, [big], 1.0)
+    assert m.wire == [] and m.take(2) == []
+    (reply,) = m.take(1)
+    assert reply[:10] == bytes(10)
+    eth, ip, icmp = reply[10:24], reply[24:44], reply[44:]
+    assert eth == mac(1) + mac(2) + b"\x08\x00"
+    assert ip[0] == 0x45 and ip[9] == 1 and int.from_bytes(ip[2:4], "big") == 20 + len(icmp)
+    assert ip[12:16] == bytes((10, 0, 0, 2)) and ip[16:20] == bytes((10, 0, 0, 1))
+    assert inet_checksum(ip) == 0 and inet_checksum(icmp) == 0
+    assert icmp[:2] == bytes((3, 4)) and int.from_bytes(icmp[6:8], "big") == mtu
+    assert icmp[8:] == big[24:24 + 28]  # the packet's IP header and 8 bytes of payload
+    assert m.drops(1) == {"too_big": 1}
+    assert m.stats(1)["icmp_frag_needed"] == 1
+    # what fits, has no DF, is GSO, is an ICMP error or is broadcast is carried (in pieces)
+    carried = [
+        ipv4_frame(mac(2), mac(1), mtu),
+        ipv4_frame(mac(2), mac(1), 1376, df=False),
+        ipv4_frame(mac(2), mac(1), 1376, proto=1, first=3),
+        ipv4_frame(mac(2), mac(1), 9000, meta=vnet(flags=1, gso_type=1, hdr_len=54,
+                                                    gso_size=1448, csum_start=34,
+                                                    csum_offset=16)),
+        ipv4_frame(BROADCAST_MAC, mac(1), 1376),
+    ]
+    m.send(1, carried, 2.0)
+    assert m.take(2) == carried and m.take(1) == []
+    assert m.stats(1)["icmp_frag_needed"] == 1
 
 
 def test_aes256gcm_datagrams_open_with_the_documented_nonce_and_layout(
