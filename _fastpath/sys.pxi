@@ -23,6 +23,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_create(pthread_t *t, const pthread_attr_t *attr,
                        void *(*start)(void *) noexcept nogil, void *arg)
     int pthread_join(pthread_t t, void **ret)
+    int pthread_setname_np(pthread_t t, const char *name)   # Python.h defines _GNU_SOURCE
     int pthread_rwlock_rdlock(pthread_rwlock_t *l)
     int pthread_rwlock_wrlock(pthread_rwlock_t *l)
     int pthread_rwlock_unlock(pthread_rwlock_t *l)

@@ -19,6 +19,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,8 @@ def _udp_socket() -> socket.socket:
     return sock
 
 
-def test_threads_carry_elements_between_socketpairs(native: Backend) -> None:
+@pytest.mark.parametrize("cipher", ["secretbox", "aes256gcm"])
+def test_threads_carry_elements_between_socketpairs(native: Backend, cipher: str) -> None:
     key = os.urandom(32)
     with contextlib.ExitStack() as stack:
         taps = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
@@ -68,8 +70,8 @@ def test_threads_carry_elements_between_socketpairs(native: Backend) -> None:
         a, b = native.Dataplane(A), native.Dataplane(B)
         stack.callback(a.stop)
         stack.callback(b.stop)
-        a.set_peer(B, CONN, udp[1].getsockname(), key, 1400)
-        b.set_peer(A, CONN, udp[0].getsockname(), key, 1400)
+        a.set_peer(B, CONN, udp[1].getsockname(), key, 1400, cipher)
+        b.set_peer(A, CONN, udp[0].getsockname(), key, 1400, cipher)
         a.set_routes({B: B}, {A: [B]})
         b.set_routes({A: A}, {B: [A]})
         a.start(taps[0][0].fileno(), udp[0].fileno())
@@ -81,6 +83,9 @@ def test_threads_carry_elements_between_socketpairs(native: Backend) -> None:
             taps[0][1].send(element)
         taps[1][1].settimeout(5)
         assert [taps[1][1].recv(1 << 17) for _ in elements] == elements
+        names = [Path(f"/proc/self/task/{t}/comm").read_text().strip()
+                 for t in os.listdir("/proc/self/task")]
+        assert names.count("weave-dp-tx") == names.count("weave-dp-rx") == 2, names
         a.stop()
         a.stop()  # idempotent
         assert not a.running
