@@ -1,7 +1,8 @@
 # weave-router: the README's commands. Every target sets up what it needs first.
 #   make demo    three hosts in network namespaces form a mesh; containers ping and iperf3 across it
 #   make test    lint + every test layer (unit, wire, sim, fastpath, integration)
-#   make bench   data-plane benchmarks, ratios to kernel baselines (bench/results/)
+#   make bench   data-plane benchmarks, ratios to kernel baselines, then bench-ipam (bench/results/)
+#   make bench-ipam  IPAM allocations/s through the HTTP API and 3-peer consensus time
 #   make lint    ruff + mypy --strict on router/ and cli/
 
 SHELL := /bin/bash
@@ -10,8 +11,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libsodium-dev libssl-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+# bench-ipam's own flags; `make bench BENCH_ARGS=--quick` makes it quick too
+BENCH_IPAM_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 
-.PHONY: setup apt venv build demo test test-fast lint bench clean
+.PHONY: setup apt venv build demo test test-fast lint bench bench-ipam clean
 
 setup: .stamp-apt .stamp-venv build
 
@@ -50,8 +54,16 @@ test: setup lint
 test-fast: setup
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
 
+# bench-ipam runs even when the data-plane bench fails (not when it was interrupted: 130);
+# make's status is the first failure's.
 bench: setup
-	$(PY) -m bench.run $(BENCH_ARGS)
+	@$(PY) -m bench.run $(BENCH_ARGS); status=$$?; \
+	if [ $$status -eq 130 ]; then exit 130; fi; \
+	echo; $(PY) -m bench.ipam $(BENCH_IPAM_ARGS); ipam=$$?; \
+	exit $$(( status ? status : ipam ))
+
+bench-ipam: setup
+	$(PY) -m bench.ipam $(BENCH_IPAM_ARGS)
 
 clean:
 	rm -rf $(VENV) build .stamp-* router/*.so _fastpath/*.c _fastpath/*.html

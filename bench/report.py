@@ -181,7 +181,7 @@ def format_table(results: dict[str, ModeResult]) -> str:
     return "\n".join(rows)
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -194,7 +194,7 @@ def _machine() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
-def _commit(repo: Path) -> str:
+def commit_id(repo: Path) -> str:
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10.0, check=True).stdout.strip()
@@ -225,7 +225,7 @@ def to_json(results: dict[str, ModeResult], *, options: dict[str, Any], started_
     return {
         "schema": 1, "started_utc": started_utc, "finished_utc": finished_utc,
         "ok": all(r.error is None for r in results.values()),
-        "machine": _machine(), "commit": _commit(repo), "options": options,
+        "machine": machine_info(), "commit": commit_id(repo), "options": options,
         "baseline": BASELINE, "latency_baseline": LATENCY_BASELINE,
         "modes": {name: _mode_json(results, r) for name, r in results.items()},
         "targets": [{"name": t.name, "mode": t.mode, "value": t.value, "limit": t.limit,

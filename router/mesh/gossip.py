@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.errors import LocalProtocolError, RemoteProtocolError
+from router.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from router.mesh.names import PeerName
 from router.mesh.routes import Routes, random_neighbours
 from router.wire.constants import MAX_CHANNEL_LEN
@@ -352,9 +352,12 @@ class GossipRouter:
     def _guard(self, channel: str) -> Iterator[None]:
         try:
             yield
-        except RemoteProtocolError as exc:
+        except DecodeError as exc:  # bytes we cannot read: say where they came in
             self._counts["bad_payloads"] += 1
-            raise RemoteProtocolError(f"gossip channel {channel!r}: {exc}") from exc
+            raise DecodeError(f"gossip channel {channel!r}: {exc}") from exc
+        except RemoteProtocolError:  # the gossiper's own words (Weave's, for IPAM): as they are
+            self._counts["bad_payloads"] += 1
+            raise
 
     # -- timers -----------------------------------------------------------------------------
 
