@@ -2,9 +2,10 @@
 
 Everything the compiled data plane does per packet, written for clarity: the sleeve
 frames format (``docs/wire-format.md``, "Sleeve frames"), packing, fragmentation and
-reassembly, the MAC table, routing and relaying, replay windows and sealing (through
-:mod:`router.overlay.sleeve.packet`, so the twin is compatible with the heartbeat codec
-by construction). ``tests/fastpath/`` runs one suite against both and compares outputs
+reassembly, the MAC table, routing and relaying, replay windows, sealing with the agreed
+cipher (:class:`router.crypto.ciphers.FrameCipher`) and ICMP "fragmentation needed"
+(:mod:`router.dataplane.icmp`); the format's constants and record codec live in
+:mod:`router.dataplane.frames`. ``tests/fastpath/`` runs one suite against both and compares outputs
 byte for byte. The twin is sans-IO: ``start()`` is refused (``THREADED`` is False) and a
 driver pumps frames through :meth:`Dataplane.egress` / :meth:`Dataplane.ingress`.
 Select it with ``load_backend("reference")`` (``router/dataplane/backend.py``); it is
@@ -13,10 +14,8 @@ about 100 times slower than the extension.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import struct
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +23,25 @@ from router.crypto.ciphers import PREFERENCE, SECRETBOX, FrameCipher
 from router.crypto.keys import KEY_SIZE
 from router.crypto.nonces import ReplayWindow
 from router.dataplane.backend import Address, Datagram, PeerCounters, Statistics, Upcall
+from router.dataplane.frames import (
+    BODY,
+    FLAG_BROADCAST,
+    FRAG,
+    FRAGMENT,
+    HEADER,
+    MIN_FRAME,
+    SEALED,
+    VNET_HEADER_SIZE,
+    VNET_HOST,
+    VNET_WIRE,
+    address_arg,
+    mac_arg,
+    peer_name_arg,
+    record,
+    split_records,
+    swap_vnet,
+    vnet_ok,
+)
 from router.dataplane.icmp import frag_needed, overlay_mtu
 from router.errors import DecodeError, LocalProtocolError
 from router.overlay.sleeve.packet import PacketType
@@ -49,7 +67,6 @@ DROP_REASONS = ("no_route", "auth", "replay", "too_big", "queue_full", "malforme
                 "reassembly", "local_dst", "loop", "tap_write", "send")
 UPCALL_CONTROL = 1  # a non-frame packet (heartbeat) for the sleeve demux
 UPCALL_UNKNOWN_CONN = 2  # frames for a connection id the data plane does not know
-VNET_HEADER_SIZE = 10
 MAX_FRAME_SIZE = 65553  # 64 KiB IP packet + Ethernet header + one 802.1Q tag
 MAX_ELEMENT_SIZE = VNET_HEADER_SIZE + MAX_FRAME_SIZE
 MIN_DATAGRAM_SIZE = 512
@@ -65,43 +82,6 @@ RETIRED_SESSIONS = 256  # removed sessions whose counters are remembered
 #: Frames count from 2**63: the connection's heartbeats (sealed by Python with the same
 #: key, transport and direction) count from 0, so no nonce is ever used twice.
 FRAME_COUNTER_BASE = 1 << 63
-_HEADER = 20
-_SEALED = 20  # MAC + bound header copy
-_BODY = struct.Struct(">BB6s6s")  # flags, ttl, source, destination
-_FRAG = struct.Struct(">IHBB")  # payload length, fragment size, index, count
-_FRAGMENT = 3  # sleeve packet type of a fragment
-_FLAG_BROADCAST = 2
-_MIN_FRAME = 14
-_VNET_WIRE, _VNET_HOST = struct.Struct("<BBHHHH"), struct.Struct("=BBHHHH")
-
-
-def _name(value: object, what: str) -> int:
-    if not isinstance(value, int) or not 0 <= value < (1 << 48):
-        raise LocalProtocolError(f"{what} must be a 48-bit peer name, got {value!r}")
-    return value
-
-
-def _mac(mac: object) -> int:
-    if not isinstance(mac, bytes | bytearray) or len(mac) != 6:
-        raise LocalProtocolError(f"a MAC address has 6 bytes, got {mac!r}")
-    return int.from_bytes(mac, "big")
-
-
-def _swap_vnet(element: bytes, src: struct.Struct, dst: struct.Struct) -> bytes:
-    if sys.byteorder == "little":
-        return element
-    return dst.pack(*src.unpack_from(element)) + element[VNET_HEADER_SIZE:]
-
-
-def vnet_ok(meta: bytes, frame_len: int) -> bool:
-    """Is a received vnet header (wire order) one the kernel accepts for this frame?"""
-    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET_WIRE.unpack_from(meta)
-    gso = gso_type & 0x7F
-    if flags & ~3 or gso not in (0, 1, 3, 4, 5) or (gso == 0 and gso_type & 0x80):
-        return False
-    if (gso and gso_size == 0) or hdr_len > frame_len:
-        return False
-    return not (flags & 1 and csum_start + csum_offset + 2 > frame_len)
 
 
 @dataclass(eq=False)
@@ -141,7 +121,7 @@ class Dataplane:
     def __init__(
         self, ourself: int, *, mac_expiry: float = 600.0, reassembly_timeout: float = 1.0
     ) -> None:
-        self._ourself = _name(ourself, "ourself")
+        self._ourself = peer_name_arg(ourself, "ourself")
         if not mac_expiry > 0 or not reassembly_timeout > 0:
             raise LocalProtocolError("mac_expiry and reassembly_timeout must be positive")
         self._mac_expiry = mac_expiry
@@ -180,7 +160,7 @@ class Dataplane:
         cipher: str = SECRETBOX,
     ) -> None:
         """Add or update the session with neighbour ``name`` (see the extension's stub)."""
-        name = _name(name, "name")
+        name = peer_name_arg(name, "name")
         if name == self._ourself:
             raise LocalProtocolError("a peer cannot have our own name")
         if not isinstance(conn_id, int) or not 0 <= conn_id < (1 << 64):
@@ -195,7 +175,7 @@ class Dataplane:
             raise LocalProtocolError(
                 f"max_datagram must be {MIN_DATAGRAM_SIZE}..{MAX_DATAGRAM_SIZE}, "
                 f"got {max_datagram!r}")
-        host, port = _address(addr)
+        host, port = address_arg(addr)
         if any(s.conn_id == conn_id for n, s in self._sessions.items() if n != name):
             raise LocalProtocolError(f"connection id {conn_id:#x} belongs to another peer")
         old = self._sessions.get(name)
@@ -213,7 +193,7 @@ class Dataplane:
 
     def remove_peer(self, name: int) -> None:
         """End the session with ``name`` (no-op if there is none); remember its counters."""
-        session = self._sessions.pop(_name(name, "name"), None)
+        session = self._sessions.pop(peer_name_arg(name, "name"), None)
         if session is not None:
             self._purge_reasm(name)
             self._retired.pop(name, None)
@@ -225,8 +205,9 @@ class Dataplane:
         self, unicast: Mapping[int, int], broadcast: Mapping[int, Iterable[int]]
     ) -> None:
         """Replace the routes: ``unicast`` dest -> next hop, ``broadcast`` origin -> hops."""
-        pairs = {_name(d, "destination"): _name(h, "next hop") for d, h in unicast.items()}
-        trees = {_name(o, "origin"): sorted({_name(h, "hop") for h in hops})
+        pairs = {peer_name_arg(d, "destination"): peer_name_arg(h, "next hop")
+                 for d, h in unicast.items()}
+        trees = {peer_name_arg(o, "origin"): sorted({peer_name_arg(h, "hop") for h in hops})
                  for o, hops in broadcast.items()}
         total = sum(len(h) for h in trees.values())
         if total > MAX_BCAST_POOL:
@@ -240,15 +221,15 @@ class Dataplane:
 
     def learn_mac(self, mac: bytes, peer: int, now: float) -> bool:
         """Remember ``mac`` behind ``peer`` (ourself: local); False if the table is full."""
-        return self._learn(_mac(mac), _name(peer, "peer"), now)
+        return self._learn(mac_arg(mac), peer_name_arg(peer, "peer"), now)
 
     def forget_mac(self, mac: bytes) -> bool:
         """Forget ``mac``; True if it was in the table."""
-        return self._macs.pop(_mac(mac), None) is not None
+        return self._macs.pop(mac_arg(mac), None) is not None
 
     def lookup_mac(self, mac: bytes, now: float) -> int | None:
         """The peer behind ``mac`` (ourself for local MACs), None if unknown or expired."""
-        return self._lookup(_mac(mac), now)
+        return self._lookup(mac_arg(mac), now)
 
     def _learn(self, mac: int, peer: int, now: float) -> bool:
         if mac not in self._macs and len(self._macs) >= MAX_MACS:
@@ -337,13 +318,13 @@ class Dataplane:
 
     def _egress_one(self, element: bytes, now: float) -> None:
         self._totals["frames_captured"] += 1
-        if len(element) < VNET_HEADER_SIZE + _MIN_FRAME:
+        if len(element) < VNET_HEADER_SIZE + MIN_FRAME:
             self._drops["malformed"] += 1
             return
         if len(element) > MAX_ELEMENT_SIZE:
             self._drops["too_big"] += 1
             return
-        element = _swap_vnet(element, _VNET_HOST, _VNET_WIRE)
+        element = swap_vnet(element, VNET_HOST, VNET_WIRE)
         frame = element[VNET_HEADER_SIZE:]
         if not frame[6] & 1:
             self._learn(int.from_bytes(frame[6:12], "big"), self._ourself, now)
@@ -371,46 +352,46 @@ class Dataplane:
             self._drops["no_route"] += 1
         for hop in hops:
             if hop in self._sessions:
-                self._emit(hop, _FLAG_BROADCAST, TTL, self._ourself, 0, element)
+                self._emit(hop, FLAG_BROADCAST, TTL, self._ourself, 0, element)
             else:
                 self._drops["no_route"] += 1
 
     def _emit(self, hop: int, flags: int, ttl: int, src: int, dst: int, element: bytes) -> None:
         session = self._sessions[hop]
-        base = _HEADER + (_SEALED if session.key is not None else 0)
+        base = HEADER + (SEALED if session.key is not None else 0)
         cap = session.max_datagram
         size = 2 + len(element)  # the record: frame length, then the element
-        header = _BODY.pack(flags, ttl, src.to_bytes(6, "big"), dst.to_bytes(6, "big"))
+        header = BODY.pack(flags, ttl, src.to_bytes(6, "big"), dst.to_bytes(6, "big"))
         opened = self._open.get(hop)
         if opened is not None:
             if opened.header == header and opened.length + size <= cap:
-                opened.records.append(_record(element))
+                opened.records.append(record(element))
                 opened.length += size
                 session.counters["frames_out"] += 1
                 return
             self._close_open(hop)
-        if base + _BODY.size + size <= cap:
-            self._open[hop] = _Open(header, [_record(element)], base + _BODY.size + size)
+        if base + BODY.size + size <= cap:
+            self._open[hop] = _Open(header, [record(element)], base + BODY.size + size)
             session.counters["frames_out"] += 1
             return
         self._fragment_out(session, header + element)
 
     def _fragment_out(self, session: _Session, body: bytes) -> None:
         """Seal one body (header + element) once; send its payload as fragments."""
-        fsize = session.max_datagram - _HEADER - _FRAG.size
-        length = len(body) + (_SEALED if session.key is not None else 0)
+        fsize = session.max_datagram - HEADER - FRAG.size
+        length = len(body) + (SEALED if session.key is not None else 0)
         count = -(-length // fsize)
         if count > MAX_FRAGMENTS:
             self._drops["too_big"] += 1
             return
         counter, session.send_counter = session.send_counter, session.send_counter + 1
-        header = struct.pack(">BBHQQ", 1, _FRAGMENT, 0, session.conn_id, counter)
+        header = struct.pack(">BBHQQ", 1, FRAGMENT, 0, session.conn_id, counter)
         payload = body
         if session.key is not None:
             payload = session.key.seal(session.high, counter, header[:4] + body)
         for i in range(count):
             part = payload[i * fsize:(i + 1) * fsize]
-            datagram = header + _FRAG.pack(length, fsize, i, count) + part
+            datagram = header + FRAG.pack(length, fsize, i, count) + part
             self._outs.append((session.addr, datagram))
             session.counters["datagrams_out"] += 1
             session.counters["bytes_out"] += len(datagram)
@@ -439,14 +420,14 @@ class Dataplane:
     # ---- ingress --------------------------------------------------------------------------
 
     def _ingress_one(self, addr: Address, data: bytes, now: float) -> None:
-        if (len(data) < _HEADER or len(data) > MAX_DATAGRAM_SIZE or data[0] != 1
+        if (len(data) < HEADER or len(data) > MAX_DATAGRAM_SIZE or data[0] != 1
                 or data[2:4] != b"\0\0"):
             self._drops["malformed"] += 1
             return
         if data[1] == PacketType.HEARTBEAT:
             self._upcall(UPCALL_CONTROL, addr, data)
             return
-        if data[1] not in (PacketType.FRAMES, _FRAGMENT):
+        if data[1] not in (PacketType.FRAMES, FRAGMENT):
             self._drops["malformed"] += 1
             return
         conn_id, counter = struct.unpack_from(">QQ", data, 4)
@@ -457,12 +438,12 @@ class Dataplane:
         session = self._sessions[peer]
         if not session.replay.check(counter):
             self._drops["replay"] += 1
-        elif data[1] == _FRAGMENT:
+        elif data[1] == FRAGMENT:
             self._fragment_in(peer, data, counter, now)
-        elif session.key is not None and len(data) < _HEADER + _SEALED:
+        elif session.key is not None and len(data) < HEADER + SEALED:
             self._drops["malformed"] += 1
         else:
-            body = self._unseal(session, data[:4], data[_HEADER:], counter)
+            body = self._unseal(session, data[:4], data[HEADER:], counter)
             if body is None:
                 return
             session.replay.accept(counter)
@@ -490,10 +471,10 @@ class Dataplane:
 
     def _body_reason(self, body: bytes) -> str | None:
         """Why a body header is refused, or None."""
-        if len(body) < _BODY.size:
+        if len(body) < BODY.size:
             return "malformed"
-        flags, ttl, src, dst = _BODY.unpack_from(body)
-        if flags & ~_FLAG_BROADCAST or ttl == 0 or (flags & _FLAG_BROADCAST and any(dst)):
+        flags, ttl, src, dst = BODY.unpack_from(body)
+        if flags & ~FLAG_BROADCAST or ttl == 0 or (flags & FLAG_BROADCAST and any(dst)):
             return "malformed"
         if int.from_bytes(src, "big") == self._ourself:
             return "loop"
@@ -501,23 +482,23 @@ class Dataplane:
 
     def _records_in(self, peer: int, body: bytes, now: float) -> None:
         reason = self._body_reason(body)
-        records = _split_records(body) if reason is None else None
+        records = split_records(body) if reason is None else None
         if records is None:
             self._drops[reason or "malformed"] += 1
             return
         for element in records:
-            self._element(peer, body[:_BODY.size], element, now)
+            self._element(peer, body[:BODY.size], element, now)
 
     def _fragment_in(self, peer: int, data: bytes, counter: int, now: float) -> None:
-        if len(data) <= _HEADER + _FRAG.size:
+        if len(data) <= HEADER + FRAG.size:
             self._drops["malformed"] += 1
             return
         session = self._sessions[peer]
-        extra = _SEALED if session.key is not None else 0
-        length, fsize, index, count = _FRAG.unpack_from(data, _HEADER)
-        part = data[_HEADER + _FRAG.size:]
-        if (not extra + _BODY.size + VNET_HEADER_SIZE + _MIN_FRAME <= length
-                <= extra + _BODY.size + MAX_ELEMENT_SIZE
+        extra = SEALED if session.key is not None else 0
+        length, fsize, index, count = FRAG.unpack_from(data, HEADER)
+        part = data[HEADER + FRAG.size:]
+        if (not extra + BODY.size + VNET_HEADER_SIZE + MIN_FRAME <= length
+                <= extra + BODY.size + MAX_ELEMENT_SIZE
                 or fsize == 0 or count != -(-length // fsize) or index >= count
                 or len(part) != (fsize if index < count - 1 else length - index * fsize)):
             self._drops["malformed"] += 1
@@ -548,14 +529,14 @@ class Dataplane:
             return
         session.replay.accept(r.counter)
         session.counters["datagrams_in"] += r.count
-        session.counters["bytes_in"] += r.length + r.count * (_HEADER + _FRAG.size)
+        session.counters["bytes_in"] += r.length + r.count * (HEADER + FRAG.size)
         reason = self._body_reason(body)
-        if reason is None and not vnet_ok(body[_BODY.size:], len(body) - _BODY.size - 10):
+        if reason is None and not vnet_ok(body[BODY.size:], len(body) - BODY.size - 10):
             reason = "malformed"
         if reason is not None:
             self._drops[reason] += 1
             return
-        self._element(peer, body[:_BODY.size], body[_BODY.size:], now)
+        self._element(peer, body[:BODY.size], body[BODY.size:], now)
 
     def _reasm_alloc(self) -> int:
         for i, r in enumerate(self._reasm):
@@ -580,12 +561,12 @@ class Dataplane:
 
     def _element(self, peer: int, header: bytes, element: bytes, now: float) -> None:
         self._sessions[peer].counters["frames_in"] += 1
-        flags, ttl, rsrc, rdst = _BODY.unpack_from(header)
+        flags, ttl, rsrc, rdst = BODY.unpack_from(header)
         src, dst = int.from_bytes(rsrc, "big"), int.from_bytes(rdst, "big")
-        if flags & _FLAG_BROADCAST:
+        if flags & FLAG_BROADCAST:
             for hop in self._broadcast.get(src, []):
                 if hop != peer:
-                    self._relay(hop, _FLAG_BROADCAST, ttl, src, 0, element)
+                    self._relay(hop, FLAG_BROADCAST, ttl, src, 0, element)
         elif dst != self._ourself:
             next_hop = self._route(dst)
             if next_hop is None:
@@ -596,7 +577,7 @@ class Dataplane:
         if not element[VNET_HEADER_SIZE + 6] & 1:
             mac = int.from_bytes(element[VNET_HEADER_SIZE + 6:VNET_HEADER_SIZE + 12], "big")
             self._learn(mac, src, now)
-        self._delivered.append(_swap_vnet(element, _VNET_WIRE, _VNET_HOST))
+        self._delivered.append(swap_vnet(element, VNET_WIRE, VNET_HOST))
         self._totals["frames_delivered"] += 1
 
     def _relay(self, hop: int, flags: int, ttl: int, src: int, dst: int, element: bytes) -> None:
@@ -607,43 +588,3 @@ class Dataplane:
         else:
             self._emit(hop, flags, ttl - 1, src, dst, element)
             self._totals["frames_relayed"] += 1
-
-
-def _record(element: bytes) -> bytes:
-    return struct.pack(">H", len(element) - VNET_HEADER_SIZE) + element
-
-
-def _split_records(body: bytes) -> list[bytes] | None:
-    """The elements of a whole-frames body, or None if it does not split exactly."""
-    records: list[bytes] = []
-    pos = _BODY.size
-    while pos < len(body):
-        if len(body) - pos < 2 + VNET_HEADER_SIZE:
-            return None
-        (flen,) = struct.unpack_from(">H", body, pos)
-        end = pos + 2 + VNET_HEADER_SIZE + flen
-        if flen < _MIN_FRAME or end > len(body) or not vnet_ok(body[pos + 2:], flen):
-            return None
-        records.append(body[pos + 2:end])
-        pos = end
-    return records or None
-
-
-def _address(addr: object) -> Address:
-    """(host, port) of a peer address: an IP literal (no scope) and a port."""
-    host: object = None
-    port: object = None
-    if isinstance(addr, tuple) and len(addr) == 2:
-        host, port = addr
-    if (not isinstance(host, str) or "%" in host or not _ip_literal(host)
-            or not isinstance(port, int) or not 0 < port < 65536):
-        raise LocalProtocolError(f"peer address must be (IP literal, port): {addr!r}")
-    return host, port
-
-
-def _ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

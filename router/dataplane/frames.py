@@ -1,0 +1,97 @@
+"""The sleeve frames format in Python, for the reference data plane
+(``router/dataplane/reference.py``): sizes, the vnet header check, records, and the
+argument checks both backends share (the compiled twin is ``_fastpath/wire.pxi``).
+Layout: ``docs/wire-format.md``, "Sleeve frames"."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import sys
+
+from router.dataplane.backend import Address
+from router.errors import LocalProtocolError
+
+VNET_HEADER_SIZE = 10
+HEADER = 20
+SEALED = 20  # MAC + bound header copy
+BODY = struct.Struct(">BB6s6s")  # flags, ttl, source, destination
+FRAG = struct.Struct(">IHBB")  # payload length, fragment size, index, count
+FRAGMENT = 3  # sleeve packet type of a fragment
+FLAG_BROADCAST = 2
+MIN_FRAME = 14
+VNET_WIRE, VNET_HOST = struct.Struct("<BBHHHH"), struct.Struct("=BBHHHH")
+
+
+def peer_name_arg(value: object, what: str) -> int:
+    """``value`` if it is a 48-bit peer name; LocalProtocolError otherwise."""
+    if not isinstance(value, int) or not 0 <= value < (1 << 48):
+        raise LocalProtocolError(f"{what} must be a 48-bit peer name, got {value!r}")
+    return value
+
+
+def mac_arg(mac: object) -> int:
+    """A 6-byte MAC as an int; LocalProtocolError otherwise."""
+    if not isinstance(mac, bytes | bytearray) or len(mac) != 6:
+        raise LocalProtocolError(f"a MAC address has 6 bytes, got {mac!r}")
+    return int.from_bytes(mac, "big")
+
+
+def swap_vnet(element: bytes, src: struct.Struct, dst: struct.Struct) -> bytes:
+    """The element with its vnet header converted between byte orders (a no-op on
+    little-endian hosts, where virtio and host order agree)."""
+    if sys.byteorder == "little":
+        return element
+    return dst.pack(*src.unpack_from(element)) + element[VNET_HEADER_SIZE:]
+
+
+def vnet_ok(meta: bytes, frame_len: int) -> bool:
+    """Is a received vnet header (wire order) one the kernel accepts for this frame?"""
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_WIRE.unpack_from(meta)
+    gso = gso_type & 0x7F
+    if flags & ~3 or gso not in (0, 1, 3, 4, 5) or (gso == 0 and gso_type & 0x80):
+        return False
+    if (gso and gso_size == 0) or hdr_len > frame_len:
+        return False
+    return not (flags & 1 and csum_start + csum_offset + 2 > frame_len)
+
+
+def record(element: bytes) -> bytes:
+    """One record of a type-2 body: frame length (2), then the element."""
+    return struct.pack(">H", len(element) - VNET_HEADER_SIZE) + element
+
+
+def split_records(body: bytes) -> list[bytes] | None:
+    """The elements of a whole-frames body, or None if it does not split exactly."""
+    records: list[bytes] = []
+    pos = BODY.size
+    while pos < len(body):
+        if len(body) - pos < 2 + VNET_HEADER_SIZE:
+            return None
+        (flen,) = struct.unpack_from(">H", body, pos)
+        end = pos + 2 + VNET_HEADER_SIZE + flen
+        if flen < MIN_FRAME or end > len(body) or not vnet_ok(body[pos + 2:], flen):
+            return None
+        records.append(body[pos + 2:end])
+        pos = end
+    return records or None
+
+
+def address_arg(addr: object) -> Address:
+    """(host, port) of a peer address: an IP literal (no scope) and a port."""
+    host: object = None
+    port: object = None
+    if isinstance(addr, tuple) and len(addr) == 2:
+        host, port = addr
+    if (not isinstance(host, str) or "%" in host or not _ip_literal(host)
+            or not isinstance(port, int) or not 0 < port < 65536):
+        raise LocalProtocolError(f"peer address must be (IP literal, port): {addr!r}")
+    return host, port
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
