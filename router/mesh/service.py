@@ -50,7 +50,8 @@ from router.mesh.names import PeerName
 from router.mesh.routes import Routes, compute_routes
 from router.mesh.session import Session
 from router.mesh.targets import AcceptLimiter, BackoffPolicy, ConnectionMaker, parse_address
-from router.mesh.topology import LocalConnection, Topology, TopologyGossiper
+from router.mesh.topology import LocalConnection, Topology
+from router.mesh.topology_gossip import TopologyGossiper
 from router.network.service import Listener, Network, Stream
 from router.overlay.sleeve.service import SleeveService
 from router.status import ConnectionStatus, PeerStatus

@@ -23,7 +23,8 @@ from router.mesh.gossip import (
 )
 from router.mesh.names import PeerName
 from router.mesh.routes import compute_routes
-from router.mesh.topology import ConnectionSummary, PeerEntry, Topology, TopologyGossiper
+from router.mesh.topology import ConnectionSummary, PeerEntry, Topology
+from router.mesh.topology_gossip import TopologyGossiper
 
 CHANNEL = "toy"
 
