@@ -614,7 +614,7 @@ class MeshService:
 
     def _connection_status(self, conn: _Connection, password: bool) -> ConnectionStatus:
         established = self._sleeve.established(conn.result.conn_id)
-        mtu = self._sleeve.path_mtu(conn.result.conn_id)
+        mtu = self._sleeve.overlay_mtu(conn.result.conn_id)  # Weave's mtu=: what a container fits
         return ConnectionStatus(
             outbound=conn.outbound,
             address=conn.target if conn.target else conn.address,

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import random
+import re
 import select
 import signal
 import struct
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from router.crypto.ciphers import AES256GCM, SECRETBOX, hardware_aes
 from router.testing.netns import (
     BareContainer,
     ConnectionLine,
@@ -353,6 +356,9 @@ def test_containers_ping_and_stream_tcp_over_a_plain_sleeve(plain_pair: Mesh) ->
 
 def test_a_password_encrypts_the_sleeve_on_the_underlay(encrypted_pair: Mesh) -> None:
     check_pair(encrypted_pair, encrypted=True)
+    cipher = AES256GCM if hardware_aes() else SECRETBOX  # both ends offer the same here
+    for host in encrypted_pair.hosts:
+        assert f"frames sealed with {cipher}" in host.log_tail(1000), host.log_tail()
 
 
 # --- 2. broadcast and multicast reach every host ---------------------------------------------
@@ -442,11 +448,21 @@ def test_big_frames_cross_an_underlay_with_mtu_1280(small_mtu_pair: Mesh) -> Non
     h1.wait("`status connections` to show mtu=N with N <= 1280", path_mtu_fits)
     assert_pings(c1, container_ip(2), "-s", "10000", count=2, mesh=small_mtu_pair)
     assert_pings(c2, container_ip(1), "-s", "10000", count=2, mesh=small_mtu_pair)
-    # a full-size DF frame of the container's MTU is carried, split across datagrams
+    # a DF packet of the container's MTU does not fit the path: ICMP "fragmentation needed"
+    # names the path's MTU, and DF packets of that size then go through
     mtu = int(c1.run(["cat", "/sys/class/net/ethwe/mtu"]).stdout)
     assert mtu > 1280 - 28, mtu
-    assert_pings(c1, container_ip(2), "-M", "do", "-s", str(mtu - 28), count=2,
+    refused = c1.run(["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 28),
+                      container_ip(2)], check=False)
+    found = re.search(r"Frag needed and DF set \(mtu = (\d+)\)", refused.stdout)
+    assert found, f"no ICMP fragmentation needed:\n{refused.stdout}{refused.stderr}"
+    path_mtu = int(found[1])
+    assert 1100 < path_mtu < 1280 - 28, path_mtu
+    assert_pings(c1, container_ip(2), "-M", "do", "-s", str(path_mtu - 28), count=2,
                  mesh=small_mtu_pair)
+    stats = json.loads(h1.router("report", "-f", "{{json .Router.OverlayDiagnostics.sleeve}}"
+                                 ).stdout)
+    assert stats["icmp_frag_needed"] >= 1, stats
     assert_tcp_transfer(c1, c2, container_ip(2), 5 << 20)
     assert h2.connections(), h2.status("connections")
 

@@ -20,6 +20,14 @@ from router.crypto.keys import KeyPair, SessionKey
 from router.crypto.nonces import Transport, make_nonce
 from router.mesh.handshake import encode_preamble
 from router.mesh.names import PeerName
+from router.overlay.sleeve.packet import (
+    HeartbeatKind,
+    SleeveHeartbeat,
+    decode_heartbeat_untrusted,
+    encode_heartbeat,
+    encode_probe,
+    encode_probe_ack,
+)
 from router.wire.framing import encode_frame
 from router.wire.messages import (
     ConnectionEstablished,
@@ -41,6 +49,25 @@ NAME_B = PeerName(0x020000000001)
 PRIVATE_A = bytes(range(32))
 PRIVATE_B = bytes(range(32, 64))
 FIXED_KEY = SessionKey(bytes(range(100, 132)))
+SLEEVE_CONN = 0x0102030405060708  # sleeve heartbeats: NAME_B (the lower) -> NAME_A
+
+# name -> (datagram, key, its heartbeat); sleeve_heartbeat_* also in tests/unit/test_sleeve_packet
+SLEEVE: dict[str, tuple[bytes, SessionKey | None, SleeveHeartbeat]] = {
+    "sleeve_heartbeat_plain": (
+        encode_heartbeat(SLEEVE_CONN, 5, NAME_B, NAME_A, key=None, sender_high=False),
+        None, SleeveHeartbeat(NAME_B, NAME_A)),
+    "sleeve_probe_plain": (
+        encode_probe(SLEEVE_CONN, 6, NAME_B, NAME_A, key=None, sender_high=False, size=40),
+        None, SleeveHeartbeat(NAME_B, NAME_A, 4, HeartbeatKind.PROBE, 40)),
+    "sleeve_probe_ack_plain": (
+        encode_probe_ack(SLEEVE_CONN, 7, NAME_B, NAME_A, key=None, sender_high=False,
+                         acked=1472),
+        None, SleeveHeartbeat(NAME_B, NAME_A, 0, HeartbeatKind.ACK, 1472)),
+    "sleeve_probe_ack_sealed": (
+        encode_probe_ack(SLEEVE_CONN, 7, NAME_B, NAME_A, key=FIXED_KEY, sender_high=False,
+                         acked=1452),
+        FIXED_KEY, SleeveHeartbeat(NAME_B, NAME_A, 0, HeartbeatKind.ACK, 1452)),
+}
 
 MESSAGES: dict[str, Message] = {
     "hello_plain": Hello(
@@ -89,6 +116,7 @@ def vectors() -> dict[str, bytes]:
     out["session_key_derived"] = SessionKey.derive(
         PRIVATE_A, KeyPair.from_private(PRIVATE_B).public, b"wfvAwt7sj"
     ).raw
+    out.update({name: data for name, (data, _key, _hb) in SLEEVE.items()})
     return out
 
 
@@ -122,6 +150,13 @@ def test_the_pinned_sealed_frame_opens() -> None:
     assert int.from_bytes(frame[:4], "big") == len(frame) - 4
     plain = FIXED_KEY.open(make_nonce(Transport.TCP, True, 1), frame[4:])
     assert decode_message_untrusted(plain) == MESSAGES["gossip_broadcast"]
+
+
+@pytest.mark.parametrize("name", sorted(SLEEVE))
+def test_pinned_sleeve_heartbeats_decode_to_their_values(name: str) -> None:
+    _data, key, heartbeat = SLEEVE[name]
+    _header, decoded = decode_heartbeat_untrusted(_pinned(name), key=key, sender_high=False)
+    assert decoded == heartbeat
 
 
 def test_both_ends_derive_the_pinned_key() -> None:

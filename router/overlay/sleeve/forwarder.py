@@ -17,6 +17,14 @@ it sends UDP heartbeats (:mod:`router.overlay.sleeve.packet`) to the peer, every
   works); the driver calls :meth:`HeartbeatPath.remote_heard_us`.
 * *failed*: :attr:`HeartbeatPath.failed_reason` says why; the driver closes the connection.
 
+Path MTU: once the driver hands the path to the data plane it calls
+:meth:`HeartbeatPath.verify_path_mtu` with the route's estimate; a
+:class:`~router.overlay.sleeve.pmtu.PathMtuProber` then searches the largest datagram the
+path carries with padded probe heartbeats, and this path answers the peer's probes with
+acks (at most :data:`MAX_PENDING_ACKS` waiting; more are counted drops).
+:attr:`HeartbeatPath.path_mtu` is the result; :meth:`HeartbeatPath.take_path_mtu_changed`
+tells the driver to re-program the data plane.
+
 Anything wrong in a datagram (truncated, malformed, another connection's, forged,
 replayed, for another peer) is a counted drop, never an exception. The source address
 of authentic heartbeats is learnt, so replies follow the peer through NAT.
@@ -38,12 +46,17 @@ from router.mesh.names import PeerName
 from router.overlay.sleeve.packet import (
     FRAME_COUNTER_BASE,
     HEADER_SIZE,
+    HeartbeatKind,
     PacketType,
+    SleeveHeartbeat,
     decode_header_untrusted,
     decode_heartbeat_body_untrusted,
     encode_heartbeat,
+    encode_probe,
+    encode_probe_ack,
     open_packet_untrusted,
 )
+from router.overlay.sleeve.pmtu import PathMtuProber, PmtuSettings, PmtuStatistics
 
 __all__ = ["DemuxStatistics", "HeartbeatPath", "PathStatistics", "SleeveDemux"]
 
@@ -60,10 +73,12 @@ PATH_DROP_REASONS = (
     "auth",  # did not open with the session key
     "wrong_peer",  # names do not match this connection
     "failed",  # arrived after the path failed
+    "ack_queue_full",  # a probe arrived with MAX_PENDING_ACKS acks already waiting
 )
 #: Drop reasons the demux counts before a path is found.
 DEMUX_DROP_REASONS = ("truncated", "malformed", "unknown_conn_id")
 MAX_PATHS = 4096  # paths in one demux (conn_limit is far lower)
+MAX_PENDING_ACKS = 8  # probe acks waiting to be sent, per path
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,7 @@ class PathStatistics:
     drops: Mapping[str, int]
     address_changes: int
     failed_reason: str
+    pmtu: PmtuStatistics | None = None  # None until verify_path_mtu
 
 
 class HeartbeatPath:
@@ -100,6 +116,7 @@ class HeartbeatPath:
         slow_interval: float = 10.0,
         timeout: float = 60.0,
         replay_window: int = 1024,
+        pmtu: PmtuSettings | None = None,
     ) -> None:
         if local == remote:
             raise LocalProtocolError("a heartbeat path needs two different peers")
@@ -127,6 +144,10 @@ class HeartbeatPath:
         self._received = 0
         self._address_changes = 0
         self._drops = dict.fromkeys(PATH_DROP_REASONS, 0)
+        self._pmtu_settings = pmtu
+        self._prober: PathMtuProber | None = None
+        self._pending_acks: list[int] = []  # lengths of probes to acknowledge
+        self._acks_due = math.inf  # when the first of them arrived
 
     # -- state ----------------------------------------------------------------------------
 
@@ -179,17 +200,56 @@ class HeartbeatPath:
         """The peer's ``ConnectionEstablished`` arrived: our heartbeats reach it."""
         self._heard_by_remote = True
 
+    # -- path MTU -------------------------------------------------------------------------
+
+    def verify_path_mtu(self, estimate: int, now: float) -> None:
+        """Search the path MTU from ``estimate`` (the route's) now; again with a new one."""
+        if self._prober is None:
+            self._prober = PathMtuProber(estimate, now, self._pmtu_settings)
+        else:
+            self._prober.restart(now, estimate)
+
+    @property
+    def path_mtu(self) -> int:
+        """The path MTU to send with: verified, or the estimate until then; 0 before
+        :meth:`verify_path_mtu`."""
+        return self._prober.path_mtu if self._prober is not None else 0
+
+    @property
+    def path_mtu_verified(self) -> bool:
+        """Whether a probe search has confirmed :attr:`path_mtu`."""
+        return self._prober is not None and self._prober.verified > 0
+
+    def take_path_mtu_changed(self) -> bool:
+        """True once after :attr:`path_mtu` changed (re-program the data plane)."""
+        return self._prober is not None and self._prober.take_changed()
+
+    def message_too_big(self, size: int, now: float) -> None:
+        """Our kernel refused to send a datagram of ``size`` bytes of ours (EMSGSIZE)."""
+        if self._prober is not None:
+            self._prober.message_too_big(size, now)
+
     # -- timers and output ----------------------------------------------------------------
 
     def deadline(self) -> float:
         """The next heartbeat or failure check; ``math.inf`` once failed."""
         if self._failed_reason:
             return math.inf
-        return min(self._next_send, self._failure_deadline())
+        soonest = min(self._next_send, self._failure_deadline())
+        if self._pending_acks:
+            soonest = min(soonest, self._acks_due)
+        if self._prober is not None:
+            soonest = min(soonest, self._prober.deadline())
+        return soonest
 
     def handle_timer(self, now: float) -> None:
-        """Fail the path if it did not establish, or went silent, within ``timeout``."""
-        if self._failed_reason or now < self._failure_deadline():
+        """Fail the path if it did not establish, or went silent, within ``timeout``;
+        run the path MTU search's timers."""
+        if self._failed_reason:
+            return
+        if self._prober is not None:
+            self._prober.handle_timer(now)
+        if now < self._failure_deadline():
             return
         t = f"{self._timeout:g} s"
         if self.established:
@@ -202,30 +262,58 @@ class HeartbeatPath:
             self._fail(f"no UDP heartbeat exchanged with peer within {t}")
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        """The heartbeat due at ``now``, if any, with the address to send it to."""
-        if self._failed_reason or now < self._next_send:
+        """Heartbeats, probe acks and probes due at ``now``, with the address to send to."""
+        if self._failed_reason:
             return []
+        out: list[Datagram] = []
+        if now >= self._next_send:
+            self._next_send = now + (self._slow if self.established else self._fast)
+            self._emit(out, HeartbeatKind.PLAIN, 0)
+        acks, self._pending_acks = self._pending_acks, []
+        for size in acks:
+            self._emit(out, HeartbeatKind.ACK, size)
+        if self._prober is not None:
+            for size in self._prober.probes_to_send(now):
+                self._emit(out, HeartbeatKind.PROBE, size)
+        return out
+
+    def _emit(self, out: list[Datagram], kind: HeartbeatKind, size: int) -> None:
+        """Append one heartbeat of ``kind`` under the next counter, unless they ran out."""
+        if self._failed_reason:
+            return
         if self._counter >= FRAME_COUNTER_BASE:  # above it, the data plane's frames count
             self._fail("UDP packet counter exhausted")
-            return []
-        data = encode_heartbeat(
-            self._conn_id, self._counter, self._local, self._remote,
-            key=self._key, sender_high=self._sender_high,
-        )
+            return
+        args = (self._conn_id, self._counter, self._local, self._remote)
+        key, high = self._key, self._sender_high
+        if kind is HeartbeatKind.PROBE:
+            data = encode_probe(*args, key=key, sender_high=high, size=size)
+        elif kind is HeartbeatKind.ACK:
+            data = encode_probe_ack(*args, key=key, sender_high=high, acked=size)
+        else:
+            data = encode_heartbeat(*args, key=key, sender_high=high)
         self._counter += 1
         self._sent += 1
-        self._next_send = now + (self._slow if self.established else self._fast)
-        return [(data, self._remote_addr)]
+        out.append((data, self._remote_addr))
 
     # -- input ----------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Take one datagram; anything not an authentic heartbeat for us is a counted drop."""
-        reason = self._check(data)
-        if reason:
+        reason, heartbeat = self._check(data)
+        if heartbeat is None:
             self._drops[reason] += 1
             return
         self._received += 1
+        if heartbeat.kind is HeartbeatKind.PROBE:
+            if not self._pending_acks:
+                self._acks_due = now
+            if len(self._pending_acks) < MAX_PENDING_ACKS:
+                self._pending_acks.append(len(data))
+            else:
+                self._drops["ack_queue_full"] += 1
+        elif heartbeat.kind is HeartbeatKind.ACK and self._prober is not None:
+            self._prober.receive_ack(heartbeat.size, now)
         self._last_heard = max(self._last_heard, now)
         if not self._heard:
             self._heard = True
@@ -235,34 +323,36 @@ class HeartbeatPath:
             self._remote_addr = source
             self._address_changes += 1
 
-    def _check(self, data: bytes) -> str:
-        """Validate, authenticate and record one datagram; the drop reason or ""."""
+    def _check(self, data: bytes) -> tuple[str, SleeveHeartbeat | None]:
+        """Validate, authenticate and record one datagram: the heartbeat, or why not."""
         if self._failed_reason:
-            return "failed"
+            return "failed", None
         if len(data) < HEADER_SIZE:
-            return "truncated"
+            return "truncated", None
         try:
             header = decode_header_untrusted(data)
         except DecodeError:
-            return "malformed"
+            return "malformed", None
         if header.conn_id != self._conn_id:
-            return "wrong_conn_id"
+            return "wrong_conn_id", None
         if header.type is not PacketType.HEARTBEAT:
-            return "unexpected_type"
+            return "unexpected_type", None
         if not self._replay.check(header.counter):
-            return "replay"
+            return "replay", None
         try:
             _, body = open_packet_untrusted(data, key=self._key, sender_high=not self._sender_high)
         except DecodeError:
-            return "auth" if self._key is not None else "malformed"
+            return ("auth" if self._key is not None else "malformed"), None
         try:
             heartbeat = decode_heartbeat_body_untrusted(body)
         except DecodeError:
-            return "malformed"
+            return "malformed", None
+        if heartbeat.kind is HeartbeatKind.PROBE and heartbeat.size != len(data):
+            return "malformed", None
         if heartbeat.sender != self._remote or heartbeat.receiver != self._local:
-            return "wrong_peer"
+            return "wrong_peer", None
         self._replay.accept(header.counter)
-        return ""
+        return "", heartbeat
 
     # -- status ---------------------------------------------------------------------------
 
@@ -284,6 +374,7 @@ class HeartbeatPath:
             drops=dict(self._drops),
             address_changes=self._address_changes,
             failed_reason=self._failed_reason,
+            pmtu=self._prober.statistics() if self._prober is not None else None,
         )
 
     def _failure_deadline(self) -> float:
@@ -354,8 +445,18 @@ class SleeveDemux:
         self._received += 1
         path.receive_datagram(data, addr, now)
 
+    def message_too_big(self, data: bytes, now: float) -> None:
+        """Our kernel refused to send ``data`` (one of ours) with EMSGSIZE; never raises."""
+        try:
+            header = decode_header_untrusted(data)
+        except DecodeError:
+            return
+        path = self._paths.get(header.conn_id)
+        if path is not None:
+            path.message_too_big(len(data), now)
+
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        """Every heartbeat due at ``now``, across all paths."""
+        """Every heartbeat, probe and probe ack due at ``now``, across all paths."""
         out: list[Datagram] = []
         for path in self._paths.values():
             out.extend(path.datagrams_to_send(now))

@@ -24,7 +24,16 @@ Heartbeat body (type 1)::
 
          0     6  sender peer name
          6     6  receiver peer name (a heartbeat for another peer is refused)
-        12     -  padding, zero bytes: pads a heartbeat to a chosen datagram size (PMTU probes)
+        12     -  nothing, or zero bytes (a plain heartbeat), or a path MTU record:
+        12     1  kind           1 = probe (answer with an ack), 2 = ack of a probe; 0 = plain
+        13     1  reserved       0
+        14     2  size           probe: this datagram's length (UDP payload bytes);
+                                 ack:   the length of the probe as received
+        16     -  padding        zero bytes: pads a probe to the size under test
+
+A plain heartbeat is 32 bytes (52 sealed); a probe or ack at least 36 (56 sealed). A
+kind above 2, a reserved byte or padding not zero, a size of 0, a record cut short, an
+ack with padding, or a probe whose size is not its datagram's length is refused.
 
 Datagrams are at most :data:`MAX_DATAGRAM` bytes (the IPv4 UDP payload limit).
 ``decode_*_untrusted`` raise only :class:`~router.errors.DecodeError`.
@@ -46,8 +55,10 @@ __all__ = [
     "HEADER_SIZE",
     "HEARTBEAT_BODY_SIZE",
     "MAX_DATAGRAM",
+    "PMTU_RECORD_SIZE",
     "SEALED_OVERHEAD",
     "VERSION",
+    "HeartbeatKind",
     "PacketHeader",
     "PacketType",
     "SleeveHeartbeat",
@@ -56,8 +67,11 @@ __all__ = [
     "decode_heartbeat_untrusted",
     "encode_heartbeat",
     "encode_packet",
+    "encode_probe",
+    "encode_probe_ack",
     "heartbeat_min_size",
     "open_packet_untrusted",
+    "probe_min_size",
 ]
 
 VERSION = 1
@@ -65,9 +79,11 @@ HEADER_SIZE = 20  # bytes
 _BOUND_SIZE = 4  # header bytes repeated inside the sealed box
 SEALED_OVERHEAD = MAC_SIZE + _BOUND_SIZE  # 20 bytes more than unencrypted
 HEARTBEAT_BODY_SIZE = 12  # two peer names, before padding
+PMTU_RECORD_SIZE = 4  # kind, reserved, size: after the names in probes and acks
 MAX_DATAGRAM = 65507  # 65535 - 20 (IPv4) - 8 (UDP)
 _HEADER = struct.Struct(">BBHQQ")
 _NAMES = struct.Struct(">6s6s")
+_RECORD = struct.Struct(">BBH")
 
 
 class PacketType(IntEnum):
@@ -86,6 +102,14 @@ FRAME_COUNTER_BASE = 1 << 63
 _TYPES = frozenset(int(t) for t in PacketType)
 
 
+class HeartbeatKind(IntEnum):
+    """Byte 12 of a heartbeat body (absent or 0 in a plain heartbeat)."""
+
+    PLAIN = 0
+    PROBE = 1  # padded to a size under test; the receiver answers with an ACK
+    ACK = 2  # carries the length of the probe it answers
+
+
 @dataclass(frozen=True)
 class PacketHeader:
     """The clear header of a sleeve packet."""
@@ -97,11 +121,17 @@ class PacketHeader:
 
 @dataclass(frozen=True)
 class SleeveHeartbeat:
-    """A heartbeat body: who sent it, for whom, and how many zero bytes pad it."""
+    """A heartbeat body: who sent it, for whom, how many zero bytes pad it, and its kind.
+
+    ``size`` is 0 for a plain heartbeat, a probe's own datagram length, or the length of
+    the probe an ack answers (UDP payload bytes).
+    """
 
     sender: PeerName
     receiver: PeerName
     padding: int = 0
+    kind: HeartbeatKind = HeartbeatKind.PLAIN
+    size: int = 0
 
 
 def encode_packet(
@@ -167,6 +197,11 @@ def heartbeat_min_size(encrypted: bool) -> int:
     return HEADER_SIZE + HEARTBEAT_BODY_SIZE + (SEALED_OVERHEAD if encrypted else 0)
 
 
+def probe_min_size(encrypted: bool) -> int:
+    """The size of an unpadded probe or ack datagram (36 bytes, 56 when sealed)."""
+    return heartbeat_min_size(encrypted) + PMTU_RECORD_SIZE
+
+
 def encode_heartbeat(
     conn_id: int,
     counter: int,
@@ -177,34 +212,98 @@ def encode_heartbeat(
     sender_high: bool,
     size: int = 0,
 ) -> bytes:
-    """A heartbeat datagram, zero-padded to ``size`` bytes when ``size`` is given.
+    """A plain heartbeat datagram, zero-padded to ``size`` bytes when ``size`` is given.
 
     LocalProtocolError if ``size`` is below :func:`heartbeat_min_size` or above
     :data:`MAX_DATAGRAM`.
     """
     minimum = heartbeat_min_size(key is not None)
-    if size and not minimum <= size <= MAX_DATAGRAM:
-        raise LocalProtocolError(f"heartbeat size {size} outside {minimum}..{MAX_DATAGRAM}")
-    padding = size - minimum if size else 0
-    body = _NAMES.pack(sender.to_bytes(6, "big"), receiver.to_bytes(6, "big")) + bytes(padding)
+    padding = _padding(size, minimum) if size else 0
+    body = _names(sender, receiver) + bytes(padding)
     return encode_packet(
         PacketType.HEARTBEAT, conn_id, counter, body, key=key, sender_high=sender_high
     )
 
 
+def encode_probe(
+    conn_id: int,
+    counter: int,
+    sender: PeerName,
+    receiver: PeerName,
+    *,
+    key: SessionKey | None,
+    sender_high: bool,
+    size: int,
+) -> bytes:
+    """A path MTU probe: a datagram of exactly ``size`` bytes (UDP payload).
+
+    LocalProtocolError if ``size`` is below :func:`probe_min_size` or above
+    :data:`MAX_DATAGRAM`.
+    """
+    padding = _padding(size, probe_min_size(key is not None))
+    body = _names(sender, receiver) + _RECORD.pack(HeartbeatKind.PROBE, 0, size) + bytes(padding)
+    return encode_packet(
+        PacketType.HEARTBEAT, conn_id, counter, body, key=key, sender_high=sender_high
+    )
+
+
+def encode_probe_ack(
+    conn_id: int,
+    counter: int,
+    sender: PeerName,
+    receiver: PeerName,
+    *,
+    key: SessionKey | None,
+    sender_high: bool,
+    acked: int,
+) -> bytes:
+    """The answer to a probe that arrived as a datagram of ``acked`` bytes (unpadded)."""
+    if not 0 < acked <= MAX_DATAGRAM:
+        raise LocalProtocolError(f"acked probe size {acked} outside 1..{MAX_DATAGRAM}")
+    body = _names(sender, receiver) + _RECORD.pack(HeartbeatKind.ACK, 0, acked)
+    return encode_packet(
+        PacketType.HEARTBEAT, conn_id, counter, body, key=key, sender_high=sender_high
+    )
+
+
+def _names(sender: PeerName, receiver: PeerName) -> bytes:
+    return _NAMES.pack(sender.to_bytes(6, "big"), receiver.to_bytes(6, "big"))
+
+
+def _padding(size: int, minimum: int) -> int:
+    if not minimum <= size <= MAX_DATAGRAM:
+        raise LocalProtocolError(f"heartbeat size {size} outside {minimum}..{MAX_DATAGRAM}")
+    return size - minimum
+
+
 def decode_heartbeat_body_untrusted(body: bytes) -> SleeveHeartbeat:
-    """A heartbeat body (after opening); DecodeError if short or the padding is not zero."""
+    """A heartbeat body (after opening); DecodeError if malformed (see the module docstring).
+
+    A probe's size is not compared with its datagram here (the body does not know it):
+    :func:`decode_heartbeat_untrusted` does that, as must any other caller.
+    """
     if len(body) < HEARTBEAT_BODY_SIZE:
         raise DecodeError(f"heartbeat body of {len(body)} bytes is truncated")
     sender, receiver = _NAMES.unpack_from(body)
-    padding = bytes(body[HEARTBEAT_BODY_SIZE:])
+    names = (PeerName(int.from_bytes(sender, "big")), PeerName(int.from_bytes(receiver, "big")))
+    rest = bytes(body[HEARTBEAT_BODY_SIZE:])
+    if not rest or rest[0] == HeartbeatKind.PLAIN:
+        if rest.count(0) != len(rest):
+            raise DecodeError("heartbeat padding is not zero")
+        return SleeveHeartbeat(*names, len(rest))
+    if len(rest) < PMTU_RECORD_SIZE:
+        raise DecodeError(f"path MTU record of {len(rest)} bytes is truncated")
+    kind, reserved, size = _RECORD.unpack_from(rest)
+    padding = rest[PMTU_RECORD_SIZE:]
+    if kind not in (HeartbeatKind.PROBE, HeartbeatKind.ACK):
+        raise DecodeError(f"unknown heartbeat kind {kind}")
+    if reserved or not size:
+        raise DecodeError(f"bad path MTU record: reserved {reserved}, size {size}")
+    if kind == HeartbeatKind.ACK and padding:
+        raise DecodeError("a probe ack is never padded")
     if padding.count(0) != len(padding):
         raise DecodeError("heartbeat padding is not zero")
-    return SleeveHeartbeat(
-        PeerName(int.from_bytes(sender, "big")),
-        PeerName(int.from_bytes(receiver, "big")),
-        len(padding),
-    )
+    return SleeveHeartbeat(*names, len(padding), HeartbeatKind(kind), size)
 
 
 def decode_heartbeat_untrusted(
@@ -214,4 +313,7 @@ def decode_heartbeat_untrusted(
     header, body = open_packet_untrusted(data, key=key, sender_high=sender_high)
     if header.type is not PacketType.HEARTBEAT:
         raise DecodeError(f"expected a heartbeat, got sleeve packet type {header.type.name}")
-    return header, decode_heartbeat_body_untrusted(body)
+    heartbeat = decode_heartbeat_body_untrusted(body)
+    if heartbeat.kind is HeartbeatKind.PROBE and heartbeat.size != len(data):
+        raise DecodeError(f"probe says {heartbeat.size} bytes, arrived with {len(data)}")
+    return header, heartbeat

@@ -14,12 +14,19 @@ With a data plane (a real host; simulations run without), the native receive thr
 the socket: frames never reach Python, and heartbeats come back as upcalls to
 :meth:`SleeveService.receive_control`. Once a path is established its session (address,
 key, path MTU) is handed to the data plane; it is removed with the connection.
-The path MTU is the kernel's for the route to the peer (``IP_MTU`` of a connected UDP
-socket); the data plane cuts anything larger into pieces, so no frame is too big.
+
+Path MTU: the data plane starts with the kernel's estimate for the route to the peer
+(``IP_MTU`` of a connected UDP socket), so traffic flows at once; the path then verifies
+it with probe heartbeats (``pmtu.py``) and the data plane is re-programmed (same
+connection id and key: the session goes on) whenever the verified value differs. The
+socket sends with ``IP_PMTUDISC_PROBE`` (DF set, the kernel's PMTU cache ignored), so a
+probe that crosses is an honest answer; a send refused with EMSGSIZE fails its probe at
+once. The data plane cuts frames into datagrams of the path's size, so no frame is too big.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -30,6 +37,7 @@ from typing import Protocol
 import trio
 
 from router.config import MeshConfig
+from router.crypto.ciphers import SECRETBOX, choose, frame_key
 from router.crypto.keys import SessionKey
 from router.dataplane.service import DataplaneService
 from router.mesh.handshake import HandshakeResult
@@ -37,6 +45,7 @@ from router.mesh.names import PeerName
 from router.mesh.routes import Routes
 from router.network.service import Datagrams, Network
 from router.overlay.sleeve.forwarder import HeartbeatPath, SleeveDemux
+from router.overlay.sleeve.pmtu import overlay_mtu
 
 log = logging.getLogger("weave-router.sleeve")
 
@@ -44,6 +53,9 @@ MAX_DATAGRAM = 65535
 UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers: path MTU - 28 = largest datagram payload
 SOCKET_BUFFER = 8 * 1024 * 1024  # bytes: the native threads send and receive in bursts
 IP_MTU = 14  # <linux/in.h>: the path MTU of a connected socket
+IP_MTU_DISCOVER = 10  # <linux/in.h>: per-socket path MTU discovery mode
+IP_PMTUDISC_PROBE = 3  # <linux/in.h>: set DF, ignore the kernel's path MTU cache
+MIN_MAX_DATAGRAM = 512  # bytes: the smallest max_datagram the data plane takes
 
 
 class PathEvents(Protocol):
@@ -61,6 +73,7 @@ class _Path:
     path: HeartbeatPath
     events: PathEvents
     key: SessionKey | None
+    cipher: str = SECRETBOX  # of the frames, agreed from both ends' offers
     established: bool = False
     failed: bool = False
     path_mtu: int = 0  # once established
@@ -81,7 +94,8 @@ class SleeveService:
 
     def features(self) -> dict[str, int | str | bool]:
         """What the handshake offers the peer about this overlay."""
-        return {"udp_port": self._config.port}
+        offer = self._dataplane.ciphers if self._dataplane is not None else (SECRETBOX,)
+        return {"udp_port": self._config.port, "ciphers": " ".join(offer)}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = await self._network.open_udp(self._config.host, self._config.port)
@@ -91,6 +105,7 @@ class SleeveService:
                 if self._dataplane is not None:
                     fd = sock.fileno()
                     _set_buffers(fd)
+                    _set_pmtu_probe(fd)
                     await nursery.start(self._dataplane.run, fd, self.receive_control)
                 else:
                     nursery.start_soon(self._receive_loop, sock)
@@ -102,7 +117,9 @@ class SleeveService:
     # ---------------------------------------------------------------- mesh-facing
 
     def add_connection(self, result: HandshakeResult, remote_ip: str, events: PathEvents) -> None:
-        udp_port = int(result.remote_overlays.get("sleeve", {}).get("udp_port", self._config.port))
+        remote = result.remote_overlays.get("sleeve", {})
+        udp_port = int(remote.get("udp_port", self._config.port))
+        ours = self._dataplane.ciphers if self._dataplane is not None else (SECRETBOX,)
         timings = self._config.timings
         path = HeartbeatPath(
             local=self._name, remote=result.remote_name, conn_id=result.conn_id,
@@ -112,7 +129,10 @@ class SleeveService:
             timeout=timings.udp_heartbeat_timeout,
         )
         self._demux.add(path)  # the mesh never passes a connection id already in use
-        self._paths[result.conn_id] = _Path(path, events, key=result.overlay_key)
+        cipher = choose(ours, remote.get("ciphers"))
+        self._paths[result.conn_id] = _Path(path, events, key=result.overlay_key, cipher=cipher)
+        if result.overlay_key is not None:
+            log.info("sleeve to %s: frames sealed with %s", result.remote_name, cipher)
         self._wake.set()
 
     def remove_connection(self, conn_id: int) -> None:
@@ -127,9 +147,18 @@ class SleeveService:
             self._dataplane.set_routes(routes.unicast, routes.broadcast)
 
     def path_mtu(self, conn_id: int) -> int:
-        """The underlay path MTU to this connection's peer; 0 until established."""
+        """The underlay path MTU to this connection's peer, as verified by probes (the
+        route's estimate until the first search ends); 0 until established."""
         entry = self._paths.get(conn_id)
-        return entry.path_mtu if entry is not None else 0
+        return entry.path_mtu if entry is not None and entry.established else 0
+
+    def overlay_mtu(self, conn_id: int) -> int:
+        """What ``status connections`` shows as ``mtu=N``, as Weave does: the largest IP
+        packet a container sends to this peer in one datagram; 0 until established."""
+        entry = self._paths.get(conn_id)
+        if entry is None or not entry.established:
+            return 0
+        return overlay_mtu(entry.path_mtu, encrypted=entry.key is not None)
 
     def receive_control(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         """A non-frame datagram (a heartbeat) handed up by the data plane."""
@@ -161,7 +190,7 @@ class SleeveService:
             now = trio.current_time()
             self._demux.handle_timer(now)
             for data, addr in self._demux.datagrams_to_send(now):
-                await sock.sendto(data, addr)
+                await self._send(sock, data, addr, now)
             self._dispatch()
             deadline = self._demux.deadline()
             with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
@@ -178,22 +207,51 @@ class SleeveService:
                 entry.established = True
                 self._program(entry)
                 entry.events.on_established(conn_id)
+            elif entry.established and path.take_path_mtu_changed():
+                self._reprogram(entry)
             if path.failed_reason and not entry.failed:
                 entry.failed = True
                 log.info("UDP path to %s failed: %s", path.remote, path.failed_reason)
                 entry.events.on_failed(conn_id, path.failed_reason)
 
     def _program(self, entry: _Path) -> None:
-        """Hand an established path's session to the data plane."""
+        """Hand an established path's session to the data plane with the route's path
+        MTU, and start verifying that MTU with probes."""
         path = entry.path
-        entry.path_mtu = _route_mtu(path.remote_addr)
+        path.verify_path_mtu(_route_mtu(path.remote_addr), trio.current_time())
+        self._wake.set()  # the first probe is due now
+        self._set_peer(entry)
+
+    def _reprogram(self, entry: _Path) -> None:
+        """The verified path MTU differs from the one in use: give the data plane the new
+        one (same connection id and key, so the session and its counters go on)."""
+        log.info("path MTU to %s verified at %d (was %d)",
+                 entry.path.remote, entry.path.path_mtu, entry.path_mtu)
+        self._set_peer(entry)
+
+    def _set_peer(self, entry: _Path) -> None:
+        path = entry.path
+        entry.path_mtu = path.path_mtu
         if self._dataplane is None:
             return
+        max_datagram = max(MIN_MAX_DATAGRAM, min(MAX_DATAGRAM - UDP_IP_OVERHEAD,
+                                                 entry.path_mtu - UDP_IP_OVERHEAD))
         self._dataplane.set_peer(
             path.remote, path.conn_id, path.remote_addr,
-            entry.key.raw if entry.key is not None else None,
-            entry.path_mtu - UDP_IP_OVERHEAD,
+            frame_key(entry.key.raw, entry.cipher) if entry.key is not None else None,
+            max_datagram, entry.cipher,
         )
+
+    async def _send(self, sock: Datagrams, data: bytes, addr: tuple[str, int],
+                    now: float) -> None:
+        """Send one heartbeat; a refusal is logged (EMSGSIZE also fails its probe): the
+        path's timeout handles a peer that cannot be reached."""
+        try:
+            await sock.sendto(data, addr)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                self._demux.message_too_big(data, now)
+            log.debug("UDP send of %d bytes to %s:%d failed: %s", len(data), *addr, exc)
 
 
 def _route_mtu(addr: tuple[str, int]) -> int:
@@ -204,6 +262,12 @@ def _route_mtu(addr: tuple[str, int]) -> int:
             return int(sock.getsockopt(socket.IPPROTO_IP, IP_MTU))
         except OSError:
             return 1500
+
+
+def _set_pmtu_probe(fd: int) -> None:
+    """Send with DF set and ignore the kernel's path MTU cache: probes tell the truth."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
 
 
 def _set_buffers(fd: int) -> None:
