@@ -7,7 +7,9 @@ starts only once the earlier ones are serving):
 2. kernel      the netlink port (its own worker thread)
 3. sleeve      bind UDP ``--port``; the data plane plumbs the bridge and TAP and starts its
                native threads on that socket (heartbeats come back as upcalls)
-4. mesh        bind TCP ``--port``, start the connection maker and gossip
+4. mesh        bind TCP ``--port``, start the connection maker and gossip; then IPAM's
+               timer, and the containers' check that releases the addresses of
+               containers that vanished (once now, then every 30 s)
 5. control     bind the HTTP API on ``--http-addr``
 6. ready       ``/status`` answers 200, systemd gets ``READY=1``
 
@@ -20,20 +22,21 @@ containers on this host keep talking. ``docs/concurrency.md`` draws the nursery 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import trio
 
 from router import __version__
 from router.config import PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION, RouterConfig
-from router.containers.service import Attached, ContainersService
+from router.containers.service import CHECK_INTERVAL, Attached, ContainersService
 from router.control.api import serve_api
 from router.dataplane.service import DataplaneService
 from router.errors import ConfigError, KernelError
@@ -53,6 +56,7 @@ log = logging.getLogger("weave-router")
 EXIT_OK = 0
 EXIT_FAILURE = 1  # crashed or could not start: the supervisor restarts it
 EXIT_CONFIG = 2  # a bad configuration: restarting will not help
+ENV_CONTAINER_CHECK_INTERVAL = "WEAVE_CONTAINER_CHECK_INTERVAL"  # seconds (docs/ipam.md)
 
 
 def settle_name(store: Store, wanted: PeerName | None) -> PeerName:
@@ -111,7 +115,8 @@ class Router:
         self.mesh.on_routes_changed(self.ipam.notify_peers_changed)
         self.containers = (None if kernel is None else
                            ContainersService(kernel, store, self.ipam,
-                                             universe=config.ipalloc_range))
+                                             universe=config.ipalloc_range,
+                                             check_interval=container_check_interval()))
 
     def _initial_targets(self) -> list[str]:
         """``--resume`` takes the persisted targets; otherwise the command line's replace them."""
@@ -152,6 +157,8 @@ class Router:
                     await nursery.start(self.sleeve.run)
                     await nursery.start(self.mesh.run)
                     await nursery.start(self.ipam.run)
+                    if self.containers is not None:  # vanished containers' addresses freed
+                        await nursery.start(self.containers.run)
                     task_status.started()
         finally:
             stopped.set()
@@ -218,6 +225,22 @@ class Router:
         if self.containers is None:
             raise ConfigError("this router runs without a data plane: no containers")
         return self.containers
+
+
+def container_check_interval(env: Mapping[str, str] | None = None) -> float:
+    """Seconds between checks for vanished containers: ``WEAVE_CONTAINER_CHECK_INTERVAL``
+    if set (tests shorten it), else 30. ConfigError naming the variable if malformed."""
+    raw = (os.environ if env is None else env).get(ENV_CONTAINER_CHECK_INTERVAL)
+    if raw is None:
+        return CHECK_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.1 <= value <= 86_400:
+        raise ConfigError(f"{ENV_CONTAINER_CHECK_INTERVAL}: {raw!r} is not a number of "
+                          "seconds between 0.1 and 86400")
+    return value
 
 
 def notify_systemd(state: str) -> None:

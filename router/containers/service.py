@@ -5,6 +5,15 @@ A container is a network namespace given as a name from ``ip netns``, a path suc
 (``ethwe`` inside, ``vethwepl<inode>`` on the bridge), adds the addresses and the
 multicast route; detaching removes addresses and, with none left, the veth. Which
 containers are attached is kept in the store, so ``ps`` survives a router restart.
+
+Containers that vanish: IPAM files a container's addresses under ``netns-<inode hex>``
+(:func:`ipam_ident`). :meth:`ContainersService.release_vanished` gives back the
+addresses of every such ident whose namespace no longer exists anywhere on this host
+(:func:`live_netns_inodes`); it runs once when the router starts (before the API
+answers), every ``check_interval`` seconds (:meth:`ContainersService.run`) and whenever
+``ps`` finds a container gone. Idents without that prefix (HTTP API users') are never
+touched, and a namespace that still exists keeps its addresses: when in doubt (``/proc``
+not fully readable) nothing is released.
 """
 
 from __future__ import annotations
@@ -12,8 +21,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Sequence
+import math
+import os
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+
+import trio
 
 from router.containers.addresses import AddressRequest, parse_addrs
 from router.errors import ConfigError, KernelError
@@ -31,7 +45,23 @@ from router.store import Store
 
 log = logging.getLogger("weave-router.containers")
 
-REGISTRY_KEY = "attached_containers"  # store meta: JSON {container spec: netns path}
+# Store meta: JSON {container spec: {"path": netns path, "ident": IPAM ident}}; entries
+# written before the ident was recorded are a bare path string (still read).
+REGISTRY_KEY = "attached_containers"
+IDENT_PREFIX = "netns-"  # IPAM idents of attached containers; only these are released
+CHECK_INTERVAL = 30.0  # seconds between checks for vanished containers
+_NET_LINK = re.compile(r"net:\[(\d+)\]")  # readlink of a netns file, mountinfo root
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A registered container: its namespace path and (if recorded) its IPAM ident."""
+
+    path: str
+    ident: str | None = None
+
+    def to_json(self) -> object:
+        return self.path if self.ident is None else {"path": self.path, "ident": self.ident}
 
 
 @dataclass(frozen=True)
@@ -46,16 +76,85 @@ class Attached:
                          *(str(c) for c in self.attachment.cidrs)])
 
 
+Liveness = Callable[[Collection[int], Sequence[str]], set[int]]
+
+
 class ContainersService:
-    """Attach and detach containers through the kernel port."""
+    """Attach and detach containers through the kernel port; release the addresses of
+    containers that vanished."""
 
     def __init__(self, kernel: KernelPort, store: Store, ipam: IpamService, *,
-                 universe: ipaddress.IPv4Network) -> None:
-        """``universe``: the allocation range (``--ipalloc-range``)."""
+                 universe: ipaddress.IPv4Network, check_interval: float = CHECK_INTERVAL,
+                 liveness: Liveness | None = None) -> None:
+        """``universe``: the allocation range (``--ipalloc-range``); ``check_interval``:
+        seconds between checks for vanished containers (inf: only at start and on ``ps``);
+        ``liveness``: which namespace inodes still exist (default :func:`live_netns_inodes`).
+        """
         self._kernel = kernel
         self._store = store
         self._ipam = ipam
         self._universe = universe
+        self._check_interval = check_interval
+        self._liveness = liveness if liveness is not None else live_netns_inodes
+        self._touched: set[str] = set()  # idents attach used since the last check began
+        self._released = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Release vanished containers' addresses now (ready after that: a relaunched
+        router answers only once they are free), then every ``check_interval`` s."""
+        await self.release_vanished()
+        task_status.started()
+        if math.isinf(self._check_interval):
+            return
+        while True:
+            await trio.sleep(self._check_interval)
+            await self.release_vanished()
+
+    async def release_vanished(self) -> list[str]:
+        """Free the IPAM addresses of ``netns-*`` idents whose namespace no longer exists.
+
+        Returns the idents released. An attach of the same ident while the (threaded)
+        check runs wins: its ident is left alone until the next check.
+        """
+        wanted = {i: ino for i in self._ipam.idents() if (ino := ident_inode(i)) is not None}
+        if not wanted:
+            return []
+        self._touched.clear()
+        try:
+            host = await self._kernel.snapshot()
+        except KernelError as exc:
+            log.warning("cannot tell which containers are gone (%s); keeping every address",
+                        exc)
+            return []
+        veths = {link.name for link in host.links}
+        wanted = {i: ino for i, ino in wanted.items() if host_veth_name(ino) not in veths}
+        if not wanted:
+            return []  # every container still has its veth, so its namespace lives
+        paths = [entry.path for entry in self._registry().values()]
+        try:
+            live = await trio.to_thread.run_sync(self._liveness, set(wanted.values()), paths)
+        except OSError as exc:
+            log.warning("cannot tell which containers are gone (%s); keeping every address",
+                        exc)
+            return []
+        gone = [i for i, ino in wanted.items() if ino not in live and i not in self._touched]
+        released = []
+        for ident in gone:
+            try:
+                cidrs = self._ipam.free(ident)
+            except NotFoundError:
+                continue  # detached meanwhile
+            released.append(ident)
+            self._released += len(cidrs)
+            log.info("container %s is gone: released %s", ident,
+                     " ".join(str(c) for c in cidrs))
+        self._forget_idents(set(released))
+        return released
+
+    def statistics(self) -> dict[str, int]:
+        """Counters: addresses released because their container vanished."""
+        return {"vanished_addresses_released": self._released}
 
     async def attach(self, container: str, addrs: Sequence[str], *,
                      multicast_route: bool = True) -> Attached:
@@ -63,12 +162,14 @@ class ContainersService:
         allocated there; ``ip:CIDR`` -> claimed from IPAM when inside its range."""
         request = parse_addrs(addrs)
         path = resolve_netns(container)  # a bad container fails before anything is allocated
-        cidrs = await self._addresses(ipam_ident(path), request)
+        ident = ipam_ident(path)
+        self._touched.add(ident)  # alive now: a check already running must not free it
+        cidrs = await self._addresses(ident, request)
         host, target = await self._kernel.snapshot(), await self._kernel.snapshot(path)
         plan = attach_plan(host, target, host_veth=host_veth_name(netns_inode(path)),
                            cidrs=cidrs, multicast_route=multicast_route)
         await _run(self._kernel, plan, f"attach {container}")
-        self._remember(container, path)
+        self._remember(container, _Entry(path, ident))
         result = await self._describe(container, path)
         log.info("attached %s: %s", container, result.line())
         return result
@@ -91,13 +192,20 @@ class ContainersService:
         return Attached(container, now)
 
     async def ps(self) -> list[Attached]:
-        """Every attached container that still exists, as ``ps`` lists them."""
+        """Every attached container that still exists, as ``ps`` lists them; the
+        addresses of those that vanished are released."""
         found: list[Attached] = []
-        for container, path in sorted(self._registry().items()):
+        forgotten = False
+        for container, entry in sorted(self._registry().items()):
             try:
-                found.append(await self._describe(container, path))
+                if entry.ident is not None and ipam_ident(entry.path) != entry.ident:
+                    raise ConfigError(f"{container}: another namespace now")  # name reused
+                found.append(await self._describe(container, entry.path))
             except (ConfigError, KernelError):
                 self._forget(container)  # the namespace is gone, and its veth with it
+                forgotten = True
+        if forgotten:
+            await self.release_vanished()
         return found
 
     async def _addresses(self, ident: str,
@@ -131,23 +239,146 @@ class ContainersService:
             raise ConfigError(f"{container} is not attached")
         return Attached(container, now)
 
-    def _registry(self) -> dict[str, str]:
+    def _registry(self) -> dict[str, _Entry]:
         raw = self._store.get_meta(REGISTRY_KEY)
-        return dict(json.loads(raw)) if raw else {}
+        return _parse_registry(raw) if raw else {}
 
-    def _remember(self, container: str, path: str) -> None:
-        self._store.set_meta(REGISTRY_KEY, json.dumps({**self._registry(), container: path}))
+    def _save(self, registry: dict[str, _Entry]) -> None:
+        self._store.set_meta(REGISTRY_KEY,
+                             json.dumps({c: e.to_json() for c, e in registry.items()}))
+
+    def _remember(self, container: str, entry: _Entry) -> None:
+        self._save({**self._registry(), container: entry})
 
     def _forget(self, container: str) -> None:
         registry = self._registry()
         if registry.pop(container, None) is not None:
-            self._store.set_meta(REGISTRY_KEY, json.dumps(registry))
+            self._save(registry)
+
+    def _forget_idents(self, idents: set[str]) -> None:
+        registry = self._registry()
+        kept = {c: e for c, e in registry.items() if e.ident is None or e.ident not in idents}
+        if len(kept) != len(registry):
+            self._save(kept)
+
+
+def _parse_registry(raw: str) -> dict[str, _Entry]:
+    """The registry as stored: ``{spec: path}`` (old) or ``{spec: {"path", "ident"}}``.
+    Entries of neither shape are skipped (the store is ours, but be lenient)."""
+    out: dict[str, _Entry] = {}
+    for container, value in dict(json.loads(raw)).items():
+        if isinstance(value, str):
+            out[container] = _Entry(value)
+        elif isinstance(value, dict) and isinstance(value.get("path"), str):
+            ident = value.get("ident")
+            out[container] = _Entry(value["path"], ident if isinstance(ident, str) else None)
+    return out
 
 
 def ipam_ident(path: str) -> str:
     """The container's id for IPAM: its namespace, whichever way it was named (a name, a
     path or a PID of one namespace are one container)."""
-    return f"netns-{netns_inode(path):x}"
+    return f"{IDENT_PREFIX}{netns_inode(path):x}"
+
+
+def ident_inode(ident: str) -> int | None:
+    """The namespace inode of an :func:`ipam_ident` ident; None for any other ident."""
+    hex_part = ident.removeprefix(IDENT_PREFIX)
+    if hex_part == ident or not hex_part or not all(c in "0123456789abcdef" for c in hex_part):
+        return None
+    return int(hex_part, 16)
+
+
+def live_netns_inodes(wanted: Collection[int], paths: Sequence[str] = (),
+                      proc: str = "/proc") -> set[int]:
+    """Which of the network namespaces ``wanted`` (inode numbers) still exist.
+
+    A namespace lives while something holds it; this looks, in turn, at ``paths`` (the
+    registered containers), every nsfs bind mount of every mount namespace (``ip netns``,
+    container runtimes), every thread's namespace and every open file descriptor, and
+    stops once all of ``wanted`` are found. Blocking (run it in a thread). Raises
+    OSError if ``proc`` cannot be listed; a process that cannot be inspected (an LSM
+    may hide one even from root) is skipped, which is why the caller first keeps every
+    container whose veth still exists (a veth dies with either of its namespaces).
+    """
+    todo = set(wanted)
+    found: set[int] = set()
+
+    def note(ino: int | None) -> bool:
+        """Record ``ino``; True once nothing is left to find."""
+        if ino is not None and ino in todo:
+            todo.discard(ino)
+            found.add(ino)
+        return not todo
+
+    for path in paths:
+        try:
+            if note(netns_inode(path)):
+                return found
+        except ConfigError:
+            pass  # gone (or never a namespace): look elsewhere
+    mount_namespaces: set[str] = set()
+    for pid in (e for e in os.listdir(proc) if e.isdigit()):
+        try:
+            if _scan_process(f"{proc}/{pid}", mount_namespaces, note):
+                return found
+        except PermissionError:
+            continue  # a process even root may not inspect (an LSM): see the doc
+    return found
+
+
+def _scan_process(base: str, mount_namespaces: set[str],
+                  note: Callable[[int | None], bool]) -> bool:
+    """Note the namespaces one process holds (True once all are found)."""
+    mnt = _readlink(f"{base}/ns/mnt")
+    if mnt is not None and mnt not in mount_namespaces:
+        mount_namespaces.add(mnt)
+        for ino in _nsfs_mounts(f"{base}/mountinfo"):
+            if note(ino):
+                return True
+    for sub, kind in (("task", "ns/net"), ("fd", "")):
+        for entry in _listdir(f"{base}/{sub}"):
+            link = _readlink(f"{base}/{sub}/{entry}/{kind}".rstrip("/"))
+            if link is not None and note(_netns_link(link)):
+                return True
+    return False
+
+
+def _nsfs_mounts(mountinfo: str) -> Iterable[int]:
+    """Inodes of the network namespaces bind-mounted in one mount namespace."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if " - nsfs " in line and len(fields) > 3:  # field 4 is the root: net:[INODE]
+            ino = _netns_link(fields[3])
+            if ino is not None:
+                found.append(ino)
+    return found
+
+
+def _netns_link(text: str) -> int | None:
+    match = _NET_LINK.fullmatch(text)
+    return int(match.group(1)) if match else None
+
+
+def _readlink(path: str) -> str | None:
+    """The link's target; None if it (or its process) is gone. PermissionError raises."""
+    try:
+        return os.readlink(path)
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return None
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return []
 
 
 async def _run(kernel: KernelPort, plan: Plan, what: str) -> None:

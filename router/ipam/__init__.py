@@ -5,7 +5,8 @@ Modules (all sans-IO; ``service.py`` is the trio driver):
 * :mod:`router.ipam.ring`: the token ring CRDT, who owns which part of the range;
 * :mod:`router.ipam.space`: the addresses this peer owns and which are allocated;
 * :mod:`router.ipam.consensus`: Paxos over gossip, to agree once who seeds the ring;
-* :mod:`router.ipam.allocator`: requests, gossip, space requests and donations.
+* :mod:`router.ipam.allocator`: requests, gossip, space requests and donations;
+* :mod:`router.ipam.payloads`: the codec of the ``"ipam"`` gossip channel's payloads.
 
 This file holds the vocabulary they share with the driver, the API and the CLI: user
 errors, the ``--ipalloc-init`` modes and subnet parsing, the allocator's configuration,

@@ -35,19 +35,16 @@ Space moves on demand: an allocation that finds no free address in its subnet un
 chosen at random weighted by that free space. The owner donates a CIDR-aligned block
 (:meth:`~router.ipam.space.Space.donate`) by granting it in the ring, or answers *space
 denied*, and unicasts its ring back either way. A claim of an address another peer
-owns is a space request for that one address. Pending requests retry every
-``tick_interval`` seconds and whenever the ring or the reachable peers change.
+owns is a space request for that one address; if that owner is not reachable (its
+connection may only just be coming up), the claim waits up to ``claim_grace`` seconds
+for it before failing with ``address A is owned by other peer NAME (nick)``. Pending
+requests retry every ``tick_interval`` seconds and whenever the ring or the reachable
+peers change.
 
-Payloads (CBOR, channel ``"ipam"``)::
-
-    {"v": 1, "k": "state", "nicks": [[name, nickname], ...],
-     "ring": ring | null, "paxos": election table | null}
-    {"v": 1, "k": "space-request" | "space-denied", "start": uint, "end": uint}
-
-``ring`` is :meth:`~router.ipam.ring.Ring.to_wire`, ``paxos`` is
-:meth:`~router.ipam.consensus.Paxos.to_wire` (``null`` from observers and once a ring
-exists). Anything else is a :class:`~router.errors.DecodeError`; a ring that cannot be
-merged (other range, other seeds, a conflict) is a RemoteProtocolError with Weave's
+Payloads (``state``, ``space-request``, ``space-denied``) are laid out and decoded in
+:mod:`router.ipam.payloads`; ``paxos`` is ``null`` from observers and once a ring
+exists. A malformed payload is a :class:`~router.errors.DecodeError`; a ring that cannot
+be merged (other range, other seeds, a conflict) is a RemoteProtocolError with Weave's
 message: the connection to that neighbour is dropped and both routers live on.
 """
 
@@ -58,7 +55,6 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
 
 from router.errors import (
     BrokenError,
@@ -91,9 +87,15 @@ from router.ipam import (
     Seed,
     Unicast,
 )
-from router.ipam.consensus import Claims, Paxos, quorum_for, state_from_wire
+from router.ipam.consensus import Paxos, quorum_for
+from router.ipam.payloads import (
+    MAX_NICKNAMES,
+    IpamMessage,
+    decode_payload_untrusted,
+    encode_state,
+    space_message,
+)
 from router.ipam.ring import (
-    ADDRESS_SPACE,
     DifferentRangeError,
     DifferentSeedsError,
     Ring,
@@ -102,20 +104,19 @@ from router.ipam.ring import (
 from router.ipam.space import Holdings, Space
 from router.mesh.gossip import GossipData
 from router.mesh.names import PeerName
-from router.wire import cbor
-from router.wire.constants import MAX_FRAME_SIZE, MAX_NICKNAME_LEN
+from router.wire.constants import MAX_NICKNAME_LEN
 
 CHANNEL = "ipam"
-FORMAT_VERSION = 1
 NO_CONTAINER_ID = "_"  # "I have no unique id": the allocation is filed under its address
 MAX_IDENT = 255  # characters of a container id
-MAX_NICKNAMES = 10_000
 
 STATUS_IDLE = "idle"
 STATUS_PRIMING = "priming"
 STATUS_READY = "ready"
 STATUS_WAITING = "waiting for IP(s) to become available"
 STATUS_UNREACHABLE = "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead"
+
+CLAIM_GRACE = 3.0  # seconds a claim waits for an unreachable owner before it fails
 
 
 @dataclass(eq=False)
@@ -130,6 +131,8 @@ class _Op:
     answered: bool = False  # a claim with no_error_on_unknown: answered, still to do
     ticket: int = 0
     error: IpamError | None = None
+    grace_until: float | None = None  # claim: fail after this if its owner stays unreachable
+    owner_unreachable: bool = False  # claim: waiting for its owner to become reachable
 
 
 class IpamGossip:
@@ -157,8 +160,12 @@ class Allocator:
         now: float,
         persisted: PersistedState | None = None,
         rng: random.Random | None = None,
+        claim_grace: float = CLAIM_GRACE,
     ) -> None:
+        """``claim_grace``: seconds a claim of an address owned by an unreachable peer
+        waits (retried whenever the reachable peers change) before it fails."""
         self.config = config
+        self._claim_grace = claim_grace
         self.ourself = config.ourself
         first = int(config.universe.network_address)
         self._range = (first, first + config.universe.num_addresses)
@@ -324,6 +331,10 @@ class Allocator:
         """The addresses ``ident`` holds (in ``subnet`` if given)."""
         return self._held.lookup(ident, subnet)
 
+    def idents(self, *, containers_only: bool = True) -> list[str]:
+        """Every ident holding an address (containers' only, unless told), sorted."""
+        return self._held.idents(containers_only=containers_only)
+
     def free(self, ident: str, address: IPv4Address | None = None) -> list[IPv4Interface]:
         """Release one address of ``ident``, or all of them (and its pending requests)."""
         self._check_open()
@@ -416,7 +427,7 @@ class Allocator:
         """A ring sent to us, a space request, or a space denial."""
         if self._closed:
             return
-        msg = _decode(payload, self.ourself)
+        msg = decode_payload_untrusted(payload, self.ourself)
         if msg.kind == "state":
             self._receive_state(src, msg)
         elif msg.kind == "space-request":
@@ -428,7 +439,7 @@ class Allocator:
         """A peer's state (a proposal, a new ring, a ring request); relays ours on."""
         if self._closed:
             return None
-        msg = _decode(payload, self.ourself)
+        msg = decode_payload_untrusted(payload, self.ourself)
         if msg.kind != "state":
             raise RemoteProtocolError(f"ipam: {msg.kind} must be unicast")
         self._receive_state(src, msg)
@@ -442,7 +453,7 @@ class Allocator:
         """Merge gossip; if ownership moved, our state is relayed on (instead of GossipNow)."""
         if self._closed:
             return None
-        msg = _decode(payload, self.ourself)
+        msg = decode_payload_untrusted(payload, self.ourself)
         if msg.kind != "state":
             raise RemoteProtocolError(f"ipam: {msg.kind} must be unicast")
         already = self._gossip_queued
@@ -487,12 +498,25 @@ class Allocator:
         """When :meth:`handle_timer` wants to run (inf: nothing to retry)."""
         if self._closed or not (self._awaiting or self._ops):
             return math.inf
-        return self._next_tick
+        return min(self._next_tick, self._grace_deadline())
+
+    def _grace_deadline(self) -> float:
+        """When the first claim waiting for an unreachable owner gives up (inf: none)."""
+        return min(
+            (op.grace_until for op in self._ops
+             if op.owner_unreachable and op.grace_until is not None),
+            default=math.inf,
+        )
 
     def handle_timer(self, now: float) -> None:
-        """Retry: propose again while awaiting consensus, else re-ask for space."""
+        """Retry: propose again while awaiting consensus, else re-ask for space; fail
+        claims whose owner stayed unreachable past the grace."""
         self._now = max(self._now, now)
-        if self._closed or now < self._next_tick:
+        if self._closed:
+            return
+        if now < self._next_tick:
+            if now >= self._grace_deadline():
+                self._try_pending()
             return
         self._next_tick = now + self.config.tick_interval
         self._asked.clear()
@@ -508,15 +532,8 @@ class Allocator:
         paxos = None
         if self._ring.empty() and self._paxos is not None:
             paxos = self._paxos.to_wire()
-        return cbor.encode(
-            {
-                "v": FORMAT_VERSION,
-                "k": "state",
-                "nicks": [[int(n), nick] for n, nick in sorted(self._nicknames.items())],
-                "ring": None if self._ring.empty() else self._ring.to_wire(),
-                "paxos": paxos,
-            }
-        )
+        ring = None if self._ring.empty() else self._ring.to_wire()
+        return encode_state(sorted(self._nicknames.items()), ring, paxos)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -621,7 +638,7 @@ class Allocator:
         self._asked.clear()
         self._try_pending()
 
-    def _receive_state(self, sender: PeerName | None, msg: _Message) -> bool:
+    def _receive_state(self, sender: PeerName | None, msg: IpamMessage) -> bool:
         """Act on a peer's state; True if ring ownership moved."""
         for name, nickname in msg.nicknames:
             if name != self.ourself and len(self._nicknames) < MAX_NICKNAMES:
@@ -669,7 +686,7 @@ class Allocator:
         chunk = self._space.donate(lo, hi) if lo < hi else None
         if chunk is None:
             self._counts["space_requests_denied"] += 1
-            self._messages.append(Unicast(src, _space_message("space-denied", start, end)))
+            self._messages.append(Unicast(src, space_message("space-denied", start, end)))
         else:
             self._counts["donations"] += 1
             self._ring.grant(*chunk, src)
@@ -748,8 +765,14 @@ class Allocator:
             self._record(ident, op.cidr, op.is_container)
             self._counts["claims"] += 1
             return True
-        if owner not in self._reachable:
-            return self._fail(op, ConflictError(self._owned_by_other(ip, owner)))
+        op.owner_unreachable = owner not in self._reachable
+        if op.owner_unreachable:
+            # Its connection may only just be coming up: wait a bounded grace, then fail.
+            if op.grace_until is None:
+                op.grace_until = self._now + self._claim_grace
+            if self._now >= op.grace_until:
+                return self._fail(op, ConflictError(self._owned_by_other(ip, owner)))
+            return False
         self._send_space_request(owner, addr, addr + 1)
         return False
 
@@ -768,7 +791,7 @@ class Allocator:
             return
         self._asked.add((dst, start, end))
         self._counts["space_requests_sent"] += 1
-        self._messages.append(Unicast(dst, _space_message("space-request", start, end)))
+        self._messages.append(Unicast(dst, space_message("space-request", start, end)))
 
     def _result(self, op: _Op) -> IPv4Interface:
         """The answer of a request finished at once (raises its error)."""
@@ -876,65 +899,6 @@ class _Dirty:
     ring: bool = False
     paxos: bool = False
     owned: set[str] = field(default_factory=set)
-
-
-# -- payload codec ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Message:
-    kind: str
-    nicknames: tuple[tuple[PeerName, str], ...] = ()
-    ring: Ring | None = None
-    paxos: Mapping[PeerName, Claims] | None = None
-    start: int = 0
-    end: int = 0
-
-
-def _space_message(kind: str, start: int, end: int) -> bytes:
-    return cbor.encode({"v": FORMAT_VERSION, "k": kind, "start": start, "end": end})
-
-
-def _decode(payload: bytes, ourself: PeerName) -> _Message:
-    """Decode an ``"ipam"`` payload; DecodeError if it is malformed."""
-    raw = cbor.decode_untrusted(payload, max_size=MAX_FRAME_SIZE)
-    if not isinstance(raw, dict) or raw.get("v") != FORMAT_VERSION:
-        raise DecodeError("ipam: expected a map with version 1")
-    kind = raw.get("k")
-    if kind in ("space-request", "space-denied"):
-        if set(raw) != {"v", "k", "start", "end"}:
-            raise DecodeError(f"ipam: bad {kind} fields")
-        start, end = raw["start"], raw["end"]
-        for value in (start, end):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise DecodeError(f"ipam: {kind} bounds must be integers")
-        if not 0 <= start < end <= ADDRESS_SPACE:
-            raise DecodeError(f"ipam: {kind} range is empty or out of bounds")
-        return _Message(kind, start=start, end=end)
-    if kind != "state" or set(raw) != {"v", "k", "nicks", "ring", "paxos"}:
-        raise DecodeError("ipam: unknown message")
-    ring = None if raw["ring"] is None else Ring.from_wire(raw["ring"], ourself)
-    paxos = None if raw["paxos"] is None else state_from_wire(raw["paxos"])
-    return _Message("state", _decode_nicknames(raw["nicks"]), ring, paxos)
-
-
-def _decode_nicknames(raw: Any) -> tuple[tuple[PeerName, str], ...]:
-    if not isinstance(raw, list) or len(raw) > MAX_NICKNAMES:
-        raise DecodeError("ipam: nicknames must be a list")
-    out = []
-    for item in raw:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or isinstance(item[0], bool)
-            or not isinstance(item[0], int)
-            or not 0 <= item[0] < 1 << 48
-            or not isinstance(item[1], str)
-            or len(item[1]) > MAX_NICKNAME_LEN
-        ):
-            raise DecodeError("ipam: bad nickname entry")
-        out.append((PeerName(item[0]), item[1]))
-    return tuple(out)
 
 
 def _check_ident(ident: str) -> None:

@@ -239,6 +239,10 @@ class IpamService:
         """The addresses ``ident`` holds (in ``subnet`` if given)."""
         return self._alloc.lookup(ident, subnet)
 
+    def idents(self, *, containers_only: bool = True) -> list[str]:
+        """Every ident holding an address (containers' only, unless told), sorted."""
+        return self._alloc.idents(containers_only=containers_only)
+
     def prune_owned(self, live: Iterable[str]) -> list[str]:
         """Release the addresses of every container not in ``live`` (after a restart)."""
         idents = list(live)

@@ -37,6 +37,7 @@ from router.ipam import (
     parse_subnet,
 )
 from router.ipam.allocator import (
+    CLAIM_GRACE,
     STATUS_IDLE,
     STATUS_PRIMING,
     STATUS_READY,
@@ -407,10 +408,41 @@ def test_claims_here_elsewhere_and_in_conflict() -> None:
     assert isinstance(err, ConflictError)
     assert str(err) == f"address {used.ip} is owned by other peer {B} (two)"
     assert mesh.peers[A].lookup("c4") == []
-    # owner unreachable: refused at once, nothing changes
+    # owner unreachable: refused once the grace is over, nothing changes
     mesh.partition({A}, {B})
-    with pytest.raises(ConflictError, match="is owned by other peer"):
-        mesh.call(A, lambda a: a.claim("c5", IPv4Interface("10.40.1.1/12"), 0))
+    pending = mesh.call(A, lambda a: a.claim("c5", IPv4Interface("10.40.1.1/12"), mesh.now))
+    assert isinstance(pending, Pending)
+    assert mesh.peers[A].deadline() == mesh.now + CLAIM_GRACE
+    mesh.advance(CLAIM_GRACE - 0.1)
+    assert (A, pending.ticket) not in mesh.answers
+    mesh.advance(0.1)
+    err = mesh.answer(A, pending).error
+    assert str(err) == f"address 10.40.1.1 is owned by other peer {B} (two)"
+    assert mesh.peers[A].lookup("c5") == [] and mesh.peers[A].deadline() == float("inf")
+    assert mesh.peers[A].statistics().pending_claims == 0
+
+
+def test_a_claim_waits_briefly_for_an_owner_that_is_just_connecting() -> None:
+    mesh = Mesh()
+    for name in (A, B):
+        mesh.add(name, Seed((A, B)))
+    theirs = IPv4Interface("10.40.0.9/12")  # B's half
+    # A knows B's ring (it was seeded with it) but does not count B as reachable yet
+    pending = mesh.call(A, lambda a: a.claim("c1", theirs, mesh.now))
+    assert isinstance(pending, Pending)
+    assert mesh.peers[A].statistics().pending_claims == 1
+    mesh.advance(CLAIM_GRACE / 2)
+    mesh.connect(A, B)  # the route comes up within the grace: the claim is retried at once
+    mesh.settle()
+    assert mesh.answer(A, pending) == Completion(pending.ticket, theirs, None)
+    assert mesh.peers[B].ring.owner(int(theirs.ip)) == A
+    # an owner that goes away while it is being asked: the claim waits the grace, then fails
+    late = mesh.call(B, lambda a: a.claim("c2", IPv4Interface("10.32.0.9/12"), mesh.now))
+    assert isinstance(late, Pending)
+    mesh.partition({A}, {B})
+    mesh.advance(CLAIM_GRACE)
+    err = mesh.answer(B, late).error
+    assert isinstance(err, ConflictError) and f"other peer {A} (one)" in str(err)
 
 
 def test_claim_before_the_ring_waits_or_answers_at_once() -> None:
