@@ -216,7 +216,7 @@ class Allocator:
             return None
         if persisted.peer_name != self.ourself:
             self.startup_notes.append(
-                f"deleting persisted IPAM data of peer {persisted.peer_name}"
+                f"deleting persisted IPAM data for peername {persisted.peer_name}"
             )
             return None
         if persisted.ring is None:
