@@ -54,9 +54,12 @@ def test_attach_without_an_address_allocates_from_the_range(
 def test_ipam_mistakes_are_one_line_errors(mesh3: tuple[Mesh, list[str]]) -> None:
     mesh, (c1, _) = mesh3
     h1 = mesh.hosts[0]
-    for args in (["attach", "net:10.2.3.2/30", c1], ["attach", "10.32.5.1/31", c1],
-                 ["rmpeer", "no-such-peer"]):
+    for args, says in ((["attach", "net:10.2.3.2/30", c1], "10.2.3.2/30"),
+                       (["attach", "10.32.5.1/31", c1], "10.32.5.1/31"),
+                       (["attach", "net:10.99.0.0/24", c1], "out of bounds"),
+                       (["rmpeer", "no-such-peer"], "no-such-peer")):
         result = h1.router(*args, check=False)
         assert result.returncode != 0, args
         assert result.stderr.count("\n") == 1, (args, result.stderr)
+        assert says in result.stderr, (args, result.stderr)
     assert h1.router("ps").stdout == ""
