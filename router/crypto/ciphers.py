@@ -28,6 +28,7 @@ offers nothing (an older version) gets secretbox.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,10 +78,15 @@ def hardware_aes(cpuinfo: str | None = None) -> bool:
     return False
 
 
+@functools.cache
+def _this_cpu_has_aes() -> bool:
+    return hardware_aes()
+
+
 def offered(*, aes: bool | None = None) -> tuple[str, ...]:
     """What this router offers, best first: AES-256-GCM only where the CPU runs it in
-    hardware (``aes``: override the CPU check)."""
-    fast = hardware_aes() if aes is None else aes
+    hardware (``aes``: override the CPU check, which reads /proc/cpuinfo once)."""
+    fast = _this_cpu_has_aes() if aes is None else aes
     return PREFERENCE if fast else (SECRETBOX,)
 
 
