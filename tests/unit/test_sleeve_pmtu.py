@@ -32,7 +32,12 @@ from router.overlay.sleeve.packet import (
     encode_probe_ack,
     probe_min_size,
 )
-from router.overlay.sleeve.pmtu import PathMtuProber, PmtuSettings, overlay_mtu
+from router.overlay.sleeve.pmtu import (
+    PathMtuProber,
+    PmtuSettings,
+    overlay_mtu,
+    peer_answers_probes,
+)
 
 A = PeerName(0x0200_0000_000A)
 B = PeerName(0x0200_0000_000B)
@@ -396,3 +401,9 @@ def test_status_mtu_and_the_icmp_mtu_agree() -> None:
         for encrypted in (False, True):
             assert overlay_mtu(path_mtu, encrypted=encrypted) == icmp_mtu(
                 path_mtu - 28, encrypted)
+
+
+def test_only_peers_that_say_so_are_probed() -> None:
+    assert peer_answers_probes({"udp_port": 6783, "pmtu_probes": True})
+    for older in ({}, {"udp_port": 6783}, {"pmtu_probes": 1}, {"pmtu_probes": "yes"}):
+        assert not peer_answers_probes(older)

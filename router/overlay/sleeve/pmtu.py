@@ -32,20 +32,24 @@ with a new estimate if the driver has one (a send failed with EMSGSIZE, the rout
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router.errors import LocalProtocolError
 from router.overlay.sleeve.packet import HEADER_SIZE, SEALED_OVERHEAD
 
 __all__ = [
+    "FEATURE",
     "FLOOR",
     "IPV4_UDP_OVERHEAD",
     "PathMtuProber",
     "PmtuSettings",
     "PmtuStatistics",
     "overlay_mtu",
+    "peer_answers_probes",
 ]
 
+FEATURE = "pmtu_probes"  # sleeve handshake parameter: True when a peer answers probes
 FLOOR = 576  # bytes: the IP datagram every IPv4 host must accept (RFC 791)
 IPV4_UDP_OVERHEAD = 28  # bytes: IPv4 (20) + UDP (8) headers
 MAX_IP_DATAGRAM = 65535  # bytes: the IPv4 total length field
@@ -255,3 +259,10 @@ def _checked_estimate(estimate: int) -> int:
     if not 1 <= estimate <= MAX_IP_DATAGRAM:
         raise LocalProtocolError(f"path MTU estimate {estimate} outside 1..65535")
     return estimate
+
+
+def peer_answers_probes(params: Mapping[str, object]) -> bool:
+    """Does the peer (its sleeve handshake parameters) answer probes? A peer of an older
+    version does not say so; probing it would end at the floor, so its path keeps the
+    route's estimate instead."""
+    return params.get(FEATURE) is True

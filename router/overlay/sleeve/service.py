@@ -45,7 +45,8 @@ from router.mesh.names import PeerName
 from router.mesh.routes import Routes
 from router.network.service import Datagrams, Network
 from router.overlay.sleeve.forwarder import HeartbeatPath, SleeveDemux
-from router.overlay.sleeve.pmtu import overlay_mtu
+from router.overlay.sleeve.pmtu import FEATURE as PMTU_FEATURE
+from router.overlay.sleeve.pmtu import overlay_mtu, peer_answers_probes
 
 log = logging.getLogger("weave-router.sleeve")
 
@@ -74,6 +75,7 @@ class _Path:
     events: PathEvents
     key: SessionKey | None
     cipher: str = SECRETBOX  # of the frames, agreed from both ends' offers
+    probes: bool = True  # the peer answers path MTU probes (it says so in the handshake)
     established: bool = False
     failed: bool = False
     path_mtu: int = 0  # once established
@@ -95,7 +97,8 @@ class SleeveService:
     def features(self) -> dict[str, int | str | bool]:
         """What the handshake offers the peer about this overlay."""
         offer = self._dataplane.ciphers if self._dataplane is not None else (SECRETBOX,)
-        return {"udp_port": self._config.port, "ciphers": " ".join(offer)}
+        return {"udp_port": self._config.port, "ciphers": " ".join(offer),
+                PMTU_FEATURE: True}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = await self._network.open_udp(self._config.host, self._config.port)
@@ -130,7 +133,8 @@ class SleeveService:
         )
         self._demux.add(path)  # the mesh never passes a connection id already in use
         cipher = choose(ours, remote.get("ciphers"))
-        self._paths[result.conn_id] = _Path(path, events, key=result.overlay_key, cipher=cipher)
+        self._paths[result.conn_id] = _Path(path, events, key=result.overlay_key, cipher=cipher,
+                                            probes=peer_answers_probes(remote))
         if result.overlay_key is not None:
             log.info("sleeve to %s: frames sealed with %s", result.remote_name, cipher)
         self._wake.set()
@@ -218,9 +222,14 @@ class SleeveService:
         """Hand an established path's session to the data plane with the route's path
         MTU, and start verifying that MTU with probes."""
         path = entry.path
-        path.verify_path_mtu(_route_mtu(path.remote_addr), trio.current_time())
-        self._wake.set()  # the first probe is due now
-        self._set_peer(entry)
+        estimate = _route_mtu(path.remote_addr)
+        if entry.probes:
+            path.verify_path_mtu(estimate, trio.current_time())
+            self._wake.set()  # the first probe is due now
+        else:  # an older peer would not answer: probing would end at the floor
+            log.info("%s does not answer path MTU probes: using the route's MTU %d",
+                     path.remote, estimate)
+        self._set_peer(entry, estimate)
 
     def _reprogram(self, entry: _Path) -> None:
         """The verified path MTU differs from the one in use: give the data plane the new
@@ -229,9 +238,9 @@ class SleeveService:
                  entry.path.remote, entry.path.path_mtu, entry.path_mtu)
         self._set_peer(entry)
 
-    def _set_peer(self, entry: _Path) -> None:
+    def _set_peer(self, entry: _Path, estimate: int = 0) -> None:
         path = entry.path
-        entry.path_mtu = path.path_mtu
+        entry.path_mtu = path.path_mtu or estimate
         if self._dataplane is None:
             return
         max_datagram = max(MIN_MAX_DATAGRAM, min(MAX_DATAGRAM - UDP_IP_OVERHEAD,
