@@ -5,8 +5,16 @@ Modules (all sans-IO; ``service.py`` is the trio driver):
 * :mod:`router.ipam.ring`: the token ring CRDT, who owns which part of the range;
 * :mod:`router.ipam.space`: the addresses this peer owns and which are allocated;
 * :mod:`router.ipam.consensus`: Paxos over gossip, to agree once who seeds the ring;
-* :mod:`router.ipam.allocator`: requests, gossip, space requests and donations;
-* :mod:`router.ipam.payloads`: the codec of the ``"ipam"`` gossip channel's payloads.
+* :mod:`router.ipam.payloads`: the codec of the ``"ipam"`` gossip channel's payloads;
+* :mod:`router.ipam.allocator`: the allocator, all the parts below together (the one
+  class the driver and the API use);
+* :mod:`router.ipam.election`: when and how the ring's seeds are elected;
+* :mod:`router.ipam.requests`: a request and the bounded queue of those that wait;
+* :mod:`router.ipam.fulfil`: allocating, claiming, freeing, retrying waiting requests;
+* :mod:`router.ipam.space_requests`: asking peers for space and donating ours;
+* :mod:`router.ipam.peers`: peers' nicknames and which peers are reachable;
+* :mod:`router.ipam.persistence`: what must be stored, and taking it up at start;
+* :mod:`router.ipam.statistics`: the ``Status:`` line and the statistics snapshot.
 
 This file holds the vocabulary they share with the driver, the API and the CLI: user
 errors, the ``--ipalloc-init`` modes and subnet parsing, the allocator's configuration,

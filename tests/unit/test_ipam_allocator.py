@@ -28,6 +28,7 @@ from router.ipam import (
     IpamError,
     NotFoundError,
     Observer,
+    OwnedRecord,
     Pending,
     PersistedState,
     Seed,
@@ -603,6 +604,25 @@ def test_a_peer_with_another_name_on_disk_starts_clean() -> None:
     assert fresh.lookup("c1") == [] and fresh.status() == STATUS_IDLE
     batch = fresh.take_persistence()
     assert batch is not None and batch.reset and batch.peer_name == B
+
+
+def test_a_stored_record_whose_addresses_are_no_longer_ours_is_deleted_once() -> None:
+    mesh = Mesh()
+    for name in (A, B):
+        mesh.add(name, Seed((A, B)))
+    mesh.connect(A, B)
+    mesh.settle()
+    theirs = mesh.allocate(B, "on-b")
+    assert isinstance(theirs, IPv4Interface)
+    disk = replace(mesh.disk[A], owned={**mesh.disk[A].owned,
+                                        "ghost": OwnedRecord((theirs,), True)})
+    config = mesh.configs[A]
+    first = Allocator(config, now=0, persisted=disk)
+    assert f"persisted address {theirs.ip} is not ours; dropped" in first.startup_notes
+    batch = first.take_persistence()
+    assert batch is not None and "ghost" in batch.owned and batch.owned["ghost"] is None
+    again = Allocator(config, now=0, persisted=disk.apply(batch))
+    assert not any("is not ours" in note for note in again.startup_notes)
 
 
 # -- mismatches and bad input -----------------------------------------------------------------
