@@ -5,9 +5,9 @@ Pipeline of one connection (each stage a sans-IO object fed bytes and ``now``):
 1. **dial or accept**  the connection maker (``targets.py``) says whom to dial; the
    listener accepts, limited by ``AcceptLimiter`` and ``--conn-limit``.
 2. **handshake**       ``handshake.py``: version range, identities, keys, proof of key.
-3. **register**        a duplicate connection to the same peer is resolved the same way
-   on both ends (the one dialled by the greater name survives); the sleeve overlay starts
-   UDP heartbeats for it.
+3. **register**        ``connections.py``: a duplicate connection to the same peer is
+   resolved the same way on both ends (the one dialled by the greater name survives); the
+   sleeve overlay starts UDP heartbeats for it.
 4. **session**         ``session.py``: framed (sealed) messages, TCP heartbeats, timeout.
    Gossip messages go to ``gossip.py``; ``ConnectionEstablished`` to the overlay.
 5. **topology**        every change of our connections is gossiped (``topology.py``); routes
@@ -28,40 +28,28 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from router.config import MeshConfig
 from router.errors import HandshakeError, RemoteProtocolError
-from router.mesh.gossip import (
-    BroadcastIn,
-    BroadcastOut,
-    GossipChannel,
-    Gossiper,
-    GossipIn,
-    GossipRouter,
-    UnicastIn,
-    UnicastOut,
-)
+from router.mesh.connections import ConnectionRegistry, gossip_event, gossip_message
+from router.mesh.gossip import GossipChannel, Gossiper, GossipRouter
 from router.mesh.handshake import Handshake, HandshakeResult, LocalIdentity
 from router.mesh.names import PeerName
 from router.mesh.routes import Routes, compute_routes
 from router.mesh.session import Session
+from router.mesh.statistics import COUNTERS, MeshStatistics, OverlayView, mesh_statistics
 from router.mesh.targets import AcceptLimiter, BackoffPolicy, ConnectionMaker, parse_address
-from router.mesh.topology import LocalConnection, Topology
+from router.mesh.topology import Topology
 from router.mesh.topology_gossip import TopologyGossiper
 from router.network.service import Listener, Network, Stream
 from router.overlay.sleeve.service import SleeveService
-from router.status import ConnectionStatus, PeerStatus
-from router.wire.messages import (
-    ConnectionEstablished,
-    Gossip,
-    GossipBroadcast,
-    GossipUnicast,
-    Message,
-)
+from router.wire.messages import ConnectionEstablished, Message
+
+__all__ = ["MeshService", "MeshStatistics"]
 
 log = logging.getLogger("weave-router.mesh")
 
@@ -104,44 +92,19 @@ class _Connection:
     def remote(self) -> PeerName:
         return self.result.remote_name
 
-    def targets(self) -> set[str]:
-        """Every dial target this connection stands for (its own and duplicates' that lost)."""
-        return ({self.target} if self.target else set()) | self.satisfies
-
     def close(self, reason: str) -> None:
         if not self.close_reason:
             self.close_reason = reason
         self.scope.cancel()
 
 
-@dataclass(frozen=True)
-class MeshStatistics:
-    """What the mesh contributes to ``status`` and the report."""
-
-    targets: tuple[str, ...]
-    connections: tuple[ConnectionStatus, ...]
-    peers: tuple[PeerStatus, ...]
-    unicast_routes: Mapping[str, str]
-    broadcast_routes: Mapping[str, tuple[str, ...]]
-    counters: Mapping[str, int]
-
-
 class MeshService:
     """Listener, dialler, connections, gossip and topology of one router."""
 
     def __init__(
-        self,
-        config: MeshConfig,
-        *,
-        network: Network,
-        sleeve: SleeveService,
-        name: PeerName,
-        nickname: str,
-        uid: int,
-        short_id: int,
-        targets: list[str],
-        save_targets: Callable[[list[str]], None],
-        rng: random.Random | None = None,
+        self, config: MeshConfig, *, network: Network, sleeve: SleeveService, name: PeerName,
+        nickname: str, uid: int, short_id: int, targets: list[str],
+        save_targets: Callable[[list[str]], None], rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.name = name
@@ -173,18 +136,14 @@ class MeshService:
             self.topology, self.gossip, on_change=self._mark_topology_changed
         )
         self._routes: Routes = compute_routes(name, self.topology.peers())
-        self._by_peer: dict[PeerName, _Connection] = {}
-        self._by_id: dict[int, _Connection] = {}  # the same connections, by connection id
+        self._conns: ConnectionRegistry[_Connection] = ConnectionRegistry(name, self._maker)
         self._maker_wake = _Wakeup()
         self._gossip_wake = _Wakeup()
         self._routes_wake = _Wakeup()
         self._local_dirty = False  # our connections changed since we last gossiped them
         self._routes_listeners: list[Callable[[], None]] = []
         self._nursery: trio.Nursery | None = None
-        self._counters: dict[str, int] = {
-            "connections_accepted": 0, "connections_refused": 0, "handshake_failures": 0,
-            "connection_terminations": 0, "duplicate_connections": 0, "send_queue_drops": 0,
-        }
+        self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -255,7 +214,7 @@ class MeshService:
             self._nursery.start_soon(self._run_connection, stream, None)
 
     def _refusal(self, now: float) -> str:
-        if len(self._by_peer) >= self.config.conn_limit:
+        if len(self._conns) >= self.config.conn_limit:
             return f"connection limit {self.config.conn_limit} reached"
         if not self._limiter.allow(now):
             return "too many connection attempts"
@@ -368,31 +327,19 @@ class MeshService:
 
     def _register(self, conn: _Connection) -> bool:
         """Admit a connection after its handshake; False when it loses to a duplicate."""
-        if conn.result.conn_id in self._by_id:
-            conn.close_reason = "connection id already in use"
-            return False
-        existing = self._by_peer.get(conn.remote)
-        if existing is not None:
+        admission = self._conns.admit(conn, trio.current_time())
+        if admission.duplicate:
             self._counters["duplicate_connections"] += 1
-            # Both ends decide alike: the connection dialled by the greater name survives.
-            keep_new = conn.outbound == (self.name > conn.remote)
-            loser, winner = (existing, conn) if keep_new else (conn, existing)
             log.info("%s: duplicate connection to %s; keeping the one dialled by %s",
                      conn.address, conn.remote, max(self.name, conn.remote))
-            if loser.target is not None:
-                winner.satisfies.add(loser.target)
-                loser.target = None
-            winner.satisfies |= loser.satisfies
-            loser.satisfies.clear()
-            if loser is conn:
-                self._satisfy_targets(winner)
-                return False
-            self._detach(existing)
-            existing.close("duplicate connection")
-        self._by_peer[conn.remote] = conn
-        self._by_id[conn.result.conn_id] = conn
+        if admission.winner is not None or admission.admitted:
+            self._maker_wake.set()  # the maker saw the winner's targets connected
+        if not admission.admitted:
+            return False
+        if admission.displaced is not None:
+            self._sleeve.remove_connection(admission.displaced.result.conn_id)
+            admission.displaced.close("duplicate connection")
         self._sleeve.add_connection(conn.result, conn.stream.remote[0], self)
-        self._satisfy_targets(conn)
         log.info("%s[%s] connection added %s(%s)%s", "->" if conn.outbound else "<-",
                  conn.address, conn.remote, conn.result.remote_nickname,
                  " encrypted" if conn.result.encrypted else "")
@@ -404,32 +351,14 @@ class MeshService:
         self._flush_gossip()
         return True
 
-    def _satisfy_targets(self, conn: _Connection) -> None:
-        now = trio.current_time()
-        for target in conn.targets():
-            self._maker.connected(target, conn.remote, now, outbound=True)
-        self._maker.set_connected_peers(set(self._by_peer))
-        self._maker_wake.set()
-
-    def _detach(self, conn: _Connection) -> None:
-        if self._by_peer.get(conn.remote) is conn:
-            del self._by_peer[conn.remote]
-            del self._by_id[conn.result.conn_id]
-            self._sleeve.remove_connection(conn.result.conn_id)
-
     def _unregister(self, conn: _Connection) -> None:
         reason = conn.close_reason or "connection closed"
-        was_live = self._by_peer.get(conn.remote) is conn
-        self._detach(conn)
-        now = trio.current_time()
-        for target in conn.targets():
-            self._maker.disconnected(target, conn.remote, now, reason)
-        if was_live:
+        if self._conns.remove(conn, trio.current_time()):
+            self._sleeve.remove_connection(conn.result.conn_id)
             self._counters["connection_terminations"] += 1
             log.info("%s[%s %s(%s)] connection deleted: %s", "->" if conn.outbound else "<-",
                      conn.address, conn.remote, conn.result.remote_nickname, reason)
             self._local_connections_changed()
-        self._maker.set_connected_peers(set(self._by_peer))
         self._maker_wake.set()
 
     async def _serve(self, conn: _Connection, leftover: bytes) -> None:
@@ -479,16 +408,7 @@ class MeshService:
             if isinstance(msg, ConnectionEstablished):
                 self._sleeve.remote_heard_us(conn.result.conn_id)
                 continue
-            if isinstance(msg, GossipUnicast):
-                event: UnicastIn | BroadcastIn | GossipIn = UnicastIn(
-                    msg.channel, msg.src, msg.dst, msg.payload)
-            elif isinstance(msg, GossipBroadcast):
-                event = BroadcastIn(msg.channel, msg.src, msg.payload)
-            elif isinstance(msg, Gossip):
-                event = GossipIn(msg.channel, msg.src, msg.payload)
-            else:
-                raise RemoteProtocolError(f"unexpected message {type(msg).__name__}")
-            self.gossip.receive(conn.remote, event)
+            self.gossip.receive(conn.remote, gossip_event(msg))
         self._flush_gossip()
 
     # ------------------------------------------------------------------ gossip, topology
@@ -496,32 +416,14 @@ class MeshService:
     def _flush_gossip(self) -> None:
         """Wake the writers of neighbours that have gossip waiting; they pull it."""
         for neighbour in self.gossip.pending():
-            conn = self._by_peer.get(neighbour)
+            conn = self._conns.get(neighbour)
             if conn is not None:
                 conn.wake.set()
 
     def _pull_gossip(self, conn: _Connection) -> None:
         for event in self.gossip.messages_for(conn.remote):
-            msg: Message
-            if isinstance(event, UnicastOut):
-                msg = GossipUnicast(event.channel, event.src, event.dst, event.payload)
-            elif isinstance(event, BroadcastOut):
-                msg = GossipBroadcast(event.channel, event.src, event.payload)
-            else:
-                msg = Gossip(event.channel, event.src, event.payload)
-            if not conn.session.send(msg):
+            if not conn.session.send(gossip_message(event)):
                 self._counters["send_queue_drops"] += 1
-
-    def _local_connections(self) -> list[LocalConnection]:
-        return [
-            LocalConnection(
-                remote_name=conn.remote,
-                remote_addr=conn.target if conn.target else conn.address,
-                outbound=conn.outbound,
-                established=self._sleeve.established(conn.result.conn_id),
-            )
-            for conn in self._by_peer.values()
-        ]
 
     def _local_connections_changed(self) -> None:
         """Our connections changed: neighbours now, the gossiped record once per burst.
@@ -530,7 +432,7 @@ class MeshService:
         moments; publishing one topology version per change would make every peer
         decode 2N versions of our record. The routes loop publishes them together.
         """
-        self.gossip.set_routes(self._routes, frozenset(self._by_peer))
+        self.gossip.set_routes(self._routes, frozenset(self._conns.peers()))
         self._local_dirty = True
         self._routes_wake.set()
         self._flush_gossip()
@@ -551,17 +453,18 @@ class MeshService:
             await self._routes_wake.wait()
             if self._local_dirty:
                 self._local_dirty = False
-                self._topology_gossiper.set_local_connections(self._local_connections())
+                self._topology_gossiper.set_local_connections(
+                    self._conns.local_connections(self._sleeve.established))
             removed = self.topology.garbage_collect()
             if removed:
                 log.info("removed unreachable peers: %s", ", ".join(map(str, sorted(removed))))
             self._routes = compute_routes(self.name, self.topology.peers())
-            self.gossip.set_routes(self._routes, frozenset(self._by_peer))
+            self.gossip.set_routes(self._routes, frozenset(self._conns.peers()))
             self._sleeve.set_routes(self._routes)
             for listener in self._routes_listeners:
                 listener()
             self._maker.set_discovered(self.topology.discovery_addresses(self.config.port))
-            self._maker.set_connected_peers(set(self._by_peer))
+            self._maker.set_connected_peers(self._conns.peers())
             self._maker_wake.set()
             self._gossip_wake.set()  # new neighbours may move the gossip deadline
             self._flush_gossip()
@@ -571,13 +474,13 @@ class MeshService:
 
     def on_heard(self, conn_id: int) -> None:
         """The sleeve hears this connection's UDP heartbeats: tell the peer over TCP."""
-        conn = self._conn_by_id(conn_id)
+        conn = self._conns.by_id(conn_id)
         if conn is not None and conn.session.send(ConnectionEstablished()):
             conn.wake.set()
 
     def on_established(self, conn_id: int) -> None:
         """UDP works both ways: the connection is established; gossip it (routes follow)."""
-        conn = self._conn_by_id(conn_id)
+        conn = self._conns.by_id(conn_id)
         if conn is not None:
             log.info("%s[%s %s(%s)] connection fully established",
                      "->" if conn.outbound else "<-", conn.address, conn.remote,
@@ -586,44 +489,20 @@ class MeshService:
 
     def on_failed(self, conn_id: int, reason: str) -> None:
         """The UDP path failed: close the connection; the maker retries."""
-        conn = self._conn_by_id(conn_id)
+        conn = self._conns.by_id(conn_id)
         if conn is not None:
             conn.close(reason)
-
-    def _conn_by_id(self, conn_id: int) -> _Connection | None:
-        return self._by_id.get(conn_id)
 
     # ------------------------------------------------------------------ status
 
     def statistics(self) -> MeshStatistics:
-        now = trio.current_time()
-        password = self.config.password is not None
-        lines = [self._connection_status(conn, password) for conn in self._by_peer.values()]
-        lines += self._maker.target_statuses(now, wall_now=time.time())
-        return MeshStatistics(
-            targets=tuple(self._maker.direct_targets()),
-            connections=tuple(lines),
-            peers=self.topology.peer_statuses(),
-            unicast_routes={str(d): str(h) for d, h in sorted(self._routes.unicast.items())},
-            broadcast_routes={
-                str(s): tuple(str(h) for h in sorted(hops))
-                for s, hops in sorted(self._routes.broadcast.items())
-            },
-            counters=dict(self._counters),
-        )
-
-    def _connection_status(self, conn: _Connection, password: bool) -> ConnectionStatus:
-        established = self._sleeve.established(conn.result.conn_id)
-        mtu = self._sleeve.overlay_mtu(conn.result.conn_id)  # Weave's mtu=: what a container fits
-        return ConnectionStatus(
-            outbound=conn.outbound,
-            address=conn.target if conn.target else conn.address,
-            state="established" if established else "pending",
-            overlay="sleeve",
-            encrypted=conn.result.encrypted if password else None,
-            peer_name=str(conn.remote),
-            peer_nickname=conn.result.remote_nickname,
-            attrs={"mtu": str(mtu)} if established and mtu else {},
+        """The mesh's part of ``status`` and the report."""
+        overlay = OverlayView(self._sleeve.established, self._sleeve.overlay_mtu)
+        return mesh_statistics(
+            self._conns, overlay, maker=self._maker, topology=self.topology,
+            routes=self._routes, counters=self._counters,
+            password=self.config.password is not None,
+            now=trio.current_time(), wall_now=time.time(),
         )
 
 
