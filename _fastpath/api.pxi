@@ -423,6 +423,7 @@ cdef class Dataplane:
             "macs": self.dp.mac_count,
             "mac_table_full": fp_load64(&self.dp.mac_full),
             "icmp_frag_needed": fp_load64(&self.dp.frag_needed),
+            "egressed_by_rx_thread": fp_load64(&self.dp.frames_stolen),
             "drops": {r: fp_load64(&self.dp.drops[j]) for j, r in enumerate(DROP_REASONS)},
             "peers": peers,
         }

@@ -91,6 +91,12 @@ static inline uint32_t fp_add32(uint32_t *p, uint32_t v) {
 static inline uint64_t fp_load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline int fp_load_flag(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void fp_store_flag(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+/* A try-lock on one int (0 free, 1 held): acquire on success, release on unlock. */
+static inline int fp_try_lock(int *p) {
+    int expected = 0;
+    return __atomic_compare_exchange_n(p, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static inline void fp_unlock(int *p) { __atomic_store_n(p, 0, __ATOMIC_RELEASE); }
 
 /* ---- clock: the threads' "now"; Python's time.monotonic() reads the same clock ---- */
 static inline double fp_monotonic(void) {

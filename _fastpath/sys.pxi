@@ -45,6 +45,9 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
 
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef extern from "<unistd.h>" nogil:
     ssize_t c_write "write" (int fd, const void *buf, size_t n)
     ssize_t c_read "read" (int fd, void *buf, size_t n)
@@ -111,6 +114,8 @@ cdef extern from "fp_sys.h" nogil:
     uint64_t fp_load64(const uint64_t *p)
     int fp_load_flag(const int *p)
     void fp_store_flag(int *p, int v)
+    bint fp_try_lock(int *p)
+    void fp_unlock(int *p)
 
     double fp_monotonic()
     int fp_rwlock_init(pthread_rwlock_t *l)

@@ -87,6 +87,7 @@ cdef struct DP:
     uint64_t upcalls
     uint64_t mac_full
     uint64_t frag_needed           # ICMP "fragmentation needed" replies written to the TAP
+    uint64_t frames_stolen         # frames the RX thread egressed (threads.pxi)
 
 
 cdef inline uint32_t hash64(uint64_t key, int bits) noexcept nogil:

@@ -61,6 +61,7 @@ class Statistics(TypedDict):
     macs: int  # MAC table entries (expired ones count until the next sweep)
     mac_table_full: int  # MACs not learnt because the table was full
     icmp_frag_needed: int  # ICMP "fragmentation needed" replies written to the TAP
+    egressed_by_rx_thread: int  # captured frames the RX thread sent right after a delivery
     drops: dict[str, int]  # by reason, keys DROP_REASONS
     peers: dict[int, PeerCounters]  # by peer name
 

@@ -296,6 +296,7 @@ class Dataplane:
             "macs": len(self._macs),
             "mac_table_full": self._totals["mac_table_full"],
             "icmp_frag_needed": self._totals["icmp_frag_needed"],
+            "egressed_by_rx_thread": 0,  # no threads
             "drops": dict(self._drops),
             "peers": {n: s.counters.copy() for n, s in self._sessions.items()},
         }
