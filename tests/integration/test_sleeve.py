@@ -499,6 +499,13 @@ def ps_names(host: Host) -> list[str]:
     return [line.split()[0] for line in host.router("ps").stdout.splitlines() if line.strip()]
 
 
+def test_the_sleeve_socket_buffers_pass_the_hosts_rmem_max(lone_router: Mesh) -> None:
+    """16 MiB asked past net.core.[rw]mem_max (root may): the kernel shows twice that."""
+    host, = lone_router.hosts
+    shown = host.run(["ss", "-u", "-a", "-m", "-n", "sport = :6783"]).stdout
+    assert "rb33554432" in shown and "tb33554432" in shown, shown
+
+
 def test_detach_removes_addresses_then_the_veth(lone_router: Mesh) -> None:
     host, = lone_router.hosts
     c1 = lone_router.add_bare_container(host)

@@ -52,7 +52,9 @@ log = logging.getLogger("weave-router.sleeve")
 
 MAX_DATAGRAM = 65535
 UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers: path MTU - 28 = largest datagram payload
-SOCKET_BUFFER = 8 * 1024 * 1024  # bytes: the native threads send and receive in bursts
+SOCKET_BUFFER = 16 * 1024 * 1024  # bytes (the kernel doubles it): the threads work in bursts
+SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>: SO_SNDBUF past wmem_max (CAP_NET_ADMIN)
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: SO_RCVBUF past rmem_max (CAP_NET_ADMIN)
 IP_MTU = 14  # <linux/in.h>: the path MTU of a connected socket
 IP_MTU_DISCOVER = 10  # <linux/in.h>: per-socket path MTU discovery mode
 IP_PMTUDISC_PROBE = 3  # <linux/in.h>: set DF, ignore the kernel's path MTU cache
@@ -280,6 +282,13 @@ def _set_pmtu_probe(fd: int) -> None:
 
 
 def _set_buffers(fd: int) -> None:
+    """SOCKET_BUFFER for sending and receiving, past ``net.core.[rw]mem_max`` (208 KiB on
+    many hosts) where we may (CAP_NET_ADMIN): a burst of 64 KiB super-frames that
+    overflows the receive buffer costs whole frames, which TCP pays for dearly."""
     with socket.socket(fileno=os.dup(fd)) as sock:
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        for force, option in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                              (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
