@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import struct
 
+from router.dataplane.frames import BODY, HEADER, MIN_FRAME, SEALED, VNET_HEADER_SIZE
+
 __all__ = ["frag_needed", "inet_checksum", "overlay_mtu"]
 
-VNET_HEADER = 10
-ETH_HEADER = 14
-SLEEVE_HEADER = 20
-SEAL_OVERHEAD = 20  # MAC + the bound copy of the sleeve header's first 4 bytes
-BODY_HEADER = 14
-RECORD_HEADER = 2
+VNET_HEADER = VNET_HEADER_SIZE
+ETH_HEADER = MIN_FRAME  # an Ethernet header, the smallest frame
+RECORD_HEADER = 2  # the frame length before each record
 ICMP_QUOTE = 8  # payload bytes quoted after the refused packet's IP header
 _ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
 
 
 def overlay_mtu(max_datagram: int, encrypted: bool) -> int:
     """The largest IP packet a frame carries in one datagram of ``max_datagram`` bytes."""
-    return (max_datagram - SLEEVE_HEADER - (SEAL_OVERHEAD if encrypted else 0) - BODY_HEADER
+    return (max_datagram - HEADER - (SEALED if encrypted else 0) - BODY.size
             - RECORD_HEADER - VNET_HEADER - ETH_HEADER)
 
 

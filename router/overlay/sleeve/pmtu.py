@@ -35,8 +35,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from router.dataplane.icmp import overlay_mtu as frame_mtu
 from router.errors import LocalProtocolError
-from router.overlay.sleeve.packet import HEADER_SIZE, SEALED_OVERHEAD
 
 __all__ = [
     "FEATURE",
@@ -55,24 +55,17 @@ IPV4_UDP_OVERHEAD = 28  # bytes: IPv4 (20) + UDP (8) headers
 MAX_IP_DATAGRAM = 65535  # bytes: the IPv4 total length field
 _MIN_FLOOR = 128  # bytes: room for the largest unpadded probe (56 sealed) and headers
 
-# The data plane's whole-frame overhead inside a type-2 datagram (docs/wire-format.md,
-# "Sleeve frames"): body header (flags, ttl, source, destination), record header (length,
-# vnet header), Ethernet header.
-_FRAMES_BODY_HEADER = 14  # bytes
-_RECORD_HEADER = 2 + 10  # bytes
-_ETHERNET_HEADER = 14  # bytes
-
 
 def overlay_mtu(path_mtu: int, *, encrypted: bool, ip_overhead: int = IPV4_UDP_OVERHEAD) -> int:
     """The largest IP packet a container sends over a path of ``path_mtu`` in one datagram.
 
     ``path_mtu - 28 (IPv4, UDP) - 20 (sleeve header) - 20 (MAC and bound header, sealed
     only) - 14 (body header) - 12 (record header) - 14 (Ethernet)``: 1412 plain and 1392
-    sealed on a 1500-byte path. Bigger packets still cross (the sleeve fragments them).
+    sealed on a 1500-byte path: the data plane's own :func:`router.dataplane.icmp.overlay_mtu`
+    (what its ICMP "fragmentation needed" names) for a datagram of ``path_mtu - 28``.
+    Bigger packets without DF still cross (the sleeve fragments them).
     """
-    overhead = (ip_overhead + HEADER_SIZE + (SEALED_OVERHEAD if encrypted else 0)
-                + _FRAMES_BODY_HEADER + _RECORD_HEADER + _ETHERNET_HEADER)
-    return max(0, path_mtu - overhead)
+    return max(0, frame_mtu(path_mtu - ip_overhead, encrypted))
 
 
 @dataclass(frozen=True)

@@ -98,9 +98,12 @@ class SleeveService:
 
     def features(self) -> dict[str, int | str | bool]:
         """What the handshake offers the peer about this overlay."""
-        offer = self._dataplane.ciphers if self._dataplane is not None else (SECRETBOX,)
-        return {"udp_port": self._config.port, "ciphers": " ".join(offer),
+        return {"udp_port": self._config.port, "ciphers": " ".join(self._ciphers()),
                 PMTU_FEATURE: True}
+
+    def _ciphers(self) -> tuple[str, ...]:
+        """The frame ciphers we offer, best first (without a data plane no frames flow)."""
+        return self._dataplane.ciphers if self._dataplane is not None else (SECRETBOX,)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = await self._network.open_udp(self._config.host, self._config.port)
@@ -124,7 +127,6 @@ class SleeveService:
     def add_connection(self, result: HandshakeResult, remote_ip: str, events: PathEvents) -> None:
         remote = result.remote_overlays.get("sleeve", {})
         udp_port = int(remote.get("udp_port", self._config.port))
-        ours = self._dataplane.ciphers if self._dataplane is not None else (SECRETBOX,)
         timings = self._config.timings
         path = HeartbeatPath(
             local=self._name, remote=result.remote_name, conn_id=result.conn_id,
@@ -134,7 +136,7 @@ class SleeveService:
             timeout=timings.udp_heartbeat_timeout,
         )
         self._demux.add(path)  # the mesh never passes a connection id already in use
-        cipher = choose(ours, remote.get("ciphers"))
+        cipher = choose(self._ciphers(), remote.get("ciphers"))
         self._paths[result.conn_id] = _Path(path, events, key=result.overlay_key, cipher=cipher,
                                             probes=peer_answers_probes(remote))
         if result.overlay_key is not None:
