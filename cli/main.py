@@ -23,10 +23,10 @@ value), reported as one line ``weave-router: error: ...`` on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -188,22 +188,21 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_report(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """``report [-f TEMPLATE]``: the JSON report, or a template rendered against it."""
+    """``report [-f TEMPLATE]``: the JSON report, or a template the router renders against
+    it (``GET /report?format=``, as Weave's); a malformed template fails before asking."""
+    path = "/report"
+    if args.format is not None:
+        try:
+            Template(args.format)
+        except TemplateError as exc:
+            raise CommandError(f"{PROG}: error: report -f: {exc}") from exc
+        path += "?" + urllib.parse.urlencode({"format": args.format})
     try:
-        template = Template(args.format) if args.format is not None else None
-    except TemplateError as exc:
-        raise CommandError(f"{PROG}: error: report -f: {exc}") from exc
-    body = _call(_client(args, env), "GET", "/report").body
-    if template is None:
-        sys.stdout.write(body if body.endswith("\n") else body + "\n")
-        return 0
-    try:
-        text = template.render(json.loads(body))
-    except ValueError as exc:
-        raise CommandError(f"{PROG}: error: the report is not JSON: {exc}") from exc
-    except TemplateError as exc:
-        raise CommandError(f"{PROG}: error: report -f: {exc}") from exc
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        body = _call(_client(args, env), "GET", path).body
+    except CommandError as exc:
+        raise CommandError(str(exc).replace(": error: template: ", ": error: report -f: ", 1)
+                           ) from exc
+    sys.stdout.write(body if body.endswith("\n") else body + "\n")
     return 0
 
 

@@ -6,6 +6,7 @@ Every CLI command but ``launch --foreground`` is a client of this. Routes (paths
 GET     /status                         text layout of ``status`` (503 until ready)
 GET     /status/targets|connections|peers  the other ``status`` layouts (503 until ready)
 GET     /report                         the JSON report (application/json)
+GET     /report?format=TEMPLATE         that Go text/template rendered against it (text)
 POST    /connect                        form ``peer=A&peer=B&replace=true``
 POST    /forget                         form ``peer=A&peer=B``
 POST    /stop                           our addition: answer 200, then stop gracefully
@@ -44,7 +45,8 @@ import trio
 from router.containers.service import Attached
 from router.control import ipam_api
 from router.control.layouts import VIEWS
-from router.control.report import render_report
+from router.control.report import build_report, render_report
+from router.control.template import Template, TemplateError
 from router.errors import ConfigError
 from router.ipam.service import IpamService
 from router.status import Status
@@ -125,11 +127,12 @@ class Reply:
 
 @dataclass(frozen=True)
 class Request:
-    """One received request: method, path (query stripped) and body."""
+    """One received request: method, path (query stripped), body and the query."""
 
     method: str
     path: str
     body: bytes
+    query: str = ""  # after "?", still percent-encoded
 
 
 def error(status: int, message: str, *, close: bool = False) -> Reply:
@@ -187,7 +190,17 @@ def _status_handler(view: str) -> Handler:
 
 
 async def _report(control: RouterControl, request: Request) -> Reply:
-    return Reply(200, render_report(control.snapshot()), content_type=JSON)
+    """The JSON report; with ``?format=T``, template T rendered against it (as Weave's
+    API does; 400 and the one-line reason when T is malformed or does not fit)."""
+    formats = urllib.parse.parse_qs(request.query, keep_blank_values=True).get("format")
+    if formats is None:
+        return Reply(200, render_report(control.snapshot()), content_type=JSON)
+    if len(formats) != 1:
+        raise ConfigError("give format once")
+    try:
+        return Reply(200, Template(formats[0]).render(build_report(control.snapshot())))
+    except TemplateError as exc:
+        return error(400, f"template: {exc}")
 
 
 async def _connect(control: RouterControl, request: Request) -> Reply:
@@ -387,8 +400,9 @@ def _content_length(request: h11.Request) -> int | None:
 
 def _request(head: h11.Request, body: bytes) -> Request:
     target = head.target.decode("ascii", errors="replace")
-    path = target.split("?", 1)[0]
-    return Request(method=head.method.decode("ascii", errors="replace"), path=path, body=body)
+    path, _, query = target.partition("?")
+    return Request(method=head.method.decode("ascii", errors="replace"), path=path, body=body,
+                   query=query)
 
 
 class _Server:

@@ -1,24 +1,44 @@
-"""The JSON report (``GET /report``, ``weave-router report``) in Weave's shape.
+"""The JSON report (``GET /report``, ``weave-router report``) in Go Weave 2.8.1's shape.
 
-Built from a :class:`~router.status.Status` snapshot only. Field names are Weave's, so
-``report -f '{{.Router.Name}}'`` and the like keep working::
+Built from a :class:`~router.status.Status` snapshot only. Key names, nesting and value
+types are those of Weave's report (captured in ``shared/reference/go-weave-2.8.1/*/h*/
+report.json``), so scripts written for Weave (``report -f '{{.Router.Name}}'``, ``jq``)
+keep working::
 
-    {"Version": "0.1.0",
-     "Router": {"Protocol": "weave-router", "ProtocolMinVersion": 1, "ProtocolMaxVersion": 1,
-                "Encryption": false, "PeerDiscovery": true,
-                "Name": "5a:b7:04:1c:2d:8e", "NickName": "host1", "Port": 6783,
+    {"Ready": true, "Version": "0.1.0",
+     "VersionCheck": {"Enabled": false, "Success": false, "NewVersion": "",
+                      "NextCheckAt": "0001-01-01T00:00:00Z"},
+     "Router": {"Protocol", "ProtocolMinVersion", "ProtocolMaxVersion", "Encryption",
+                "PeerDiscovery", "Name", "NickName", "Port",
                 "Peers": [{"Name", "NickName", "UID", "ShortID", "Version",
                            "Connections": [{"Name", "NickName", "Address", "Outbound",
-                                            "Established"}]}],
-                "UnicastRoutes": [{"Dest": name, "Via": name}],
-                "BroadcastRoutes": [{"Source": name, "Via": [name, ...]}],
-                "Connections": [{"Address", "Outbound", "State", "Info", "Attrs": {}}],
-                "Targets": ["192.168.48.14:6783"], "TrustedSubnets": ["10.0.0.0/8"],
-                "ConnLimit": 200}}
+                                            "Established"}] | null}],
+                "UnicastRoutes": [{"Dest", "Via"}],
+                "BroadcastRoutes": [{"Source", "Via": [name, ...] | null}],
+                "Connections": [{"Address", "Outbound", "State", "Info",
+                                 "Attrs": {"encrypted"?, "mtu": 1376, "name": "sleeve"} | null}],
+                "TerminationCount": 0, "Targets": ["192.168.48.14"] | null,
+                "OverlayDiagnostics": {"sleeve": {our data plane counters} | null},
+                "TrustedSubnets": [],
+                "ConnLimit": 200},                                    <- ours
+     "IPAM": {"Paxos": {"Elector", "KnownNodes", "Quorum"} | null, "Range",
+              "RangeNumIPs", "ActiveIPs", "DefaultSubnet",
+              "Entries": [{"Token", "Size", "Peer", "Nickname", "IsKnownPeer",
+                           "Version"}] | null,
+              "PendingClaims": [{"Ident", "CIDR"}] | null, "PendingAllocates": [str] | null,
+              "Status", "IPs": {"local-free", "local-used"}, "UnreachablePeers",
+              "Shares": [{"Name", "NickName", "Size", "IsKnownPeer", "Active"}]}}   <- ours
 
-Lists keep the snapshot's order, except the routes, which are sorted by peer name so two
-reports of the same state are byte-identical. ``Info`` is the text of the ``status
-connections`` info column.
+Left out, as nothing here has that data: ``Router.Interface``, ``Router.CaptureStats``
+(Weave's pcap capture; our frames come from a TAP, counted under OverlayDiagnostics),
+``Router.MACs`` (the MAC table lives in the compiled data plane, which lists only its
+size, ``OverlayDiagnostics.sleeve.macs``) and ``DNS`` (no DNS server yet: absent, as in
+Weave's report with ``--no-dns``). ``IPAM`` is absent without IPAM, as in Weave.
+
+The tree is typed for Go (``router/control/govalues.py``): maps are ``GoMap``, slices
+Go leaves nil are ``NilSlice`` (JSON ``null``), so templates print what Weave prints.
+Lists keep the snapshot's order, except the routes, sorted by peer name so two reports
+of one state are byte-identical. ``Info`` is the ``status connections`` info column.
 """
 
 from __future__ import annotations
@@ -26,12 +46,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from router.control.govalues import GoMap, NilMap, nil_if_empty, to_json
 from router.control.layouts import connection_info
 from router.ipam import IpamStatistics
 from router.mesh.names import PeerName
 from router.status import ConnectionStatus, PeerStatus, RouterStatus, Status
 
 JSON_INDENT = 4  # as Weave's MarshalIndent
+NEVER = "0001-01-01T00:00:00Z"  # Go's zero time.Time, Weave's NextCheckAt when not checking
 
 
 def _peer(peer: PeerStatus) -> dict[str, object]:
@@ -41,7 +63,7 @@ def _peer(peer: PeerStatus) -> dict[str, object]:
         "UID": peer.uid,
         "ShortID": peer.short_id,
         "Version": peer.version,
-        "Connections": [
+        "Connections": nil_if_empty([
             {
                 "Name": conn.peer_name,
                 "NickName": conn.peer_nickname,
@@ -50,8 +72,21 @@ def _peer(peer: PeerStatus) -> dict[str, object]:
                 "Established": conn.established,
             }
             for conn in peer.connections
-        ],
+        ]),
     }
+
+
+def _attrs(conn: ConnectionStatus) -> GoMap:
+    """Weave's connection attributes: set once established, nil before."""
+    if conn.state != "established":
+        return NilMap()
+    attrs = GoMap({key: int(value) if value.isdigit() else value
+                   for key, value in conn.attrs.items()})
+    if conn.overlay:
+        attrs["name"] = conn.overlay
+    if conn.encrypted:
+        attrs["encrypted"] = True
+    return attrs
 
 
 def _connection(conn: ConnectionStatus, *, password_set: bool) -> dict[str, object]:
@@ -60,11 +95,11 @@ def _connection(conn: ConnectionStatus, *, password_set: bool) -> dict[str, obje
         "Outbound": conn.outbound,
         "State": conn.state,
         "Info": connection_info(conn, password_set=password_set),
-        "Attrs": dict(conn.attrs),
+        "Attrs": _attrs(conn),
     }
 
 
-def _router(router: RouterStatus) -> dict[str, object]:
+def _router(router: RouterStatus, dataplane: Mapping[str, object] | None) -> dict[str, object]:
     return {
         "Protocol": router.protocol,
         "ProtocolMinVersion": router.protocol_min_version,
@@ -79,41 +114,58 @@ def _router(router: RouterStatus) -> dict[str, object]:
             {"Dest": dest, "Via": via} for dest, via in sorted(router.unicast_routes.items())
         ],
         "BroadcastRoutes": [
-            {"Source": source, "Via": sorted(via)}
+            {"Source": source, "Via": nil_if_empty(sorted(via))}
             for source, via in sorted(router.broadcast_routes.items())
         ],
         "Connections": [
             _connection(conn, password_set=router.encryption) for conn in router.connections
         ],
-        "Targets": list(router.targets),
+        "TerminationCount": router.counters.get("connection_terminations", 0),
+        "Targets": nil_if_empty(router.targets),
+        "OverlayDiagnostics": GoMap(
+            {"sleeve": None if dataplane is None else _sleeve(dataplane)}),
         "TrustedSubnets": list(router.trusted_subnets),
         "ConnLimit": router.conn_limit,
     }
 
 
 def build_report(status: Status) -> dict[str, object]:
-    """The report as plain JSON-ready data."""
-    router = _router(status.router)
-    if status.dataplane is not None:
-        router["OverlayDiagnostics"] = {"sleeve": _sleeve(status.dataplane)}
-    report: dict[str, object] = {"Version": status.router.version, "Router": router}
+    """The report as a Go-typed tree (:func:`~router.control.govalues.to_json` for JSON)."""
+    report: dict[str, object] = {
+        "Ready": status.ready,
+        "Version": status.router.version,
+        "VersionCheck": {"Enabled": False, "Success": False, "NewVersion": "",
+                         "NextCheckAt": NEVER},
+        "Router": _router(status.router, status.dataplane),
+    }
     if status.ipam is not None:
         report["IPAM"] = _ipam(status.ipam)
     return report
 
 
 def _ipam(ipam: IpamStatistics) -> dict[str, object]:
-    """Weave's IPAM section: status, range, default subnet, each peer's share."""
+    """Weave's IPAM section (the ring's entries), then our own fields."""
+    paxos = None  # as Weave's: only while the election runs ("awaiting consensus")
+    if ipam.quorum is not None and ipam.status.startswith("awaiting consensus"):
+        paxos = {"Elector": True, "KnownNodes": ipam.known or 0, "Quorum": ipam.quorum}
     return {
-        "Status": ipam.status,
+        "Paxos": paxos,
         "Range": ipam.range,
+        "RangeNumIPs": ipam.max_ips,
+        "ActiveIPs": ipam.ips.get("local-used", 0),
         "DefaultSubnet": ipam.default_subnet,
-        "MaxIPs": ipam.max_ips,
-        "IPs": dict(ipam.ips),
+        "Entries": nil_if_empty([
+            {"Token": e.token, "Size": e.size, "Peer": e.peer, "Nickname": e.nickname,
+             "IsKnownPeer": e.is_known_peer, "Version": e.version}
+            for e in ipam.entries
+        ]),
+        "PendingClaims": nil_if_empty([
+            {"Ident": ident, "CIDR": cidr} for ident, cidr in ipam.pending_claim_list]),
+        "PendingAllocates": nil_if_empty(ipam.pending_allocate_list),
+        "Status": ipam.status,
+        "IPs": GoMap(ipam.ips),
         "UnreachablePeers": ipam.unreachable_peers,
-        "PendingAllocates": ipam.pending_allocates,
-        "PendingClaims": ipam.pending_claims,
-        "Entries": [
+        "Shares": [
             {"Name": share.name, "NickName": share.nickname, "Size": share.ips,
              "IsKnownPeer": share.reachable, "Active": share.active}
             for share in ipam.shares
@@ -121,16 +173,20 @@ def _ipam(ipam: IpamStatistics) -> dict[str, object]:
     }
 
 
-def _sleeve(stats: Mapping[str, object]) -> dict[str, object]:
+def _sleeve(stats: Mapping[str, object]) -> GoMap:
     """The data plane's counters; peers keyed by name as the rest of the report writes them."""
     peers = stats.get("peers", {})
     assert isinstance(peers, Mapping)
-    return {
-        **{key: value for key, value in stats.items() if key != "peers"},
-        "peers": {str(PeerName(int(name))): counters for name, counters in peers.items()},
-    }
+    drops = stats.get("drops", {})
+    return GoMap({
+        **{key: value for key, value in stats.items() if key not in ("peers", "drops")},
+        "drops": GoMap(drops) if isinstance(drops, Mapping) else drops,
+        "peers": GoMap({str(PeerName(int(name))): GoMap(counters)
+                        for name, counters in peers.items()}),
+    })
 
 
 def render_report(status: Status) -> str:
     """The report as indented JSON text, ending with a newline."""
-    return json.dumps(build_report(status), indent=JSON_INDENT, ensure_ascii=False) + "\n"
+    return json.dumps(to_json(build_report(status)), indent=JSON_INDENT,
+                      ensure_ascii=False) + "\n"

@@ -281,6 +281,18 @@ class PeerShare:
 
 
 @dataclass(frozen=True)
+class RingEntryStatus:
+    """One entry of the ring as the report lists it (Weave's ``IPAM.Entries[]``)."""
+
+    token: str  # first address, "10.32.0.0"
+    size: int  # addresses up to the next token
+    peer: str
+    nickname: str
+    is_known_peer: bool  # ourself or reachable now
+    version: int
+
+
+@dataclass(frozen=True)
 class IpamStatistics:
     """The IPAM section of status, report and metrics."""
 
@@ -296,3 +308,6 @@ class IpamStatistics:
     quorum: int | None  # while awaiting consensus
     known: int | None
     counters: Mapping[str, int]
+    entries: tuple[RingEntryStatus, ...] = ()  # the ring, by token (empty: no ring yet)
+    pending_allocate_list: tuple[str, ...] = ()  # "IDENT SUBNET" of each waiting allocate
+    pending_claim_list: tuple[tuple[str, str], ...] = ()  # (ident, CIDR) of each claim

@@ -11,9 +11,10 @@ the metrics are made from.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 
-from router.ipam import AllocatorConfig, IpamStatistics, PeerShare
+from router.ipam import AllocatorConfig, IpamStatistics, PeerShare, RingEntryStatus
 from router.ipam.election import Election
 from router.ipam.peers import PeerBook
 from router.ipam.requests import RequestQueue
@@ -80,4 +81,24 @@ def snapshot(
         quorum=paxos.quorum if paxos is not None else None,
         known=paxos.known if paxos is not None else None,
         counters=dict(counts),
+        entries=_entries(ring, peers),
+        pending_allocate_list=tuple(
+            f"{r.ident} {r.subnet or config.default_subnet or config.universe}"
+            for r in queue.waiting("allocate")),
+        pending_claim_list=tuple(
+            (r.ident, str(r.cidr)) for r in queue.waiting("claim") if r.cidr is not None),
+    )
+
+
+def _entries(ring: Ring, peers: PeerBook) -> tuple[RingEntryStatus, ...]:
+    """The ring's entries with their sizes, as Weave's report lists them."""
+    ourself = ring.ourself
+    return tuple(
+        RingEntryStatus(
+            token=str(ipaddress.IPv4Address(start)), size=end - start, peer=str(entry.peer),
+            nickname=peers.nickname(entry.peer),
+            is_known_peer=entry.peer == ourself or entry.peer in peers.reachable,
+            version=entry.version,
+        )
+        for entry, start, end in ring.ranges()
     )
