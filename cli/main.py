@@ -248,11 +248,12 @@ def cmd_detach(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_ps(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """``ps [CONTAINER...]``: one line per attached container: name, MAC, CIDRs."""
-    wanted = set(args.containers)
-    for line in _call(_client(args, env), "GET", "/ps").body.splitlines():
-        if not wanted or line.split()[0] in wanted:
-            print(line)
+    """``ps [CONTAINER...]``: one line per attached container: name, MAC, CIDRs. The
+    router finds each CONTAINER by its namespace, whichever form (name, path, PID) it was
+    attached with."""
+    query = urllib.parse.urlencode([("container", c) for c in args.containers])
+    sys.stdout.write(_call(_client(args, env), "GET", "/ps" + ("?" + query if query else ""))
+                     .body)
     return 0
 
 

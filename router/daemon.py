@@ -29,7 +29,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -218,8 +218,8 @@ class Router:
     async def detach(self, container: str, addrs: list[str]) -> Attached | None:
         return await self._containers().detach(container, addrs)
 
-    async def ps(self) -> list[Attached]:
-        return await self._containers().ps()
+    async def ps(self, containers: Sequence[str] = ()) -> list[Attached]:
+        return await self._containers().ps(containers)
 
     def _containers(self) -> ContainersService:
         if self.containers is None:

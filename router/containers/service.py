@@ -6,6 +6,12 @@ A container is a network namespace given as a name from ``ip netns``, a path suc
 multicast route; detaching removes addresses and, with none left, the veth. Which
 containers are attached is kept in the store, so ``ps`` survives a router restart.
 
+One container, one entry: a namespace is identified by its inode (all network namespaces
+of a host live on one nsfs device), so a name, a path and a PID of one namespace are one
+container, whichever form ``attach``, ``detach`` and ``ps`` are given. The registry lists
+it under the form of its latest ``attach`` (keeping a path that outlives a PID, such as
+``/run/netns/NAME``, if it had one), and messages name it in the form the user gave.
+
 Containers that vanish: IPAM files a container's addresses under ``netns-<inode hex>``
 (:func:`ipam_ident`). :meth:`ContainersService.release_vanished` gives back the
 addresses of every such ident whose namespace no longer exists anywhere on this host
@@ -31,7 +37,7 @@ import trio
 
 from router.containers.addresses import AddressRequest, parse_addrs
 from router.errors import ConfigError, KernelError
-from router.ipam import NotFoundError
+from router.ipam import IpamError, NotFoundError
 from router.ipam.service import IpamService
 from router.kernel.plumbing import (
     Attachment,
@@ -51,6 +57,7 @@ REGISTRY_KEY = "attached_containers"
 IDENT_PREFIX = "netns-"  # IPAM idents of attached containers; only these are released
 CHECK_INTERVAL = 30.0  # seconds between checks for vanished containers
 _NET_LINK = re.compile(r"net:\[(\d+)\]")  # readlink of a netns file, mountinfo root
+_IDENT = re.compile(rf"{IDENT_PREFIX}[0-9a-f]+\b")
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,7 @@ class ContainersService:
                         exc)
             return []
         gone = [i for i, ino in wanted.items() if ino not in live and i not in self._touched]
+        names = {e.ident: c for c, e in self._registry().items() if e.ident is not None}
         released = []
         for ident in gone:
             try:
@@ -147,7 +155,7 @@ class ContainersService:
                 continue  # detached meanwhile
             released.append(ident)
             self._released += len(cidrs)
-            log.info("container %s is gone: released %s", ident,
+            log.info("container %s is gone: released %s", names.get(ident, ident),
                      " ".join(str(c) for c in cidrs))
         self._forget_idents(set(released))
         return released
@@ -164,7 +172,10 @@ class ContainersService:
         path = resolve_netns(container)  # a bad container fails before anything is allocated
         ident = ipam_ident(path)
         self._touched.add(ident)  # alive now: a check already running must not free it
-        cidrs = await self._addresses(ident, request)
+        try:
+            cidrs = await self._addresses(ident, request)
+        except IpamError as exc:  # "owned by netns-f00004fd": say which container that is
+            raise type(exc)(self._named(str(exc))) from exc
         host, target = await self._kernel.snapshot(), await self._kernel.snapshot(path)
         plan = attach_plan(host, target, host_veth=host_veth_name(netns_inode(path)),
                            cidrs=cidrs, multicast_route=multicast_route)
@@ -180,29 +191,35 @@ class ContainersService:
         if request.needs_ipam:
             raise ConfigError("detach takes explicit addresses (ip:CIDR) or none for all")
         path = resolve_netns(container)
+        ident = ipam_ident(path)
         target = await self._kernel.snapshot(path)
         plan = detach_plan(target, cidrs=request.cidrs or None)
         await _run(self._kernel, plan, f"detach {container}")
-        self._release(ipam_ident(path), request.cidrs)
+        self._release(ident, request.cidrs)
         now = attachment(await self._kernel.snapshot(path))
         if now is None:
-            self._forget(container)
+            self._forget_idents({ident})  # however it was attached (name, path or PID)
             log.info("detached %s", container)
             return None
         return Attached(container, now)
 
-    async def ps(self) -> list[Attached]:
-        """Every attached container that still exists, as ``ps`` lists them; the
-        addresses of those that vanished are released."""
+    async def ps(self, containers: Sequence[str] = ()) -> list[Attached]:
+        """Every attached container that still exists, as ``ps`` lists them (only
+        ``containers``, in the form given, if any: ConfigError for one that is not a
+        namespace); the addresses of those that vanished are released."""
+        wanted = {ipam_ident(resolve_netns(spec)): spec for spec in containers}
         found: list[Attached] = []
         forgotten = False
-        for container, entry in sorted(self._registry().items()):
+        for registered, entry in sorted(self._registry().items()):
+            shown = wanted.get(entry.ident or "", registered if not wanted else "")
+            if not shown:
+                continue
             try:
                 if entry.ident is not None and ipam_ident(entry.path) != entry.ident:
-                    raise ConfigError(f"{container}: another namespace now")  # name reused
-                found.append(await self._describe(container, entry.path))
+                    raise ConfigError(f"{registered}: another namespace now")  # name reused
+                found.append(await self._describe(shown, entry.path))
             except (ConfigError, KernelError):
-                self._forget(container)  # the namespace is gone, and its veth with it
+                self._forget(registered)  # the namespace is gone, and its veth with it
                 forgotten = True
         if forgotten:
             await self.release_vanished()
@@ -248,7 +265,19 @@ class ContainersService:
                              json.dumps({c: e.to_json() for c, e in registry.items()}))
 
     def _remember(self, container: str, entry: _Entry) -> None:
-        self._save({**self._registry(), container: entry})
+        """Register ``container``, replacing any other form of the same namespace."""
+        registry = self._registry()
+        kept = {c: e for c, e in registry.items() if c != container and e.ident != entry.ident}
+        old = [e for e in registry.values() if e.ident == entry.ident]
+        if old and entry.path.startswith("/proc/") and not old[-1].path.startswith("/proc/"):
+            entry = _Entry(old[-1].path, entry.ident)  # a name outlives the PID's process
+        self._save({**kept, container: entry})
+
+    def _named(self, message: str) -> str:
+        """``message`` with each ``netns-*`` ident replaced by its container's name."""
+        names = {e.ident: c for c, e in self._registry().items() if e.ident is not None}
+        return _IDENT.sub(lambda m: names.get(m.group(), "a container no longer attached"),
+                          message)
 
     def _forget(self, container: str) -> None:
         registry = self._registry()
@@ -264,15 +293,30 @@ class ContainersService:
 
 def _parse_registry(raw: str) -> dict[str, _Entry]:
     """The registry as stored: ``{spec: path}`` (old) or ``{spec: {"path", "ident"}}``.
-    Entries of neither shape are skipped (the store is ours, but be lenient)."""
+    Entries of neither shape are skipped (the store is ours, but be lenient). An entry
+    without an ident gets its namespace's, if it still exists. Several forms of one
+    namespace (written before one container had one entry) keep the last written."""
     out: dict[str, _Entry] = {}
     for container, value in dict(json.loads(raw)).items():
         if isinstance(value, str):
-            out[container] = _Entry(value)
+            entry = _Entry(value, _ident_if_alive(value))
         elif isinstance(value, dict) and isinstance(value.get("path"), str):
             ident = value.get("ident")
-            out[container] = _Entry(value["path"], ident if isinstance(ident, str) else None)
+            entry = _Entry(value["path"], ident if isinstance(ident, str) else
+                           _ident_if_alive(value["path"]))
+        else:
+            continue
+        if entry.ident is not None:
+            out = {c: e for c, e in out.items() if e.ident != entry.ident}
+        out[container] = entry
     return out
+
+
+def _ident_if_alive(path: str) -> str | None:
+    try:
+        return ipam_ident(path)
+    except ConfigError:
+        return None  # gone: ps forgets it
 
 
 def ipam_ident(path: str) -> str:

@@ -7,6 +7,7 @@ GET     /status                         text layout of ``status`` (503 until rea
 GET     /status/targets|connections|peers  the other ``status`` layouts (503 until ready)
 GET     /report                         the JSON report (application/json)
 GET     /report?format=TEMPLATE         that Go text/template rendered against it (text)
+GET     /ps[?container=C...]            attached containers (C: name, path or PID)
 POST    /connect                        form ``peer=A&peer=B&replace=true``
 POST    /forget                         form ``peer=A&peer=B``
 POST    /stop                           our addition: answer 200, then stop gracefully
@@ -35,7 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,8 +99,8 @@ class RouterControl(Protocol):
         """Take addresses off a container (all: it leaves the network)."""
         ...
 
-    async def ps(self) -> list[Attached]:
-        """The attached containers."""
+    async def ps(self, containers: Sequence[str] = ()) -> list[Attached]:
+        """The attached containers (only ``containers``, in that form, if given)."""
         ...
 
 
@@ -241,7 +242,9 @@ async def _detach(control: RouterControl, request: Request) -> Reply:
 
 
 async def _ps(control: RouterControl, request: Request) -> Reply:
-    return Reply(200, "".join(a.line() + "\n" for a in await control.ps()))
+    """``GET /ps[?container=C...]``: C as a name, path or PID of its namespace."""
+    wanted = urllib.parse.parse_qs(request.query).get("container", [])
+    return Reply(200, "".join(a.line() + "\n" for a in await control.ps(wanted)))
 
 
 async def _stop(control: RouterControl, request: Request) -> Reply:
