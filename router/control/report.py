@@ -19,7 +19,7 @@ keep working::
                                  "Attrs": {"encrypted"?, "mtu": 1376, "name": "sleeve"} | null}],
                 "TerminationCount": 0, "Targets": ["192.168.48.14"] | null,
                 "OverlayDiagnostics": {"sleeve": {our data plane counters} | null},
-                "TrustedSubnets": [],
+                "TrustedSubnets": [], "Interface": "vethwe-pcap (via TAP)" | "",
                 "ConnLimit": 200},                                    <- ours
      "IPAM": {"Paxos": {"Elector", "KnownNodes", "Quorum"} | null, "Range",
               "RangeNumIPs", "ActiveIPs", "DefaultSubnet",
@@ -29,8 +29,9 @@ keep working::
               "Status", "IPs": {"local-free", "local-used"}, "UnreachablePeers",
               "Shares": [{"Name", "NickName", "Size", "IsKnownPeer", "Active"}]}}   <- ours
 
-Left out, as nothing here has that data: ``Router.Interface``, ``Router.CaptureStats``
-(Weave's pcap capture; our frames come from a TAP, counted under OverlayDiagnostics),
+``Interface`` is the data plane's TAP (Weave's: ``vethwe-pcap (via pcap)`` or ``datapath
+(via ODP)``), "" without a data plane. Left out, as nothing here has that data:
+``Router.CaptureStats`` (Weave's pcap counters; ours are under OverlayDiagnostics),
 ``Router.MACs`` (the MAC table lives in the compiled data plane, which lists only its
 size, ``OverlayDiagnostics.sleeve.macs``) and ``DNS`` (no DNS server yet: absent, as in
 Weave's report with ``--no-dns``). ``IPAM`` is absent without IPAM, as in Weave.
@@ -49,6 +50,7 @@ from collections.abc import Mapping
 from router.control.govalues import GoMap, NilMap, nil_if_empty, to_json
 from router.control.layouts import connection_info
 from router.ipam import IpamStatistics
+from router.kernel.plumbing import TAP_NAME
 from router.mesh.names import PeerName
 from router.status import ConnectionStatus, PeerStatus, RouterStatus, Status
 
@@ -125,6 +127,7 @@ def _router(router: RouterStatus, dataplane: Mapping[str, object] | None) -> dic
         "OverlayDiagnostics": GoMap(
             {"sleeve": None if dataplane is None else _sleeve(dataplane)}),
         "TrustedSubnets": list(router.trusted_subnets),
+        "Interface": "" if dataplane is None else f"{TAP_NAME} (via TAP)",
         "ConnLimit": router.conn_limit,
     }
 

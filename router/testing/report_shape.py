@@ -18,7 +18,6 @@ Shape = dict[str, set[str]]
 # Keys of Weave's report this router leaves out, and why.
 ABSENT: dict[str, str] = {
     ".DNS": "no DNS server yet; Weave leaves DNS out too when launched with --no-dns",
-    ".Router.Interface": "Weave's pcap capture device; our frames come from a TAP",
     ".Router.CaptureStats": "pcap counters; ours are under OverlayDiagnostics.sleeve",
     ".Router.MACs": "the MAC table is in the compiled data plane, which gives only its size"
                     " (OverlayDiagnostics.sleeve.macs)",

@@ -119,7 +119,7 @@ def test_report_top_level_and_router_keys_in_weaves_order() -> None:
         "Protocol", "ProtocolMinVersion", "ProtocolMaxVersion", "Encryption", "PeerDiscovery",
         "Name", "NickName", "Port", "Peers", "UnicastRoutes", "BroadcastRoutes",
         "Connections", "TerminationCount", "Targets", "OverlayDiagnostics", "TrustedSubnets",
-        "ConnLimit",
+        "Interface", "ConnLimit",
     ]
     assert "DNS" not in report and "IPAM" not in report  # no DNS, no IPAM: absent as Weave's
     assert json.loads(render_report(sample_status(ready=False)))["Ready"] is False
@@ -197,7 +197,9 @@ WEAVE_TEMPLATES = [  # (template, expected) as weave's test/*.sh and docs write 
     ("{{.IPAM.DefaultSubnet}}", "10.32.0.0/12"),
     ("{{.IPAM.Range}}", "10.32.0.0/12"),
     ("{{.VersionCheck.Enabled}}", "false"),
+    ("{{.Router.Interface}}", ""),  # no data plane in this status; the live test has one
     ('{{range .Router.Targets}}{{.}}{{"\\n"}}{{end}}', "192.168.77.2\n"),
+    ("{{range .Router.Targets}}{{.}}\n{{end}}", "192.168.77.2\n"),  # weave test: direct_peers
     ("{{json .Router.Targets}}", '["192.168.77.2"]'),
     ('{{range .Router.Connections}}{{if eq .State "established"}}{{.Address}}\n{{end}}{{end}}',
      "192.168.77.2:6783\n192.168.77.3:41234\n"),
