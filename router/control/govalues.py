@@ -12,6 +12,8 @@ typed tree into what :mod:`json` writes; the template engine
 Printed as Go's fmt prints them::
 
     "abc"            abc            True/False     true/false
+    GoPointer(A=1)   &{1} on top, an address inside another value
+    GoStringer, GoTime  what the Go type's String() says
     None             <nil>          [1, "a"]       [1 a]          NilSlice()   []
     {"A": 1, "B": 2} {1 2}          GoMap(b=2, a=1)  map[a:1 b:2]
     1.5              1.5            1e21           1e+21
@@ -36,6 +38,33 @@ class NilMap(GoMap):
 
 class NilSlice(list[object]):
     """A Go nil slice: JSON ``null``, printed ``[]``; always empty."""
+
+
+class GoPointer(dict[str, object]):
+    """A pointer to a struct (``Router``, ``IPAM``, ``IPAM.Paxos``): Go prints ``&{...}``
+    on top and, inside another value, an address (here always :data:`POINTER_TEXT`)."""
+
+
+POINTER_TEXT = "0xc000010000"  # Go prints the pointer's (arbitrary) address
+
+
+class GoStringer(dict[str, object]):
+    """A struct with a ``String()`` method, which fmt prints instead of its fields."""
+
+    def __init__(self, fields: Mapping[str, object], text: str) -> None:
+        super().__init__(fields)
+        self.text = text
+
+
+class GoTime(str):
+    """A ``time.Time``: JSON writes it as RFC 3339 (this str), fmt as Go's ``String()``."""
+
+    text: str
+
+    def __new__(cls, rfc3339: str, text: str) -> GoTime:
+        value = super().__new__(cls, rfc3339)
+        value.text = text
+        return value
 
 
 class _NoValue:
@@ -105,8 +134,13 @@ def _go_exponent(text: str) -> str:
     return re.sub(r"e([+-])(\d+)$", lambda m: f"e{m.group(1)}{int(m.group(2)):02d}", text)
 
 
-def go_format(value: object) -> str:
-    """``value`` as Go's ``%v`` prints the matching Go value."""
+def go_format(value: object, depth: int = 0) -> str:
+    """``value`` as Go's ``%v`` prints the matching Go value (``depth``: how deep inside
+    the value being printed; Go prints a pointer to a struct as ``&{...}`` only on top)."""
+    if isinstance(value, GoStringer | GoTime):
+        return value.text
+    if isinstance(value, GoPointer) and depth > 0:
+        return POINTER_TEXT
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -116,12 +150,13 @@ def go_format(value: object) -> str:
     if isinstance(value, float):
         return go_float(value)
     if isinstance(value, list):
-        return "[" + " ".join(go_format(item) for item in value) + "]"
+        return "[" + " ".join(go_format(item, depth + 1) for item in value) + "]"
     if isinstance(value, GoMap):
-        return "map[" + " ".join(f"{go_format(k)}:{go_format(value[k])}"
+        return "map[" + " ".join(f"{go_format(k, depth + 1)}:{go_format(value[k], depth + 1)}"
                                  for k in sorted(value)) + "]"
     if isinstance(value, Mapping):
-        return "{" + " ".join(go_format(item) for item in value.values()) + "}"
+        text = "{" + " ".join(go_format(item, depth + 1) for item in value.values()) + "}"
+        return "&" + text if isinstance(value, GoPointer) else text
     return str(value)
 
 

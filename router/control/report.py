@@ -47,7 +47,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from router.control.govalues import GoMap, NilMap, nil_if_empty, to_json
+from router.control.govalues import (
+    GoMap,
+    GoPointer,
+    GoStringer,
+    GoTime,
+    NilMap,
+    nil_if_empty,
+    to_json,
+)
 from router.control.layouts import connection_info
 from router.ipam import IpamStatistics
 from router.kernel.plumbing import TAP_NAME
@@ -56,6 +64,7 @@ from router.status import ConnectionStatus, PeerStatus, RouterStatus, Status
 
 JSON_INDENT = 4  # as Weave's MarshalIndent
 NEVER = "0001-01-01T00:00:00Z"  # Go's zero time.Time, Weave's NextCheckAt when not checking
+NEVER_TEXT = "0001-01-01 00:00:00 +0000 UTC"  # ... as its String() prints it
 
 
 def _peer(peer: PeerStatus) -> dict[str, object]:
@@ -137,20 +146,22 @@ def build_report(status: Status) -> dict[str, object]:
     report: dict[str, object] = {
         "Ready": status.ready,
         "Version": status.router.version,
-        "VersionCheck": {"Enabled": False, "Success": False, "NewVersion": "",
-                         "NextCheckAt": NEVER},
-        "Router": _router(status.router, status.dataplane),
+        "VersionCheck": GoStringer({"Enabled": False, "Success": False, "NewVersion": "",
+                                    "NextCheckAt": GoTime(NEVER, NEVER_TEXT)},
+                                   "version check update disabled"),  # as Weave's String()
+        "Router": GoPointer(_router(status.router, status.dataplane)),
     }
     if status.ipam is not None:
-        report["IPAM"] = _ipam(status.ipam)
+        report["IPAM"] = GoPointer(_ipam(status.ipam))
     return report
 
 
 def _ipam(ipam: IpamStatistics) -> dict[str, object]:
     """Weave's IPAM section (the ring's entries), then our own fields."""
-    paxos = None  # as Weave's: only while the election runs ("awaiting consensus")
+    paxos: GoPointer | None = None  # as Weave's: only while awaiting consensus
     if ipam.quorum is not None and ipam.status.startswith("awaiting consensus"):
-        paxos = {"Elector": True, "KnownNodes": ipam.known or 0, "Quorum": ipam.quorum}
+        paxos = GoPointer({"Elector": True, "KnownNodes": ipam.known or 0,
+                           "Quorum": ipam.quorum})
     return {
         "Paxos": paxos,
         "Range": ipam.range,

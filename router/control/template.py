@@ -264,7 +264,7 @@ class _Renderer:
             elif isinstance(node, Output):
                 value = self.pipe(node.pipe, dot)
                 if not node.pipe.decl:
-                    self.emit(value if isinstance(value, str) else go_format(value))
+                    self.emit(value if type(value) is str else go_format(value))
             else:
                 self.block(node, dot)
         del self.vars[mark:]
