@@ -4,6 +4,7 @@ text/template for ``report -f`` and ``GET /report?format=``) and govalues.py (Go
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,9 @@ async def test_report_has_go_weaves_keys_and_types(tmp_path: Path,
     assert sorted(known) == [False, True, True]  # as Weave's ipam3-h3-stopped
     assert stopped["IPAM"]["ActiveIPs"] == 1
     assert stopped["IPAM"]["RangeNumIPs"] == 1 << 20
+    assert sum(e["Size"] for e in stopped["IPAM"]["Entries"]) == 1 << 20  # the whole ring
+    tokens = [e["Token"] for e in stopped["IPAM"]["Entries"]]
+    assert tokens[0] == "10.32.0.0" and tokens == sorted(tokens, key=ipaddress.IPv4Address)
 
 
 def test_the_shape_check_finds_a_renamed_or_retyped_key() -> None:
