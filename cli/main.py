@@ -56,6 +56,7 @@ from cli.version import version_lines
 from router.config import DEFAULT_DB_PATH
 from router.containers.addresses import parse_addrs
 from router.errors import ConfigError
+from router.kernel.port import resolve_netns
 
 PROG = "weave-router"
 STATUS_VIEWS = ("targets", "connections", "peers", "ipam", "dns")
@@ -338,9 +339,16 @@ def cmd_ps(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if not wanted or container in wanted:
             found.add(container)
             print(line)
-    unknown = [c for c in args.containers if c not in found]
-    if unknown:  # as Weave's ps of a container it does not know: a message, exit 1
-        raise CommandError(f"{PROG}: error: not attached: {' '.join(unknown)}")
+    missing = []
+    for container in dict.fromkeys(c for c in args.containers if c not in found):
+        try:
+            resolve_netns(container, allow_own=True)
+        except ConfigError as exc:
+            missing.append(str(exc))
+        else:  # a namespace that exists but is not on the network: nothing to list
+            print(f"{PROG}: {container} is not attached", file=sys.stderr)
+    if missing:  # as Weave's ps of a container that does not exist: exit 1
+        raise CommandError(f"{PROG}: error: {'; '.join(missing)}")
     return 0
 
 
@@ -396,6 +404,8 @@ def cmd_help(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         build_parser().parse_args(argv)
     except SystemExit:
         return 0
+    except UsageError as exc:  # help of an unknown command
+        raise ConfigError(f"help: {exc}") from exc
     return 0
 
 

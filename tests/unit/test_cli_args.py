@@ -399,6 +399,12 @@ def test_help_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0 and "attach" in out and "launch" in out
     code, out, _ = run(["help", "attach"], capsys)
     assert code == 0 and "-h FQDN" in out
+    code, out, err = run(["help", "frobnicate"], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("weave-router: error: help: argument COMMAND: invalid choice: "
+                          "'frobnicate'"), err
+    code, out, _ = run(["help", "expose"], capsys)
+    assert code == 0 and "not in this version" in out
 
 
 def test_http_addr_before_the_command(capsys: pytest.CaptureFixture[str]) -> None:
