@@ -98,6 +98,25 @@ def _add_hostname(parser: argparse.ArgumentParser) -> None:
                              "version, so it is not registered)")
 
 
+def _add_container_commands(commands: argparse._SubParsersAction[_Parser]
+                            ) -> None:
+    """``attach``, ``detach`` and ``ps``."""
+    attach = commands.add_parser("attach", help="put a container on the weave network",
+                                 add_help=False)
+    _add_hostname(attach)
+    attach.add_argument("--no-multicast-route", action="store_true",
+                        help="do not route 224.0.0.0/4 via ethwe")
+    attach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER",
+                        help="ADDR = [ip:]CIDR; CONTAINER = netns name, path or PID")
+    _add_http_addr(attach)
+    detach = commands.add_parser("detach", help="take addresses (all: the container) off")
+    detach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER")
+    _add_http_addr(detach)
+    ps = commands.add_parser("ps", help="attached containers: name, MAC, CIDRs")
+    ps.add_argument("containers", nargs="*", metavar="CONTAINER")
+    _add_http_addr(ps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     parser = _Parser(prog=PROG, description="Weave Net's router, rebuilt in Python.")
@@ -127,20 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget = commands.add_parser("forget", help="drop connection targets")
     forget.add_argument("peers", nargs="+", metavar="PEER", help="HOST[:PORT]")
     _add_http_addr(forget)
-    attach = commands.add_parser("attach", help="put a container on the weave network",
-                                 add_help=False)
-    _add_hostname(attach)
-    attach.add_argument("--no-multicast-route", action="store_true",
-                        help="do not route 224.0.0.0/4 via ethwe")
-    attach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER",
-                        help="ADDR = [ip:]CIDR; CONTAINER = netns name, path or PID")
-    _add_http_addr(attach)
-    detach = commands.add_parser("detach", help="take addresses (all: the container) off")
-    detach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER")
-    _add_http_addr(detach)
-    ps = commands.add_parser("ps", help="attached containers: name, MAC, CIDRs")
-    ps.add_argument("containers", nargs="*", metavar="CONTAINER")
-    _add_http_addr(ps)
+    _add_container_commands(commands)
     _add_http_addr(commands.add_parser("prime", help="wait until this peer can allocate"))
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
