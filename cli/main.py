@@ -52,11 +52,9 @@ from cli.client import (
 )
 from cli.missing import MISSING, STATUS_DNS, missing_command
 from cli.template import Template, TemplateError
-from cli.version import version_lines
 from router.config import DEFAULT_DB_PATH
 from router.containers.addresses import parse_addrs
 from router.errors import ConfigError
-from router.kernel.port import resolve_netns
 
 PROG = "weave-router"
 STATUS_VIEWS = ("targets", "connections", "peers", "ipam", "dns")
@@ -345,6 +343,8 @@ def cmd_ps(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if not wanted or container in wanted:
             found.add(container)
             print(line)
+    from router.kernel.port import resolve_netns  # only when a container is not listed
+
     missing = []
     for container in dict.fromkeys(c for c in args.containers if c not in found):
         try:
@@ -379,6 +379,8 @@ def cmd_rmpeer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_version(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``version``: the versions of this program's parts, one per line."""
+    from cli.version import version_lines  # trio and the extension: only for this command
+
     print("\n".join(version_lines()))
     return 0
 
