@@ -69,6 +69,8 @@ DEFAULT_CONN_LIMIT = 200
 MAX_CONN_LIMIT = 10_000
 MAX_NICKNAME = 64  # characters
 MAX_PEERS = 10_000  # PEER arguments
+MAX_INIT_PEER_COUNT = 10_000  # --init-peer-count / consensus=N: IPAM waits for N/2+1 peers
+UNKNOWN_PEER_NAME = 0  # 00:00:00:00:00:00: Weave's "unknown peer" (mesh.UnknownPeerName)
 
 READY_TIMEOUT = 30.0  # seconds a detached launch waits for GET /status to answer 200
 POLL_INTERVAL = 0.1  # seconds between polls
@@ -175,9 +177,12 @@ def _name(value: str | None) -> PeerName | None:
     if value is None:
         return None
     try:
-        return PeerName.parse(value)
+        name = PeerName.parse(value)
     except ConfigError as exc:
         raise ConfigError(f"--name: {exc}") from None
+    if int(name) == UNKNOWN_PEER_NAME:
+        raise ConfigError(f"--name: {value} is Weave's unknown-peer name; pick another")
+    return name
 
 
 def _nickname(value: str | None) -> str:
@@ -235,10 +240,20 @@ def _ipam(args: argparse.Namespace) -> dict[str, object]:
         raise ConfigError("--init-peer-count: cannot be combined with --ipalloc-init")
     init = args.ipalloc_init or "consensus"
     if args.init_peer_count is not None:
-        if not args.init_peer_count.isdigit() or int(args.init_peer_count) < 1:
-            raise ConfigError(f"--init-peer-count: {args.init_peer_count} is not a count of peers")
+        if not _peer_count(args.init_peer_count):
+            raise ConfigError(f"--init-peer-count: {args.init_peer_count} is not a count of "
+                              f"peers (1-{MAX_INIT_PEER_COUNT})")
         init = f"consensus={int(args.init_peer_count)}"
+    kind, sep, count = init.strip().partition("=")
+    if kind == "consensus" and sep and count.isdigit() and not _peer_count(count):
+        raise ConfigError(f"--ipalloc-init: consensus={count} is not a peer count "
+                          f"(1-{MAX_INIT_PEER_COUNT})")
     parse_init_mode(init)
+    if args.ipalloc_range == "":  # Weave: an empty range runs the router without IPAM
+        if args.ipalloc_default_subnet:
+            raise ConfigError("--ipalloc-default-subnet: needs IPAM, which "
+                              "--ipalloc-range '' disables")
+        return {"ipalloc_range": None, "ipalloc_default_subnet": None, "ipalloc_init": init}
     universe = (parse_subnet(args.ipalloc_range, what="--ipalloc-range")
                 if args.ipalloc_range else DEFAULT_IPALLOC_RANGE)
     default = None
@@ -248,6 +263,11 @@ def _ipam(args: argparse.Namespace) -> dict[str, object]:
             raise ConfigError(f"--ipalloc-default-subnet: {default} is not inside "
                               f"--ipalloc-range {universe}")
     return {"ipalloc_range": universe, "ipalloc_default_subnet": default, "ipalloc_init": init}
+
+
+def _peer_count(text: str) -> bool:
+    """True for a count of peers IPAM can wait for (``1``-:data:`MAX_INIT_PEER_COUNT`)."""
+    return text.isdigit() and len(text) <= 6 and 1 <= int(text) <= MAX_INIT_PEER_COUNT
 
 
 def _log_level(value: str | None) -> str:
@@ -296,7 +316,8 @@ def config_to_argv(config: RouterConfig) -> list[str]:
     argv = ["--host", mesh.host, "--port", str(mesh.port), "--nickname", mesh.nickname,
             "--conn-limit", str(mesh.conn_limit), "--db-path", str(config.db_path),
             "--log-level", config.log_level, "--mtu", str(config.mtu),
-            "--dataplane", config.dataplane, "--ipalloc-range", str(config.ipalloc_range),
+            "--dataplane", config.dataplane,
+            "--ipalloc-range", "" if config.ipalloc_range is None else str(config.ipalloc_range),
             "--ipalloc-init", config.ipalloc_init]
     if config.ipalloc_default_subnet is not None:
         argv += ["--ipalloc-default-subnet", str(config.ipalloc_default_subnet)]

@@ -9,15 +9,24 @@ Commands of this milestone (cli.md has the contract)::
     weave-router report [-f TEMPLATE]
     weave-router connect [--replace] [PEER ...]
     weave-router forget PEER ...
-    weave-router attach [ADDR ...] [--no-multicast-route] CONTAINER
+    weave-router attach [ADDR ...] [-h FQDN] [--no-multicast-route] CONTAINER
     weave-router detach [ADDR ...] CONTAINER
     weave-router ps [CONTAINER ...]
+    weave-router prime
+    weave-router rmpeer PEER_ID ...
     weave-router version
+    weave-router help [COMMAND]
+
+``-h`` is Weave's hostname flag on ``attach`` (``--help`` is the help there); DNS is not in
+this version, so the name travels in the attach request and is reported as not
+registered. Weave's commands this version lacks (``expose``, ``dns-add``, ``launch-proxy``
+...: :data:`cli.missing.MISSING`) say so in one line and exit 1.
 
 Every command but ``launch`` and ``version`` talks to the router's API at ``--http-addr``
-(``WEAVE_HTTP_ADDR``, default 127.0.0.1:6784). Exit codes: 0 done; 1 the command failed
-(router not running, router refused, launch failed); 2 a usage error (unknown flag, bad
-value), reported as one line ``weave-router: error: ...`` on stderr.
+(``WEAVE_HTTP_ADDR``, default 127.0.0.1:6784), given before or after the command. Exit
+codes: 0 done; 1 the command failed (router not running, router refused, launch failed,
+a command of Weave's this version lacks); 2 a usage error (unknown flag, bad value),
+reported as one line ``weave-router: error: ...`` on stderr.
 """
 
 from __future__ import annotations
@@ -32,15 +41,22 @@ from pathlib import Path
 from typing import NoReturn
 
 from cli import launch
-from cli.client import ApiClient, ApiResponse, ApiUnreachable, default_http_addr, format_addr
+from cli.client import (
+    ApiClient,
+    ApiResponse,
+    ApiUnreachable,
+    default_http_addr,
+    format_addr,
+    is_hostname,
+)
+from cli.missing import MISSING, STATUS_DNS, missing_command
 from cli.template import Template, TemplateError
-from router import __version__
 from router.config import DEFAULT_DB_PATH
 from router.containers.addresses import parse_addrs
 from router.errors import ConfigError
 
 PROG = "weave-router"
-STATUS_VIEWS = ("targets", "connections", "peers", "ipam")
+STATUS_VIEWS = ("targets", "connections", "peers", "ipam", "dns")
 STOP_TIMEOUT = 30.0  # seconds ``stop`` waits for the router to stop answering
 STOP_POLL = 0.1  # seconds
 
@@ -65,9 +81,44 @@ def _add_http_addr(parser: argparse.ArgumentParser) -> None:
                         help="the router's API (127.0.0.1:6784) [WEAVE_HTTP_ADDR]")
 
 
+def _hostname(value: str) -> str:
+    if not is_hostname(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a host name (like foo.weave.local)")
+    return value
+
+
+def _add_hostname(parser: argparse.ArgumentParser) -> None:
+    """Weave's ``-h FQDN``; ``--help`` stays the help (the parser has ``add_help=False``)."""
+    parser.add_argument("--help", action="help", help="show this help message and exit")
+    parser.add_argument("-h", dest="hostname", metavar="FQDN", type=_hostname,
+                        help="the container's DNS name (recorded; DNS is not in this "
+                             "version, so it is not registered)")
+
+
+def _add_container_commands(commands: argparse._SubParsersAction[_Parser]
+                            ) -> None:
+    """``attach``, ``detach`` and ``ps``."""
+    attach = commands.add_parser("attach", help="put a container on the weave network",
+                                 add_help=False)
+    _add_hostname(attach)
+    attach.add_argument("--no-multicast-route", action="store_true",
+                        help="do not route 224.0.0.0/4 via ethwe")
+    attach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER",
+                        help="ADDR = [ip:]CIDR; CONTAINER = netns name, path or PID")
+    _add_http_addr(attach)
+    detach = commands.add_parser("detach", help="take addresses (all: the container) off")
+    detach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER")
+    _add_http_addr(detach)
+    ps = commands.add_parser("ps", help="attached containers: name, MAC, CIDRs")
+    ps.add_argument("containers", nargs="*", metavar="CONTAINER")
+    _add_http_addr(ps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     parser = _Parser(prog=PROG, description="Weave Net's router, rebuilt in Python.")
+    parser.add_argument("--http-addr", dest="global_http_addr", metavar="HOST:PORT",
+                        help="the router's API, for any command (127.0.0.1:6784)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     launch.add_arguments(commands.add_parser("launch", help="start the router on this host"))
@@ -79,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http_addr(reset)
     status = commands.add_parser("status", help="show the router's status")
     status.add_argument("view", nargs="?", choices=STATUS_VIEWS, metavar="VIEW",
-                        help="targets, connections or peers")
+                        help="targets, connections, peers or ipam (dns: not in this version)")
     _add_http_addr(status)
     report = commands.add_parser("report", help="the JSON report")
     report.add_argument("-f", "--format", metavar="TEMPLATE",
@@ -92,24 +143,36 @@ def build_parser() -> argparse.ArgumentParser:
     forget = commands.add_parser("forget", help="drop connection targets")
     forget.add_argument("peers", nargs="+", metavar="PEER", help="HOST[:PORT]")
     _add_http_addr(forget)
-    attach = commands.add_parser("attach", help="put a container on the weave network")
-    attach.add_argument("--no-multicast-route", action="store_true",
-                        help="do not route 224.0.0.0/4 via ethwe")
-    attach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER",
-                        help="ADDR = [ip:]CIDR; CONTAINER = netns name, path or PID")
-    _add_http_addr(attach)
-    detach = commands.add_parser("detach", help="take addresses (all: the container) off")
-    detach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER")
-    _add_http_addr(detach)
-    ps = commands.add_parser("ps", help="attached containers: name, MAC, CIDRs")
-    ps.add_argument("containers", nargs="*", metavar="CONTAINER")
-    _add_http_addr(ps)
+    _add_container_commands(commands)
     _add_http_addr(commands.add_parser("prime", help="wait until this peer can allocate"))
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
     _add_http_addr(rmpeer)
-    commands.add_parser("version", help="print the version")
+    commands.add_parser("version", help="print the versions of weave-router's parts")
+    help_ = commands.add_parser("help", help="print this help, or a command's")
+    help_.add_argument("topic", nargs="?", metavar="COMMAND")
+    for name, (summary, _) in MISSING.items():
+        commands.add_parser(name, help=f"{summary} (not in this version)", add_help=False)
     return parser
+
+
+def merge_global_flags(args: argparse.Namespace) -> argparse.Namespace:
+    """``--http-addr`` before the command counts when none follows it."""
+    if getattr(args, "http_addr", None) is None and args.global_http_addr is not None:
+        args.http_addr = args.global_http_addr
+    return args
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command in ``argv``, skipping the options before it."""
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        if word == "--http-addr":
+            words = words[1:]
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -118,7 +181,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _client(args: argparse.Namespace, env: Mapping[str, str]) -> ApiClient:
-    return ApiClient(default_http_addr(args.http_addr, env.get(launch.ENV_HTTP_ADDR)))
+    addr = getattr(args, "http_addr", None) or args.global_http_addr
+    return ApiClient(default_http_addr(addr, env.get(launch.ENV_HTTP_ADDR)))
 
 
 def _call(client: ApiClient, method: str, path: str,
@@ -163,7 +227,13 @@ def cmd_reset(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             raise CommandError(f"{PROG}: error: the router did not answer: {exc.reason}") from exc
         from router.daemon import reset_offline  # trio and netlink: only when needed
 
-        reset_offline(Path(args.db_path) if args.db_path else DEFAULT_DB_PATH)
+        db_path = Path(args.db_path) if args.db_path else DEFAULT_DB_PATH
+        devices, db_removed = reset_offline(db_path)
+        which = "" if args.db_path else " (the default --db-path)"
+        print(f"{PROG} is not running (no answer on {format_addr(client.addr)}); reset: "
+              + (f"removed {', '.join(devices)}" if devices else "no bridge or devices of ours")
+              + "; " + (f"removed {db_path}{which}" if db_removed
+                        else f"no database at {db_path}{which}"))
         return 0
     return _wait_stopped(client)
 
@@ -182,6 +252,8 @@ def _wait_stopped(client: ApiClient) -> int:
 
 def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``status [VIEW]``: print the router's text layout."""
+    if args.view == "dns":
+        raise CommandError(f"{PROG}: {STATUS_DNS}")
     path = "/status" if args.view is None else f"/status/{args.view}"
     sys.stdout.write(_call(_client(args, env), "GET", path).body)
     return 0
@@ -219,7 +291,14 @@ def cmd_connect(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_forget(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``forget PEER...``: drop targets; live connections stay until lost."""
     peers = [launch.parse_peer(peer) for peer in args.peers]
-    _call(_client(args, env), "POST", "/forget", [("peer", peer) for peer in peers])
+    client = _client(args, env)
+    before = set(_call(client, "GET", "/status/targets").body.split())
+    _call(client, "POST", "/forget", [("peer", peer) for peer in peers])
+    after = set(_call(client, "GET", "/status/targets").body.split())
+    if before == after:
+        print(f"{PROG}: nothing to forget: {' '.join(peers)} "
+              f"{'is not a target' if len(peers) == 1 else 'are not targets'} "
+              f"(targets: {' '.join(sorted(before)) or 'none'})", file=sys.stderr)
     return 0
 
 
@@ -234,10 +313,16 @@ def cmd_attach(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     fields = _container_fields(args)
     if args.no_multicast_route:
         fields.append(("multicast_route", "false"))
+    if args.hostname is not None:
+        fields.append(("fqdn", args.hostname))
     client = _client(args, env)
     client.timeout = None  # an allocation waits for IPAM consensus, as in Weave
     line = _call(client, "POST", "/attach", fields).body.split()
     print(" ".join(cidr.split("/")[0] for cidr in line[2:]))
+    if args.hostname is not None:
+        print(f"{PROG}: -h {args.hostname}: not registered: DNS is not in this version "
+              "(the name was passed to the router, which records it in its log)",
+              file=sys.stderr)
     return 0
 
 
@@ -250,10 +335,14 @@ def cmd_detach(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_ps(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``ps [CONTAINER...]``: one line per attached container: name, MAC, CIDRs. The
     router finds each CONTAINER by its namespace, whichever form (name, path, PID) it was
-    attached with."""
+    attached with; one that is not a namespace is an error (exit 1, as Weave's ps)."""
     query = urllib.parse.urlencode([("container", c) for c in args.containers])
-    sys.stdout.write(_call(_client(args, env), "GET", "/ps" + ("?" + query if query else ""))
-                     .body)
+    body = _call(_client(args, env), "GET", "/ps" + ("?" + query if query else "")).body
+    sys.stdout.write(body)
+    listed = {line.split()[0] for line in body.splitlines() if line.strip()}
+    for container in dict.fromkeys(c for c in args.containers if c not in listed):
+        # a namespace that exists but is not on the network: nothing to list
+        print(f"{PROG}: {container} is not attached", file=sys.stderr)
     return 0
 
 
@@ -267,15 +356,20 @@ def cmd_prime(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_rmpeer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``rmpeer PEER...``: prints ``N IPs taken over from PEER`` for each."""
+    if any(not peer for peer in args.peers):
+        raise ConfigError("rmpeer: empty PEER_ID (give a peer name or nickname)")
     client = _client(args, env)
     for peer in args.peers:
-        sys.stdout.write(_call(client, "DELETE", f"/peer/{peer}").body)
+        path = "/peer/" + urllib.parse.quote(peer, safe=":")
+        sys.stdout.write(_call(client, "DELETE", path).body)
     return 0
 
 
 def cmd_version(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """``version``: this program's version."""
-    print(f"{PROG} {__version__}")
+    """``version``: the versions of this program's parts, one per line."""
+    from cli.version import version_lines  # trio and the extension: only for this command
+
+    print("\n".join(version_lines()))
     return 0
 
 
@@ -296,6 +390,24 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
 }
 
 
+def cmd_help(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``help [COMMAND]``: the help of the whole tree, or of one command."""
+    if args.topic in MISSING:
+        print(missing_command(args.topic))
+        return 0
+    argv = [args.topic, "--help"] if args.topic else ["--help"]
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit:
+        return 0
+    except UsageError as exc:  # help of an unknown command
+        raise ConfigError(f"help: {exc}") from exc
+    return 0
+
+
+COMMANDS["help"] = cmd_help
+
+
 def _error(line: str, code: int) -> int:
     print(line, file=sys.stderr)
     return code
@@ -305,8 +417,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """Run one command; the process exit code (``raise SystemExit(main())``)."""
     argv = sys.argv[1:] if argv is None else argv
     env = os.environ if env is None else env
+    word = _command_word(argv)
+    if word in MISSING:
+        return _error(missing_command(word), 1)
     try:
-        args = parse_args(argv)
+        args = merge_global_flags(parse_args(argv))
     except UsageError as exc:
         return _error(f"{PROG}: error: {exc}", 2)
     except SystemExit as exc:  # --help

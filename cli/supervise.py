@@ -15,6 +15,9 @@ stdout and stderr appended to the router's log file. It runs
 * SIGTERM or SIGINT to the supervisor is passed on to the child; once the child has
   exited the supervisor exits, never restarting.
 
+Process titles (``ps``, ``pgrep weave-router``): ``weave-router: supervisor NICKNAME``
+here, ``weave-router: router NICKNAME`` for the child (``router/daemon.py``).
+
 A restarted router runs with ``--resume`` in place of the PEERs it was launched with:
 it reconnects to the persisted targets, which include what ``connect`` added and leave
 out what ``forget`` dropped since the launch.
@@ -33,6 +36,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
+
+import setproctitle
 
 log = logging.getLogger("weave-router.supervisor")
 
@@ -148,6 +153,12 @@ def parse_argv(argv: Sequence[str]) -> tuple[bool, list[str]]:
     return restart, args[1:]
 
 
+def _nickname(flags: Sequence[str]) -> str:
+    """The ``--nickname`` among the launch flags ('' if none), for the process title."""
+    flags = list(flags)
+    return flags[flags.index("--nickname") + 1] if "--nickname" in flags[:-1] else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cli.supervise``."""
     restart, flags = parse_argv(sys.argv[1:] if argv is None else argv)
@@ -157,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(formatter)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     supervisor = Supervisor(flags, restart=restart)
+    setproctitle.setproctitle(f"weave-router: supervisor {_nickname(flags)}".rstrip())
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

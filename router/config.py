@@ -73,7 +73,8 @@ class RouterConfig:
     http_addr: tuple[str, int] | None = DEFAULT_HTTP_ADDR  # None: no API (simulations)
     mtu: int = DEFAULT_MTU  # bytes: the bridge's and every container's ethwe MTU (--mtu)
     dataplane: str = "native"  # "reference": the pure-Python twin, ~100x slower (by name only)
-    ipalloc_range: ipaddress.IPv4Network = DEFAULT_IPALLOC_RANGE  # --ipalloc-range
+    # --ipalloc-range; None: ``--ipalloc-range ''``, the router runs without IPAM (Weave's)
+    ipalloc_range: ipaddress.IPv4Network | None = DEFAULT_IPALLOC_RANGE
     ipalloc_default_subnet: ipaddress.IPv4Network | None = None  # None: the whole range
     # --ipalloc-init as given (``consensus[=N]``, ``seed=NAME,...``, ``observer``; parsed by
     # router.ipam.parse_init_mode); --init-peer-count N is stored as ``consensus=N``.

@@ -3,6 +3,8 @@
 Start order (each service reports readiness through ``nursery.start``, so a later one
 starts only once the earlier ones are serving):
 
+0. host        ``--ipalloc-range`` must not overlap a route of this host (Weave's
+               ``CheckNetworkFree``; before anything, the database included, is created)
 1. store       open sqlite, settle the peer name (``--name``, persisted, or new random)
 2. kernel      the netlink port (its own worker thread)
 3. sleeve      bind UDP ``--port``; the data plane plumbs the bridge and TAP and starts its
@@ -17,10 +19,15 @@ Shutdown runs the other way round: the API stops answering, the mesh closes ever
 connection (peers see EOF at once, not a timeout), the data plane's threads stop, the
 UDP socket closes, the netlink port and then the store close last. The bridge stays, so
 containers on this host keep talking. ``docs/concurrency.md`` draws the nursery tree.
+
+A failed start is one log line naming what failed and the OS error (``cannot listen on
+10.99.99.99:6783 (UDP): [Errno 99] Cannot assign requested address``), never trio's
+``Exceptions from Trio nursery``. The process title is ``weave-router: router NICKNAME``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -32,6 +39,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
+import setproctitle
 import trio
 
 from router import __version__
@@ -43,10 +51,11 @@ from router.errors import ConfigError, KernelError
 from router.ipam.service import IpamService, allocator_config
 from router.kernel.netlink import open_netlink_port
 from router.kernel.plumbing import reset_plan
-from router.kernel.port import KernelPort, execute
+from router.kernel.port import DeleteLink, KernelPort, execute
+from router.kernel.route_overlap import check_range_free
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
-from router.network.service import Network, TrioNetwork
+from router.network.service import ListenError, Network, TrioNetwork
 from router.overlay.sleeve.service import SleeveService
 from router.status import RouterStatus, Status
 from router.store import Store
@@ -106,13 +115,16 @@ class Router:
             nickname=self.nickname, uid=self.uid, short_id=random_short_id(),
             targets=targets, save_targets=store.save_targets, rng=rng,
         )
-        self.ipam = IpamService(
-            allocator_config(config, name, self.nickname), store,
-            register=self.mesh.register_gossiper, peers=self._ipam_peers,
-            target_count=self.mesh.target_count,
-            on_output=self.mesh.flush_gossip, rng=rng,
-        )
-        self.mesh.on_routes_changed(self.ipam.notify_peers_changed)
+        # ``--ipalloc-range ''``: no IPAM at all, as in Weave (no /ip, no ipam status).
+        self.ipam: IpamService | None = None
+        if config.ipalloc_range is not None:
+            self.ipam = IpamService(
+                allocator_config(config, name, self.nickname), store,
+                register=self.mesh.register_gossiper, peers=self._ipam_peers,
+                target_count=self.mesh.target_count,
+                on_output=self.mesh.flush_gossip, rng=rng,
+            )
+            self.mesh.on_routes_changed(self.ipam.notify_peers_changed)
         self.containers = (None if kernel is None else
                            ContainersService(kernel, store, self.ipam,
                                              universe=config.ipalloc_range,
@@ -131,7 +143,10 @@ class Router:
             await nursery.start(self._run_services, services, stopped)
             if self.config.http_addr is not None:
                 host, port = self.config.http_addr
-                await nursery.start(serve_api, self, host, port)
+                try:
+                    await nursery.start(serve_api, self, host, port)
+                except OSError as exc:
+                    raise ListenError(host, port, "HTTP API", exc) from exc
             self.ready = True
             log.info("ready: %s(%s) listening on %s:%d", self.name, self.nickname,
                      self.config.mesh.host, self.config.mesh.port)
@@ -139,7 +154,7 @@ class Router:
             await self._stop.wait()
             log.info("stopping")
             self.ready = False
-            if self.reset_requested:
+            if self.reset_requested and self.ipam is not None:
                 await self.ipam.reset_handover()  # while the mesh can still carry it
             services.cancel()
             await stopped.wait()
@@ -156,7 +171,8 @@ class Router:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.sleeve.run)
                     await nursery.start(self.mesh.run)
-                    await nursery.start(self.ipam.run)
+                    if self.ipam is not None:
+                        await nursery.start(self.ipam.run)
                     if self.containers is not None:  # vanished containers' addresses freed
                         await nursery.start(self.containers.run)
                     task_status.started()
@@ -188,7 +204,7 @@ class Router:
         )
         dataplane = None if self.dataplane is None else dict(self.dataplane.statistics())
         return Status(ready=self.ready, router=router, dataplane=dataplane,
-                      ipam=self.ipam.statistics())
+                      ipam=None if self.ipam is None else self.ipam.statistics())
 
     def _ipam_peers(self) -> dict[PeerName, str]:
         """The peers IPAM can reach now, with their nicknames."""
@@ -300,27 +316,42 @@ async def _main(config: RouterConfig, store: Store, name: PeerName,
         return router.reset_requested
 
 
-async def reset_host(kernel: KernelPort) -> None:
-    """Delete the bridge and every device of ours (containers lose ``ethwe``)."""
-    await execute(kernel, reset_plan(await kernel.snapshot()))
-    log.info("reset: removed the bridge and its devices")
+async def check_host_routes(ipalloc_range: ipaddress.IPv4Network) -> None:
+    """Weave's ``CheckNetworkFree``: ConfigError if the range overlaps a route of this host
+    (the weave bridge's aside), e.g. the underlay's own subnet."""
+    async with open_netlink_port() as kernel:
+        check_range_free(ipalloc_range, await kernel.snapshot())
 
 
-def remove_data(db_path: Path) -> None:
-    """Delete the database (and its WAL files): the peer name, targets, everything."""
+async def reset_host(kernel: KernelPort) -> list[str]:
+    """Delete the bridge and every device of ours (containers lose ``ethwe``); the names
+    of the links deleted."""
+    plan = reset_plan(await kernel.snapshot())
+    await execute(kernel, plan)
+    removed = [op.name for op in plan.ops if isinstance(op, DeleteLink)]
+    log.info("reset: removed %s", ", ".join(removed) or "nothing (no bridge or devices)")
+    return removed
+
+
+def remove_data(db_path: Path) -> bool:
+    """Delete the database (and its WAL files): the peer name, targets, everything.
+    True if there was a database."""
+    existed = db_path.exists()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    return existed
 
 
-def reset_offline(db_path: Path) -> None:
-    """``reset`` with no router running: remove the plumbing and the data ourselves."""
+def reset_offline(db_path: Path) -> tuple[list[str], bool]:
+    """``reset`` with no router running: remove the plumbing and the data ourselves.
+    The links deleted, and whether a database was removed."""
 
-    async def plumbing() -> None:
+    async def plumbing() -> list[str]:
         async with open_netlink_port() as kernel:
-            await reset_host(kernel)
+            return await reset_host(kernel)
 
-    trio.run(plumbing)
-    remove_data(db_path)
+    removed = trio.run(plumbing)
+    return removed, remove_data(db_path)
 
 
 async def _serve_until_stopped(router: Router) -> None:
@@ -344,10 +375,34 @@ async def _stop_on_signal(signals: AsyncIterator[int], router: Router) -> None:
         router.request_stop()
 
 
+def leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside ``group`` and the groups nested in it (trio nests a group per
+    nursery: its own text, ``Exceptions from Trio nursery (1 sub-exception)``, says nothing)."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(leaf_errors(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
+def start_failure(group: BaseExceptionGroup[BaseException]) -> str:
+    """One line for a failed start: each distinct reason, ``cannot start: `` unless it says
+    ``cannot ...`` itself (``cannot listen on 10.99.99.99:6783 (UDP): [Errno 99] ...``)."""
+    reasons = list(dict.fromkeys(str(exc) or type(exc).__name__ for exc in leaf_errors(group)))
+    return "; ".join(r if r.startswith("cannot ") else f"cannot start: {r}" for r in reasons)
+
+
+def set_process_title(role: str) -> None:
+    """``weave-router: ROLE`` in ps, top and ``pgrep weave-router`` (its comm too)."""
+    setproctitle.setproctitle(f"weave-router: {role}")
+
+
 def run(config: RouterConfig) -> int:
     """Run a router in this process until it is stopped; the exit code says how it ended."""
+    set_process_title(f"router {config.mesh.nickname or socket.gethostname()}")
     peer_filter = setup_logging(config)
     try:
+        if config.ipalloc_range is not None:  # before anything is created (no database)
+            trio.run(check_host_routes, config.ipalloc_range)
         store = Store.open(config.db_path)
     except ConfigError as exc:
         log.error("%s", exc)
@@ -358,12 +413,12 @@ def run(config: RouterConfig) -> int:
         name = settle_name(store, config.mesh.name)
         reset = trio.run(_main, config, store, name, peer_filter)
     except* ConfigError as group:
-        log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))
+        log.error("%s", start_failure(group))
         exit_code = EXIT_CONFIG
     except* (OSError, KernelError) as group:
         # A port in use, a socket or device that cannot be opened: one line, and the
         # supervisor decides whether to try again.
-        log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))
+        log.error("%s", start_failure(group))
         exit_code = EXIT_FAILURE
     finally:
         store.close()

@@ -46,6 +46,11 @@ def parse_addrs(values: Iterable[str]) -> AddressRequest:
 def _address(value: str) -> ipaddress.IPv4Interface:
     text = value.removeprefix("ip:")
     if "/" not in text:
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            raise ConfigError(f"address {value!r} is not an IPv4 address with a prefix "
+                              "length, like ip:10.32.1.1/12") from None
         raise ConfigError(f"address {value!r} needs a prefix length, like 10.32.1.1/12")
     try:
         iface = ipaddress.IPv4Interface(text)

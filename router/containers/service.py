@@ -90,12 +90,15 @@ class ContainersService:
     """Attach and detach containers through the kernel port; release the addresses of
     containers that vanished."""
 
-    def __init__(self, kernel: KernelPort, store: Store, ipam: IpamService, *,
-                 universe: ipaddress.IPv4Network, check_interval: float = CHECK_INTERVAL,
+    def __init__(self, kernel: KernelPort, store: Store, ipam: IpamService | None, *,
+                 universe: ipaddress.IPv4Network | None,
+                 check_interval: float = CHECK_INTERVAL,
                  liveness: Liveness | None = None) -> None:
         """``universe``: the allocation range (``--ipalloc-range``); ``check_interval``:
         seconds between checks for vanished containers (inf: only at start and on ``ps``);
         ``liveness``: which namespace inodes still exist (default :func:`live_netns_inodes`).
+        ``ipam`` and ``universe`` None: IPAM is disabled (``--ipalloc-range ''``), so
+        attach takes explicit addresses only.
         """
         self._kernel = kernel
         self._store = store
@@ -124,6 +127,8 @@ class ContainersService:
         Returns the idents released. An attach of the same ident while the (threaded)
         check runs wins: its ident is left alone until the next check.
         """
+        if self._ipam is None:
+            return []
         wanted = {i: ino for i in self._ipam.idents() if (ino := ident_inode(i)) is not None}
         if not wanted:
             return []
@@ -193,6 +198,14 @@ class ContainersService:
         path = resolve_netns(container)
         ident = ipam_ident(path)
         target = await self._kernel.snapshot(path)
+        before = attachment(target)
+        if before is None:
+            raise ConfigError(f"{container} is not attached: nothing to detach")
+        missing = [str(cidr) for cidr in request.cidrs if cidr not in before.cidrs]
+        if missing:  # all or nothing: a typo must not detach the other addresses
+            raise ConfigError(f"{container} does not have {' '.join(missing)} "
+                              f"(it has {' '.join(str(c) for c in before.cidrs) or 'none'}): "
+                              "nothing detached")
         plan = detach_plan(target, cidrs=request.cidrs or None)
         await _run(self._kernel, plan, f"detach {container}")
         self._release(ident, request.cidrs)
@@ -228,6 +241,11 @@ class ContainersService:
     async def _addresses(self, ident: str,
                          request: AddressRequest) -> list[ipaddress.IPv4Interface]:
         cidrs: list[ipaddress.IPv4Interface] = []
+        if self._ipam is None or self._universe is None:
+            if request.needs_ipam or not request.cidrs:
+                raise ConfigError("IPAM is disabled (launched with --ipalloc-range ''): give "
+                                  "the address, like ip:10.32.1.1/12")
+            return list(request.cidrs)
         for cidr in request.cidrs:
             if cidr.ip in self._universe:
                 cidrs.append(await self._ipam.claim(ident, cidr))
@@ -241,6 +259,8 @@ class ContainersService:
 
     def _release(self, ident: str, cidrs: Sequence[ipaddress.IPv4Interface]) -> None:
         """Give detached addresses back to IPAM (all of the container's when none given)."""
+        if self._ipam is None or self._universe is None:
+            return
         try:
             if not cidrs:
                 self._ipam.free(ident)

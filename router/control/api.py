@@ -228,10 +228,15 @@ def _container(fields: dict[str, list[str]]) -> str:
 
 
 async def _attach(control: RouterControl, request: Request) -> Reply:
-    fields = parse_form(request.body, frozenset({"container", "addr", "multicast_route"}))
+    fields = parse_form(request.body,
+                        frozenset({"container", "addr", "multicast_route", "fqdn"}))
     multicast = fields.get("multicast_route", ["true"])
-    attached = await control.attach(_container(fields), fields.get("addr", []),
+    container = _container(fields)
+    attached = await control.attach(container, fields.get("addr", []),
                                     multicast_route=_parse_bool("multicast_route", multicast))
+    for fqdn in fields.get("fqdn", [])[:1]:  # attach -h: kept for DNS, which is not here yet
+        log.info("attach %s: hostname %r not registered: DNS is not in this version",
+                 container, fqdn[:255])
     return Reply(200, attached.line() + "\n")
 
 

@@ -33,9 +33,11 @@ with ``\\n``, no trailing blanks). The layouts are Weave Net's, so scripts that 
     ce:31:e0:06:45:1a(host1)
        <- 192.168.48.12:39634   ea:2d:b2:e6:e4:f5(host2)              established
 
-    status ipam         each peer's share of the range: peer 27 wide, then the count
-    00:00:00:00:00:01(one)      349526 IPs (33.3% of total) (2 active)
-    00:00:00:00:00:03(three)    349525 IPs (33.3% of total) - unreachable!
+    status ipam         each peer's share: peer 37 wide, count 8 wide; ours first
+    7a:77:72:00:00:01(wrw-h1)               393216 IPs (37.5% of total) (1 active)
+    7a:77:72:00:00:03(wrw-h3)               131072 IPs (12.5% of total) - unreachable!
+    7a:77:72:00:00:02(wrw-h2)               524288 IPs (50.0% of total)
+    (the last line ends in a blank, as Weave's does)
 
 The info column of a pending or established connection is Weave's: ``encrypted`` or
 ``unencrypted`` (11 wide, only when this router has a password), the overlay (``sleeve`` or
@@ -57,7 +59,7 @@ STATE_WIDTH = 11
 ENCRYPTION_WIDTH = 11
 OVERLAY_WIDTH = 6
 PEER_WIDTH = 37
-IPAM_PEER_WIDTH = 27
+IPAM_COUNT_WIDTH = 8  # status ipam: the count after the 37-wide peer
 
 # The order Weave lists connection counts in (``Connections: 5 (1 established, ...)``).
 CONNECTION_COUNT_ORDER = ("established", "pending", "retrying", "failed", "connecting")
@@ -196,20 +198,27 @@ def render_peers(status: Status) -> str:
 
 
 def render_ipam_shares(ipam: IpamStatistics | None) -> str:
-    """``status ipam``: one line per peer owning part of the range (empty without IPAM)."""
+    """``status ipam``: one line per peer owning part of the range (empty without IPAM).
+
+    Weave's bytes: ``%-37v %8d IPs (%04.1f%% of total) %s``, our peer first with ``(N
+    active)``, then the others (by name; Weave's order is a Go map's) with ``- unreachable!``
+    or nothing, so their lines end in a blank as Weave's do.
+    """
     if ipam is None:
         return ""
+    ours = [share for share in ipam.shares if share.active is not None]
+    others = sorted((s for s in ipam.shares if s.active is None), key=lambda s: s.name)
     lines = []
-    for share in ipam.shares:
+    for share in [*ours, *others]:
         peer = _peer(share.name, share.nickname)
         pct = 100.0 * share.ips / ipam.max_ips if ipam.max_ips else 0.0
-        line = f"{peer:<{IPAM_PEER_WIDTH}} {share.ips} IPs ({pct:.1f}% of total)"
         if share.active is not None:
-            line += f" ({share.active} active)"
-        if not share.reachable:
-            line += " - unreachable!"
-        lines.append(line)
-    return _lines(lines)
+            info = f"({share.active} active)"
+        else:
+            info = "" if share.reachable else "- unreachable!"
+        lines.append(f"{peer:<{PEER_WIDTH}} {share.ips:{IPAM_COUNT_WIDTH}d} IPs "
+                     f"({pct:04.1f}% of total) {info}\n")
+    return "".join(lines)
 
 
 def render_ipam(status: Status) -> str:

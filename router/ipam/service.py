@@ -40,7 +40,7 @@ from typing import TypeVar
 import trio
 
 from router.config import RouterConfig
-from router.errors import BrokenError
+from router.errors import BrokenError, ConfigError
 from router.ipam import (
     AllocatorConfig,
     Broadcast,
@@ -67,6 +67,8 @@ SERVICE_COUNTERS = ("batches_written", "unicasts_unroutable")
 
 def allocator_config(config: RouterConfig, name: PeerName, nickname: str) -> AllocatorConfig:
     """The allocator's configuration from ``launch``'s flags (ConfigError if malformed)."""
+    if config.ipalloc_range is None:
+        raise ConfigError("IPAM is disabled (--ipalloc-range '')")
     return AllocatorConfig(
         ourself=name,
         universe=config.ipalloc_range,

@@ -9,6 +9,7 @@ virtual time) so a whole mesh of routers can run in one test process.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Protocol
 
@@ -143,6 +144,21 @@ class _TrioDatagrams:
         self._sock.close()
 
 
+class ListenError(OSError):
+    """Binding a socket failed: ``cannot listen on HOST:PORT (TCP): [Errno 99] ...``.
+
+    An :class:`OSError` with the original ``errno``, so callers that handle OSError still
+    do; its text names what could not be bound, for the one-line start failure.
+    """
+
+    def __init__(self, host: str, port: int, proto: str, exc: OSError) -> None:
+        reason = f"[Errno {exc.errno}] {os.strerror(exc.errno)}" if exc.errno else str(exc)
+        super().__init__(exc.errno, f"cannot listen on {host}:{port} ({proto}): {reason}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class TrioNetwork:
     """The real network: IPv4 TCP and UDP through trio sockets."""
 
@@ -152,9 +168,9 @@ class TrioNetwork:
         try:
             await sock.bind((host, port))
             sock.listen(128)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise ListenError(host, port, "TCP", exc) from exc
         return _TrioListener(sock)
 
     async def connect_tcp(self, host: str, port: int) -> _TrioStream:
@@ -166,9 +182,9 @@ class TrioNetwork:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             await sock.bind((host, port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise ListenError(host, port, "UDP", exc) from exc
         return _TrioDatagrams(sock)
 
     async def resolve(self, host: str) -> str:

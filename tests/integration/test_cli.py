@@ -6,15 +6,19 @@ CLI prints, never the router's internals.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import signal
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from router import __version__
+from router.config import DEFAULT_DB_PATH
 from router.testing.netns import Host, Mesh, parse_status, run_parallel
 
 pytestmark = pytest.mark.integration
@@ -140,3 +144,168 @@ def test_foreground_tells_systemd_it_is_ready_once_serving(make_mesh: MakeMesh) 
         proc.send_signal(signal.SIGTERM)
         assert sock.recv(256) == b"STOPPING=1"
         assert proc.wait(timeout=15) == 0
+
+
+# --- issue 10: what a new user tripped over ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Mesh]:
+    """host1 runs a router (default range); host2 has none (failed launches, reset)."""
+    with Mesh.build(n_hosts=2) as mesh:
+        mesh.hosts[0].launch()
+        yield mesh
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_attach_h_is_the_hostname_not_help(pair: Mesh) -> None:
+    """Item 2: ``attach -h foo.weave.local c1`` printed the usage and attached nothing."""
+    h1 = pair.hosts[0]
+    c = pair.add_bare_container(h1)
+    proc = h1.router("attach", "-h", "foo.weave.local", c.name)
+    assert "usage" not in proc.stdout.lower()
+    ip = proc.stdout.strip()
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network("10.32.0.0/12"), proc.stdout
+    assert "-h foo.weave.local: not registered: DNS is not in this version" in proc.stderr
+    assert f"inet {ip}/12" in c.run(["ip", "-4", "addr", "show", "ethwe"]).stdout
+    assert "hostname 'foo.weave.local' not registered" in h1.log_tail(50)
+    assert "--help" in h1.router("attach", "--help").stdout
+
+
+def test_silent_no_ops_say_there_was_nothing_to_do(pair: Mesh) -> None:
+    """Item 13: detach twice, detach of a missing address, ps and forget of unknowns."""
+    h1 = pair.hosts[0]
+    c = pair.add_bare_container(h1)
+    h1.router("attach", "ip:10.32.5.1/12", "ip:10.32.5.2/12", c.name)
+    missing = h1.router("detach", "ip:10.32.5.9/12", c.name, check=False)
+    assert one_line_error(missing) == (
+        f"weave-router: error: {c.name} does not have 10.32.5.9/12 (it has 10.32.5.1/12 "
+        "10.32.5.2/12): nothing detached")
+    assert "10.32.5.2/12" in h1.router("ps", c.name).stdout  # all or nothing
+    h1.router("detach", c.name)
+    again = h1.router("detach", c.name, check=False)
+    assert one_line_error(again) == f"weave-router: error: {c.name} is not attached: nothing " \
+                                    "to detach"
+    ps = h1.router("ps", c.name)  # it exists, but is not on the network
+    assert (ps.stdout, ps.stderr) == ("", f"weave-router: {c.name} is not attached\n")
+    ps = h1.router("ps", "no-such-container", check=False)
+    assert (ps.returncode, ps.stdout) == (1, "")
+    assert one_line_error(ps).startswith("weave-router: error: container no-such-container")
+    forget = h1.router("forget", "192.0.2.99")
+    assert forget.stderr == "weave-router: nothing to forget: 192.0.2.99 is not a target " \
+                            "(targets: none)\n"
+    rmpeer = h1.router("rmpeer", "", check=False)
+    assert "no such path" not in rmpeer.stderr
+    assert one_line_error(rmpeer) == "weave-router: error: rmpeer: empty PEER_ID (give a " \
+                                     "peer name or nickname)"
+
+
+def test_reset_without_a_router_says_what_it_removed(pair: Mesh) -> None:
+    """Item 13: ``reset`` with no router worked silently (on the default path, too)."""
+    h2 = pair.hosts[1]
+    db = h2.dir / "reset.db"
+    h2.run(["ip", "link", "add", "weave", "type", "bridge"])
+    db.write_bytes(b"")
+    proc = h2.router("reset", "--db-path", str(db))
+    assert proc.stdout == (
+        "weave-router is not running (no answer on 127.0.0.1:6784); reset: removed weave; "
+        f"removed {db}\n")
+    assert not db.exists()
+    proc = h2.router("reset", "--db-path", str(db))
+    assert proc.stdout.endswith(f"reset: no bridge or devices of ours; no database at {db}\n")
+    if not DEFAULT_DB_PATH.exists():  # never remove a real database of this machine
+        proc = h2.router("reset")
+        assert proc.stdout.endswith(
+            f"; no database at {DEFAULT_DB_PATH} (the default --db-path)\n"), proc.stdout
+
+
+def test_routers_show_as_weave_router_in_pgrep(pair: Mesh) -> None:
+    """Item 14: the daemon showed as ``python -m cli.main launch --foreground``."""
+    h1 = pair.hosts[0]
+    ours = set(h1.pids())
+    found = subprocess.run(["pgrep", "-a", "weave-router"], capture_output=True, text=True,
+                           check=False).stdout.splitlines()
+    titles = sorted(" ".join(line.split()[1:]) for line in found if int(line.split()[0]) in ours)
+    assert titles == ["weave-router: router host1", "weave-router: supervisor host1"], found
+
+
+def test_status_ipam_is_weaves_layout(pair: Mesh) -> None:
+    """Item 15: ``%-37v %8d IPs (%04.1f%% of total) %s``, our peer first."""
+    h1 = pair.hosts[0]
+    name = peer_name(h1)
+    h1.router("prime")
+    text = h1.router("status", "ipam").stdout
+    peer = f"{name}(host1)"
+    assert re.fullmatch(re.escape(f"{peer:<37} {1 << 20:8d} IPs (100.0% of total) (")
+                        + r"\d+ active\)\n", text), text
+
+
+def test_start_failures_say_what_failed_and_why(pair: Mesh) -> None:
+    """Item 6: ``cannot start: Exceptions from Trio nursery (1 sub-exception)``."""
+    h2 = pair.hosts[1]
+    proc = h2.launch("--host", "10.99.99.99", check=False)
+    line = one_line_error(proc)
+    assert "cannot listen on 10.99.99.99:6783 (UDP): [Errno 99] Cannot assign requested " \
+           "address" in line, line
+    assert "Trio nursery" not in line
+    listener = h2.popen([sys.executable, "-c", "import socket, time; s = socket.socket(); "
+                         "s.bind(('0.0.0.0', 6783)); s.listen(); print('up', flush=True); "
+                         "time.sleep(60)"])
+    try:
+        assert listener.stdout is not None and listener.stdout.readline() == "up\n"
+        line = one_line_error(h2.launch(check=False))
+        assert "cannot listen on 0.0.0.0:6783 (TCP): [Errno 98] Address already in use" in line
+    finally:
+        listener.kill()
+        listener.wait()
+    h2.wait_stopped()
+
+
+def test_a_range_overlapping_a_host_route_is_refused(pair: Mesh) -> None:
+    """Item 3: a range over eth0's subnet was accepted; attach then gave out 192.168.X.1."""
+    h2 = pair.hosts[1]
+    h2.db_path.unlink(missing_ok=True)  # an earlier failed launch here may have made one
+    lan = f"192.168.{pair.subnet}.0/24"
+    for wanted in (lan, "0.0.0.0/0"):
+        line = one_line_error(h2.launch("--ipalloc-range", wanted, check=False))
+        assert f"--ipalloc-range {wanted} overlaps with the host's route {lan} dev eth0" \
+            in line, line
+    h2.run(["ip", "route", "add", "10.40.0.0/16", "via", pair.hosts[0].ip])
+    try:
+        line = one_line_error(h2.launch(check=False))  # the default range, 10.32.0.0/12
+        assert "--ipalloc-range 10.32.0.0/12 overlaps with the host's route 10.40.0.0/16 " \
+               "dev eth0" in line, line
+    finally:
+        h2.run(["ip", "route", "del", "10.40.0.0/16"])
+    h2.wait_stopped()
+    assert not h2.db_path.exists()
+
+
+def test_routes_of_the_weave_bridge_do_not_count(make_mesh: MakeMesh) -> None:
+    host = make_mesh(1).hosts[0]
+    host.run(["ip", "link", "add", "weave", "type", "bridge"])
+    host.run(["ip", "addr", "add", "10.40.0.1/16", "dev", "weave"])
+    host.run(["ip", "link", "set", "weave", "up"])
+    host.launch("--ipalloc-range", "10.40.0.0/16")
+    assert parse_status(host.router("status").stdout)["ipam"]["Range"] == "10.40.0.0/16"
+
+
+def test_an_empty_range_disables_ipam(make_mesh: MakeMesh) -> None:
+    """Item 12: ``--ipalloc-range ''`` fell back to the default range."""
+    mesh = make_mesh(1)
+    host = mesh.hosts[0]
+    host.launch("--ipalloc-range", "")
+    status = host.router("status").stdout
+    assert "Service: ipam" not in status, status
+    assert host.router("status", "ipam").stdout == ""
+    c = mesh.add_bare_container(host)
+    line = one_line_error(c.attach(check=False))
+    assert line == "weave-router: error: IPAM is disabled (launched with --ipalloc-range ''): " \
+                   "give the address, like ip:10.32.1.1/12"
+    assert c.attach("ip:10.32.1.1/12").stdout == "10.32.1.1\n"
+    assert host.router("ps", c.name).stdout.split()[2:] == ["10.32.1.1/12"]

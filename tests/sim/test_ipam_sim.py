@@ -210,9 +210,9 @@ async def test_seeded_peers_allocate_at_once_and_show_their_shares(
         "          Range: 10.32.0.0/12", "  DefaultSubnet: 10.32.0.0/12"]
     lines = render_ipam_shares(stats).splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith("00:00:00:00:00:01(p1)      ")
+    assert lines[0].startswith(f"{'00:00:00:00:00:01(p1)':<37}   ")
     assert lines[0].endswith("IPs (33.3% of total) (2 active)")
-    assert lines[2].endswith("(33.3% of total)")
+    assert lines[2].endswith("(33.3% of total) ")
     assert stats.counters["batches_written"] >= 2
     assert net.errors == []
 

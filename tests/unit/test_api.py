@@ -397,6 +397,9 @@ async def test_cli_connect_and_forget(api: Api, capsys: pytest.CaptureFixture[st
     assert await _cli(api, "connect", "--replace", "10.0.0.9") == 0
     assert await _cli(api, "connect", "--replace") == 0
     assert await _cli(api, "forget", "10.0.0.9", "[fe80::1]:6783") == 0
+    # This fake router's targets do not change on forget: the CLI says so.
+    assert "nothing to forget: 10.0.0.9 [fe80::1]:6783 are not targets" in \
+        capsys.readouterr().err
     assert api.router.calls == [
         ("connect", ["10.0.0.2", "host3:6783"], False),
         ("connect", ["10.0.0.9"], True),

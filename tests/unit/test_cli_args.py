@@ -7,11 +7,14 @@ cases are checked through ``build_config`` (what ``launch`` would run with).
 from __future__ import annotations
 
 import ipaddress
+import platform
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -129,7 +132,6 @@ def test_bad_environment_values_name_the_variable(
     ["launch", "--port"],
     ["frobnicate"],
     [],
-    ["status", "dns"],
     ["status", "--replace"],
     ["forget"],
     ["report", "-f"],
@@ -150,8 +152,17 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--conn-limit" in out and "WEAVE_PASSWORD" in out
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["version"], capsys) == (0, "weave-router 0.1.0\n", "")
+def test_version_prints_the_version_of_each_part(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["version"], capsys)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == "weave-router 0.1.0"
+    assert lines[1] == f"python {platform.python_version()}"
+    assert lines[2] == f"trio {trio.__version__}"
+    assert lines[3] == "dataplane native (compiled router._fastpath), ciphers aes256gcm secretbox"
+    assert lines[4] == "dataplane reference (pure Python), ciphers aes256gcm secretbox"
+    assert re.fullmatch(r"libsodium \d+\.\d+\.\d+ \(/\S+libsodium\S+\)", lines[5]), lines
+    assert re.fullmatch(r"OpenSSL \d+\.\d+\.\d+.* \(/\S+libcrypto\S+\)", lines[6]), lines
 
 
 @pytest.mark.parametrize("argv", [
@@ -249,7 +260,7 @@ def test_environment_variables() -> None:
 @given(
     password=st.none() | st.text(alphabet="abcXYZ019 !$", max_size=20).map(lambda t: "pw-" + t),
     port=st.integers(1, 65535),
-    name=st.none() | st.integers(0, 2**48 - 1).map(PeerName),
+    name=st.none() | st.integers(1, 2**48 - 1).map(PeerName),
     discovery=st.booleans(), resume=st.booleans(),
     conn_limit=st.integers(0, 10_000),
     subnets=st.lists(st.sampled_from(["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"]),
@@ -340,3 +351,111 @@ def test_a_restart_resumes_the_persisted_targets_instead_of_the_launch_peers() -
     assert resume_flags(["--port", "6783", "--", "10.0.0.1", "10.0.0.2"]) == [
         "--port", "6783", "--resume"]
     assert resume_flags(["--resume", "--"]) == ["--resume"]
+
+
+# --- issue 10: -h, commands not in this version, bounds, empty --ipalloc-range ---------
+
+def test_attach_h_is_the_hostname_and_help_stays(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["attach", "-h", "foo.weave.local", "c1"])
+    assert (args.hostname, args.args) == ("foo.weave.local", ["c1"])
+    args = parse_args(["attach", "ip:10.32.1.1/12", "c1", "-h", "foo.weave.local"])
+    assert (args.hostname, args.args) == ("foo.weave.local", ["ip:10.32.1.1/12", "c1"])
+    code, out, _ = run(["attach", "--help"], capsys)
+    assert code == 0 and "-h FQDN" in out
+    code, out, err = run(["attach", "-h", "not a name!", "c1"], capsys)
+    assert (code, out) == (2, "")
+    assert err == "weave-router: error: argument -h: 'not a name!' is not a host name (like " \
+                  "foo.weave.local)\n"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["expose", "10.32.0.1/12"], "expose: gives this host an address"),
+    (["expose", "-h", "h.weave.local"], "expose: gives this host an address"),
+    (["hide"], "hide: "),
+    (["dns-add", "10.32.0.1", "c1", "-h", "c1.weave.local"], "dns-add: "),
+    (["dns-remove", "c1"], "dns-remove: "),
+    (["dns-lookup", "c1"], "dns-lookup: "),
+    (["dns-args"], "dns-args: "),
+    (["status", "dns"], "status dns: "),
+    (["setup"], "setup: "),
+    (["env"], "DOCKER_HOST"),
+    (["launch-dns"], "DNS is part of launch in Weave 2.x"),
+    (["launch-proxy"], "removed in Weave 2.0"),
+    (["setup-cni"], "setup-cni: "),
+    (["--http-addr", "127.0.0.1:1", "expose"], "expose: "),
+])
+def test_weave_commands_not_in_this_version_say_so(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(argv, capsys)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and says in err, err
+    assert "invalid choice" not in err
+    assert "not in this version" in err or "not applicable" in err or "instead" in err, err
+
+
+def test_help_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["help"], capsys)
+    assert code == 0 and "attach" in out and "launch" in out
+    code, out, _ = run(["help", "attach"], capsys)
+    assert code == 0 and "-h FQDN" in out
+    code, out, err = run(["help", "frobnicate"], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("weave-router: error: help: argument COMMAND: invalid choice: "
+                          "'frobnicate'"), err
+    code, out, _ = run(["help", "expose"], capsys)
+    assert code == 0 and "not in this version" in out
+
+
+def test_http_addr_before_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    code, _, err = run(["--http-addr", f"127.0.0.1:{port}", "status"], capsys)
+    assert (code, err) == (1, f"weave-router is not running (no answer on 127.0.0.1:{port})\n")
+    assert config_from(["--http-addr", "127.0.0.1:7000", "launch"]).http_addr == \
+        ("127.0.0.1", 7000)
+    assert config_from(["--http-addr", "127.0.0.1:7000", "launch", "--http-addr",
+                        "127.0.0.1:7001"]).http_addr == ("127.0.0.1", 7001)
+
+
+def config_from(argv: list[str]) -> RouterConfig:
+    from cli.main import merge_global_flags
+
+    return build_config(merge_global_flags(parse_args(argv)), {})
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--ipalloc-init", "consensus=99999999999999999999"],
+     "--ipalloc-init: consensus=99999999999999999999 is not a peer count (1-10000)"),
+    (["--init-peer-count", "99999999999999999999"],
+     "--init-peer-count: 99999999999999999999 is not a count of peers (1-10000)"),
+    (["--init-peer-count", "10001"], "--init-peer-count: 10001 is not a count of peers"),
+    (["--name", "00:00:00:00:00:00"],
+     "--name: 00:00:00:00:00:00 is Weave's unknown-peer name; pick another"),
+    (["--name", "::0"], "--name: ::0 is Weave's unknown-peer name; pick another"),
+])
+def test_out_of_bound_ipam_and_name_values_are_refused(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["launch", "--db-path", str(tmp_path / "db"), *argv], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"weave-router: error: {message}"), err
+    assert err.count("\n") == 1
+
+
+def test_empty_ipalloc_range_disables_ipam() -> None:
+    cfg = config("--ipalloc-range", "")
+    assert cfg.ipalloc_range is None
+    assert config_to_argv(cfg)[config_to_argv(cfg).index("--ipalloc-range") + 1] == ""
+    assert build_config(parse_args(["launch", *config_to_argv(cfg)]), {}) == cfg
+    assert config("--init-peer-count", "10000").ipalloc_init == "consensus=10000"
+
+
+def test_rmpeer_and_attach_name_what_is_wrong(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    code, _, err = run(["rmpeer", "", "--http-addr", f"127.0.0.1:{port}"], capsys)
+    assert (code, err) == (2, "weave-router: error: rmpeer: empty PEER_ID (give a peer name "
+                              "or nickname)\n")
+    code, _, err = run(["attach", "ip:banana", "c1", "--http-addr", f"127.0.0.1:{port}"], capsys)
+    assert code == 2
+    assert err == "weave-router: error: address 'ip:banana' is not an IPv4 address with a " \
+                  "prefix length, like ip:10.32.1.1/12\n"

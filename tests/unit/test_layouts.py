@@ -7,10 +7,12 @@ from dataclasses import replace
 from router.control.layouts import (
     render_connection,
     render_connections,
+    render_ipam_shares,
     render_peers,
     render_status,
     render_targets,
 )
+from router.ipam import IpamStatistics, PeerShare
 from router.status import ConnectionStatus, PeerConnection, PeerStatus, RouterStatus, Status
 
 H1, H2, H3 = "5a:b7:04:1c:2d:8e", "a6:66:4f:a5:8a:11", "ce:31:e0:06:45:1a"
@@ -181,3 +183,43 @@ def test_peers_pending_connection() -> None:
     lonely = _peer(H2, "host2", 1, [(True, "10.0.0.1:6783", H1, "host1", False)])
     text = render_peers(replace(status, router=replace(status.router, peers=(lonely,))))
     assert text.splitlines()[1].endswith(" pending")
+
+
+def _ipam(*shares: tuple[str, str, int, bool, int | None]) -> IpamStatistics:
+    return IpamStatistics(
+        status="ready", range="10.32.0.0/12", default_subnet="10.32.0.0/12", max_ips=1 << 20,
+        ips={}, shares=tuple(PeerShare(name=n, nickname=k, ips=i, reachable=r, active=a)
+                             for n, k, i, r, a in shares),
+        unreachable_peers=sum(1 for s in shares if not s[3]), pending_allocates=0,
+        pending_claims=0, quorum=None, known=None, counters={},
+    )
+
+
+P1, P2, P3 = "7a:77:72:00:00:01", "7a:77:72:00:00:02", "7a:77:72:00:00:03"
+
+
+def test_ipam_shares_are_weaves_bytes_ours_first() -> None:
+    """As Go Weave 2.8.1 printed them (reference ipam3/h2 and failures/h1): ours first with
+    ``(N active)``, the others after; ``%-37v %8d IPs (%04.1f%% of total) %s``."""
+    h2 = _ipam((P1, "wrw-h1", 393216, True, None), (P2, "wrw-h2", 524288, True, 1),
+               (P3, "wrw-h3", 131072, True, None))
+    assert render_ipam_shares(h2) == (
+        "7a:77:72:00:00:02(wrw-h2)               524288 IPs (50.0% of total) (1 active)\n"
+        "7a:77:72:00:00:01(wrw-h1)               393216 IPs (37.5% of total) \n"
+        "7a:77:72:00:00:03(wrw-h3)               131072 IPs (12.5% of total) \n")
+    h1 = _ipam((P1, "wrw-h1", 524288, True, 1), (P2, "wrw-h2", 524288, True, None))
+    assert render_ipam_shares(h1) == (
+        "7a:77:72:00:00:01(wrw-h1)               524288 IPs (50.0% of total) (1 active)\n"
+        "7a:77:72:00:00:02(wrw-h2)               524288 IPs (50.0% of total) \n")
+
+
+def test_ipam_shares_unreachable_and_small_percentages() -> None:
+    stats = _ipam((P1, "wrw-h1", 393216, True, 1), (P2, "wrw-h2", 524288, True, None),
+                  (P3, "wrw-h3", 131072, False, None), ("7a:77:72:00:00:04", "h4", 1024, True,
+                                                        None))
+    lines = render_ipam_shares(stats).splitlines(keepends=True)
+    assert lines[0] == ("7a:77:72:00:00:01(wrw-h1)               393216 IPs (37.5% of total) "
+                        "(1 active)\n")
+    assert ("7a:77:72:00:00:03(wrw-h3)               131072 IPs (12.5% of total) "
+            "- unreachable!\n") in lines
+    assert "7a:77:72:00:00:04(h4)                     1024 IPs (00.1% of total) \n" in lines
