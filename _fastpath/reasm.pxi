@@ -3,8 +3,14 @@
 # type-3 datagrams sharing the element's counter. Key: (neighbour, counter). Fragments
 # are not authenticated one by one: the whole payload is opened once complete, so a
 # forged or inconsistent fragment costs at most the element it pretends to belong to.
-# Bounded: REASM_SLOTS elements at once; one not complete reasm_timeout seconds after
-# its first fragment, or evicted (oldest first) to make room, is a counted drop.
+# Bounded: REASM_SLOTS elements at once, at most REASM_PER_PEER of them from one
+# neighbour, so a neighbour (or whoever forges its connection id) flooding first
+# fragments churns only its own slots. A new element of a neighbour at its quota evicts
+# that neighbour's oldest; otherwise it takes a free slot, or, with none, evicts the
+# oldest slot of the neighbour holding the most. An element not complete reasm_timeout
+# seconds after its first fragment, or evicted, is a counted drop (reassembly). The
+# cheap checks (source of a plain session, replay window, fragment header) run before a
+# fragment is stored; the MAC, over the whole payload, once it is complete.
 
 
 cdef int32_t reasm_find(const DP *dp, int32_t peer, uint64_t counter) noexcept nogil:
@@ -15,19 +21,31 @@ cdef int32_t reasm_find(const DP *dp, int32_t peer, uint64_t counter) noexcept n
     return -1
 
 
-cdef int32_t reasm_alloc(DP *dp) noexcept nogil:
-    """A free slot: the first unused, else the oldest is evicted (a counted drop)."""
-    cdef int32_t i, victim = -1
-    for i in range(REASM_SLOTS):
-        if not dp.reasm[i].used:
-            victim = i
-            break
-    if victim < 0:
-        victim = 0
-        for i in range(1, REASM_SLOTS):
-            if dp.reasm[i].started < dp.reasm[victim].started:
+cdef void reasm_release(DP *dp, int32_t slot) noexcept nogil:
+    dp.reasm[slot].used = 0
+    dp.peers[dp.reasm[slot].peer].reasm_used -= 1
+
+
+cdef int32_t reasm_alloc(DP *dp, int32_t peer) noexcept nogil:
+    """A slot for a new element of ``peer``: see the top for who is evicted."""
+    cdef int32_t i, victim = -1, own = dp.peers[peer].reasm_used >= REASM_PER_PEER
+    cdef int32_t most = -1, n
+    cdef Reasm *r
+    if not own:
+        for i in range(REASM_SLOTS):
+            if not dp.reasm[i].used:
                 victim = i
-        dp.reasm[victim].used = 0
+                break
+    if victim < 0:
+        for i in range(REASM_SLOTS):
+            r = &dp.reasm[i]
+            if not r.used or (own and r.peer != peer):
+                continue
+            n = dp.peers[r.peer].reasm_used
+            if victim < 0 or n > most or (n == most and r.started < dp.reasm[victim].started):
+                victim = i
+                most = n
+        reasm_release(dp, victim)
         drop(dp, DROP_REASSEMBLY)
     if dp.reasm[victim].buf == NULL:
         dp.reasm[victim].buf = <uint8_t *>malloc(MAX_PAYLOAD)
@@ -40,7 +58,7 @@ cdef void reasm_expire(DP *dp, double now) noexcept nogil:
     cdef int32_t i
     for i in range(REASM_SLOTS):
         if dp.reasm[i].used and now - dp.reasm[i].started >= dp.reasm_timeout:
-            dp.reasm[i].used = 0
+            reasm_release(dp, i)
             drop(dp, DROP_REASSEMBLY)
 
 
@@ -59,6 +77,7 @@ cdef void reasm_purge(DP *dp, int32_t peer) noexcept nogil:
     for i in range(REASM_SLOTS):
         if dp.reasm[i].peer == peer:
             dp.reasm[i].used = 0
+    dp.peers[peer].reasm_used = 0
 
 
 cdef int32_t reasm_add(DP *dp, int32_t peer, uint64_t counter, const uint8_t *f,
@@ -84,13 +103,14 @@ cdef int32_t reasm_add(DP *dp, int32_t peer, uint64_t counter, const uint8_t *f,
         return -2
     s = reasm_find(dp, peer, counter)
     if s < 0:
-        s = reasm_alloc(dp)
+        s = reasm_alloc(dp, peer)
         if s < 0:
             drop(dp, DROP_REASSEMBLY)
             return -1
         r = &dp.reasm[s]
         r.used = 1
         r.peer = peer
+        dp.peers[peer].reasm_used += 1
         r.counter = counter
         r.length = length
         r.fsize = fsize
@@ -108,5 +128,5 @@ cdef int32_t reasm_add(DP *dp, int32_t peer, uint64_t counter, const uint8_t *f,
     r.received += 1
     if r.received < r.count:
         return -1
-    r.used = 0
+    reasm_release(dp, s)
     return s

@@ -14,7 +14,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.crypto.nonces import ReplayWindow
+from router.crypto.nonces import PLAIN_CONFIRM, PlainReplayWindow
 from router.dataplane.backend import Backend, load_backend
 from tests.fastpath.mesh import Mesh, name_of
 
@@ -130,18 +130,21 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 
 
 counters = st.lists(st.one_of(st.integers(0, 3000), st.integers((1 << 64) - 2000, (1 << 64) - 1),
-                              st.integers(1 << 63, (1 << 63) + 3000)), min_size=1, max_size=60)
+                              st.integers(1 << 63, (1 << 63) + 3000),
+                              st.integers(1 << 20, (1 << 20) + 2 * PLAIN_CONFIRM)),
+                    min_size=1, max_size=60)
 
 
 @settings(max_examples=150, deadline=None)
 @given(sequence=counters)
-def test_replay_window_is_the_python_replay_window(sequence: list[int]) -> None:
+def test_a_plain_window_is_the_python_plain_replay_window(sequence: list[int]) -> None:
+    """Plain sessions screen counters as router.crypto.nonces.PlainReplayWindow."""
     element = bytes(10) + b"\xff" * 6 + b"\x02" + bytes(5) + b"\x08\x00" + b"ping"
     body = struct.pack(">BB6s6s", 2, 16, name_of(2).to_bytes(6, "big"), bytes(6))
     body += struct.pack(">H", len(element) - 10) + element
     for name in ("native", "reference"):
         m = plane(load_backend(name), encrypted=False)
-        model = ReplayWindow()
+        model = PlainReplayWindow()
         for counter in sequence:
             datagram = struct.pack(">BBHQQ", 1, 2, 0, CONN, counter) + body
             frames, _, _ = m.nodes[1].dp.ingress([(SOURCE, datagram)], 1.0)
