@@ -19,6 +19,7 @@ from router.dataplane.backend import Backend, load_backend
 from tests.fastpath.mesh import Mesh, name_of
 
 SOURCE = ("192.0.2.2", 6783)
+STRANGER = ("192.0.2.2", 6784)  # the peer's host, another port
 CONN = 0x1122334455667788
 
 
@@ -94,11 +95,14 @@ inputs = st.lists(st.one_of(datagrams(), datagrams(), datagrams(),
 
 
 def feed(backend: Backend, batch: list[bytes], encrypted: bool,
-         cipher: str = "secretbox") -> list[object]:
+         cipher: str = "secretbox", stranger_every: int = 0) -> list[object]:
+    """Every ``stranger_every``-th datagram (if not 0) comes from another address."""
     m = plane(backend, encrypted, cipher)
     seen: list[object] = []
+    sources = [STRANGER if stranger_every and n % stranger_every == 0 else SOURCE
+               for n in range(len(batch))]
     for i in (1, 2, 3):
-        out = m.nodes[i].dp.ingress([(SOURCE, d) for d in batch], 5.0)
+        out = m.nodes[i].dp.ingress(list(zip(sources, batch, strict=True)), 5.0)
         seen.extend([out, m.nodes[i].dp.statistics(), m.nodes[i].dp.deadline()])
         m.nodes[i].dp.handle_timer(10.0)
         seen.append(m.nodes[i].dp.statistics()["drops"])
@@ -106,12 +110,14 @@ def feed(backend: Backend, batch: list[bytes], encrypted: bool,
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=inputs, encrypted=st.booleans(), cipher=st.sampled_from(["secretbox", "aes256gcm"]))
+@given(batch=inputs, encrypted=st.booleans(), cipher=st.sampled_from(["secretbox", "aes256gcm"]),
+       stranger_every=st.sampled_from([0, 0, 1, 3]))
 def test_hostile_datagrams_are_counted_drops_on_both_backends(batch: list[bytes],
                                                               encrypted: bool,
-                                                              cipher: str) -> None:
-    native = feed(load_backend("native"), batch, encrypted, cipher)
-    assert native == feed(load_backend("reference"), batch, encrypted, cipher)
+                                                              cipher: str,
+                                                              stranger_every: int) -> None:
+    native = feed(load_backend("native"), batch, encrypted, cipher, stranger_every)
+    assert native == feed(load_backend("reference"), batch, encrypted, cipher, stranger_every)
     for stats in native[1::4]:
         assert isinstance(stats, dict)
         assert all(v >= 0 for v in stats["drops"].values())

@@ -236,15 +236,17 @@ def _spoof(pair: Pair, payload: bytes) -> None:
 @pytest.mark.integration
 def test_a_forged_counter_jump_does_not_blackhole_ping(pair: Pair) -> None:
     """Issue 9 item 5 on real devices: a captured datagram resent with its counter
-    raised by 2**20, spoofed from a's address and port and from a third address."""
+    raised by 2**20, spoofed from a's address and port and from a third address; and
+    resent as it was (a replay)."""
     real = _capture_datagram(pair)
     _spoof(pair, _raised(real, 1 << 20))
+    _spoof(pair, real)
     stranger = in_netns(pair.ns_a, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     with stranger:
         stranger.bind(("127.0.0.2", 0))
         stranger.sendto(_raised(real, (1 << 20) + 1), pair.udp_b.getsockname())
     deadline = time.monotonic() + 5
-    expected = {"auth": 2} if pair.key else {"source": 1}
+    expected = {"auth": 2, "replay": 1} if pair.key else {"source": 1, "replay": 1}
     while time.monotonic() < deadline and {
             k: v for k, v in pair.b.statistics()["drops"].items() if v} != expected:
         time.sleep(0.05)
