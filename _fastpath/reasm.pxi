@@ -6,8 +6,10 @@
 # Bounded: REASM_SLOTS elements at once, at most REASM_PER_PEER of them from one
 # neighbour, so a neighbour (or whoever forges its connection id) flooding first
 # fragments churns only its own slots. A new element of a neighbour at its quota evicts
-# that neighbour's oldest; otherwise it takes a free slot, or, with none, evicts the
-# oldest slot of the neighbour holding the most. An element not complete reasm_timeout
+# one of that neighbour's; otherwise it takes a free slot, or, with none, evicts one of
+# the neighbour holding the most. Of those, the one with the fewest pieces received goes
+# first (the oldest among equals): a flood of first pieces evicts its own kind before an
+# element whose pieces are arriving. An element not complete reasm_timeout
 # seconds after its first fragment, or evicted, is a counted drop (reassembly). The
 # cheap checks (source of a plain session, replay window, fragment header) run before a
 # fragment is stored; the MAC, over the whole payload, once it is complete.
@@ -26,10 +28,20 @@ cdef void reasm_release(DP *dp, int32_t slot) noexcept nogil:
     dp.peers[dp.reasm[slot].peer].reasm_used -= 1
 
 
+cdef bint reasm_before(const DP *dp, const Reasm *r, const Reasm *v) noexcept nogil:
+    """Is ``r`` evicted before ``v``? The neighbour holding more slots, then fewer
+    pieces received, then older (allocated earlier)."""
+    cdef int32_t nr = dp.peers[r.peer].reasm_used, nv = dp.peers[v.peer].reasm_used
+    if nr != nv:
+        return nr > nv
+    if r.received != v.received:
+        return r.received < v.received
+    return r.seq < v.seq
+
+
 cdef int32_t reasm_alloc(DP *dp, int32_t peer) noexcept nogil:
     """A slot for a new element of ``peer``: see the top for who is evicted."""
     cdef int32_t i, victim = -1, own = dp.peers[peer].reasm_used >= REASM_PER_PEER
-    cdef int32_t most = -1, n
     cdef Reasm *r
     if not own:
         for i in range(REASM_SLOTS):
@@ -41,10 +53,8 @@ cdef int32_t reasm_alloc(DP *dp, int32_t peer) noexcept nogil:
             r = &dp.reasm[i]
             if not r.used or (own and r.peer != peer):
                 continue
-            n = dp.peers[r.peer].reasm_used
-            if victim < 0 or n > most or (n == most and r.started < dp.reasm[victim].started):
+            if victim < 0 or reasm_before(dp, r, &dp.reasm[victim]):
                 victim = i
-                most = n
         reasm_release(dp, victim)
         drop(dp, DROP_REASSEMBLY)
     if dp.reasm[victim].buf == NULL:
@@ -116,6 +126,8 @@ cdef int32_t reasm_add(DP *dp, int32_t peer, uint64_t counter, const uint8_t *f,
         r.fsize = fsize
         r.count = count
         r.received = 0
+        r.seq = dp.reasm_seq
+        dp.reasm_seq += 1
         memset(r.bits, 0, sizeof(r.bits))
         r.started = now
     r = &dp.reasm[s]

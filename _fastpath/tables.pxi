@@ -61,6 +61,7 @@ cdef struct Reasm:
     uint32_t fsize
     uint32_t count
     uint32_t received
+    uint64_t seq                   # allocation order (DP.reasm_seq): the oldest has the least
     uint64_t bits[4]
     double started
     uint8_t *buf                   # MAX_PAYLOAD bytes, allocated on first use
@@ -80,6 +81,7 @@ cdef struct DP:
     MacEntry *macs
     int32_t mac_count
     Reasm *reasm
+    uint64_t reasm_seq             # the next Reasm.seq
     pthread_rwlock_t lock
     pthread_mutex_t mac_lock
     uint64_t drops[N_DROPS]

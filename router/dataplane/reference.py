@@ -114,6 +114,7 @@ class _Reasm:
     fsize: int
     count: int
     started: float
+    seq: int  # allocation order: the oldest has the least
     parts: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -135,6 +136,7 @@ class Dataplane:
         self._macs: dict[int, tuple[int, float]] = {}
         self._next_sweep = math.inf
         self._reasm: list[_Reasm | None] = [None] * REASM_SLOTS
+        self._reasm_seq = 0
         self._open: dict[int, _Open] = {}  # insertion order = the order they were opened
         self._outs: list[Datagram] = []
         self._delivered: list[bytes] = []
@@ -513,7 +515,8 @@ class Dataplane:
                      if r is not None and r.counter == counter and r.neighbour == peer), None)
         if slot is None:
             slot = self._reasm_alloc(peer)
-            self._reasm[slot] = _Reasm(peer, counter, length, fsize, count, now)
+            self._reasm[slot] = _Reasm(peer, counter, length, fsize, count, now, self._reasm_seq)
+            self._reasm_seq += 1
         r = self._reasm[slot]
         assert r is not None
         if (r.length, r.fsize) != (length, fsize) or index in r.parts:
@@ -545,8 +548,9 @@ class Dataplane:
         self._element(peer, body[:BODY.size], body[BODY.size:], now)
 
     def _reasm_alloc(self, peer: int) -> int:
-        """A slot for a new element of ``peer``: the oldest of its own once it holds
-        REASM_PER_PEER; else a free one; else the oldest of the neighbour holding most."""
+        """A slot for a new element of ``peer``: one of its own once it holds
+        REASM_PER_PEER; else a free one; else one of the neighbour holding most. Of
+        those, the one with the fewest pieces received, the oldest among equals."""
         held = {n: 0 for n in self._sessions}
         for r in self._reasm:
             if r is not None:
@@ -554,10 +558,11 @@ class Dataplane:
         own = held.get(peer, 0) >= REASM_PER_PEER
         if not own and None in self._reasm:
             return self._reasm.index(None)
-        candidates = [(-held[r.neighbour], r.started, i) for i, r in enumerate(self._reasm)
+        candidates = [(-held[r.neighbour], len(r.parts), r.seq, i)
+                      for i, r in enumerate(self._reasm)
                       if r is not None and (not own or r.neighbour == peer)]
         self._drops["reassembly"] += 1
-        return min(candidates)[2]
+        return min(candidates)[3]
 
     def _expire_reasm(self, now: float) -> None:
         for i, r in enumerate(self._reasm):

@@ -191,3 +191,20 @@ def test_a_plain_window_refuses_only_what_it_accepted_before(
     for counter in tail:
         window.check_and_accept(counter)
     assert not any(window.check(c) for c in tail[PLAIN_CONFIRM - 1:])
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_a_reassembly_flood_spares_the_flooded_peers_arriving_element(
+        backend: Backend, encrypted: bool) -> None:
+    """The flood under peer 1's own connection id evicts its own kind (one piece each)
+    before peer 1's real element, once two of that element's pieces are in."""
+    m = Mesh(backend, 2, [(1, 2)], encrypted=encrypted)
+    big = pings(1, start=7, size=5000)
+    out = m.nodes[1].dp.egress(big, 1.0)
+    assert len(out) == 4
+    conn_1, counter = struct.unpack_from(">QQ", out[0][1], 4)
+    flood = first_fragments(conn_1, range(counter + 1, counter + 101), encrypted)
+    a = m.nodes[1].addr
+    arrived = inject(m, a, [out[0][1], out[1][1], *flood, out[2][1], out[3][1]])
+    assert arrived == big
+    assert m.drops(2) == {"reassembly": 100 - 7}
