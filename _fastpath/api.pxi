@@ -8,7 +8,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from router.errors import LocalProtocolError
 
 DROP_REASONS = ("no_route", "auth", "replay", "too_big", "queue_full", "malformed", "ttl",
-                "reassembly", "local_dst", "loop", "tap_write", "send")
+                "reassembly", "local_dst", "loop", "tap_write", "send", "source")
 UPCALL_CONTROL = UPCALL_CONTROL_KIND
 UPCALL_UNKNOWN_CONN = UPCALL_UNKNOWN_CONN_KIND
 _PEER_COUNTERS = ("frames_out", "bytes_out", "datagrams_out", "frames_in", "bytes_in",
@@ -48,6 +48,20 @@ cdef object _addr_tuple(const sockaddr_storage *ss):
     if port < 0:
         return ("", 0)
     return ((<bytes>host).decode("ascii"), port)
+
+
+cdef void _sources(list pairs, sockaddr_storage *froms, int *index) except *:
+    """Source addresses of a batch for the pipeline (one that is not an IP literal and a
+    port stays AF_UNSPEC: it matches no peer)."""
+    cdef fp_addr a
+    cdef Py_ssize_t i
+    for i in range(len(pairs)):
+        index[i] = <int>i
+        addr = pairs[i][0]
+        if isinstance(addr, tuple) and len(addr) == 2 and isinstance(addr[0], str) \
+                and "\0" not in addr[0] and isinstance(addr[1], int) \
+                and 0 <= addr[1] < 65536 and fp_addr_set(&a, addr[0].encode(), addr[1]) == 0:
+            froms[i] = a.ss
 
 
 cdef class Dataplane:
@@ -368,10 +382,16 @@ cdef class Dataplane:
         cdef int32_t n = len(items), i
         cdef uint32_t *lens = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
         cdef uint8_t **ptrs = <uint8_t **>malloc((n + 1) * sizeof(uint8_t *))
+        cdef sockaddr_storage *froms = <sockaddr_storage *>calloc(n + 1,
+                                                                  sizeof(sockaddr_storage))
+        cdef int *index = <int *>malloc((n + 1) * sizeof(int))
         try:
-            if lens == NULL or ptrs == NULL:
+            if lens == NULL or ptrs == NULL or froms == NULL or index == NULL:
                 raise MemoryError()
             self._stage(items, lens, ptrs)
+            _sources(pairs, froms, index)
+            self.sink.from_ = froms
+            self.sink.dgram_from = index
             self.sink.nframes = 0
             self.sink.buf_used = 0
             self.sink.nup = 0
@@ -384,8 +404,12 @@ cdef class Dataplane:
                         pairs[self.sink.up[2 * i]][1]) for i in range(self.sink.nup)]
             return frames, self._datagrams(), upcalls
         finally:
+            self.sink.from_ = NULL
+            self.sink.dgram_from = NULL
             free(lens)
             free(ptrs)
+            free(froms)
+            free(index)
 
     def deadline(self):
         """When handle_timer() is next due (inf if never): reassembly and MAC expiry."""

@@ -10,11 +10,14 @@
 #   5. encode for each next hop (encoder.pxi: pack, fragment, seal)
 # ingress (datagrams from the UDP socket):
 #   1. sleeve header: malformed, or a heartbeat -> upcall, unknown connection id -> upcall
-#   2. replay window check (cheap, before any crypto)
-#   3. type 2: open (auth), accept the counter; the records are all checked before any
-#      is used (malformed drops the whole datagram)
-#      type 3: into reassembly; once complete: replay check, open (auth), accept
-#   4. per element: for us -> learn the source MAC, deliver to the TAP; for another
+#   2. a plain session (no MAC): the source must be the peer's address and port (source)
+#   3. replay window check (cheap, before any crypto; a plain session's window lets
+#      strays through, see wire.pxi / PlainReplayWindow)
+#   4. type 2: open (auth), and only then accept the counter (the window moves); the
+#      records are all checked before any is used (malformed drops the whole datagram)
+#      type 3: into reassembly (per-neighbour quota); once complete: replay check, open
+#      (auth), accept
+#   5. per element: for us -> learn the source MAC, deliver to the TAP; for another
 #      peer -> relay to its next hop; broadcast -> relay along the origin's tree (not
 #      back to where it came from) and deliver
 
@@ -321,13 +324,13 @@ cdef void ingress_fragment(DP *dp, Encoder *e, Sink *s, int32_t peer, uint8_t *d
     if slot < 0:
         return
     r = &dp.reasm[slot]
-    if not replay_check(&p.replay, counter):
+    if not replay_check(&p.replay, counter, not p.encrypted):
         drop(dp, DROP_REPLAY)
         return
     if p.encrypted and not open_payload(e, p, d, r.buf, r.length, counter):
         drop(dp, DROP_AUTH)
         return
-    replay_accept(&p.replay, counter)
+    replay_accept(&p.replay, counter, not p.encrypted)
     fp_add64(&p.datagrams_in, r.count)
     fp_add64(&p.bytes_in, r.length + r.count * (HEADER_SIZE + FRAG_HEADER))
     body = r.buf + extra
@@ -362,8 +365,11 @@ cdef void ingress_one(DP *dp, Encoder *e, Sink *s, int32_t index, uint8_t *d, ui
         sink_upcall(dp, s, index, UPCALL_UNKNOWN_CONN_KIND, d, length)
         return
     p = &dp.peers[peer]
+    if not p.encrypted and not fp_addr_same(&p.addr, &s.from_[s.dgram_from[index]]):
+        drop(dp, DROP_SOURCE)          # no MAC: the peer's address and port vouch for it
+        return
     counter = fp_get64(d + 12)
-    if not replay_check(&p.replay, counter):
+    if not replay_check(&p.replay, counter, not p.encrypted):
         drop(dp, DROP_REPLAY)
         return
     if d[1] == TYPE_FRAGMENT:
@@ -377,7 +383,7 @@ cdef void ingress_one(DP *dp, Encoder *e, Sink *s, int32_t index, uint8_t *d, ui
         if not open_payload(e, p, d, d + HEADER_SIZE, length - HEADER_SIZE, counter):
             drop(dp, DROP_AUTH)
             return
-    replay_accept(&p.replay, counter)
+    replay_accept(&p.replay, counter, not p.encrypted)
     fp_add64(&p.datagrams_in, 1)
     fp_add64(&p.bytes_in, length)
     ingress_records(dp, e, s, peer, d + base, length - base, now)

@@ -171,6 +171,23 @@ static inline int fp_addr_text(const struct sockaddr_storage *ss, char *host, si
     return -1;
 }
 
+/* Is `ss` the address and port of `a`? (IPv4 or IPv6; flow info and scope ignored) */
+static inline int fp_addr_same(const fp_addr *a, const struct sockaddr_storage *ss) {
+    if (a->len == 0 || a->ss.ss_family != ss->ss_family) return 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)&a->ss;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)ss;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&a->ss;
+        const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)ss;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
 static inline int fp_set_nonblocking(int fd) {
     int flags = fcntl(fd, F_GETFL);
     if (flags < 0) return -1;

@@ -3,8 +3,16 @@
 # type-3 datagrams sharing the element's counter. Key: (neighbour, counter). Fragments
 # are not authenticated one by one: the whole payload is opened once complete, so a
 # forged or inconsistent fragment costs at most the element it pretends to belong to.
-# Bounded: REASM_SLOTS elements at once; one not complete reasm_timeout seconds after
-# its first fragment, or evicted (oldest first) to make room, is a counted drop.
+# Bounded: REASM_SLOTS elements at once, at most REASM_PER_PEER of them from one
+# neighbour, so a neighbour (or whoever forges its connection id) flooding first
+# fragments churns only its own slots. A new element of a neighbour at its quota evicts
+# one of that neighbour's; otherwise it takes a free slot, or, with none, evicts one of
+# the neighbour holding the most. Of those, the one with the fewest pieces received goes
+# first (the oldest among equals): a flood of first pieces evicts its own kind before an
+# element whose pieces are arriving. An element not complete reasm_timeout
+# seconds after its first fragment, or evicted, is a counted drop (reassembly). The
+# cheap checks (source of a plain session, replay window, fragment header) run before a
+# fragment is stored; the MAC, over the whole payload, once it is complete.
 
 
 cdef int32_t reasm_find(const DP *dp, int32_t peer, uint64_t counter) noexcept nogil:
@@ -15,19 +23,39 @@ cdef int32_t reasm_find(const DP *dp, int32_t peer, uint64_t counter) noexcept n
     return -1
 
 
-cdef int32_t reasm_alloc(DP *dp) noexcept nogil:
-    """A free slot: the first unused, else the oldest is evicted (a counted drop)."""
-    cdef int32_t i, victim = -1
-    for i in range(REASM_SLOTS):
-        if not dp.reasm[i].used:
-            victim = i
-            break
-    if victim < 0:
-        victim = 0
-        for i in range(1, REASM_SLOTS):
-            if dp.reasm[i].started < dp.reasm[victim].started:
+cdef void reasm_release(DP *dp, int32_t slot) noexcept nogil:
+    dp.reasm[slot].used = 0
+    dp.peers[dp.reasm[slot].peer].reasm_used -= 1
+
+
+cdef bint reasm_before(const DP *dp, const Reasm *r, const Reasm *v) noexcept nogil:
+    """Is ``r`` evicted before ``v``? The neighbour holding more slots, then fewer
+    pieces received, then older (allocated earlier)."""
+    cdef int32_t nr = dp.peers[r.peer].reasm_used, nv = dp.peers[v.peer].reasm_used
+    if nr != nv:
+        return nr > nv
+    if r.received != v.received:
+        return r.received < v.received
+    return r.seq < v.seq
+
+
+cdef int32_t reasm_alloc(DP *dp, int32_t peer) noexcept nogil:
+    """A slot for a new element of ``peer``: see the top for who is evicted."""
+    cdef int32_t i, victim = -1, own = dp.peers[peer].reasm_used >= REASM_PER_PEER
+    cdef Reasm *r
+    if not own:
+        for i in range(REASM_SLOTS):
+            if not dp.reasm[i].used:
                 victim = i
-        dp.reasm[victim].used = 0
+                break
+    if victim < 0:
+        for i in range(REASM_SLOTS):
+            r = &dp.reasm[i]
+            if not r.used or (own and r.peer != peer):
+                continue
+            if victim < 0 or reasm_before(dp, r, &dp.reasm[victim]):
+                victim = i
+        reasm_release(dp, victim)
         drop(dp, DROP_REASSEMBLY)
     if dp.reasm[victim].buf == NULL:
         dp.reasm[victim].buf = <uint8_t *>malloc(MAX_PAYLOAD)
@@ -40,7 +68,7 @@ cdef void reasm_expire(DP *dp, double now) noexcept nogil:
     cdef int32_t i
     for i in range(REASM_SLOTS):
         if dp.reasm[i].used and now - dp.reasm[i].started >= dp.reasm_timeout:
-            dp.reasm[i].used = 0
+            reasm_release(dp, i)
             drop(dp, DROP_REASSEMBLY)
 
 
@@ -59,6 +87,7 @@ cdef void reasm_purge(DP *dp, int32_t peer) noexcept nogil:
     for i in range(REASM_SLOTS):
         if dp.reasm[i].peer == peer:
             dp.reasm[i].used = 0
+    dp.peers[peer].reasm_used = 0
 
 
 cdef int32_t reasm_add(DP *dp, int32_t peer, uint64_t counter, const uint8_t *f,
@@ -84,18 +113,21 @@ cdef int32_t reasm_add(DP *dp, int32_t peer, uint64_t counter, const uint8_t *f,
         return -2
     s = reasm_find(dp, peer, counter)
     if s < 0:
-        s = reasm_alloc(dp)
+        s = reasm_alloc(dp, peer)
         if s < 0:
             drop(dp, DROP_REASSEMBLY)
             return -1
         r = &dp.reasm[s]
         r.used = 1
         r.peer = peer
+        dp.peers[peer].reasm_used += 1
         r.counter = counter
         r.length = length
         r.fsize = fsize
         r.count = count
         r.received = 0
+        r.seq = dp.reasm_seq
+        dp.reasm_seq += 1
         memset(r.bits, 0, sizeof(r.bits))
         r.started = now
     r = &dp.reasm[s]
@@ -108,5 +140,5 @@ cdef int32_t reasm_add(DP *dp, int32_t peer, uint64_t counter, const uint8_t *f,
     r.received += 1
     if r.received < r.count:
         return -1
-    r.used = 0
+    reasm_release(dp, s)
     return s

@@ -126,6 +126,7 @@ cdef extern from "fp_sys.h" nogil:
         sockaddr_storage ss
     int fp_addr_set(fp_addr *a, const char *host, int port)
     int fp_addr_text(const sockaddr_storage *ss, char *host, size_t hostlen)
+    bint fp_addr_same(const fp_addr *a, const sockaddr_storage *ss)
     int fp_set_nonblocking(int fd)
     int fp_wait(int fd, short events, int stopfd, int timeout_ms)
 

@@ -17,6 +17,7 @@ cdef enum:
     MAC_SLOTS = 16384              # 2 * MAX_MACS
     MAC_SWEEP_INTERVAL = 60        # seconds between removals of expired MACs
     REASM_SLOTS = 64               # frames being reassembled at once
+    REASM_PER_PEER = 8             # of them from one neighbour (reasm.pxi)
 
 
 cdef struct Peer:
@@ -33,6 +34,7 @@ cdef struct Peer:
     fp_addr addr
     uint64_t send_counter          # next counter (atomic: TX and RX relays both send)
     Replay replay                  # RX only
+    int32_t reasm_used             # reassembly slots this neighbour holds (RX only)
     int32_t next_hop               # unicast route to this peer: index, or -1
     int32_t bcast_start            # broadcast hops for frames from this origin
     int32_t bcast_count
@@ -59,6 +61,7 @@ cdef struct Reasm:
     uint32_t fsize
     uint32_t count
     uint32_t received
+    uint64_t seq                   # allocation order (DP.reasm_seq): the oldest has the least
     uint64_t bits[4]
     double started
     uint8_t *buf                   # MAX_PAYLOAD bytes, allocated on first use
@@ -78,6 +81,7 @@ cdef struct DP:
     MacEntry *macs
     int32_t mac_count
     Reasm *reasm
+    uint64_t reasm_seq             # the next Reasm.seq
     pthread_rwlock_t lock
     pthread_mutex_t mac_lock
     uint64_t drops[N_DROPS]

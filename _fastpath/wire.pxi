@@ -39,6 +39,7 @@ cdef enum:
     GCM_NONCE_SIZE = 12            # AES-256-GCM
     REPLAY_WINDOW = 1024           # counters, as router.crypto.nonces.ReplayWindow
     REPLAY_WORDS = 16              # REPLAY_WINDOW / 64
+    PLAIN_CONFIRM = 4              # strays in a row that move a plain window (nonces.py)
     RETIRED_SESSIONS = 256         # removed sessions whose counters are remembered
 
 # Ciphers of an encrypted session (router.crypto.ciphers.Cipher, same numbers).
@@ -75,6 +76,7 @@ cdef enum:
     DROP_LOOP
     DROP_TAP_WRITE
     DROP_SEND
+    DROP_SOURCE                    # plain session: not from the peer's address and port
     N_DROPS
 
 cdef enum:
@@ -124,24 +126,50 @@ cdef struct Replay:
     # Counters (highest - 1023 .. highest]; bit (c % 1024) says c was accepted.
     uint64_t highest
     int any
+    uint32_t stray_run             # plain sessions: strays in a row (PlainReplayWindow)
+    uint64_t stray_last            # the last of them
     uint64_t bits[REPLAY_WORDS]
 
 
-cdef inline bint replay_check(const Replay *r, uint64_t counter) noexcept nogil:
-    """ReplayWindow.check: above the highest, or inside the window and unseen."""
+cdef inline bint replay_stray(const Replay *r, uint64_t counter) noexcept nogil:
+    """Outside the window: too old, or REPLAY_WINDOW or more ahead."""
+    if not r.any:
+        return False
+    if counter > r.highest:
+        return counter - r.highest >= REPLAY_WINDOW
+    return r.highest - counter >= REPLAY_WINDOW
+
+
+cdef inline bint replay_check(const Replay *r, uint64_t counter, bint plain) noexcept nogil:
+    """ReplayWindow.check (encrypted) or PlainReplayWindow.check (plain: strays pass)."""
     if not r.any or counter > r.highest:
         return True
     if r.highest - counter >= REPLAY_WINDOW:
-        return False
+        return plain
     cdef uint32_t bit = counter % REPLAY_WINDOW
     return not (r.bits[bit >> 6] >> (bit & 63)) & 1
 
 
-cdef inline void replay_accept(Replay *r, uint64_t counter) noexcept nogil:
-    """ReplayWindow.accept for a counter that passed replay_check."""
+cdef inline void replay_accept(Replay *r, uint64_t counter, bint plain) noexcept nogil:
+    """ReplayWindow.accept / PlainReplayWindow.accept for a counter that passed the check.
+
+    A plain stray leaves the window alone until PLAIN_CONFIRM strays in a row (each at
+    most REPLAY_WINDOW above the one before) confirm it: then it restarts there."""
     cdef uint64_t c
     cdef uint32_t bit
-    if not r.any or counter - r.highest >= REPLAY_WINDOW and counter > r.highest:
+    if plain and replay_stray(r, counter):
+        if r.stray_run > 0 and counter > r.stray_last and \
+                counter - r.stray_last <= REPLAY_WINDOW:
+            r.stray_run += 1
+        else:
+            r.stray_run = 1
+        r.stray_last = counter
+        if r.stray_run < PLAIN_CONFIRM:
+            return
+        r.stray_run = 0
+        memset(r.bits, 0, sizeof(r.bits))
+        r.highest = counter
+    elif not r.any or counter - r.highest >= REPLAY_WINDOW and counter > r.highest:
         memset(r.bits, 0, sizeof(r.bits))
         r.any = 1
         r.highest = counter

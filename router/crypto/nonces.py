@@ -24,9 +24,12 @@ from enum import IntEnum
 
 from router.errors import LocalProtocolError
 
-__all__ = ["MAX_COUNTER", "NONCE_SIZE", "ReplayWindow", "Transport", "make_nonce"]
+__all__ = ["MAX_COUNTER", "NONCE_SIZE", "PLAIN_CONFIRM", "PlainReplayWindow", "ReplayWindow",
+           "Transport", "make_nonce"]
 
 NONCE_SIZE = 24
+#: Consecutive out-of-window counters that move a :class:`PlainReplayWindow` to them.
+PLAIN_CONFIRM = 4
 MAX_COUNTER = (1 << 64) - 1
 _PAD = bytes(14)
 
@@ -109,3 +112,58 @@ class ReplayWindow:
             return False
         self.accept(counter)
         return True
+
+
+class PlainReplayWindow(ReplayWindow):
+    """The replay window of an unauthenticated (plain) session: nothing a forger sends can
+    make it refuse the real traffic.
+
+    Without a key anyone who can reach the port can inject any frame, so a plain window
+    cannot keep forgeries out; what it does is drop duplicates of recent counters. A
+    :class:`ReplayWindow` would let one forged counter far ahead drag the window there,
+    after which every real counter is "too old" for good. Here, of a counter ``c`` with
+    the highest accepted ``h`` and the window size ``W``:
+
+    * ``h - W < c < h + W`` (near): as :class:`ReplayWindow`: a duplicate is refused,
+      anything else accepted (and the window moves forward by less than ``W``);
+    * otherwise (a *stray*, too old or far ahead): accepted, but the window stays put
+      until :data:`PLAIN_CONFIRM` strays in a row, each above the previous by at most
+      ``W``, confirm a new position: then the window restarts at the last of them.
+
+    So one forged datagram never moves the window by ``W`` or more; a forger that walks
+    or confirms the window away only makes the real counters strays, which are accepted
+    and confirm the window back within :data:`PLAIN_CONFIRM` datagrams; a forged counter
+    can cost at most the one real datagram that carries the same counter, when the
+    forgery comes first. The price: a replay older than the window (or of a stray) is
+    accepted once more, exactly what a forger could send anyway.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        super().__init__(size)
+        self._stray_last = -1  # the last stray of the current run
+        self._stray_run = 0  # strays in a row so far
+
+    def _stray(self, counter: int) -> bool:
+        return self._highest >= 0 and abs(counter - self._highest) >= self._size
+
+    def check(self, counter: int) -> bool:
+        """True unless ``counter`` is a duplicate inside the window (or out of range)."""
+        if 0 <= counter <= MAX_COUNTER and self._stray(counter):
+            return True
+        return super().check(counter)
+
+    def accept(self, counter: int) -> None:
+        """Record ``counter``; :class:`LocalProtocolError` if it fails check."""
+        if not self.check(counter):
+            raise LocalProtocolError(f"counter {counter} is a replay or too old to accept")
+        if not self._stray(counter):
+            super().accept(counter)
+            return
+        run = self._stray_run
+        follows = run > 0 and self._stray_last < counter <= self._stray_last + self._size
+        self._stray_run = run + 1 if follows else 1
+        self._stray_last = counter
+        if self._stray_run >= PLAIN_CONFIRM:  # a stream of its own: move the window there
+            self._highest = counter
+            self._seen = 1
+            self._stray_run = 0

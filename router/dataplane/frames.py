@@ -89,6 +89,15 @@ def address_arg(addr: object) -> Address:
     return host, port
 
 
+def same_address(addr: Address, registered: Address) -> bool:
+    """Is ``addr`` (a datagram's source) the registered (IP literal, port) of a peer?"""
+    try:
+        return (addr[1] == registered[1]
+                and ipaddress.ip_address(addr[0]) == ipaddress.ip_address(registered[0]))
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
 def _ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)

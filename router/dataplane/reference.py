@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from router.crypto.ciphers import PREFERENCE, SECRETBOX, FrameCipher
 from router.crypto.keys import KEY_SIZE
-from router.crypto.nonces import ReplayWindow
+from router.crypto.nonces import PlainReplayWindow, ReplayWindow
 from router.dataplane.backend import Address, Datagram, PeerCounters, Statistics, Upcall
 from router.dataplane.frames import (
     BODY,
@@ -38,6 +38,7 @@ from router.dataplane.frames import (
     mac_arg,
     peer_name_arg,
     record,
+    same_address,
     split_records,
     swap_vnet,
     vnet_ok,
@@ -64,7 +65,7 @@ __all__ = [
 THREADED = False
 CIPHERS = PREFERENCE  # the ciphers set_peer takes (router.crypto.ciphers)
 DROP_REASONS = ("no_route", "auth", "replay", "too_big", "queue_full", "malformed", "ttl",
-                "reassembly", "local_dst", "loop", "tap_write", "send")
+                "reassembly", "local_dst", "loop", "tap_write", "send", "source")
 UPCALL_CONTROL = 1  # a non-frame packet (heartbeat) for the sleeve demux
 UPCALL_UNKNOWN_CONN = 2  # frames for a connection id the data plane does not know
 MAX_FRAME_SIZE = 65553  # 64 KiB IP packet + Ethernet header + one 802.1Q tag
@@ -77,6 +78,7 @@ MAX_BCAST_POOL = 65536
 MAX_MACS = 8192
 MAC_SWEEP_INTERVAL = 60.0  # seconds
 REASM_SLOTS = 64
+REASM_PER_PEER = 8  # reassembly slots one neighbour may hold
 MAX_FRAGMENTS = 255
 RETIRED_SESSIONS = 256  # removed sessions whose counters are remembered
 #: Frames count from 2**63: the connection's heartbeats (sealed by Python with the same
@@ -112,6 +114,7 @@ class _Reasm:
     fsize: int
     count: int
     started: float
+    seq: int  # allocation order: the oldest has the least
     parts: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -133,6 +136,7 @@ class Dataplane:
         self._macs: dict[int, tuple[int, float]] = {}
         self._next_sweep = math.inf
         self._reasm: list[_Reasm | None] = [None] * REASM_SLOTS
+        self._reasm_seq = 0
         self._open: dict[int, _Open] = {}  # insertion order = the order they were opened
         self._outs: list[Datagram] = []
         self._delivered: list[bytes] = []
@@ -183,7 +187,8 @@ class Dataplane:
         retired = self._retired.pop(name, None)
         if old is None or old.conn_id != conn_id or old.key != skey:
             self._purge_reasm(name)
-            old = _Session(conn_id, skey, self._ourself > name, max_datagram, addr)
+            old = _Session(conn_id, skey, self._ourself > name, max_datagram, addr,
+                           replay=ReplayWindow() if skey is not None else PlainReplayWindow())
             if retired is not None and (retired.conn_id, retired.key) == (conn_id, skey):
                 old.send_counter = retired.send_counter
                 old.replay = retired.replay  # the same connection again: no nonce reuse
@@ -437,7 +442,9 @@ class Dataplane:
             self._upcall(UPCALL_UNKNOWN_CONN, addr, data)
             return
         session = self._sessions[peer]
-        if not session.replay.check(counter):
+        if session.key is None and not same_address(addr, session.addr):
+            self._drops["source"] += 1  # no MAC: the peer's address and port vouch for it
+        elif not session.replay.check(counter):
             self._drops["replay"] += 1
         elif data[1] == FRAGMENT:
             self._fragment_in(peer, data, counter, now)
@@ -507,8 +514,9 @@ class Dataplane:
         slot = next((i for i, r in enumerate(self._reasm)
                      if r is not None and r.counter == counter and r.neighbour == peer), None)
         if slot is None:
-            slot = self._reasm_alloc()
-            self._reasm[slot] = _Reasm(peer, counter, length, fsize, count, now)
+            slot = self._reasm_alloc(peer)
+            self._reasm[slot] = _Reasm(peer, counter, length, fsize, count, now, self._reasm_seq)
+            self._reasm_seq += 1
         r = self._reasm[slot]
         assert r is not None
         if (r.length, r.fsize) != (length, fsize) or index in r.parts:
@@ -539,17 +547,22 @@ class Dataplane:
             return
         self._element(peer, body[:BODY.size], body[BODY.size:], now)
 
-    def _reasm_alloc(self) -> int:
-        for i, r in enumerate(self._reasm):
-            if r is None:
-                return i
-        victim = 0
-        for i, r in enumerate(self._reasm):
-            old = self._reasm[victim]
-            if r is not None and old is not None and r.started < old.started:
-                victim = i
+    def _reasm_alloc(self, peer: int) -> int:
+        """A slot for a new element of ``peer``: one of its own once it holds
+        REASM_PER_PEER; else a free one; else one of the neighbour holding most. Of
+        those, the one with the fewest pieces received, the oldest among equals."""
+        held = {n: 0 for n in self._sessions}
+        for r in self._reasm:
+            if r is not None:
+                held[r.neighbour] = held.get(r.neighbour, 0) + 1
+        own = held.get(peer, 0) >= REASM_PER_PEER
+        if not own and None in self._reasm:
+            return self._reasm.index(None)
+        candidates = [(-held[r.neighbour], len(r.parts), r.seq, i)
+                      for i, r in enumerate(self._reasm)
+                      if r is not None and (not own or r.neighbour == peer)]
         self._drops["reassembly"] += 1
-        return victim
+        return min(candidates)[3]
 
     def _expire_reasm(self, now: float) -> None:
         for i, r in enumerate(self._reasm):
@@ -589,3 +602,4 @@ class Dataplane:
         else:
             self._emit(hop, flags, ttl - 1, src, dst, element)
             self._totals["frames_relayed"] += 1
+

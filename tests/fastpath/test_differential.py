@@ -2,13 +2,16 @@
 
 Hypothesis builds a scenario (topology, encryption, path sizes, batches of frames of
 every size to known, unknown and broadcast MACs, faults on the wire: loss, truncation,
-bit flips, replays, time passing) and runs it on a mesh of native data planes and on a
+bit flips, replays, time passing; a sniffed datagram resent with its counter raised by
+2**20, or from a stranger's address; a flood of first fragments under a sniffed
+connection id) and runs it on a mesh of native data planes and on a
 mesh of reference data planes. Every datagram on the wire, every frame delivered to
 every TAP, every upcall, counter and deadline must be equal.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import pytest
@@ -35,6 +38,7 @@ TOPOLOGIES = {
     "full": (3, full(3)),
     "ring": (4, [*chain(4), (4, 1)]),
 }
+STRANGER = ("192.0.2.99", 6783)  # an address no peer has
 PATHS = [512, 1252, 1400, 9000, 65507]
 METAS = [
     vnet(),
@@ -56,7 +60,7 @@ class FrameSpec:
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "send", "replay", "advance"
+    kind: str  # "send", "replay", "advance", "forge", "stranger", "flood"
     node: int
     frames: tuple[FrameSpec, ...] = ()
     amount: float = 0.0
@@ -75,6 +79,8 @@ steps = st.one_of(
     st.builds(Step, kind=st.just("send"), node=st.integers(1, 4),
               frames=st.lists(frame_specs, min_size=1, max_size=6).map(tuple)),
     st.builds(Step, kind=st.just("replay"), node=st.integers(0, 1000)),
+    st.builds(Step, kind=st.sampled_from(["forge", "stranger", "flood"]),
+              node=st.integers(0, 1000)),
     st.builds(Step, kind=st.just("advance"), node=st.just(0),
               amount=st.sampled_from([0.1, 0.6, 1.0, 30.0, 700.0])),
 )
@@ -133,6 +139,10 @@ def run(backend: Backend, sc: Scenario) -> list[object]:
         elif step.kind == "replay" and m.wire:
             src, to, data = m.wire[step.node % len(m.wire)]
             m.carry(src, [(to, data)], now, fault)
+        elif step.kind in ("forge", "stranger", "flood") and m.wire:
+            src, to, data = m.wire[step.node % len(m.wire)]
+            m.carry(STRANGER if step.kind == "stranger" else src,
+                    [(to, d) for d in _forgeries(step.kind, data, sc.encrypted)], now, fault)
         elif step.kind == "send":
             sender = (step.node - 1) % n + 1
             frames = [_frame(spec, sender, n) for spec in step.frames]
@@ -142,6 +152,19 @@ def run(backend: Backend, sc: Scenario) -> list[object]:
         seen.extend([node.delivered, node.upcalls, node.dp.statistics(), node.dp.deadline()])
         seen.extend(node.dp.lookup_mac(mac(i), now) for i in range(1, 6))
     return seen
+
+
+def _forgeries(kind: str, data: bytes, encrypted: bool) -> list[bytes]:
+    """What an attacker makes of one sniffed datagram (see the module docstring)."""
+    if len(data) < 20:
+        return [data]
+    conn_id, counter = struct.unpack_from(">QQ", data, 4)
+    if kind != "flood":
+        raised = (counter + (1 << 20 if kind == "forge" else 1)) % (1 << 64)
+        return [data[:12] + struct.pack(">Q", raised) + data[20:]]
+    length = 3000 + (20 if encrypted else 0)
+    return [struct.pack(">BBHQQIHBB", 1, 3, 0, conn_id, (counter + 1 + i) % (1 << 64), length,
+                        1100, 0, 3) + bytes(1100) for i in range(70)]
 
 
 def _frame(spec: FrameSpec, node: int, n: int) -> bytes:
@@ -168,19 +191,21 @@ def test_native_and_reference_agree(sc: Scenario) -> None:
         assert a == b
 
 
-@pytest.mark.parametrize("cipher", ["secretbox", "aes256gcm"])
-def test_a_fixed_busy_scenario_agrees(cipher: str) -> None:
-    """One large scenario always runs per cipher, whatever hypothesis picks."""
+@pytest.mark.parametrize(("encrypted", "cipher"),
+                         [(True, "secretbox"), (True, "aes256gcm"), (False, "secretbox")])
+def test_a_fixed_busy_scenario_agrees(encrypted: bool, cipher: str) -> None:
+    """One large scenario always runs per cipher (and plain), whatever hypothesis picks."""
     big = tuple(FrameSpec(d, p, s, k, ip) for d, p, s, k, ip in [
         ("peer", 2, 65535 - 20, 3, "raw"), ("bcast", 1, 60, 0, "raw"),
         ("peer", 3, 1400, 2, "raw"), ("unknown", 1, 9000, 1, "raw"), ("peer", 4, 10, 0, "raw"),
         ("peer", 4, 11, 0, "raw"), ("peer", 1, 1, 4, "raw"), ("peer", 2, 1400, 0, "df"),
         ("peer", 3, 3000, 0, "nodf"), ("peer", 4, 1300, 0, "icmp-error"),
     ])
-    sc = Scenario("ring", True, cipher, (512, 1400, 9000, 1252),
+    sc = Scenario("ring", encrypted, cipher, (512, 1400, 9000, 1252),
                   ((3, "drop", 0), (9, "flip", 77)),
                   (Step("send", 1, big), Step("send", 3, big), Step("advance", 0, (), 1.0),
-                   Step("replay", 5), Step("send", 2, big), Step("advance", 0, (), 700.0)))
+                   Step("replay", 5), Step("forge", 7), Step("stranger", 8), Step("flood", 2),
+                   Step("send", 2, big), Step("advance", 0, (), 700.0)))
     native = run(load_backend("native"), sc)
     assert native == run(load_backend("reference"), sc)
     assert any(native[-30:])  # something was delivered

@@ -14,11 +14,12 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.crypto.nonces import ReplayWindow
+from router.crypto.nonces import PLAIN_CONFIRM, PlainReplayWindow
 from router.dataplane.backend import Backend, load_backend
 from tests.fastpath.mesh import Mesh, name_of
 
 SOURCE = ("192.0.2.2", 6783)
+STRANGER = ("192.0.2.2", 6784)  # the peer's host, another port
 CONN = 0x1122334455667788
 
 
@@ -94,11 +95,14 @@ inputs = st.lists(st.one_of(datagrams(), datagrams(), datagrams(),
 
 
 def feed(backend: Backend, batch: list[bytes], encrypted: bool,
-         cipher: str = "secretbox") -> list[object]:
+         cipher: str = "secretbox", stranger_every: int = 0) -> list[object]:
+    """Every ``stranger_every``-th datagram (if not 0) comes from another address."""
     m = plane(backend, encrypted, cipher)
     seen: list[object] = []
+    sources = [STRANGER if stranger_every and n % stranger_every == 0 else SOURCE
+               for n in range(len(batch))]
     for i in (1, 2, 3):
-        out = m.nodes[i].dp.ingress([(SOURCE, d) for d in batch], 5.0)
+        out = m.nodes[i].dp.ingress(list(zip(sources, batch, strict=True)), 5.0)
         seen.extend([out, m.nodes[i].dp.statistics(), m.nodes[i].dp.deadline()])
         m.nodes[i].dp.handle_timer(10.0)
         seen.append(m.nodes[i].dp.statistics()["drops"])
@@ -106,12 +110,14 @@ def feed(backend: Backend, batch: list[bytes], encrypted: bool,
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=inputs, encrypted=st.booleans(), cipher=st.sampled_from(["secretbox", "aes256gcm"]))
+@given(batch=inputs, encrypted=st.booleans(), cipher=st.sampled_from(["secretbox", "aes256gcm"]),
+       stranger_every=st.sampled_from([0, 0, 1, 3]))
 def test_hostile_datagrams_are_counted_drops_on_both_backends(batch: list[bytes],
                                                               encrypted: bool,
-                                                              cipher: str) -> None:
-    native = feed(load_backend("native"), batch, encrypted, cipher)
-    assert native == feed(load_backend("reference"), batch, encrypted, cipher)
+                                                              cipher: str,
+                                                              stranger_every: int) -> None:
+    native = feed(load_backend("native"), batch, encrypted, cipher, stranger_every)
+    assert native == feed(load_backend("reference"), batch, encrypted, cipher, stranger_every)
     for stats in native[1::4]:
         assert isinstance(stats, dict)
         assert all(v >= 0 for v in stats["drops"].values())
@@ -130,18 +136,21 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 
 
 counters = st.lists(st.one_of(st.integers(0, 3000), st.integers((1 << 64) - 2000, (1 << 64) - 1),
-                              st.integers(1 << 63, (1 << 63) + 3000)), min_size=1, max_size=60)
+                              st.integers(1 << 63, (1 << 63) + 3000),
+                              st.integers(1 << 20, (1 << 20) + 2 * PLAIN_CONFIRM)),
+                    min_size=1, max_size=60)
 
 
 @settings(max_examples=150, deadline=None)
 @given(sequence=counters)
-def test_replay_window_is_the_python_replay_window(sequence: list[int]) -> None:
+def test_a_plain_window_is_the_python_plain_replay_window(sequence: list[int]) -> None:
+    """Plain sessions screen counters as router.crypto.nonces.PlainReplayWindow."""
     element = bytes(10) + b"\xff" * 6 + b"\x02" + bytes(5) + b"\x08\x00" + b"ping"
     body = struct.pack(">BB6s6s", 2, 16, name_of(2).to_bytes(6, "big"), bytes(6))
     body += struct.pack(">H", len(element) - 10) + element
     for name in ("native", "reference"):
         m = plane(load_backend(name), encrypted=False)
-        model = ReplayWindow()
+        model = PlainReplayWindow()
         for counter in sequence:
             datagram = struct.pack(">BBHQQ", 1, 2, 0, CONN, counter) + body
             frames, _, _ = m.nodes[1].dp.ingress([(SOURCE, datagram)], 1.0)

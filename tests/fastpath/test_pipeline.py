@@ -267,10 +267,14 @@ def test_lost_fragment_times_out(backend: Backend) -> None:
 def test_reassembly_table_is_bounded(backend: Backend) -> None:
     m = Mesh(backend, 2, [(1, 2)])
     frames = [frame(BROADCAST_MAC, mac(1), 3000 + i) for i in range(70)]
-    # only the first of the 3 fragments of each frame arrives: 70 partial frames, 64 slots
+    # only the first of the 3 fragments of each frame arrives: 70 partial frames, of
+    # which one neighbour may hold 8 (REASM_PER_PEER): 62 evicted, its oldest first
     m.send(1, frames, 1.0, fault=lambda i, d: d if i % 3 == 1 else None)
     assert m.take(2) == []
-    assert m.drops(2) == {"reassembly": 6}
+    assert m.drops(2) == {"reassembly": 62}
+    assert m.nodes[2].dp.deadline() == 2.0
+    m.nodes[2].dp.handle_timer(2.0)
+    assert m.drops(2) == {"reassembly": 70}
 
 
 def test_mac_learning_expiry_and_local_destinations(backend: Backend) -> None:

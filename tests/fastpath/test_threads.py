@@ -15,8 +15,10 @@ import contextlib
 import hashlib
 import os
 import socket
+import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,3 +196,61 @@ def test_tables_change_while_the_threads_run(pair: Pair) -> None:
     assert pair.ping(count=2).returncode == 0
     with pytest.raises(Exception, match="running"):
         pair.a.egress([], 0.0)
+
+
+def _capture_datagram(pair: Pair) -> bytes:
+    """A real frames datagram from a to b, captured off the underlay (loopback) while
+    ping runs: the UDP payload as b's socket receives it."""
+    sniffer = in_netns(pair.ns_a, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                        socket.IPPROTO_UDP))
+    with sniffer:
+        sniffer.settimeout(5)
+        assert pair.ping(count=2).returncode == 0
+        port_a, port_b = pair.udp_a.getsockname()[1], pair.udp_b.getsockname()[1]
+        while True:
+            packet = sniffer.recv(1 << 16)
+            ihl = (packet[0] & 15) * 4
+            sport, dport = struct.unpack_from(">HH", packet, ihl)
+            payload = packet[ihl + 8:]
+            if (sport, dport) == (port_a, port_b) and payload[1:2] == b"\x02":
+                return payload
+
+
+def _raised(datagram: bytes, by: int) -> bytes:
+    (counter,) = struct.unpack_from(">Q", datagram, 12)
+    return datagram[:12] + struct.pack(">Q", counter + by) + datagram[20:]
+
+
+def _spoof(pair: Pair, payload: bytes) -> None:
+    """Send ``payload`` to b's socket as if from a's (a raw IPv4 packet, source forged)."""
+    port_a, port_b = pair.udp_a.getsockname()[1], pair.udp_b.getsockname()[1]
+    udp = struct.pack(">HHHH", port_a, port_b, 8 + len(payload), 0) + payload
+    ip_header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                            socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+    raw = in_netns(pair.ns_a, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                    socket.IPPROTO_RAW))
+    with raw:
+        raw.sendto(ip_header + udp, ("127.0.0.1", 0))
+
+
+@pytest.mark.integration
+def test_a_forged_counter_jump_does_not_blackhole_ping(pair: Pair) -> None:
+    """Issue 9 item 5 on real devices: a captured datagram resent with its counter
+    raised by 2**20, spoofed from a's address and port and from a third address; and
+    resent as it was (a replay)."""
+    real = _capture_datagram(pair)
+    _spoof(pair, _raised(real, 1 << 20))
+    _spoof(pair, real)
+    stranger = in_netns(pair.ns_a, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    with stranger:
+        stranger.bind(("127.0.0.2", 0))
+        stranger.sendto(_raised(real, (1 << 20) + 1), pair.udp_b.getsockname())
+    deadline = time.monotonic() + 5
+    expected = {"auth": 2, "replay": 1} if pair.key else {"source": 1, "replay": 1}
+    while time.monotonic() < deadline and {
+            k: v for k, v in pair.b.statistics()["drops"].items() if v} != expected:
+        time.sleep(0.05)
+    result = pair.ping(count=3)
+    assert result.returncode == 0, result.stdout + result.stderr
+    drops = {k: v for k, v in pair.b.statistics()["drops"].items() if v}
+    assert drops == expected
