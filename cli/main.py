@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from cli import launch
-from cli.client import ApiClient, ApiResponse, ApiUnreachable, default_http_addr, format_addr
+from cli.client import ApiClient, ApiResponse, ApiUnreachable, choose_api
 from cli.template import Template, TemplateError
 from router import __version__
 from router.config import DEFAULT_DB_PATH
@@ -63,6 +63,9 @@ class _Parser(argparse.ArgumentParser):
 def _add_http_addr(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-addr", metavar="HOST:PORT",
                         help="the router's API (127.0.0.1:6784) [WEAVE_HTTP_ADDR]")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="the router's API socket (default /run/weave-router/weave.sock "
+                             "if it exists) [WEAVE_SOCKET]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +121,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _client(args: argparse.Namespace, env: Mapping[str, str]) -> ApiClient:
-    return ApiClient(default_http_addr(args.http_addr, env.get(launch.ENV_HTTP_ADDR)))
+    return choose_api(args.http_addr, args.socket, env)
 
 
 def _call(client: ApiClient, method: str, path: str,
@@ -127,7 +130,7 @@ def _call(client: ApiClient, method: str, path: str,
     try:
         response = client.post(path, fields) if method == "POST" else client.request(method, path)
     except ApiUnreachable as exc:
-        addr = format_addr(exc.addr)
+        addr = exc.where
         if exc.refused:
             raise CommandError(f"{PROG} is not running (no answer on {addr})") from exc
         raise CommandError(f"{PROG} did not answer on {addr}: {exc.reason}") from exc
@@ -177,7 +180,7 @@ def _wait_stopped(client: ApiClient) -> int:
             return 0
         time.sleep(STOP_POLL)
     raise CommandError(f"{PROG}: error: the router still answers on "
-                       f"{format_addr(client.addr)} {STOP_TIMEOUT:g} s after stop")
+                       f"{client.where} {STOP_TIMEOUT:g} s after stop")
 
 
 def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:

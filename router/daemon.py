@@ -10,7 +10,7 @@ starts only once the earlier ones are serving):
 4. mesh        bind TCP ``--port``, start the connection maker and gossip; then IPAM's
                timer, and the containers' check that releases the addresses of
                containers that vanished (once now, then every 30 s)
-5. control     bind the HTTP API on ``--http-addr``
+5. control     bind the HTTP API on ``--socket`` (root only) and ``--http-addr``
 6. ready       ``/status`` answers 200, systemd gets ``READY=1``
 
 Shutdown runs the other way round: the API stops answering, the mesh closes every
@@ -21,6 +21,7 @@ containers on this host keep talking. ``docs/concurrency.md`` draws the nursery 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -131,7 +132,8 @@ class Router:
             await nursery.start(self._run_services, services, stopped)
             if self.config.http_addr is not None:
                 host, port = self.config.http_addr
-                await nursery.start(serve_api, self, host, port)
+                await nursery.start(functools.partial(
+                    serve_api, self, host, port, socket_path=self.config.api_socket))
             self.ready = True
             log.info("ready: %s(%s) listening on %s:%d", self.name, self.nickname,
                      self.config.mesh.host, self.config.mesh.port)
