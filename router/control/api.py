@@ -105,7 +105,7 @@ class ApiLimits:
 
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
-    idle_timeout: float = 5.0  # to the first byte of a request (also the keep-alive idle time)
+    idle_timeout: float = 10.0  # to the first byte of a request (the keep-alive idle time)
     header_timeout: float = 5.0  # to the end of the head, from its first byte
     body_timeout: float = 10.0  # to the end of the body, from the end of the head
     send_timeout: float = 10.0  # to send one reply
