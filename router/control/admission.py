@@ -17,10 +17,13 @@ Within a lane, a connection is **reading** (waiting for, or receiving, a request
 2. the lane is full: the lane's longest-reading connection is evicted; if every one is
    busy, the newcomer is refused.
 
-A well-behaved client sends its request as soon as it connects, so it is never the
-longest-reading one; a slow client (slowloris) or an idle keep-alive connection is. So
-slow clients, however many and however fast they reconnect, cannot keep a quick request
-out; they only push each other out. Busy connections are never evicted: a request that
+A newcomer is not evicted before the server has read from it once, unless a newcomer
+whose request head is all there already needs its slot (a quick request is served before
+a slow one). A well-behaved client sends its request as soon as it connects, so it is
+never the longest-reading one;
+a slow client (slowloris) or an idle keep-alive connection is. So slow clients, however
+many and however fast they reconnect, cannot keep a quick request out; they only push
+each other out. Busy connections are never evicted: a request that
 waits (an allocation awaiting consensus) keeps its slot until it is answered.
 """
 
@@ -50,6 +53,8 @@ class Slot:
     busy: bool = False
     since: float = 0.0  # when it entered its current phase
     evicted: bool = False
+    fresh: bool = True  # admitted, but not read from yet (see settled)
+    ready: bool = False  # its whole request head had arrived when it was admitted
 
 
 @dataclass(frozen=True)
@@ -77,20 +82,22 @@ class Admission:
     counts: dict[str, int] = field(
         default_factory=lambda: {"admitted": 0, "evicted": 0, "refused": 0})
 
-    def admit(self, lane: str, client: str, now: float) -> Admitted | Refused:
-        """Admit a new connection of ``client`` in ``lane`` (it starts reading)."""
+    def admit(self, lane: str, client: str, now: float, *,
+              ready: bool = False) -> Admitted | Refused:
+        """Admit a new connection of ``client`` in ``lane`` (it starts reading); ``ready``:
+        its whole request head has arrived already."""
         limit = self.limits[lane]
         slots = self._slots.setdefault(lane, [])
         evict: list[Slot] = []
         own = [s for s in slots if s.client == client]
         if limit.per_client < limit.capacity and len(own) >= limit.per_client:
-            victim = _longest_reading(own)
+            victim = _victim(own, ready)
             if victim is None:
                 return self._refuse(f"too many API requests in progress from {client} "
                                     f"(limit {limit.per_client})")
             evict.append(victim)
         elif len(slots) >= limit.capacity:
-            victim = _longest_reading(slots)
+            victim = _victim(slots, ready)
             if victim is None:
                 return self._refuse(f"too many API requests in progress "
                                     f"(limit {limit.capacity})")
@@ -99,10 +106,16 @@ class Admission:
             self.release(victim)
             victim.evicted = True
             self.counts["evicted"] += 1
-        slot = Slot(next(self._ids), lane, client, since=now)
+        slot = Slot(next(self._ids), lane, client, since=now, ready=ready)
         slots.append(slot)
         self.counts["admitted"] += 1
         return Admitted(slot, tuple(evict))
+
+    def settled(self, slot: Slot) -> None:
+        """``slot``'s connection was read from once: from now on it may be evicted. (A
+        newcomer is never evicted before the server had a chance to read its request, or
+        a storm of newcomers could push out a quick request before it is read.)"""
+        slot.fresh = False
 
     def reading(self, slot: Slot, now: float) -> None:
         """``slot`` waits for its next request."""
@@ -131,6 +144,13 @@ class Admission:
         return Refused(reason)
 
 
-def _longest_reading(slots: list[Slot]) -> Slot | None:
-    reading = [s for s in slots if not s.busy]
-    return min(reading, key=lambda s: (s.since, s.ident), default=None)
+def _victim(slots: list[Slot], newcomer_ready: bool) -> Slot | None:
+    """The longest-reading connection that was read from; failing that, for a newcomer
+    whose request is all there, the oldest one not yet read from whose request was not."""
+    settled = [s for s in slots if not s.busy and not s.fresh]
+    if settled:
+        return min(settled, key=lambda s: (s.since, s.ident))
+    if newcomer_ready:
+        waiting = [s for s in slots if not s.busy and s.fresh and not s.ready]
+        return min(waiting, key=lambda s: (s.since, s.ident), default=None)
+    return None

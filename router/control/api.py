@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from router.status import Status
 log = logging.getLogger("weave-router.api")
 
 MAX_FORM_FIELDS = 1000  # fields in one form body
+LISTEN_BACKLOG = 1024  # connections the kernel queues for us (a storm is taken in batches)
 __all__ = ["JSON", "TEXT", "ApiLimits", "Reply", "Request", "RouterControl", "dispatch",
            "error", "parse_form", "serve_api"]
 
@@ -281,27 +283,49 @@ async def serve_api(
     Binding failures raise ``OSError`` (or ConfigError for a bad ``socket_path``) before
     ``started``; the unix socket is removed again on the way out.
     """
-    listeners: list[trio.SocketListener] = []
+    listeners: list[socket.socket] = []
     inode = None
     try:
         if socket_path is not None:
             sock, inode = await bind_unix_socket(socket_path)
-            listeners.append(trio.SocketListener(sock))
-        tcp = await trio.open_tcp_listeners(port, host=host)
+            listeners.append(sock)
+        tcp = tcp_listeners(host, port)
         listeners += tcp
-        bound_port = int(tcp[0].socket.getsockname()[1])
+        bound_port = int(tcp[0].getsockname()[1])
         server = Server(functools.partial(dispatch, control), limits.server_limits(),
                         http_host=host, port=bound_port)
         where = f" and {socket_path}" if socket_path is not None else ""
         log.info("control API listening on %s:%d%s", host, bound_port, where)
         async with trio.open_nursery() as nursery:
-            serve = functools.partial(
-                trio.serve_listeners, server.handle, listeners, handler_nursery=nursery
-            )
-            await nursery.start(serve)
+            for listener in listeners:
+                nursery.start_soon(server.serve, listener, nursery)
             task_status.started((host, bound_port))
     finally:
         if socket_path is not None and inode is not None:
             remove_unix_socket(socket_path, inode)
         for listener in listeners:
-            listener.socket.close()
+            listener.close()
+
+
+def tcp_listeners(host: str, port: int) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address ``host`` resolves to (as trio's
+    ``open_tcp_listeners``; port 0: the first one's port for all). OSError if one fails."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in found:
+            sock = socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(listeners) > 1:
+                address = (address[0], listeners[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners

@@ -19,6 +19,7 @@ up to one request's worth; beyond that, the connection is not read until the rep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h11
@@ -50,6 +51,7 @@ class Connection:
         self.stream = stream
         self.bounds = bounds
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=bounds.max_header_bytes)
+        self.on_receive: Callable[[], None] | None = None  # after every read from the client
 
     async def _receive(self) -> bool:
         """Feed h11 the next chunk; False at end of stream."""
@@ -57,6 +59,8 @@ class Connection:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
         data = await self.stream.receive_some(RECV_CHUNK)
         self.conn.receive_data(bytes(data))
+        if self.on_receive is not None:
+            self.on_receive()
         return bool(data)
 
     async def _send(self, event: h11.Event) -> None:

@@ -1,22 +1,27 @@
-"""The API server: listeners, lanes, and one task per client connection.
+"""The API server: listeners, lanes, and one task per admitted client connection.
 
-Pipeline, per accepted connection (a task in the server's nursery):
+Pipeline:
 
-1. **classify**  unix socket -> lane ``unix``; TCP -> the uid owning the client's socket
+1. **accept**    each listener's loop takes every connection waiting in the kernel's queue
+   at once (up to :data:`ACCEPT_BATCH`), without yielding, so a storm of connections
+   from one user cannot bury another's in the queue for long;
+2. **classify**  unix socket -> lane ``unix``; TCP -> the uid owning the client's socket
    (``peer_cred.py``): 0 -> lane ``root``, another uid -> ``general`` as ``uid N``, not on
-   this host -> ``general`` as its address;
-2. **admit**     ``admission.py``: maybe evict the lane's (or the client's) longest-reading
-   connection, or refuse with 503 (warnings about refusals are rate-limited);
-3. **serve**     read a request (``connection.py``: bounded in size and time), check it
-   (``guard.py``), dispatch it while watching for the client to go away (then the
-   handler is cancelled), send the reply; keep the connection while both sides want to.
-
-The unix socket (``unix_socket.py``) is bound before the TCP listeners, so a second
-router on the same socket fails before it takes the TCP port.
+   this host -> ``general`` as its address. A batch is admitted in lane order (``unix``,
+   ``root``, ``general``), and within a lane the connections whose request head is all
+   there already (a peek) first: quick requests before slow ones;
+3. **admit**     ``admission.py``: maybe evict the lane's (or the client's) longest-reading
+   connection, or refuse: a one-line 503 is written without waiting and the connection
+   closed at once, so a refusal costs no task (warnings about them are rate-limited);
+4. **serve**     (a task) read a request (``connection.py``: bounded in size and time),
+   check it (``guard.py``), dispatch it while watching for the client to go away (then
+   the handler is cancelled), send the reply; keep the connection while both want to.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -27,12 +32,17 @@ import trio
 from router.control import guard
 from router.control.admission import Admission, Admitted, LaneLimit, Slot
 from router.control.connection import Bounds, Connection
-from router.control.http import Reply, Request, error
+from router.control.http import Reply, Request
 from router.control.peer_cred import tcp_peer_uid, unix_peer_uid
 
 log = logging.getLogger("weave-router.api")
 
 WARN_INTERVAL = 10.0  # seconds between warnings about refused or evicted clients
+ACCEPT_BATCH = 512  # connections taken from a listener's queue in one go
+ACCEPT_PAUSE = 0.1  # seconds to wait after running out of file descriptors
+RECV_PEEK = 4096  # bytes looked at to tell whether a request head is all there
+LANE_ORDER = {"unix": 0, "root": 1, "general": 2}
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 Dispatch = Callable[[Request], Awaitable[Reply]]
 
@@ -64,34 +74,74 @@ class Server:
         """Admission counters and connections per lane, and unexpected failures."""
         return {**self.admission.statistics(), "errors": self.errors}
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def serve(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        """Accept from ``listener`` (a non-blocking stdlib socket) until cancelled; each
+        admitted client is served by a task in ``nursery``."""
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            batch, starved = self._accept_batch(listener)
+            classified = []
+            for conn in batch:
+                try:
+                    classified.append((conn, *self._classify(conn), _head_is_in(conn)))
+                except OSError:  # gone already (getpeername of a closed socket)
+                    conn.close()
+            classified.sort(key=lambda item: (LANE_ORDER[item[1]], not item[4]))
+            for conn, lane, who, checker, ready in classified:
+                self._admit(conn, lane, who, checker, nursery, ready=ready)
+            await trio.sleep(ACCEPT_PAUSE if starved else 0)
+
+    def _accept_batch(self, listener: socket.socket) -> tuple[list[socket.socket], bool]:
+        """What waits in the queue (at most ACCEPT_BATCH); True if out of descriptors."""
+        batch: list[socket.socket] = []
+        while len(batch) < ACCEPT_BATCH:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._warn(f"cannot accept API clients: {exc.strerror}")
+                    return batch, True
+                continue  # ECONNABORTED and the like: that client is gone
+            conn.setblocking(False)
+            batch.append(conn)
+        return batch, False
+
+    def _admit(self, conn: socket.socket, lane: str, who: str,
+               checker: guard.Listener | None, nursery: trio.Nursery, *, ready: bool) -> None:
+        decision = self.admission.admit(lane, who, trio.current_time(), ready=ready)
+        if not isinstance(decision, Admitted):
+            self._warn(f"refused an API client in lane {lane}: {decision.reason}")
+            _refuse_now(conn, decision.reason)
+            return
+        for victim in decision.evict:
+            scope = self._scopes.pop(victim.ident, None)
+            if scope is not None:
+                scope.cancel()
+        if decision.evict:
+            self._warn(f"evicted a slow API client in lane {lane} to admit {who}")
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        nursery.start_soon(self._handle, stream, decision.slot, checker)
+
+    async def _handle(self, stream: trio.SocketStream, slot: Slot,
+                      checker: guard.Listener | None) -> None:
         """Serve one client connection; nothing escapes (the server never dies of a client)."""
         client = Connection(stream, self.bounds)
         try:
-            lane, who, listener = self._classify(stream.socket)
-            decision = self.admission.admit(lane, who, trio.current_time())
-            if not isinstance(decision, Admitted):
-                self._warn(f"refused an API client in lane {lane}: {decision.reason}")
-                await client.send_reply(error(503, decision.reason, close=True))
-                await client.linger_and_close()
-                return
-            for victim in decision.evict:
-                scope = self._scopes.pop(victim.ident, None)
-                if scope is not None:
-                    scope.cancel()
-            if decision.evict:
-                self._warn(f"evicted a slow API client in lane {lane} to admit {who}")
-            await self._admitted(client, decision.slot, listener)
+            await self._admitted(client, slot, checker)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         except Exception:
             self.errors += 1
             log.exception("control API: client connection failed")
         finally:
+            self.admission.release(slot)
             await trio.aclose_forcefully(stream)
 
     async def _admitted(self, client: Connection, slot: Slot,
                         listener: guard.Listener | None) -> None:
+        client.on_receive = functools.partial(self.admission.settled, slot)
         with trio.CancelScope() as scope:
             self._scopes[slot.ident] = scope
             try:
@@ -100,7 +150,7 @@ class Server:
                 self._scopes.pop(slot.ident, None)
                 self.admission.release(slot)
 
-    def _classify(self, sock: trio.socket.SocketType) -> tuple[str, str, guard.Listener | None]:
+    def _classify(self, sock: socket.socket) -> tuple[str, str, guard.Listener | None]:
         """Lane, client name and (TCP) the listener the Host header must name."""
         if sock.family == socket.AF_UNIX:
             uid = unix_peer_uid(sock)
@@ -163,3 +213,27 @@ class Server:
             log.info("control API: client of %s %s went away; request cancelled",
                      request.method, request.path)
         return reply
+
+
+def _refuse_now(conn: socket.socket, reason: str) -> None:
+    """Write a one-line 503 if the socket takes it at once, then close."""
+    body = f"{reason}\n".encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    try:
+        conn.send(head + body)
+        conn.shutdown(socket.SHUT_WR)
+        for _ in range(4):  # what it sent already: unread, it would make close() a reset
+            if not conn.recv(65536):
+                break
+    except OSError:
+        pass
+    conn.close()
+
+
+def _head_is_in(conn: socket.socket) -> bool:
+    """True if a whole request head waits in the socket already (a quick request)."""
+    try:
+        return b"\r\n\r\n" in conn.recv(RECV_PEEK, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False

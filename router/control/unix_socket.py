@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -28,22 +29,24 @@ SOCKET_MODE = 0o660
 DIR_MODE = 0o755
 PROBE_TIMEOUT = 1.0  # seconds to see whether another router answers on the socket
 MAX_PATH_BYTES = 107  # sun_path holds 108 bytes with the terminating NUL
+LISTEN_BACKLOG = 128
 
 
-async def bind_unix_socket(path: Path) -> tuple[trio.socket.SocketType, int]:
-    """A listening socket on ``path`` (module doc) and the inode it got."""
+async def bind_unix_socket(path: Path) -> tuple[socket.socket, int]:
+    """A listening (non-blocking) socket on ``path`` (module doc) and the inode it got."""
     if len(os.fsencode(path)) > MAX_PATH_BYTES:
         raise ConfigError(f"--socket: {path} is longer than {MAX_PATH_BYTES} bytes")
     await _refuse_if_taken(path)
     path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     temporary.unlink(missing_ok=True)
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        await sock.bind(os.fspath(temporary))
+        sock.bind(os.fspath(temporary))
         os.chmod(temporary, SOCKET_MODE)
         os.rename(temporary, path)
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
         return sock, os.stat(path).st_ino
     except BaseException:
         sock.close()

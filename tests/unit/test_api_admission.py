@@ -16,6 +16,7 @@ LIMITS = {"unix": LaneLimit(2, 2), "root": LaneLimit(2, 2), "general": LaneLimit
 def _admit(adm: Admission, lane: str, client: str, now: float) -> Slot:
     got = adm.admit(lane, client, now)
     assert isinstance(got, Admitted), got
+    adm.settled(got.slot)  # the server read from it
     return got.slot
 
 
@@ -26,6 +27,7 @@ def test_a_full_lane_evicts_its_longest_reading_connection() -> None:
     got = adm.admit("root", "uid 0", 4.0)
     assert isinstance(got, Admitted) and got.evict == (second,)  # first is busy: kept
     assert second.evicted and adm.connected("root") == 2
+    adm.settled(got.slot)
     adm.busy(got.slot, 5.0)
     refused = adm.admit("root", "uid 0", 6.0)
     assert refused == Refused("too many API requests in progress (limit 2)")
@@ -52,6 +54,7 @@ def test_one_client_only_pushes_out_its_own_connections() -> None:
     for t in range(3, 50):  # a reconnect storm of one uid
         got = adm.admit("general", "uid 65534", float(t))
         assert isinstance(got, Admitted) and got.evict and got.evict[0].client == "uid 65534"
+        adm.settled(got.slot)
         mine.append(got.slot)
     assert not other.evicted and all(s.evicted for s in mine[:-2])
     for slot in mine[-2:]:
@@ -59,6 +62,28 @@ def test_one_client_only_pushes_out_its_own_connections() -> None:
     refused = adm.admit("general", "uid 65534", 61.0)
     assert refused == Refused("too many API requests in progress from uid 65534 (limit 2)")
     assert isinstance(adm.admit("general", "uid 8", 62.0), Admitted)
+
+
+def test_a_newcomer_is_not_evicted_before_it_was_read_from() -> None:
+    adm = Admission({"root": LaneLimit(2, 2)})
+    fresh = [adm.admit("root", "uid 0", t) for t in (0.0, 1.0)]
+    assert adm.admit("root", "uid 0", 2.0) == Refused(
+        "too many API requests in progress (limit 2)")
+    first = fresh[0]
+    assert isinstance(first, Admitted)
+    adm.settled(first.slot)
+    got = adm.admit("root", "uid 0", 3.0)
+    assert isinstance(got, Admitted) and got.evict == (first.slot,)
+
+
+def test_a_quick_newcomer_may_push_out_a_slow_one_not_yet_read_from() -> None:
+    adm = Admission({"root": LaneLimit(2, 2)})
+    quick, slow = adm.admit("root", "uid 0", 0.0, ready=True), adm.admit("root", "uid 0", 1.0)
+    assert isinstance(quick, Admitted) and isinstance(slow, Admitted)
+    assert isinstance(adm.admit("root", "uid 0", 2.0), Refused)  # slow: waits its turn
+    got = adm.admit("root", "uid 0", 3.0, ready=True)  # quick: the slow one makes room
+    assert isinstance(got, Admitted) and got.evict == (slow.slot,)
+    assert isinstance(adm.admit("root", "uid 0", 4.0, ready=True), Refused)  # never a quick one
 
 
 def test_release_after_eviction_is_harmless() -> None:
