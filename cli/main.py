@@ -14,10 +14,12 @@ Commands of this milestone (cli.md has the contract)::
     weave-router ps [CONTAINER ...]
     weave-router version
 
-Every command but ``launch`` and ``version`` talks to the router's API at ``--http-addr``
-(``WEAVE_HTTP_ADDR``, default 127.0.0.1:6784). Exit codes: 0 done; 1 the command failed
-(router not running, router refused, launch failed); 2 a usage error (unknown flag, bad
-value), reported as one line ``weave-router: error: ...`` on stderr.
+Every command but ``launch`` and ``version`` talks to the router's API: over its unix
+socket (``--socket``, ``WEAVE_SOCKET``; ``/run/weave-router/weave.sock`` if it exists) or
+at ``--http-addr`` (``WEAVE_HTTP_ADDR``, default 127.0.0.1:6784): ``cli/client.py``.
+Exit codes: 0 done; 1 the command failed (router not running, router refused, launch
+failed); 2 a usage error (unknown flag, bad value), reported as one line
+``weave-router: error: ...`` on stderr.
 """
 
 from __future__ import annotations

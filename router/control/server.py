@@ -41,6 +41,8 @@ WARN_INTERVAL = 10.0  # seconds between warnings about refused or evicted client
 ACCEPT_BATCH = 512  # connections taken from a listener's queue in one go
 ACCEPT_PAUSE = 0.1  # seconds to wait after running out of file descriptors
 RECV_PEEK = 4096  # bytes looked at to tell whether a request head is all there
+SECOND_LOOK = 0.05  # seconds a newcomer refused before its request arrived may wait for it
+MAX_SECOND_LOOKS = 64  # newcomers waiting for that second look at once
 LANE_ORDER = {"unix": 0, "root": 1, "general": 2}
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -69,6 +71,7 @@ class Server:
         self._scopes: dict[int, trio.CancelScope] = {}
         self._next_warning = 0.0
         self._unwarned = 0
+        self._second_looks = 0  # newcomers waiting for a second look (_look_again)
 
     def statistics(self) -> dict[str, int]:
         """Admission counters and connections per lane, and unexpected failures."""
@@ -109,9 +112,16 @@ class Server:
         return batch, False
 
     def _admit(self, conn: socket.socket, lane: str, who: str,
-               checker: guard.Listener | None, nursery: trio.Nursery, *, ready: bool) -> None:
+               checker: guard.Listener | None, nursery: trio.Nursery, *, ready: bool,
+               second_look: bool = True) -> None:
         decision = self.admission.admit(lane, who, trio.current_time(), ready=ready)
         if not isinstance(decision, Admitted):
+            if not ready and second_look and self._second_looks < MAX_SECOND_LOOKS:
+                # Accepted a moment before its request arrived? Look again shortly: a
+                # quick request may take the slot of a slow client not read from yet.
+                self._second_looks += 1
+                nursery.start_soon(self._look_again, conn, lane, who, checker, nursery)
+                return
             self._warn(f"refused an API client in lane {lane}: {decision.reason}")
             _refuse_now(conn, decision.reason)
             return
@@ -123,6 +133,20 @@ class Server:
             self._warn(f"evicted a slow API client in lane {lane} to admit {who}")
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         nursery.start_soon(self._handle, stream, decision.slot, checker)
+
+    async def _look_again(self, conn: socket.socket, lane: str, who: str,
+                          checker: guard.Listener | None, nursery: trio.Nursery) -> None:
+        try:
+            with trio.move_on_after(SECOND_LOOK):
+                while not _head_is_in(conn):
+                    await trio.sleep(SECOND_LOOK / 5)
+            ready = _head_is_in(conn)
+        except OSError:
+            conn.close()
+            return
+        finally:
+            self._second_looks -= 1
+        self._admit(conn, lane, who, checker, nursery, ready=ready, second_look=False)
 
     async def _handle(self, stream: trio.SocketStream, slot: Slot,
                       checker: guard.Listener | None) -> None:
