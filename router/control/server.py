@@ -141,9 +141,12 @@ class Server:
                 while not _head_is_in(conn):
                     await trio.sleep(SECOND_LOOK / 5)
             ready = _head_is_in(conn)
-        except OSError:
+        except OSError:  # the client is gone
             conn.close()
             return
+        except BaseException:  # the server stops
+            conn.close()
+            raise
         finally:
             self._second_looks -= 1
         self._admit(conn, lane, who, checker, nursery, ready=ready, second_look=False)
