@@ -12,19 +12,22 @@ Within a lane, a connection is **reading** (waiting for, or receiving, a request
 **busy** (a request is being handled or answered). A newcomer is admitted like this:
 
 1. its client (a uid, or a remote address) already has ``per_client`` connections in
-   the lane: the client's own longest-reading connection is evicted to make room; if all
-   of them are busy, the newcomer is refused;
-2. the lane is full: the lane's longest-reading connection is evicted; if every one is
-   busy, the newcomer is refused.
+   the lane, or
+2. the lane is full:
 
-A newcomer is not evicted before the server has read from it once, unless a newcomer
-whose request head is all there already needs its slot (a quick request is served before
-a slow one). A well-behaved client sends its request as soon as it connects, so it is
-never the longest-reading one;
-a slow client (slowloris) or an idle keep-alive connection is. So slow clients, however
-many and however fast they reconnect, cannot keep a quick request out; they only push
-each other out. Busy connections are never evicted: a request that
-waits (an allocation awaiting consensus) keeps its slot until it is answered.
+then a newcomer whose request head is all there already (a **quick** request) evicts the
+client's (case 1) or the lane's (case 2) connection that has been reading longest, among
+those the server has read from; failing that, the oldest one not read from yet whose
+head was not all there either. Any other newcomer is refused (``server.py`` gives one
+that was accepted a moment before its request arrived a second look).
+
+So quick requests are served before slow ones: a well-behaved client sends its request
+as it connects, a slow client (slowloris) or an idle keep-alive connection is the
+longest-reading one. Slow clients, however many and however fast they reconnect, cannot
+keep a quick request out, and they cannot push each other out either (that churn would
+cost the router a task per reconnect): a slow newcomer waits for a free slot. Busy
+connections are never evicted: a request that waits (an allocation awaiting consensus)
+keeps its slot until it is answered; with every slot busy, a newcomer is refused.
 """
 
 from __future__ import annotations
@@ -145,12 +148,13 @@ class Admission:
 
 
 def _victim(slots: list[Slot], newcomer_ready: bool) -> Slot | None:
-    """The longest-reading connection that was read from; failing that, for a newcomer
-    whose request is all there, the oldest one not yet read from whose request was not."""
+    """For a quick newcomer: the longest-reading connection that was read from; failing
+    that, the oldest one not yet read from whose request was not all there. For any other
+    newcomer: none."""
+    if not newcomer_ready:
+        return None
     settled = [s for s in slots if not s.busy and not s.fresh]
     if settled:
         return min(settled, key=lambda s: (s.since, s.ident))
-    if newcomer_ready:
-        waiting = [s for s in slots if not s.busy and s.fresh and not s.ready]
-        return min(waiting, key=lambda s: (s.since, s.ident), default=None)
-    return None
+    waiting = [s for s in slots if not s.busy and s.fresh and not s.ready]
+    return min(waiting, key=lambda s: (s.since, s.ident), default=None)

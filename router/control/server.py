@@ -117,8 +117,8 @@ class Server:
         decision = self.admission.admit(lane, who, trio.current_time(), ready=ready)
         if not isinstance(decision, Admitted):
             if not ready and second_look and self._second_looks < MAX_SECOND_LOOKS:
-                # Accepted a moment before its request arrived? Look again shortly: a
-                # quick request may take the slot of a slow client not read from yet.
+                # Accepted a moment before its request arrived? Look again shortly: if
+                # its head is all there by then, it is a quick request after all.
                 self._second_looks += 1
                 nursery.start_soon(self._look_again, conn, lane, who, checker, nursery)
                 return
@@ -137,10 +137,12 @@ class Server:
     async def _look_again(self, conn: socket.socket, lane: str, who: str,
                           checker: guard.Listener | None, nursery: trio.Nursery) -> None:
         try:
-            with trio.move_on_after(SECOND_LOOK):
-                while not _head_is_in(conn):
-                    await trio.sleep(SECOND_LOOK / 5)
+            with trio.move_on_after(SECOND_LOOK):  # for its first bytes (a quick client
+                await trio.lowlevel.wait_readable(conn)  # sends its head in one go)
             ready = _head_is_in(conn)
+            if not ready:  # a slow client: no second chance
+                _refuse_now(conn, "too many API clients waiting for their requests")
+                return
         except OSError:  # the client is gone
             conn.close()
             return

@@ -14,7 +14,7 @@ LIMITS = {"unix": LaneLimit(2, 2), "root": LaneLimit(2, 2), "general": LaneLimit
 
 
 def _admit(adm: Admission, lane: str, client: str, now: float) -> Slot:
-    got = adm.admit(lane, client, now)
+    got = adm.admit(lane, client, now, ready=True)
     assert isinstance(got, Admitted), got
     adm.settled(got.slot)  # the server read from it
     return got.slot
@@ -24,15 +24,16 @@ def test_a_full_lane_evicts_its_longest_reading_connection() -> None:
     adm = Admission(dict(LIMITS))
     first, second = _admit(adm, "root", "uid 0", 1.0), _admit(adm, "root", "uid 0", 2.0)
     adm.busy(first, 3.0)
-    got = adm.admit("root", "uid 0", 4.0)
+    assert isinstance(adm.admit("root", "uid 0", 3.5), Refused)  # a slow one waits
+    got = adm.admit("root", "uid 0", 4.0, ready=True)
     assert isinstance(got, Admitted) and got.evict == (second,)  # first is busy: kept
     assert second.evicted and adm.connected("root") == 2
     adm.settled(got.slot)
     adm.busy(got.slot, 5.0)
-    refused = adm.admit("root", "uid 0", 6.0)
+    refused = adm.admit("root", "uid 0", 6.0, ready=True)
     assert refused == Refused("too many API requests in progress (limit 2)")
     adm.reading(first, 7.0)  # answered: waiting for its next request, evictable again
-    again = adm.admit("root", "uid 0", 8.0)
+    again = adm.admit("root", "uid 0", 8.0, ready=True)
     assert isinstance(again, Admitted) and again.evict == (first,)
 
 
@@ -40,7 +41,7 @@ def test_lanes_never_take_each_others_slots() -> None:
     adm = Admission(dict(LIMITS))
     for now, client in enumerate(["uid 1", "uid 1", "uid 2", "uid 2"]):
         adm.busy(_admit(adm, "general", client, float(now)), float(now))
-    assert isinstance(adm.admit("general", "uid 3", 9.0), Refused)
+    assert isinstance(adm.admit("general", "uid 3", 9.0, ready=True), Refused)
     for lane in ("unix", "root"):
         slot = _admit(adm, lane, "uid 0", 9.0)
         assert slot.lane == lane
@@ -52,28 +53,37 @@ def test_one_client_only_pushes_out_its_own_connections() -> None:
     other = _admit(adm, "general", "uid 7", 0.0)
     mine = [_admit(adm, "general", "uid 65534", float(t)) for t in (1, 2)]
     for t in range(3, 50):  # a reconnect storm of one uid
-        got = adm.admit("general", "uid 65534", float(t))
+        got = adm.admit("general", "uid 65534", float(t), ready=True)
         assert isinstance(got, Admitted) and got.evict and got.evict[0].client == "uid 65534"
         adm.settled(got.slot)
         mine.append(got.slot)
     assert not other.evicted and all(s.evicted for s in mine[:-2])
     for slot in mine[-2:]:
         adm.busy(slot, 60.0)
-    refused = adm.admit("general", "uid 65534", 61.0)
+    refused = adm.admit("general", "uid 65534", 61.0, ready=True)
     assert refused == Refused("too many API requests in progress from uid 65534 (limit 2)")
     assert isinstance(adm.admit("general", "uid 8", 62.0), Admitted)
 
 
-def test_a_newcomer_is_not_evicted_before_it_was_read_from() -> None:
+def test_a_quick_newcomer_is_not_evicted_before_it_was_read_from() -> None:
     adm = Admission({"root": LaneLimit(2, 2)})
-    fresh = [adm.admit("root", "uid 0", t) for t in (0.0, 1.0)]
-    assert adm.admit("root", "uid 0", 2.0) == Refused(
+    fresh = [adm.admit("root", "uid 0", t, ready=True) for t in (0.0, 1.0)]
+    assert adm.admit("root", "uid 0", 2.0, ready=True) == Refused(
         "too many API requests in progress (limit 2)")
     first = fresh[0]
     assert isinstance(first, Admitted)
     adm.settled(first.slot)
-    got = adm.admit("root", "uid 0", 3.0)
+    got = adm.admit("root", "uid 0", 3.0, ready=True)
     assert isinstance(got, Admitted) and got.evict == (first.slot,)
+
+
+def test_slow_newcomers_never_push_anyone_out() -> None:
+    adm = Admission({"root": LaneLimit(2, 2)})
+    for t in (0.0, 1.0):
+        _admit(adm, "root", "uid 0", t)
+    for t in range(2, 20):
+        assert isinstance(adm.admit("root", "uid 0", float(t)), Refused)
+    assert adm.statistics()["evicted"] == 0
 
 
 def test_a_quick_newcomer_may_push_out_a_slow_one_not_yet_read_from() -> None:
@@ -89,7 +99,7 @@ def test_a_quick_newcomer_may_push_out_a_slow_one_not_yet_read_from() -> None:
 def test_release_after_eviction_is_harmless() -> None:
     adm = Admission({"root": LaneLimit(1, 1)})
     first = _admit(adm, "root", "uid 0", 0.0)
-    _admit(adm, "root", "uid 0", 1.0)
+    _admit(adm, "root", "uid 0", 1.0)  # quick: evicts the first
     adm.release(first)
     assert adm.connected("root") == 1
     assert adm.statistics()["evicted"] == 1
