@@ -42,7 +42,8 @@ ACCEPT_BATCH = 512  # connections taken from a listener's queue in one go
 ACCEPT_PAUSE = 0.1  # seconds to wait after running out of file descriptors
 RECV_PEEK = 4096  # bytes looked at to tell whether a request head is all there
 SECOND_LOOK = 0.05  # seconds a newcomer refused before its request arrived may wait for it
-MAX_SECOND_LOOKS = 64  # newcomers waiting for that second look at once
+MAX_SECOND_LOOKS = 256  # newcomers waiting for that second look at once ...
+MAX_SECOND_LOOKS_PER_CLIENT = 8  # ... of one client (so a storm only uses up its own)
 LANE_ORDER = {"unix": 0, "root": 1, "general": 2}
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -71,7 +72,7 @@ class Server:
         self._scopes: dict[int, trio.CancelScope] = {}
         self._next_warning = 0.0
         self._unwarned = 0
-        self._second_looks = 0  # newcomers waiting for a second look (_look_again)
+        self._second_looks: dict[str, int] = {}  # per client: newcomers in _look_again
 
     def statistics(self) -> dict[str, int]:
         """Admission counters and connections per lane, and unexpected failures."""
@@ -116,10 +117,10 @@ class Server:
                second_look: bool = True) -> None:
         decision = self.admission.admit(lane, who, trio.current_time(), ready=ready)
         if not isinstance(decision, Admitted):
-            if not ready and second_look and self._second_looks < MAX_SECOND_LOOKS:
+            if not ready and second_look and self._may_look_again(who):
                 # Accepted a moment before its request arrived? Look again shortly: if
                 # its head is all there by then, it is a quick request after all.
-                self._second_looks += 1
+                self._second_looks[who] = self._second_looks.get(who, 0) + 1
                 nursery.start_soon(self._look_again, conn, lane, who, checker, nursery)
                 return
             self._warn(f"refused an API client in lane {lane}: {decision.reason}")
@@ -133,6 +134,10 @@ class Server:
             self._warn(f"evicted a slow API client in lane {lane} to admit {who}")
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         nursery.start_soon(self._handle, stream, decision.slot, checker)
+
+    def _may_look_again(self, who: str) -> bool:
+        return (self._second_looks.get(who, 0) < MAX_SECOND_LOOKS_PER_CLIENT
+                and sum(self._second_looks.values()) < MAX_SECOND_LOOKS)
 
     async def _look_again(self, conn: socket.socket, lane: str, who: str,
                           checker: guard.Listener | None, nursery: trio.Nursery) -> None:
@@ -150,7 +155,9 @@ class Server:
             conn.close()
             raise
         finally:
-            self._second_looks -= 1
+            self._second_looks[who] -= 1
+            if not self._second_looks[who]:
+                del self._second_looks[who]
         self._admit(conn, lane, who, checker, nursery, ready=ready, second_look=False)
 
     async def _handle(self, stream: trio.SocketStream, slot: Slot,
