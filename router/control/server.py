@@ -41,9 +41,9 @@ WARN_INTERVAL = 10.0  # seconds between warnings about refused or evicted client
 ACCEPT_BATCH = 512  # connections taken from a listener's queue in one go
 ACCEPT_PAUSE = 0.1  # seconds to wait after running out of file descriptors
 RECV_PEEK = 4096  # bytes looked at to tell whether a request head is all there
-SECOND_LOOK = 0.05  # seconds a newcomer refused before its request arrived may wait for it
+SECOND_LOOK = 0.25  # seconds a newcomer refused before its request arrived may wait for it
 MAX_SECOND_LOOKS = 256  # newcomers waiting for that second look at once ...
-MAX_SECOND_LOOKS_PER_CLIENT = 8  # ... of one client (so a storm only uses up its own)
+MAX_SECOND_LOOKS_PER_CLIENT = 8  # ... of one client in lane general (a storm uses up its own)
 LANE_ORDER = {"unix": 0, "root": 1, "general": 2}
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -117,7 +117,7 @@ class Server:
                second_look: bool = True) -> None:
         decision = self.admission.admit(lane, who, trio.current_time(), ready=ready)
         if not isinstance(decision, Admitted):
-            if not ready and second_look and self._may_look_again(who):
+            if not ready and second_look and self._may_look_again(lane, who):
                 # Accepted a moment before its request arrived? Look again shortly: if
                 # its head is all there by then, it is a quick request after all.
                 self._second_looks[who] = self._second_looks.get(who, 0) + 1
@@ -135,9 +135,10 @@ class Server:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         nursery.start_soon(self._handle, stream, decision.slot, checker)
 
-    def _may_look_again(self, who: str) -> bool:
-        return (self._second_looks.get(who, 0) < MAX_SECOND_LOOKS_PER_CLIENT
-                and sum(self._second_looks.values()) < MAX_SECOND_LOOKS)
+    def _may_look_again(self, lane: str, who: str) -> bool:
+        if sum(self._second_looks.values()) >= MAX_SECOND_LOOKS:
+            return False
+        return lane != "general" or self._second_looks.get(who, 0) < MAX_SECOND_LOOKS_PER_CLIENT
 
     async def _look_again(self, conn: socket.socket, lane: str, who: str,
                           checker: guard.Listener | None, nursery: trio.Nursery) -> None:
