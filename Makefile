@@ -3,6 +3,7 @@
 #   make test    lint + every test layer (unit, wire, sim, fastpath, integration)
 #   make bench   data-plane benchmarks, ratios to kernel baselines, then bench-ipam (bench/results/)
 #   make bench-ipam  IPAM allocations/s through the HTTP API and 3-peer consensus time
+#   make bench-api   /status latency of the control API while 200 slow clients hold connections
 #   make lint    ruff + mypy --strict on router/ and cli/
 
 SHELL := /bin/bash
@@ -14,8 +15,9 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # bench-ipam's own flags; `make bench BENCH_ARGS=--quick` makes it quick too
 BENCH_IPAM_ARGS ?= $(filter --quick,$(BENCH_ARGS))
+BENCH_API_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 
-.PHONY: setup apt venv build demo test test-fast lint bench bench-ipam clean
+.PHONY: setup apt venv build demo test test-fast lint bench bench-ipam bench-api clean
 
 setup: .stamp-apt .stamp-venv build
 
@@ -54,16 +56,21 @@ test: setup lint
 test-fast: setup
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
 
-# bench-ipam runs even when the data-plane bench fails (not when it was interrupted: 130);
-# make's status is the first failure's.
+# bench-ipam and bench-api run even when an earlier part fails (not when it was
+# interrupted: 130); make's status is the first failure's.
 bench: setup
 	@$(PY) -m bench.run $(BENCH_ARGS); status=$$?; \
 	if [ $$status -eq 130 ]; then exit 130; fi; \
 	echo; $(PY) -m bench.ipam $(BENCH_IPAM_ARGS); ipam=$$?; \
-	exit $$(( status ? status : ipam ))
+	if [ $$ipam -eq 130 ]; then exit 130; fi; \
+	echo; $(PY) -m bench.api_soak $(BENCH_API_ARGS); api=$$?; \
+	exit $$(( status ? status : ipam ? ipam : api ))
 
 bench-ipam: setup
 	$(PY) -m bench.ipam $(BENCH_IPAM_ARGS)
+
+bench-api: setup
+	$(PY) -m bench.api_soak $(BENCH_API_ARGS)
 
 clean:
 	rm -rf $(VENV) build .stamp-* router/*.so _fastpath/*.c _fastpath/*.html

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cli.client import (
+    ENV_SOCKET,
     ApiClient,
     ApiUnreachable,
     default_http_addr,
@@ -53,6 +54,7 @@ from router.config import (
     IPNetwork,
     MeshConfig,
     RouterConfig,
+    default_api_socket,
 )
 from router.dataplane.backend import BACKENDS
 from router.errors import ConfigError, RouterError
@@ -98,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--conn-limit", metavar="N", help=f"most connections (default {DEFAULT_CONN_LIMIT})")
     add("--http-addr", metavar="HOST:PORT",
         help=f"control API address (127.0.0.1:6784) [{ENV_HTTP_ADDR}]")
+    add("--socket", metavar="PATH",
+        help="control API unix socket, root only (default /run/weave-router/weave.sock, or "
+             f"<db-path without suffix>.sock with --db-path; '' for none) [{ENV_SOCKET}]")
     add("--ipalloc-range", metavar="CIDR",
         help=f"range containers get addresses from (default {DEFAULT_IPALLOC_RANGE})")
     add("--ipalloc-default-subnet", metavar="CIDR",
@@ -278,6 +283,18 @@ def _log_level(value: str | None) -> str:
     return value.lower()
 
 
+def _api_socket(value: str | None, env: Mapping[str, str], db_path: Path) -> Path | None:
+    """``--socket`` (``''``: none), else ``WEAVE_SOCKET``, else derived from ``--db-path``."""
+    flag = "--socket"
+    if value is None and env.get(ENV_SOCKET):
+        value, flag = env[ENV_SOCKET], ENV_SOCKET
+    if value is None:
+        return default_api_socket(db_path)
+    if not value:
+        return None
+    return _file(value, flag, None)
+
+
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConfig:
     """Check every launch flag (and WEAVE_* variables) and build the router's config."""
     peers: list[str] = list(args.peers)
@@ -298,9 +315,11 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConf
         discovery=not args.no_discovery,
         conn_limit=_conn_limit(args.conn_limit),
     )
+    db_path = _file(args.db_path, "--db-path", DEFAULT_DB_PATH) or DEFAULT_DB_PATH
     return RouterConfig(
         mesh=mesh,
-        db_path=_file(args.db_path, "--db-path", DEFAULT_DB_PATH) or DEFAULT_DB_PATH,
+        db_path=db_path,
+        api_socket=_api_socket(args.socket, env, db_path),
         log_file=_file(args.log_file, "--log-file", None if args.foreground else DEFAULT_LOG_FILE),
         log_level=_log_level(args.log_level),
         http_addr=default_http_addr(args.http_addr, env.get(ENV_HTTP_ADDR)),
@@ -323,6 +342,7 @@ def config_to_argv(config: RouterConfig) -> list[str]:
         argv += ["--ipalloc-default-subnet", str(config.ipalloc_default_subnet)]
     if config.http_addr is not None:
         argv += ["--http-addr", format_addr(config.http_addr)]
+    argv += ["--socket", "" if config.api_socket is None else str(config.api_socket)]
     if mesh.name is not None:
         argv += ["--name", str(mesh.name)]
     if mesh.trusted_subnets:

@@ -22,11 +22,12 @@ this version, so the name travels in the attach request and is reported as not
 registered. Weave's commands this version lacks (``expose``, ``dns-add``, ``launch-proxy``
 ...: :data:`cli.missing.MISSING`) say so in one line and exit 1.
 
-Every command but ``launch`` and ``version`` talks to the router's API at ``--http-addr``
-(``WEAVE_HTTP_ADDR``, default 127.0.0.1:6784), given before or after the command. Exit
-codes: 0 done; 1 the command failed (router not running, router refused, launch failed,
-a command of Weave's this version lacks); 2 a usage error (unknown flag, bad value),
-reported as one line ``weave-router: error: ...`` on stderr.
+Every command but ``launch`` and ``version`` talks to the router's API: over its unix
+socket (``--socket``, ``WEAVE_SOCKET``; ``/run/weave-router/weave.sock`` if it exists) or
+at ``--http-addr`` (``WEAVE_HTTP_ADDR``, default 127.0.0.1:6784), either given before or
+after the command: ``cli/client.py``. Exit codes: 0 done; 1 the command failed (router not
+running, router refused, launch failed, a command of Weave's this version lacks); 2 a usage
+error (unknown flag, bad value), reported as one line ``weave-router: error: ...`` on stderr.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ from cli.client import (
     ApiClient,
     ApiResponse,
     ApiUnreachable,
-    default_http_addr,
-    format_addr,
+    choose_api,
     is_hostname,
 )
 from cli.missing import MISSING, STATUS_DNS, missing_command
@@ -79,6 +79,9 @@ class _Parser(argparse.ArgumentParser):
 def _add_http_addr(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-addr", metavar="HOST:PORT",
                         help="the router's API (127.0.0.1:6784) [WEAVE_HTTP_ADDR]")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="the router's API socket (default /run/weave-router/weave.sock "
+                             "if it exists) [WEAVE_SOCKET]")
 
 
 def _hostname(value: str) -> str:
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Weave Net's router, rebuilt in Python.")
     parser.add_argument("--http-addr", dest="global_http_addr", metavar="HOST:PORT",
                         help="the router's API, for any command (127.0.0.1:6784)")
+    parser.add_argument("--socket", dest="global_socket", metavar="PATH",
+                        help="the router's API socket, for any command")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     launch.add_arguments(commands.add_parser("launch", help="start the router on this host"))
@@ -160,6 +165,8 @@ def merge_global_flags(args: argparse.Namespace) -> argparse.Namespace:
     """``--http-addr`` before the command counts when none follows it."""
     if getattr(args, "http_addr", None) is None and args.global_http_addr is not None:
         args.http_addr = args.global_http_addr
+    if getattr(args, "socket", None) is None and args.global_socket is not None:
+        args.socket = args.global_socket
     return args
 
 
@@ -181,8 +188,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _client(args: argparse.Namespace, env: Mapping[str, str]) -> ApiClient:
-    addr = getattr(args, "http_addr", None) or args.global_http_addr
-    return ApiClient(default_http_addr(addr, env.get(launch.ENV_HTTP_ADDR)))
+    return choose_api(getattr(args, "http_addr", None) or args.global_http_addr,
+                      getattr(args, "socket", None) or args.global_socket, env)
 
 
 def _call(client: ApiClient, method: str, path: str,
@@ -191,7 +198,7 @@ def _call(client: ApiClient, method: str, path: str,
     try:
         response = client.post(path, fields) if method == "POST" else client.request(method, path)
     except ApiUnreachable as exc:
-        addr = format_addr(exc.addr)
+        addr = exc.where
         if exc.refused:
             raise CommandError(f"{PROG} is not running (no answer on {addr})") from exc
         raise CommandError(f"{PROG} did not answer on {addr}: {exc.reason}") from exc
@@ -230,7 +237,7 @@ def cmd_reset(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         db_path = Path(args.db_path) if args.db_path else DEFAULT_DB_PATH
         devices, db_removed = reset_offline(db_path)
         which = "" if args.db_path else " (the default --db-path)"
-        print(f"{PROG} is not running (no answer on {format_addr(client.addr)}); reset: "
+        print(f"{PROG} is not running (no answer on {client.where}); reset: "
               + (f"removed {', '.join(devices)}" if devices else "no bridge or devices of ours")
               + "; " + (f"removed {db_path}{which}" if db_removed
                         else f"no database at {db_path}{which}"))
@@ -247,7 +254,7 @@ def _wait_stopped(client: ApiClient) -> int:
             return 0
         time.sleep(STOP_POLL)
     raise CommandError(f"{PROG}: error: the router still answers on "
-                       f"{format_addr(client.addr)} {STOP_TIMEOUT:g} s after stop")
+                       f"{client.where} {STOP_TIMEOUT:g} s after stop")
 
 
 def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -18,6 +18,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_PORT = 6783
 DEFAULT_HTTP_ADDR = ("127.0.0.1", 6784)
 DEFAULT_DB_PATH = Path("/var/lib/weave-router/weave.db")
+DEFAULT_API_SOCKET = Path("/run/weave-router/weave.sock")  # the CLI's first choice
 DEFAULT_LOG_FILE = Path("/var/log/weave-router.log")
 DEFAULT_IPALLOC_RANGE = ipaddress.IPv4Network("10.32.0.0/12")  # Weave's --ipalloc-range
 DEFAULT_MTU = 1376  # Weave's default; frames larger than a path's MTU are carried in pieces
@@ -71,6 +72,7 @@ class RouterConfig:
     log_file: Path | None = None  # None: stderr
     log_level: str = "info"
     http_addr: tuple[str, int] | None = DEFAULT_HTTP_ADDR  # None: no API (simulations)
+    api_socket: Path | None = None  # the API's unix socket (--socket); None: none
     mtu: int = DEFAULT_MTU  # bytes: the bridge's and every container's ethwe MTU (--mtu)
     dataplane: str = "native"  # "reference": the pure-Python twin, ~100x slower (by name only)
     # --ipalloc-range; None: ``--ipalloc-range ''``, the router runs without IPAM (Weave's)
@@ -79,3 +81,14 @@ class RouterConfig:
     # --ipalloc-init as given (``consensus[=N]``, ``seed=NAME,...``, ``observer``; parsed by
     # router.ipam.parse_init_mode); --init-peer-count N is stored as ``consensus=N``.
     ipalloc_init: str = "consensus"
+
+
+def default_api_socket(db_path: Path) -> Path:
+    """The API socket of a router whose database is ``db_path`` (``--socket`` unset):
+    :data:`DEFAULT_API_SOCKET` for the default database, else ``weave.sock`` style next
+    to it (``<db without suffix>.sock``), so routers with their own databases never share
+    a socket."""
+    if db_path == DEFAULT_DB_PATH:
+        return DEFAULT_API_SOCKET
+    sock = db_path.with_suffix(".sock")
+    return sock if sock != db_path else db_path.with_name(db_path.name + ".api.sock")

@@ -12,7 +12,7 @@ starts only once the earlier ones are serving):
 4. mesh        bind TCP ``--port``, start the connection maker and gossip; then IPAM's
                timer, and the containers' check that releases the addresses of
                containers that vanished (once now, then every 30 s)
-5. control     bind the HTTP API on ``--http-addr``
+5. control     bind the HTTP API on ``--socket`` (root only) and ``--http-addr``
 6. ready       ``/status`` answers 200, systemd gets ``READY=1``
 
 Shutdown runs the other way round: the API stops answering, the mesh closes every
@@ -27,6 +27,7 @@ A failed start is one log line naming what failed and the OS error (``cannot lis
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -144,7 +145,8 @@ class Router:
             if self.config.http_addr is not None:
                 host, port = self.config.http_addr
                 try:
-                    await nursery.start(serve_api, self, host, port)
+                    await nursery.start(functools.partial(
+                        serve_api, self, host, port, socket_path=self.config.api_socket))
                 except OSError as exc:
                     raise ListenError(host, port, "HTTP API", exc) from exc
             self.ready = True

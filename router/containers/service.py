@@ -24,6 +24,7 @@ not fully readable) nothing is released.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -177,14 +178,21 @@ class ContainersService:
         path = resolve_netns(container)  # a bad container fails before anything is allocated
         ident = ipam_ident(path)
         self._touched.add(ident)  # alive now: a check already running must not free it
+        held = set(self._ipam.lookup(ident)) if self._ipam is not None else set()
         try:
-            cidrs = await self._addresses(ident, request)
-        except IpamError as exc:  # "owned by netns-f00004fd": say which container that is
-            raise type(exc)(self._named(str(exc))) from exc
-        host, target = await self._kernel.snapshot(), await self._kernel.snapshot(path)
-        plan = attach_plan(host, target, host_veth=host_veth_name(netns_inode(path)),
-                           cidrs=cidrs, multicast_route=multicast_route)
-        await _run(self._kernel, plan, f"attach {container}")
+            try:
+                cidrs = await self._addresses(ident, request)
+            except IpamError as exc:  # "owned by netns-f00004fd": say which container that is
+                raise type(exc)(self._named(str(exc))) from exc
+            # The addresses are ours now: finish the plumbing even if the client goes away.
+            with trio.CancelScope(shield=True):
+                host, target = await self._kernel.snapshot(), await self._kernel.snapshot(path)
+                plan = attach_plan(host, target, host_veth=host_veth_name(netns_inode(path)),
+                                   cidrs=cidrs, multicast_route=multicast_route)
+                await _run(self._kernel, plan, f"attach {container}")
+        except BaseException:  # refused, failed or cancelled (its client went away)
+            self._release_new(ident, held)
+            raise
         self._remember(container, _Entry(path, ident))
         result = await self._describe(container, path)
         log.info("attached %s: %s", container, result.line())
@@ -256,6 +264,15 @@ class ContainersService:
         if request.default_subnet or not (request.cidrs or request.subnets):
             cidrs.append(await self._ipam.allocate(ident))
         return cidrs
+
+    def _release_new(self, ident: str, held: set[ipaddress.IPv4Interface]) -> None:
+        """Give back what an attach that did not finish got from IPAM (not ``held``)."""
+        if self._ipam is None:
+            return
+        for cidr in self._ipam.lookup(ident):
+            if cidr not in held:
+                with contextlib.suppress(NotFoundError):
+                    self._ipam.free(ident, cidr.ip)
 
     def _release(self, ident: str, cidrs: Sequence[ipaddress.IPv4Interface]) -> None:
         """Give detached addresses back to IPAM (all of the container's when none given)."""

@@ -14,52 +14,52 @@ POST    /stop                           our addition: answer 200, then stop grac
 ======  ==============================  =========================================
 
 Errors are a status code and a one-line ``text/plain`` body naming the problem: 400 for a
-bad form or a :class:`~router.errors.ConfigError` from the router (e.g. a bad peer), 404
-unknown path, 405 wrong method (with ``Allow``), 408 request not received in time, 413
-request too large, 431 headers too large, 503 not ready / too many clients, 500 for
-anything unexpected (the traceback is logged; the server lives on).
+bad form or a :class:`~router.errors.ConfigError` from the router (e.g. a bad peer), 403 a
+request from a web page or for a foreign Host (``guard.py``), 404 unknown path, 405 wrong
+method (with ``Allow``), 408 request not received in time, 413 request too large, 415 a
+state-changing request that is not a form, 431 headers too large, 503 not ready / too
+many clients, 500 for anything unexpected (the traceback is logged; the server lives on).
 
-Pipeline, per client connection (one task each, in the server's nursery):
-
-1. read one request (head and body) within ``read_timeout``; the head is bounded by
-   h11's ``max_incomplete_event_size``, the body by ``max_body_bytes``;
-2. dispatch it to the route's handler, which calls the :class:`RouterControl`;
-3. send the reply; keep the connection for the next request unless either side said
-   ``close`` or the request was bad (then: half-close, drain briefly, close).
-
-Bounds: at most ``max_clients`` connections at once (more are answered 503 and closed,
-a counted refusal); every read is bounded in size and time.
+Where it listens: TCP ``--http-addr`` (Weave's address: its script runs ``curl`` there),
+and a unix socket ``--socket`` (mode 0660: root only) that the CLI prefers. How slow or
+hostile clients are kept from starving the others (deadlines, lanes, eviction) is in
+``server.py``, ``admission.py`` and ``connection.py``; ``docs/control-api.md`` has the
+whole design.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-import h11
 import trio
 
 from router.containers.service import Attached
 from router.control import ipam_api
+from router.control.admission import LaneLimit
+from router.control.connection import Bounds
+from router.control.http import JSON, TEXT, Reply, Request, error
 from router.control.layouts import VIEWS
 from router.control.report import build_report, render_report
+from router.control.server import Server, ServerLimits
 from router.control.template import Template, TemplateError
+from router.control.unix_socket import bind_unix_socket, remove_unix_socket
 from router.errors import ConfigError
 from router.ipam.service import IpamService
 from router.status import Status
 
 log = logging.getLogger("weave-router.api")
 
-RECV_CHUNK = 16 * 1024  # bytes per read
-LINGER_SECONDS = 1.0  # after an error reply: how long to drain what the client still sends
-LINGER_BYTES = 1024 * 1024  # ... and how much of it at most
 MAX_FORM_FIELDS = 1000  # fields in one form body
-TEXT = "text/plain; charset=utf-8"
-JSON = "application/json"
+LISTEN_BACKLOG = 1024  # connections the kernel queues for us (a storm is taken in batches)
+__all__ = ["JSON", "TEXT", "ApiLimits", "Reply", "Request", "RouterControl", "dispatch",
+           "error", "parse_form", "serve_api"]
 
 
 class RouterControl(Protocol):
@@ -106,39 +106,27 @@ class RouterControl(Protocol):
 
 @dataclass(frozen=True)
 class ApiLimits:
-    """Bounds of the API server; sizes in bytes, times in seconds."""
+    """Bounds of the API server; sizes in bytes, times in seconds, counts of connections."""
 
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
-    read_timeout: float = 10.0  # to receive one whole request (also the keep-alive idle time)
-    max_clients: int = 64
+    idle_timeout: float = 10.0  # to the first byte of a request (the keep-alive idle time)
+    header_timeout: float = 5.0  # to the end of the head, from its first byte
+    body_timeout: float = 10.0  # to the end of the body, from the end of the head
+    send_timeout: float = 10.0  # to send one reply
+    max_unix_clients: int = 16  # lane "unix": the CLI over the unix socket
+    max_root_clients: int = 32  # lane "root": TCP clients whose socket uid 0 owns
+    max_clients: int = 64  # lane "general": every other TCP client ...
+    max_per_client: int = 8  # ... of which one uid (or one remote address) may hold this many
 
-
-@dataclass(frozen=True)
-class Reply:
-    """A response: status code, body, and an action to run once it was sent."""
-
-    status: int
-    body: str
-    content_type: str = TEXT
-    allow: str = ""  # the Allow header of a 405
-    close: bool = False  # close the connection after this reply
-    after: Callable[[], None] | None = None
-
-
-@dataclass(frozen=True)
-class Request:
-    """One received request: method, path (query stripped), body and the query."""
-
-    method: str
-    path: str
-    body: bytes
-    query: str = ""  # after "?", still percent-encoded
-
-
-def error(status: int, message: str, *, close: bool = False) -> Reply:
-    """A one-line text error reply."""
-    return Reply(status, f"{message}\n", close=close)
+    def server_limits(self) -> ServerLimits:
+        """The same limits, as ``server.py`` takes them."""
+        bounds = Bounds(self.max_header_bytes, self.max_body_bytes, self.idle_timeout,
+                        self.header_timeout, self.body_timeout, self.send_timeout)
+        lanes = {"unix": LaneLimit(self.max_unix_clients, self.max_unix_clients),
+                 "root": LaneLimit(self.max_root_clients, self.max_root_clients),
+                 "general": LaneLimit(self.max_clients, self.max_per_client)}
+        return ServerLimits(bounds, lanes)
 
 
 def parse_form(body: bytes, allowed: frozenset[str]) -> dict[str, list[str]]:
@@ -299,200 +287,65 @@ async def dispatch(control: RouterControl, request: Request) -> Reply:
         return error(500, f"internal error serving {request.method} {request.path} (see the log)")
 
 
-class _Client:
-    """One client connection: h11 state plus the stream it talks over."""
-
-    def __init__(self, stream: trio.SocketStream, limits: ApiLimits) -> None:
-        self.stream = stream
-        self.limits = limits
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
-
-    async def _receive(self) -> bool:
-        """Feed h11 the next chunk; False at end of stream."""
-        if self.conn.they_are_waiting_for_100_continue:
-            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-        data = await self.stream.receive_some(RECV_CHUNK)
-        self.conn.receive_data(data)
-        return bool(data)
-
-    async def _send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
-        if data:
-            await self.stream.send_all(data)
-
-    async def read_request(self) -> Request | Reply | None:
-        """The next request, an error reply for a bad one, or None (closed or idle timeout)."""
-        started = False
-        with trio.move_on_after(self.limits.read_timeout):
-            head: h11.Request | None = None
-            body = bytearray()
-            while True:
-                try:
-                    event = self.conn.next_event()
-                except h11.RemoteProtocolError as exc:
-                    reason = " ".join(str(exc).split())  # one line, whatever h11 says
-                    return error(exc.error_status_hint, f"bad request: {reason}", close=True)
-                if event is h11.NEED_DATA:
-                    started = await self._receive() or started
-                elif isinstance(event, h11.Request):
-                    started, head = True, event
-                    if _head_size(event) > self.limits.max_header_bytes:
-                        return error(431, "request headers too large "
-                                     f"(limit {self.limits.max_header_bytes} bytes)", close=True)
-                    length = _content_length(event)
-                    if length is not None and length > self.limits.max_body_bytes:
-                        return self._too_large()
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > self.limits.max_body_bytes:
-                        return self._too_large()
-                elif isinstance(event, h11.EndOfMessage) and head is not None:
-                    return _request(head, bytes(body))
-                else:  # ConnectionClosed
-                    return None
-        if started:
-            return error(408, "request not received in time", close=True)
-        return None
-
-    def _too_large(self) -> Reply:
-        limit = self.limits.max_body_bytes
-        return error(413, f"request body too large (limit {limit} bytes)", close=True)
-
-    async def send_reply(self, reply: Reply) -> bool:
-        """Send ``reply``; True if the connection can carry another request."""
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return False
-        body = reply.body.encode("utf-8")
-        headers = [("Content-Type", reply.content_type), ("Content-Length", str(len(body)))]
-        if reply.allow:
-            headers.append(("Allow", reply.allow))
-        if reply.close:
-            headers.append(("Connection", "close"))
-        await self._send(h11.Response(status_code=reply.status, headers=headers))
-        await self._send(h11.Data(data=body))
-        await self._send(h11.EndOfMessage())
-        states = self.conn.states  # both sides done: the connection may carry another request
-        if states[h11.SERVER] is h11.DONE and states[h11.CLIENT] is h11.DONE:
-            self.conn.start_next_cycle()
-            return True
-        return False
-
-    async def linger_and_close(self) -> None:
-        """Half-close, then drain briefly, so the client reads our reply rather than a reset."""
-        with trio.move_on_after(LINGER_SECONDS):
-            try:
-                await self.stream.send_eof()
-                drained = 0
-                while drained < LINGER_BYTES:
-                    data = await self.stream.receive_some(RECV_CHUNK)
-                    if not data:
-                        break
-                    drained += len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        await trio.aclose_forcefully(self.stream)
-
-
-def _head_size(request: h11.Request) -> int:
-    """Bytes of the request line and headers (h11 only bounds a head still incomplete)."""
-    size = len(request.method) + len(request.target) + 12
-    return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
-
-
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)  # h11 has already checked it is a number
-    return None
-
-
-def _request(head: h11.Request, body: bytes) -> Request:
-    target = head.target.decode("ascii", errors="replace")
-    path, _, query = target.partition("?")
-    return Request(method=head.method.decode("ascii", errors="replace"), path=path, body=body,
-                   query=query)
-
-
-class _Server:
-    """Accepts clients up to the limit and serves each until it goes away."""
-
-    def __init__(self, control: RouterControl, limits: ApiLimits) -> None:
-        self.control = control
-        self.limits = limits
-        self.clients = 0
-        self.refused = 0  # clients turned away because max_clients were connected
-        self.errors = 0  # connections that ended in an unexpected exception
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """Serve one client connection; nothing escapes (the server never dies of a client)."""
-        client = _Client(stream, self.limits)
-        if self.clients >= self.limits.max_clients:
-            self.refused += 1
-            log.warning("control API: refusing a client, %d connected (%d refused so far)",
-                        self.clients, self.refused)
-            await self._guarded(client, self._refuse)
-            return
-        self.clients += 1
-        try:
-            await self._guarded(client, self._serve)
-        finally:
-            self.clients -= 1
-
-    async def _guarded(self, client: _Client, serve: Callable[[_Client], Awaitable[None]]) -> None:
-        try:
-            await serve(client)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
-        except Exception:
-            self.errors += 1
-            log.exception("control API: client connection failed")
-        finally:
-            await trio.aclose_forcefully(client.stream)
-
-    async def _refuse(self, client: _Client) -> None:
-        await client.send_reply(error(503, "too many API clients", close=True))
-        await client.linger_and_close()
-
-    async def _serve(self, client: _Client) -> None:
-        while True:
-            request = await client.read_request()
-            if request is None:
-                return
-            if isinstance(request, Reply):
-                await client.send_reply(request)
-                await client.linger_and_close()
-                return
-            reply = await dispatch(self.control, request)
-            try:
-                keep = await client.send_reply(reply)
-            finally:
-                if reply.after is not None:
-                    reply.after()
-            if not keep:
-                await client.linger_and_close()
-                return
-
-
 async def serve_api(
     control: RouterControl,
     host: str,
     port: int,
     *,
+    socket_path: Path | None = None,
     limits: ApiLimits = ApiLimits(),
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the API on ``host:port`` until cancelled; ``started((host, bound_port))``.
+    """Serve the API on ``host:port`` (and ``socket_path`` if given) until cancelled;
+    ``started((host, bound_port))``.
 
     Port 0 binds a free port (tests); the address actually bound is what ``started`` gives.
-    Binding failures raise ``OSError`` before ``started``.
+    Binding failures raise ``OSError`` (or ConfigError for a bad ``socket_path``) before
+    ``started``; the unix socket is removed again on the way out.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound_port = int(listeners[0].socket.getsockname()[1])
-    server = _Server(control, limits)
-    log.info("control API listening on %s:%d", host, bound_port)
-    async with trio.open_nursery() as nursery:
-        serve = functools.partial(
-            trio.serve_listeners, server.handle, listeners, handler_nursery=nursery
-        )
-        await nursery.start(serve)
-        task_status.started((host, bound_port))
+    listeners: list[socket.socket] = []
+    inode = None
+    try:
+        if socket_path is not None:
+            sock, inode = await bind_unix_socket(socket_path)
+            listeners.append(sock)
+        tcp = tcp_listeners(host, port)
+        listeners += tcp
+        bound_port = int(tcp[0].getsockname()[1])
+        server = Server(functools.partial(dispatch, control), limits.server_limits(),
+                        http_host=host, port=bound_port)
+        where = f" and {socket_path}" if socket_path is not None else ""
+        log.info("control API listening on %s:%d%s", host, bound_port, where)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(server.serve, listener, nursery)
+            task_status.started((host, bound_port))
+    finally:
+        if socket_path is not None and inode is not None:
+            remove_unix_socket(socket_path, inode)
+        for listener in listeners:
+            listener.close()
+
+
+def tcp_listeners(host: str, port: int) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address ``host`` resolves to (as trio's
+    ``open_tcp_listeners``; port 0: the first one's port for all). OSError if one fails."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in found:
+            sock = socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(listeners) > 1:
+                address = (address[0], listeners[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners

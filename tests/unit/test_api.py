@@ -2,7 +2,8 @@
 
 The double implements the RouterControl Protocol (an interface, not one of our classes).
 The second half drives the real CLI (``cli.main.main`` in a worker thread) against the
-same server, so the client, the server and the layouts are tested together.
+same server, so the client, the server and the layouts are tested together. Hostile and
+slow clients: ``test_api_guard.py``, ``test_api_slow.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import h11
@@ -18,153 +19,35 @@ import pytest
 import trio
 
 from cli.main import main
-from router.control.api import ApiLimits, serve_api
+from router.control.api import serve_api
 from router.control.layouts import render_connections, render_peers, render_status
-from router.errors import ConfigError
-from router.status import Status
+from tests.unit.api_helpers import (
+    FORM,
+    Api,
+    Client,
+    RouterDouble,
+    raw,
+    request,
+    run_api,
+)
 from tests.unit.test_layouts import H1, sample_status
-
-LIMITS = ApiLimits(max_header_bytes=2048, max_body_bytes=1024, read_timeout=0.5, max_clients=4)
-
-
-@dataclass
-class RouterDouble:
-    """Implements RouterControl: records calls, refuses peers named 'refused.example'."""
-
-    status: Status = field(default_factory=sample_status)
-    calls: list[tuple[str, list[str], bool]] = field(default_factory=list)
-    explode: bool = False
-    stopped: bool = False
-    scope: trio.CancelScope | None = None
-    ipam: None = None  # no allocator: /ip, /ring and /peer answer 503
-
-    def snapshot(self) -> Status:
-        if self.explode:
-            raise RuntimeError("snapshot exploded")
-        return self.status
-
-    async def connect(self, peers: list[str], replace: bool) -> None:
-        for peer in peers:
-            if peer.startswith("refused.example"):
-                raise ConfigError(f"invalid peer address {peer}: refused by policy")
-        self.calls.append(("connect", peers, replace))
-
-    async def forget(self, peers: list[str]) -> None:
-        self.calls.append(("forget", peers, False))
-
-    def request_stop(self) -> None:
-        self.stopped = True
-        if self.scope is not None:
-            self.scope.cancel()
-
-
-@dataclass
-class Api:
-    router: RouterDouble
-    port: int
-
-
-async def _run_api(router: RouterDouble, *,
-                   task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
-                   ) -> None:
-    with trio.CancelScope() as scope:
-        router.scope = scope
-        await serve_api(router, "127.0.0.1", 0, limits=LIMITS, task_status=task_status)
 
 
 @pytest.fixture
 async def api(nursery: trio.Nursery) -> AsyncIterator[Api]:
     router = RouterDouble()
-    host, port = await nursery.start(_run_api, router)
+    host, port = await nursery.start(run_api, router)
     assert host == "127.0.0.1" and port > 0
     yield Api(router, port)
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode()
-
-
-class Client:
-    """A real HTTP/1.1 client (h11) on one keep-alive connection."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.conn = h11.Connection(h11.CLIENT)
-
-    @classmethod
-    async def open(cls, port: int) -> Client:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port))
-
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: list[tuple[str, str]] | None = None) -> Response:
-        hdrs = [("Host", "127.0.0.1"), ("Content-Length", str(len(body))), *(headers or [])]
-        out = self.conn.send(h11.Request(method=method, target=path, headers=hdrs))
-        out += self.conn.send(h11.Data(data=body)) if body else b""
-        out += self.conn.send(h11.EndOfMessage())
-        await self.stream.send_all(out)
-        return await self.response()
-
-    async def response(self) -> Response:
-        head: h11.Response | None = None
-        body = b""
-        with trio.fail_after(5):
-            while True:
-                event = self.conn.next_event()
-                if event is h11.NEED_DATA:
-                    self.conn.receive_data(await self.stream.receive_some(65536))
-                elif isinstance(event, h11.Response):
-                    head = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    assert head is not None
-                    if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-                        self.conn.start_next_cycle()
-                    headers = {k.decode().lower(): v.decode() for k, v in head.headers}
-                    return Response(head.status_code, headers, body)
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
-async def _request(port: int, method: str, path: str, body: bytes = b"",
-                   headers: list[tuple[str, str]] | None = None) -> Response:
-    client = await Client.open(port)
-    try:
-        return await client.request(method, path, body, headers)
-    finally:
-        await client.aclose()
-
-
-async def _raw(port: int, data: bytes) -> bytes:
-    """Send raw bytes, read until the server closes the connection."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    received = b""
-    with trio.fail_after(5):
-        await stream.send_all(data)
-        while chunk := await stream.receive_some(65536):
-            received += chunk
-    await stream.aclose()
-    return received
-
-
-FORM = [("Content-Type", "application/x-www-form-urlencoded")]
 
 
 async def test_status_is_503_until_ready_then_200(api: Api) -> None:
     api.router.status = sample_status(ready=False)
     for path in ("/status", "/status/targets", "/status/connections", "/status/peers"):
-        response = await _request(api.port, "GET", path)
+        response = await request(api.port, "GET", path)
         assert (response.status, response.text) == (503, "not ready\n")
     api.router.status = sample_status()
-    response = await _request(api.port, "GET", "/status")
+    response = await request(api.port, "GET", "/status")
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert response.text == render_status(api.router.status)
@@ -172,14 +55,14 @@ async def test_status_is_503_until_ready_then_200(api: Api) -> None:
 
 async def test_status_views(api: Api) -> None:
     status = api.router.status
-    assert (await _request(api.port, "GET", "/status/targets")).text == "192.168.77.2\n"
-    connections = await _request(api.port, "GET", "/status/connections")
+    assert (await request(api.port, "GET", "/status/targets")).text == "192.168.77.2\n"
+    connections = await request(api.port, "GET", "/status/connections")
     assert connections.text == render_connections(status)
-    assert (await _request(api.port, "GET", "/status/peers?x=1")).text == render_peers(status)
+    assert (await request(api.port, "GET", "/status/peers?x=1")).text == render_peers(status)
 
 
 async def test_report_is_json(api: Api) -> None:
-    response = await _request(api.port, "GET", "/report")
+    response = await request(api.port, "GET", "/report")
     assert response.status == 200
     assert response.headers["content-type"] == "application/json"
     assert json.loads(response.body)["Router"]["Name"] == H1
@@ -198,11 +81,11 @@ async def test_keep_alive_serves_several_requests_on_one_connection(api: Api) ->
 
 async def test_connect_parses_the_form(api: Api) -> None:
     body = b"peer=10.0.0.1&peer=host2%3A6783&replace=true"
-    response = await _request(api.port, "POST", "/connect", body, FORM)
+    response = await request(api.port, "POST", "/connect", body, FORM)
     assert (response.status, response.text) == (200, "")
-    response = await _request(api.port, "POST", "/connect", b"peer=%5Bfe80%3A%3A1%5D", FORM)
+    response = await request(api.port, "POST", "/connect", b"peer=%5Bfe80%3A%3A1%5D", FORM)
     assert response.status == 200
-    response = await _request(api.port, "POST", "/connect", b"replace=true")
+    response = await request(api.port, "POST", "/connect", b"replace=true", FORM)
     assert response.status == 200
     assert api.router.calls == [
         ("connect", ["10.0.0.1", "host2:6783"], True),
@@ -212,7 +95,7 @@ async def test_connect_parses_the_form(api: Api) -> None:
 
 
 async def test_forget_parses_the_form(api: Api) -> None:
-    response = await _request(api.port, "POST", "/forget", b"peer=a&peer=b:1", FORM)
+    response = await request(api.port, "POST", "/forget", b"peer=a&peer=b:1", FORM)
     assert response.status == 200
     assert api.router.calls == [("forget", ["a", "b:1"], False)]
 
@@ -229,7 +112,7 @@ async def test_forget_parses_the_form(api: Api) -> None:
 ])
 async def test_bad_forms_and_config_errors_are_400(api: Api, path: str, body: bytes,
                                                    message: str) -> None:
-    response = await _request(api.port, "POST", path, body, FORM)
+    response = await request(api.port, "POST", path, body, FORM)
     assert response.status == 400
     assert message in response.text
     assert response.text.count("\n") == 1 and response.text.endswith("\n")
@@ -237,18 +120,18 @@ async def test_bad_forms_and_config_errors_are_400(api: Api, path: str, body: by
 
 
 async def test_unknown_path_is_404_and_wrong_method_is_405(api: Api) -> None:
-    response = await _request(api.port, "GET", "/status/dnsx")
+    response = await request(api.port, "GET", "/status/dnsx")
     assert (response.status, response.text) == (404, "no such path: /status/dnsx\n")
-    response = await _request(api.port, "GET", "/connect")
+    response = await request(api.port, "GET", "/connect")
     assert response.status == 405
     assert response.headers["allow"] == "POST"
     assert "method GET not allowed on /connect" in response.text
-    response = await _request(api.port, "DELETE", "/status")
+    response = await request(api.port, "DELETE", "/status")
     assert (response.status, response.headers["allow"]) == (405, "GET")
 
 
 async def test_oversized_body_is_413(api: Api) -> None:
-    response = await _request(api.port, "POST", "/connect", b"peer=a&" * 200, FORM)
+    response = await request(api.port, "POST", "/connect", b"peer=a&" * 200, FORM)
     assert response.status == 413
     assert response.text == "request body too large (limit 1024 bytes)\n"
     # A declared length over the limit is refused before the body is read.
@@ -267,16 +150,16 @@ async def test_oversized_chunked_body_is_413(api: Api) -> None:
     chunk = b"peer=" + b"a" * 300
     data = b"POST /connect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     data += b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(5)) + b"0\r\n\r\n"
-    received = await _raw(api.port, data)
+    received = await raw(api.port, data)
     assert received.startswith(b"HTTP/1.1 413 ")
 
 
 async def test_oversized_headers_are_refused(api: Api) -> None:
     data = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n"
-    received = await _raw(api.port, data)
+    received = await raw(api.port, data)
     assert received.startswith(b"HTTP/1.1 431 ")
     # Still incomplete when it passes the limit: h11 refuses it without waiting for the end.
-    received = await _raw(api.port, data[:-4])
+    received = await raw(api.port, data[:-4])
     assert received.startswith(b"HTTP/1.1 431 ")
 
 
@@ -284,16 +167,16 @@ async def test_garbage_closes_the_connection_and_the_server_serves_the_next_clie
         api: Api) -> None:
     for garbage in (b"\x00\x01\x02 not http at all\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
                     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256))):
-        received = await _raw(api.port, garbage)
+        received = await raw(api.port, garbage)
         assert received == b"" or received.startswith(b"HTTP/1.1 4")
-        assert (await _request(api.port, "GET", "/status")).status == 200
+        assert (await request(api.port, "GET", "/status")).status == 200
 
 
 async def test_client_that_hangs_up_mid_request_does_not_hurt(api: Api) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", api.port)
     await stream.send_all(b"POST /connect HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\npeer")
     await stream.aclose()
-    assert (await _request(api.port, "GET", "/status")).status == 200
+    assert (await request(api.port, "GET", "/status")).status == 200
     assert api.router.calls == []
 
 
@@ -319,31 +202,16 @@ async def test_idle_keep_alive_connection_is_closed_quietly(api: Api) -> None:
 async def test_unexpected_exception_is_500_and_the_server_lives_on(
         api: Api, caplog: pytest.LogCaptureFixture) -> None:
     api.router.explode = True
-    response = await _request(api.port, "GET", "/status")
+    response = await request(api.port, "GET", "/status")
     assert response.status == 500
     assert response.text == "internal error serving GET /status (see the log)\n"
     assert "snapshot exploded" in caplog.text
     api.router.explode = False
-    assert (await _request(api.port, "GET", "/status")).status == 200
-
-
-async def test_clients_over_the_limit_get_503(api: Api) -> None:
-    clients = [await Client.open(api.port) for _ in range(LIMITS.max_clients)]
-    try:
-        for client in clients:  # each one is now being served
-            assert (await client.request("GET", "/status")).status == 200
-        refused = await _request(api.port, "GET", "/status")
-        assert (refused.status, refused.text) == (503, "too many API clients\n")
-    finally:
-        for client in clients:
-            await client.aclose()
-    with trio.fail_after(5):
-        while (await _request(api.port, "GET", "/status")).status != 200:
-            await trio.sleep(0.01)  # the server notices the closed clients asynchronously
+    assert (await request(api.port, "GET", "/status")).status == 200
 
 
 async def test_stop_answers_then_stops(api: Api) -> None:
-    response = await _request(api.port, "POST", "/stop")
+    response = await request(api.port, "POST", "/stop")
     assert (response.status, response.text) == (200, "stopping\n")
     assert response.headers["connection"] == "close"
     with trio.fail_after(2):  # the stop is requested right after the answer is sent
@@ -431,5 +299,5 @@ async def test_cli_launch_refuses_when_a_router_already_answers(
 
 
 async def test_ipam_paths_answer_503_without_an_allocator(api: Api) -> None:
-    response = await _request(api.port, "GET", "/ring")
+    response = await request(api.port, "GET", "/ring")
     assert response.status == 503

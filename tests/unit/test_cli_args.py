@@ -35,7 +35,13 @@ from cli.supervise import (
     exit_status,
     parse_argv,
 )
-from router.config import DEFAULT_DB_PATH, DEFAULT_LOG_FILE, MeshConfig, RouterConfig
+from router.config import (
+    DEFAULT_API_SOCKET,
+    DEFAULT_DB_PATH,
+    DEFAULT_LOG_FILE,
+    MeshConfig,
+    RouterConfig,
+)
 from router.mesh.names import PeerName
 
 
@@ -208,7 +214,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config() == RouterConfig(
         mesh=MeshConfig(nickname="host1", conn_limit=DEFAULT_CONN_LIMIT),
         db_path=DEFAULT_DB_PATH, log_file=DEFAULT_LOG_FILE, log_level="info",
-        http_addr=("127.0.0.1", 6784),
+        http_addr=("127.0.0.1", 6784), api_socket=DEFAULT_API_SOCKET,
     )
     assert config("--foreground").log_file is None  # stderr
 
@@ -232,7 +238,7 @@ def test_every_flag(tmp_path: Path) -> None:
             discovery=False, conn_limit=0,
         ),
         db_path=tmp_path / "w.db", log_file=tmp_path / "w.log", log_level="debug",
-        http_addr=("::1", 7784),
+        http_addr=("::1", 7784), api_socket=tmp_path / "w.sock",
     )
 
 
