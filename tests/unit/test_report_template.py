@@ -20,7 +20,9 @@ from router.control.report import build_report, render_report
 from router.ipam import IpamStatistics, PeerShare, RingEntryStatus
 from router.testing.report_shape import ABSENT, differences, go_reports, shape
 from router.testing.sim import Sim
-from tests.unit.test_api import Api, _cli, _request, api  # noqa: F401 (api: fixture)
+from tests.unit.api_helpers import Api
+from tests.unit.api_helpers import request as _request
+from tests.unit.test_api import _cli, api  # noqa: F401 (api: fixture)
 from tests.unit.test_layouts import H1, H2, H3, sample_status
 
 REFERENCE = Path("/work/shared/reference/go-weave-2.8.1")
