@@ -13,7 +13,10 @@ Pipeline of one connection (each stage a sans-IO object fed bytes and ``now``):
 5. **topology**        every change of our connections is gossiped (``topology.py``); routes
    (``routes.py``) and discovery targets are recomputed from the merged topology.
 6. **close**           any error closes this connection only; its reason is logged, kept
-   for ``status connections``, and the connection maker schedules a retry.
+   for ``status connections``, and the connection maker schedules a retry. Whatever a
+   peer's bytes or gossip provoke (a gossiper's exception included, even a bug of ours)
+   ends that peer's connection, never the router; only BaseExceptions (cancellation,
+   KeyboardInterrupt) pass.
 
 Task tree: ``run`` owns a nursery with the accept loop, the dialler loop, the gossip timer
 and one child per connection; each connection's child owns its reader, writer and timer.
@@ -56,6 +59,7 @@ log = logging.getLogger("weave-router.mesh")
 READ_SIZE = 65536
 ROUTES_MIN_INTERVAL = 0.05  # seconds between route recomputations (coalesces bursts)
 FLUSH_ON_FAILURE_TIMEOUT = 1.0  # seconds to hand a failing peer our last handshake bytes
+_PEER_ERRORS = (RemoteProtocolError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class _Wakeup:
@@ -257,8 +261,10 @@ class MeshService:
         arrow = "->" if outbound else "<-"
         try:
             result, leftover = await self._handshake(stream, outbound)
-        except (RemoteProtocolError, OSError, trio.BrokenResourceError,
-                trio.ClosedResourceError) as exc:
+        except Exception as exc:  # whatever the peer's bytes provoke: its connection ends
+            if not isinstance(exc, _PEER_ERRORS):
+                log.error("%s[%s] internal error during handshake", arrow, address,
+                          exc_info=exc)
             reason = _error_text(exc)
             retry = not isinstance(exc, HandshakeError) or exc.retry
             self._counters["handshake_failures"] += 1
@@ -373,6 +379,11 @@ class MeshService:
                 conn.close(_error_text(_first_leaf(group)))
             except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
                 conn.close(_error_text(_first_leaf(group)))
+            except* Exception as group:  # a bug provoked by this peer: it alone pays
+                exc = _first_leaf(group)
+                log.error("%s[%s %s] internal error on this connection", _arrow(conn.outbound),
+                          conn.address, conn.remote, exc_info=exc)
+                conn.close(f"internal error: {type(exc).__name__}: {exc}")
 
     async def _reader(self, conn: _Connection) -> None:
         while True:
@@ -504,6 +515,10 @@ class MeshService:
             password=self.config.password is not None,
             now=trio.current_time(), wall_now=time.time(),
         )
+
+
+def _arrow(outbound: bool) -> str:
+    return "->" if outbound else "<-"
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
