@@ -18,6 +18,21 @@ that quickly (as Weave's mesh does):
   uid at once, and returns the superseded record so the driver can hand it to that
   neighbour, which then bumps (rule one) without waiting for gossip.
 
+Lies. Records are not signed (peers share one password, not identities), so a peer
+cannot prove a record about someone else is genuine. Two rules keep a forged record
+from partitioning anyone, and make the owner's own word win in the end:
+
+* *Never near the limit.* A record at or above :data:`VERSION_CEILING` (``MAX_VERSION -
+  MAX_VERSION_STEP``) is refused (counted in ``records_refused``, the connection stays:
+  an honest relay may pass one on), so nobody, the owner included, adopts or bumps to a
+  version that others would refuse to decode.
+* *Bounded steps.* A record more than :data:`MAX_VERSION_STEP` above the version we hold
+  for that peer (0 for a peer we do not know) is refused the same way. Any lie that a
+  peer does accept is therefore within one step of what the owner holds (the owner's
+  version is never below anyone's copy of it), so when the gossip reaches the owner it
+  can bump above the lie (rule one of restarts, below) and its truth wins everywhere. A
+  liar needs 2**30 rounds to walk a version up to the ceiling.
+
 Unreachable peers are garbage collected by :meth:`Topology.garbage_collect` (reachability
 over symmetric connections in any state; our direct neighbours are always kept).
 Short-id collisions: the lowest name keeps a contested short id; when that is not us we
@@ -28,7 +43,7 @@ Payload layout (CBOR through :mod:`router.wire.cbor`), one channel for both kind
     {"v": 1, "from": <sender name, uint48>, "kind": "update" | "request-full",
      "peers": [record, ...]}                 (empty list for "request-full")
     record = [name: uint48, nickname: text, uid: uint64 (non-zero), short_id: uint12,
-              version: uint (< 2**62), [conn, ...]]
+              version: uint (< 2**62; >= 2**62 - 2**32 refused), [conn, ...]]
     conn   = [remote name: uint48, address "ip:port": text, outbound: bool,
               established: bool]
 
@@ -63,7 +78,9 @@ MAX_PEERS = 10_000
 MAX_CONNECTIONS = 2048
 MAX_NICKNAME = MAX_NICKNAME_LEN  # characters
 MAX_ADDRESS = 64  # characters: "[v6 address]:port" fits
-MAX_VERSION = 1 << 62  # versions at or above are refused, so bumping can never overflow
+MAX_VERSION = 1 << 62  # versions at or above do not decode (the sender is dropped)
+MAX_VERSION_STEP = 1 << 32  # a record may move a version up this much at once, at most
+VERSION_CEILING = MAX_VERSION - MAX_VERSION_STEP  # records at or above are refused
 MAX_PAYLOAD = MAX_FRAME_SIZE  # bytes: a payload travels in one frame
 MAX_DEPTH = 6
 RECORD_CACHE_SIZE = 4096  # encoded peer records kept (process-wide, LRU)
@@ -141,6 +158,7 @@ class TopologyStatistics:
     records_dropped: int  # new peers refused because MAX_PEERS was reached
     full_requests: int
     peers_removed: int  # by garbage collection
+    records_refused: int = 0  # versions near the limit or too far ahead (see the module doc)
 
 
 class Topology:
@@ -165,6 +183,7 @@ class Topology:
         }
         self._generation = 0
         self._applied = self._stale = self._dropped = self._requests = self._removed = 0
+        self._refused = 0
 
     @property
     def ourself(self) -> PeerName:
@@ -322,8 +341,7 @@ class Topology:
         added: set[PeerName] = set()
         updated: set[PeerName] = set()
         for record in records:
-            if record is None:  # not newer than ours: its connections were not even decoded
-                self._stale += 1
+            if record is None:  # stale or refused (counted): its connections were not decoded
                 continue
             if record.name == self._ourself:
                 if self._answer_record_about_us(record):
@@ -354,21 +372,31 @@ class Topology:
         )
 
     def _stale_key(self, name: PeerName, version: int, uid: int, raw: Any) -> bool:
-        """Whether a received record cannot change the one we hold.
+        """Whether a received record must not change the one we hold (counted).
 
-        A lower (version, uid) loses the merge whatever it holds; an equal one that is
-        the very record we hold changes nothing. Both are decided without decoding.
+        Refused: a version near the limit, or one more than :data:`MAX_VERSION_STEP`
+        above the version we hold (0 for a peer we do not know). Stale: a lower
+        (version, uid) loses the merge whatever it holds; an equal one that is the very
+        record we hold changes nothing. All decided without decoding the connections.
         """
         old = self._entries.get(name)
+        held = old.version if old is not None else 0
+        if version >= VERSION_CEILING or version > held + MAX_VERSION_STEP:
+            self._refused += 1
+            return True
         if old is None:
             return False
         mine = (old.version, old.uid)
-        return (version, uid) < mine or ((version, uid) == mine and raw == _raw_record(old))
+        if (version, uid) < mine or ((version, uid) == mine and raw == _raw_record(old)):
+            self._stale += 1
+            return True
+        return False
 
     def _answer_record_about_us(self, record: PeerEntry) -> bool:
         """A record naming us that is not ours and not older: bump above it. True if bumped."""
         mine = self._entries[self._ourself]
         if record == mine or record.key() < mine.key():
+            self._stale += 1
             return False
         self._store_own(dataclasses.replace(mine, version=record.version + 1))
         return True
@@ -406,6 +434,7 @@ class Topology:
             records_dropped=self._dropped,
             full_requests=self._requests,
             peers_removed=self._removed,
+            records_refused=self._refused,
         )
 
     def peer_statuses(self) -> tuple[PeerStatus, ...]:
@@ -504,15 +533,15 @@ def _decode_record(
         raise DecodeError("topology record: expected a list of 6 items")
     name, nickname, uid, short_id, version, conns = raw
     peer = PeerName(_uint(name, NAME_BITS, "name"))
-    if stale(peer, _uint(version, 64, "version"), _uint(uid, UID_BITS, "uid"), raw):
+    if _uint(version, 64, "version") >= MAX_VERSION:
+        raise DecodeError("topology record: version too large")
+    if stale(peer, version, _uint(uid, UID_BITS, "uid"), raw):
         return None
     if not isinstance(nickname, str) or len(nickname) > MAX_NICKNAME:
         raise DecodeError(f"topology record: nickname must be text of at most {MAX_NICKNAME}")
     if _uint(uid, UID_BITS, "uid") == 0:
         raise DecodeError("topology record: uid 0 is reserved")
     _uint(short_id, SHORT_ID_BITS, "short_id")
-    if _uint(version, 64, "version") >= MAX_VERSION:
-        raise DecodeError("topology record: version too large")
     if not isinstance(conns, list) or len(conns) > MAX_CONNECTIONS:
         raise DecodeError(f"topology record: at most {MAX_CONNECTIONS} connections")
     decoded = tuple(sorted(_decode_connection(c) for c in conns))

@@ -14,8 +14,10 @@ from router.config import DEFAULT_PORT
 from router.errors import BrokenError
 from router.mesh.gossip import GossipData
 from router.mesh.names import PeerName
+from router.mesh.topology import VERSION_CEILING
 from router.testing.peer import identity, open_peer
 from router.testing.sim import Sim
+from router.wire import cbor
 from router.wire.messages import Gossip, GossipBroadcast, GossipUnicast
 
 LIAR_IP = "10.0.9.9"
@@ -104,3 +106,44 @@ async def test_an_exception_while_sending_closes_that_connection_only(
         await trio.sleep(1)
     assert a.router is not None, "the router died"
     await sim.wait_until(sim.full_mesh, timeout=60, what="the honest connection to come back")
+
+
+def _forged_record(sender: PeerName, about: PeerName, nickname: str, version: int) -> bytes:
+    """A topology update (layout in router/mesh/topology.py) with one lie: ``about`` at
+    ``version``, with no connections."""
+    record = [int(about), nickname, 12345, 7, version, []]
+    return cbor.encode({"v": 1, "from": int(sender), "kind": "update", "peers": [record]})
+
+
+@pytest.mark.parametrize("version", [(1 << 62) - 1, 1 << 20])
+async def test_a_forged_topology_record_partitions_nobody(
+    sim: Sim, autojump_clock: MockClock, version: int
+) -> None:
+    """issue 9 item 2: h2 bumped itself past the decode limit; h1 then refused it for good."""
+    h1 = await sim.add("10.0.0.1")
+    h2 = await sim.add("10.0.0.2", peers=("10.0.0.1",))
+    await sim.wait_until(sim.full_mesh, timeout=30, what="two connected routers")
+    h2_name = PeerName.parse(h2.status().router.name)
+    me = identity(PeerName(0x7A0000000099), "liar", None)
+    async with open_peer(sim.net.host(LIAR_IP), "10.0.0.1", DEFAULT_PORT, me) as liar:
+        liar.send(Gossip("topology", me.name, _forged_record(me.name, h2_name, "10.0.0.2",
+                                                             version)))
+        await liar.flush()
+        await trio.sleep(5)
+
+    def h1_agrees_with_h2() -> bool:
+        assert h1.router is not None and h2.router is not None
+        return h1.router.mesh.topology.peers().get(h2_name) == \
+            h2.router.mesh.topology.local_entry()
+
+    await sim.wait_until(h1_agrees_with_h2, timeout=60, what="h1 to hold h2's own record")
+    assert h2.router is not None
+    assert h2.router.mesh.topology.local_entry().version < VERSION_CEILING
+    # h2's later changes still reach h1, and the two stay connected throughout.
+    before = h2.router.mesh.topology.local_entry().version
+    await sim.add("10.0.0.3", peers=("10.0.0.2",))
+    await sim.wait_until(sim.full_mesh, timeout=60, what="a full mesh of 3")
+    await sim.wait_until(h1_agrees_with_h2, timeout=60, what="h1 to follow h2's updates")
+    assert h2.router.mesh.topology.local_entry().version > before
+    deleted = h1.status().router.connections
+    assert all(c.state == "established" for c in deleted), deleted

@@ -13,6 +13,8 @@ from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.mesh.topology import (
     MAX_CONNECTIONS,
+    MAX_VERSION,
+    MAX_VERSION_STEP,
     ConnectionSummary,
     PeerEntry,
     Topology,
@@ -450,3 +452,50 @@ def test_fuzz_structures_only_decode_error(peers: object, kind: int) -> None:
                         "peers": peers})
     with contextlib.suppress(DecodeError):
         a.apply_update_untrusted(data)
+
+
+def _connected_pair() -> tuple[Topology, Topology]:
+    h1, h2 = topo(1), topo(2)
+    h1.set_local_connections([conn(2)])
+    h2.set_local_connections([conn(1)])
+    exchange_full(h1, h2)
+    return h1, h2
+
+
+def test_a_forged_record_at_the_version_limit_partitions_nobody() -> None:
+    """issue 9 item 2: a lie about h2 at 2**62-1 made h2 bump past the decode limit, and
+    h1 then refused every later update from h2 ("version too large") for good."""
+    h1, h2 = _connected_pair()
+    lie = payload([(2, "host2", 1002, 2, MAX_VERSION - 1, [])], sender=0x99)
+    for victim in (h1, h2):
+        assert not victim.apply_update_untrusted(lie).changed  # refused, not adopted
+        assert victim.statistics().records_refused == 1
+    assert h2.local_entry().version < MAX_VERSION - MAX_VERSION_STEP  # never bumped past
+    # h2's own later updates still reach h1 and win there.
+    update = h2.set_local_connections([conn(1), conn(3)])
+    assert update is not None
+    assert h1.apply_update_untrusted(update).updated == {_n(2)}
+    assert h1.peers()[_n(2)] == h2.local_entry()
+
+
+def test_a_forged_record_within_the_step_is_outbid_by_its_owner() -> None:
+    h1, h2 = _connected_pair()
+    held = h1.peers()[_n(2)].version
+    lie = payload([(2, "host2", 1002, 2, held + MAX_VERSION_STEP, [])], sender=0x99)
+    assert h1.apply_update_untrusted(lie).updated == {_n(2)}  # believed for now...
+    assert h1.peers()[_n(2)].connections == ()
+    result = h2.apply_update_untrusted(lie)  # ...until the gossip reaches its owner
+    assert result.delta is not None and h2.local_entry().version == held + MAX_VERSION_STEP + 1
+    h1.apply_update_untrusted(result.delta)
+    assert h1.peers()[_n(2)] == h2.local_entry()  # the owner's truth, everywhere
+
+
+@pytest.mark.parametrize("version", [MAX_VERSION_STEP + 3, MAX_VERSION - MAX_VERSION_STEP])
+def test_jumps_beyond_the_step_and_versions_near_the_limit_are_refused(version: int) -> None:
+    h1, h2 = _connected_pair()
+    h3 = topo(3)
+    for victim, name in ((h1, 2), (h1, 7), (h2, 2), (h3, 9)):  # known, unknown, ourself
+        before = victim.peers()
+        lie = payload([(name, "x", 5, 9, version, [])], sender=0x99)
+        assert not victim.apply_update_untrusted(lie).changed
+        assert victim.peers() == before
