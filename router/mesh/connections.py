@@ -10,6 +10,16 @@ reconnects before we noticed the old one die) are resolved the same way on both 
 the connection dialled by the greater peer name survives. The dial targets the loser
 stood for move to the survivor, so the connection maker sees them satisfied.
 
+A name is bound to its connection: once a connection is *settled* (it has lived
+``settle_time`` seconds and was heard from within ``alive_within`` seconds: heartbeats
+come every TCP heartbeat interval) a second connection claiming the same name is
+refused, whoever dialled it. It is a liar (any authenticated peer may claim any name) or
+a restart whose old connection we have not seen die yet; either way the old one stays
+while it heartbeats, and a genuine restart gets in on its next try, once the old
+connection has closed (the restarted host's kernel closes it at once) or gone quiet.
+Only young connections (simultaneous dials finish within a handshake of each other) and
+quiet ones go through the tie-break.
+
 The registry keeps the connection maker (``targets.py``) told: which targets a live
 connection satisfies, which peers we are connected to, and why a connection ended.
 """
@@ -46,6 +56,12 @@ class LiveConnection(Protocol):
     target: str | None  # the dial target this connection satisfies, if we dialled
     satisfies: set[str]  # targets whose duplicate dial lost to this connection
     close_reason: str
+    started: float  # when its handshake finished
+
+    @property
+    def last_heard(self) -> float:
+        """When bytes last arrived on it."""
+        ...
 
     @property
     def result(self) -> HandshakeResult: ...
@@ -58,6 +74,9 @@ class LiveConnection(Protocol):
 
 C = TypeVar("C", bound=LiveConnection)
 
+DEFAULT_SETTLE_TIME = 10.0  # seconds: a connection this old is no simultaneous dial
+DEFAULT_ALIVE_WITHIN = 45.0  # seconds: heard from this recently, it is alive
+
 
 @dataclass(frozen=True, eq=False)
 class Admission(Generic[C]):
@@ -66,20 +85,26 @@ class Admission(Generic[C]):
     ``admitted``: it is now live. ``duplicate``: another connection to the same peer
     existed. ``displaced``: that other connection, which lost and left the registry (the
     caller closes it). ``winner``: the surviving connection when this one lost.
+    ``refused``: the name is bound to a settled connection (``close_reason`` says so).
     """
 
     admitted: bool
     duplicate: bool = False
     displaced: C | None = None
     winner: C | None = None
+    refused: bool = False
 
 
 class ConnectionRegistry(Generic[C]):
     """The live connections, by peer (at most one each) and by connection id."""
 
-    def __init__(self, ourself: PeerName, maker: ConnectionMaker) -> None:
+    def __init__(self, ourself: PeerName, maker: ConnectionMaker, *,
+                 settle_time: float = DEFAULT_SETTLE_TIME,
+                 alive_within: float = DEFAULT_ALIVE_WITHIN) -> None:
         self._ourself = ourself
         self._maker = maker
+        self._settle_time = settle_time
+        self._alive_within = alive_within
         self._by_peer: dict[PeerName, C] = {}
         self._by_id: dict[int, C] = {}  # the same connections, by connection id
 
@@ -107,10 +132,14 @@ class ConnectionRegistry(Generic[C]):
         The survivor's targets are reported connected to the maker either way.
         """
         if conn.result.conn_id in self._by_id:
-            conn.close_reason = "connection id already in use"
+            self._refuse(conn, "connection id already in use", now)
             return Admission(admitted=False)
         existing = self._by_peer.get(conn.remote)
         displaced = None
+        if existing is not None and self._settled(existing, now):
+            self._refuse(conn, f"peer {conn.remote} is already connected at {existing.address}"
+                         f" (heard {now - existing.last_heard:.0f} s ago)", now)
+            return Admission(admitted=False, duplicate=True, refused=True)
         if existing is not None:
             # Both ends decide alike: the connection dialled by the greater name survives.
             keep_new = conn.outbound == (self._ourself > conn.remote)
@@ -129,6 +158,18 @@ class ConnectionRegistry(Generic[C]):
         self._by_id[conn.result.conn_id] = conn
         self._satisfy_targets(conn, now)
         return Admission(admitted=True, duplicate=existing is not None, displaced=displaced)
+
+    def _settled(self, conn: C, now: float) -> bool:
+        """Old enough not to be half of a simultaneous dial, and heartbeating."""
+        return (now - conn.started >= self._settle_time
+                and now - conn.last_heard < self._alive_within)
+
+    def _refuse(self, conn: C, reason: str, now: float) -> None:
+        """``conn`` never becomes live; a dial it answered failed (retried with backoff)."""
+        conn.close_reason = reason
+        if conn.target is not None:
+            self._maker.dial_failed(conn.target, now, reason, retry=True)
+            conn.target = None
 
     def remove(self, conn: C, now: float) -> bool:
         """``conn`` ended (``close_reason`` says why): take it out if it is live, and tell

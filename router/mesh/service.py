@@ -96,6 +96,10 @@ class _Connection:
     def remote(self) -> PeerName:
         return self.result.remote_name
 
+    @property
+    def last_heard(self) -> float:
+        return self.session.last_received
+
     def close(self, reason: str) -> None:
         if not self.close_reason:
             self.close_reason = reason
@@ -140,7 +144,9 @@ class MeshService:
             self.topology, self.gossip, on_change=self._mark_topology_changed
         )
         self._routes: Routes = compute_routes(name, self.topology.peers())
-        self._conns: ConnectionRegistry[_Connection] = ConnectionRegistry(name, self._maker)
+        self._conns: ConnectionRegistry[_Connection] = ConnectionRegistry(
+            name, self._maker, settle_time=timings.handshake_timeout,
+            alive_within=1.5 * timings.tcp_heartbeat_interval)
         self._maker_wake = _Wakeup()
         self._gossip_wake = _Wakeup()
         self._routes_wake = _Wakeup()
@@ -334,6 +340,13 @@ class MeshService:
     def _register(self, conn: _Connection) -> bool:
         """Admit a connection after its handshake; False when it loses to a duplicate."""
         admission = self._conns.admit(conn, trio.current_time())
+        if admission.refused:
+            self._counters["connections_refused"] += 1
+            log.warning("%s[%s %s(%s)] refusing connection: %s", _arrow(conn.outbound),
+                        conn.address, conn.remote, conn.result.remote_nickname,
+                        conn.close_reason)
+            self._maker_wake.set()
+            return False
         if admission.duplicate:
             self._counters["duplicate_connections"] += 1
             log.info("%s: duplicate connection to %s; keeping the one dialled by %s",

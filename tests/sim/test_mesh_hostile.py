@@ -147,3 +147,21 @@ async def test_a_forged_topology_record_partitions_nobody(
     assert h2.router.mesh.topology.local_entry().version > before
     deleted = h1.status().router.connections
     assert all(c.state == "established" for c in deleted), deleted
+
+
+async def test_a_peer_claiming_a_connected_name_does_not_displace_it(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    """issue 9 item 6: the liar's connection replaced the real one (8 s of total loss).
+    The names make Weave's tie-break favour the liar's inbound connection at h1."""
+    h1 = await sim.add("10.0.0.1", name=PeerName(0x7A0000000001))
+    h2 = await sim.add("10.0.0.2", ("10.0.0.1",), name=PeerName(0x7A0000000002))
+    await sim.wait_until(sim.full_mesh, timeout=30, what="two connected routers")
+    await trio.sleep(20)  # settled
+    (real,) = h1.status().router.connections
+    me = identity(PeerName(0x7A0000000002), "liar", None)
+    async with open_peer(sim.net.host(LIAR_IP), "10.0.0.1", DEFAULT_PORT, me) as liar:
+        assert await liar.wait_closed(timeout=10), "the liar's connection was kept"
+    assert h1.status().router.connections == (real,)
+    assert h1.status().router.connections[0].peer_nickname == "10.0.0.2"
+    assert h2.status().router.connections[0].state == "established"
