@@ -137,25 +137,26 @@ class ConnectionRegistry(Generic[C]):
         existing = self._by_peer.get(conn.remote)
         displaced = None
         if existing is not None and self._settled(existing, now):
-            self._refuse(conn, f"peer {conn.remote} is already connected at {existing.address}"
-                         f" (heard {now - existing.last_heard:.0f} s ago)", now)
-            return Admission(admitted=False, duplicate=True, refused=True)
+            heard = now - existing.last_heard
+            conn.close_reason = (f"peer {conn.remote} is already connected at "
+                                 f"{existing.address} (heard {heard:.0f} s ago)")
+            self._move_targets(conn, existing)  # a dial of ours reached a peer we have
+            self._satisfy_targets(existing, now)
+            return Admission(admitted=False, duplicate=True, winner=existing, refused=True)
         if existing is not None:
             # Both ends decide alike: the connection dialled by the greater name survives.
             keep_new = conn.outbound == (self._ourself > conn.remote)
             loser, winner = (existing, conn) if keep_new else (conn, existing)
-            if loser.target is not None:
-                winner.satisfies.add(loser.target)
-                loser.target = None
-            winner.satisfies |= loser.satisfies
-            loser.satisfies.clear()
+            self._move_targets(loser, winner)
             if loser is conn:
                 self._satisfy_targets(winner, now)
                 return Admission(admitted=False, duplicate=True, winner=winner)
-            self._detach(existing)
+            self._detach(existing, now, "duplicate connection")
             displaced = existing
         self._by_peer[conn.remote] = conn
         self._by_id[conn.result.conn_id] = conn
+        if not conn.outbound:  # the maker skips targets without a port at this host
+            self._maker.connected(conn.address, conn.remote, now, outbound=False)
         self._satisfy_targets(conn, now)
         return Admission(admitted=True, duplicate=existing is not None, displaced=displaced)
 
@@ -163,6 +164,15 @@ class ConnectionRegistry(Generic[C]):
         """Old enough not to be half of a simultaneous dial, and heartbeating."""
         return (now - conn.started >= self._settle_time
                 and now - conn.last_heard < self._alive_within)
+
+    @staticmethod
+    def _move_targets(loser: C, winner: C) -> None:
+        """The dial targets ``loser`` stood for are now satisfied by ``winner``."""
+        if loser.target is not None:
+            winner.satisfies.add(loser.target)
+            loser.target = None
+        winner.satisfies |= loser.satisfies
+        loser.satisfies.clear()
 
     def _refuse(self, conn: C, reason: str, now: float) -> None:
         """``conn`` never becomes live; a dial it answered failed (retried with backoff)."""
@@ -175,17 +185,19 @@ class ConnectionRegistry(Generic[C]):
         """``conn`` ended (``close_reason`` says why): take it out if it is live, and tell
         the maker its targets are disconnected. True if it was live."""
         reason = conn.close_reason or "connection closed"
-        was_live = self._detach(conn)
+        was_live = self._detach(conn, now, reason)
         for target in _targets(conn):
             self._maker.disconnected(target, conn.remote, now, reason)
         self._maker.set_connected_peers(self.peers())
         return was_live
 
-    def _detach(self, conn: C) -> bool:
+    def _detach(self, conn: C, now: float, reason: str) -> bool:
         if self._by_peer.get(conn.remote) is not conn:
             return False
         del self._by_peer[conn.remote]
         del self._by_id[conn.result.conn_id]
+        if not conn.outbound:
+            self._maker.disconnected(conn.address, conn.remote, now, reason, inbound=True)
         return True
 
     def _satisfy_targets(self, conn: C, now: float) -> None:

@@ -29,6 +29,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -244,13 +245,20 @@ class MeshService:
         target = parse_address(addr, default_port=self.config.port)
         try:
             ip = await self._network.resolve(target.host)
+        except OSError as exc:
+            self._dial_failed(addr, f"dial tcp: lookup {target.host}: {_os_error_text(exc)}")
+            return
+        try:
             stream = await self._network.connect_tcp(ip, target.port)
         except OSError as exc:
-            self._maker.dial_failed(addr, trio.current_time(), _os_error_text(exc), retry=True)
-            log.info("->[%s] connection failed: %s", addr, _os_error_text(exc))
-            self._maker_wake.set()
+            self._dial_failed(addr, dial_error_text(ip, target.port, exc))
             return
         await self._run_connection(stream, addr)
+
+    def _dial_failed(self, addr: str, reason: str) -> None:
+        self._maker.dial_failed(addr, trio.current_time(), reason, retry=True)
+        log.info("->[%s] connection failed: %s", addr, reason)
+        self._maker_wake.set()
 
     async def _gossip_loop(self) -> None:
         while True:
@@ -538,6 +546,31 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
+    return exc
+
+
+def dial_error_text(ip: str, port: int, exc: OSError) -> str:
+    """Weave's words for a failed dial: ``dial tcp :0->IP:PORT: connect: REASON``.
+
+    trio reports ``all attempts to connect to ... failed`` with the real errors chained
+    (an ExceptionGroup as ``__cause__``): the first with an errno gives the reason.
+    """
+    host = f"[{ip}]" if ":" in ip else ip
+    root = _root_os_error(exc)
+    reason = os.strerror(root.errno).lower() if root.errno else _os_error_text(root)
+    return f"dial tcp :0->{host}:{port}: connect: {reason}"
+
+
+def _root_os_error(exc: OSError) -> OSError:
+    todo: list[BaseException] = [exc]
+    while todo:
+        found = todo.pop(0)
+        if isinstance(found, OSError) and found.errno is not None:
+            return found
+        if isinstance(found, BaseExceptionGroup):
+            todo.extend(found.exceptions)
+        if found.__cause__ is not None:
+            todo.append(found.__cause__)
     return exc
 
 

@@ -4,7 +4,7 @@ the loser's dial target moves to the survivor, and the connection maker is kept 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -126,15 +126,33 @@ def test_a_quiet_connection_can_be_replaced() -> None:
     assert reg.get(B) is restarted
 
 
-def test_a_refused_dial_is_retried_later() -> None:
+def test_a_dial_reaching_a_peer_we_have_counts_as_connected_to_it() -> None:
     reg, maker = registry(A, [ADDR[B]])
     real = conn(A, B, B, 1)
     real.address = "192.0.2.11:40000"
     assert reg.admit(real, 0.0).admitted
     real.heard = 25.0
     dialled = conn(A, B, A, 2)  # our dial of B's address found B already connected...
-    dialled.result = replace(dialled.result, remote_name=B)
     admission = reg.admit(dialled, 30.0)
-    assert admission.refused and dialled.target is None
-    assert not reg.remove(dialled, 30.0)  # ...and fails like any dial: no crash, a retry
-    assert maker.statistics().dials_failed == 1
+    assert admission.refused and dialled.target is None and ADDR[B] in real.satisfies
+    assert not reg.remove(dialled, 30.0)  # ...so it is not retried while B's connection lives
+    assert maker.target_statuses(30.0, 0.0) == []
+    real.close_reason = "gone"
+    assert reg.remove(real, 31.0)
+    assert [s.state for s in maker.target_statuses(31.0, 0.0)] == ["failed"]
+
+
+def test_a_target_without_port_is_not_dialled_while_its_host_is_connected_inbound() -> None:
+    """issue 10 item 8: the target showed "failed" next to the live inbound connection."""
+    reg, maker = registry(A, ["192.0.2.11"])  # no port
+    maker.dial_failed(ADDR[B], 1.0, "connection refused", retry=True)  # B was not up yet
+    assert [s.state for s in maker.target_statuses(1.0, 0.0)] == ["failed"]
+    inbound = conn(A, B, B, 1)
+    inbound.address = "192.0.2.11:40000"
+    assert reg.admit(inbound, 2.0).admitted
+    assert maker.target_statuses(2.0, 0.0) == []  # dropped from the list, as Weave does
+    assert maker.dials_due(100.0) == []
+    assert maker.statistics().connections == 1
+    inbound.close_reason = "gone"
+    reg.remove(inbound, 101.0)
+    assert maker.dials_due(101.0) == [ADDR[B]]  # wanted again once the peer is gone

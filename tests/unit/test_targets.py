@@ -303,7 +303,7 @@ def test_portless_target_is_not_dialled_while_that_host_is_connected_to_us() -> 
     cm.connected("10.0.0.2:40001", P2, 0.0, outbound=False)
     cm.connected("10.0.0.3:40002", P3, 0.0, outbound=False)
     assert cm.dials_due(0.0) == ["10.0.0.3:6783"]  # an explicit port is always dialled
-    cm.disconnected("10.0.0.2:40001", P2, 1.0, "closed")
+    cm.disconnected("10.0.0.2:40001", P2, 1.0, "closed", inbound=True)
     assert cm.dials_due(1.0) == ["10.0.0.2:6783"]
 
 
