@@ -21,7 +21,9 @@ the user adds that target again.
 
 Addresses are normalised ``HOST:PORT`` strings: ``10.0.0.1:6783``, ``[fd00::1]:6783``,
 ``host.example:6783``. Host names are kept as written (lower-cased); the driver
-resolves them when it dials.
+resolves them when it dials. Only the user's targets may be host names: discovered
+ones must be IP literals (no lookups on a peer's say-so), and at most
+:data:`MAX_DISCOVERED_TARGETS` are kept.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from router.errors import ConfigError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.status import ConnectionStatus
 
-MAX_TARGETS = 10_000  # direct targets, and separately discovered targets
+MAX_TARGETS = 10_000  # direct targets
+MAX_DISCOVERED_TARGETS = 1024  # discovered targets (from gossip: untrusted)
 MAX_NEVER = 10_000  # remembered "retry: never" addresses
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -271,19 +274,23 @@ class ConnectionMaker:
 
         Pass a mapping ``address -> peer name`` when the owner is known (topology knows
         it): addresses of peers we are connected to, and our own, are then not dialled.
-        Addresses are ``HOST:PORT`` from untrusted gossip: a malformed one, or one over
-        the bound, is a counted drop. (For a peer's *inbound* connection the driver
+        Addresses are ``IP:PORT`` from untrusted gossip: a malformed one, a host name
+        (we never look up what gossip says), or one over :data:`MAX_DISCOVERED_TARGETS`
+        is a counted drop. (For a peer's *inbound* connection the driver
         should pass that IP with our port, not the remote's ephemeral port.)
         """
         owners = addrs if isinstance(addrs, Mapping) else None
         found: dict[str, PeerName | None] = {}
+        limit = min(self._max_targets, MAX_DISCOVERED_TARGETS)
         for addr in addrs:
             try:
-                key = str(parse_address(addr, default_port=self._port))
-            except ConfigError:
+                parsed = parse_address(addr, default_port=self._port)
+                ipaddress.ip_address(parsed.host)  # a host name from gossip: never looked up
+            except (ConfigError, ValueError):
                 self._discovered_dropped += 1
                 continue
-            if len(found) >= self._max_targets and key not in found:
+            key = str(parsed)
+            if len(found) >= limit and key not in found:
                 self._discovered_dropped += 1
                 continue
             found[key] = owners[addr] if owners is not None else None

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ MAX_NICKNAME = MAX_NICKNAME_LEN  # characters
 MAX_ADDRESS = 64  # characters: "[v6 address]:port" fits
 MAX_VERSION = 1 << 62  # versions at or above do not decode (the sender is dropped)
 MAX_VERSION_STEP = 1 << 32  # a record may move a version up this much at once, at most
+MAX_DISCOVERED = 1024  # discovery addresses, in all
+MAX_ADDRESSES_PER_PEER = 4  # discovery addresses of one peer
 VERSION_CEILING = MAX_VERSION - MAX_VERSION_STEP  # records at or above are refused
 MAX_PAYLOAD = MAX_FRAME_SIZE  # bytes: a payload travels in one frame
 MAX_DEPTH = 6
@@ -271,25 +274,33 @@ class Topology:
         return removed
 
     def discovery_addresses(self, port: int) -> dict[str, PeerName]:
-        """Addresses of peers that others are connected to: ``"host:port" -> peer name``.
+        """Addresses of peers that others are connected to: ``"ip:port" -> peer name``.
 
         For peer discovery (as Weave does): an outbound connection's address is the
         target its owner dialled; for an inbound one only the host is useful, with
         ``port`` (ours, the mesh port) instead of the remote's ephemeral port.
-        Connections to ourself are skipped. The strings come from gossip: untrusted.
+        Connections to ourself are skipped. The strings come from gossip: untrusted, so
+        only IP literals are taken (a host name would make us look it up), at most
+        :data:`MAX_ADDRESSES_PER_PEER` per peer and :data:`MAX_DISCOVERED` in all; the
+        peers reporting the fewest connections are heard first, so one record claiming
+        thousands of connections cannot crowd out the rest.
         """
         found: dict[str, PeerName] = {}
-        for name, entry in self._entries.items():
+        per_peer: dict[PeerName, int] = {}
+        for name in sorted(self._entries, key=lambda n: (len(self._entries[n].connections), n)):
             if name == self._ourself:
                 continue
-            for conn in entry.connections:
-                if conn.remote_name == self._ourself:
+            for conn in self._entries[name].connections:
+                remote = conn.remote_name
+                if remote == self._ourself or per_peer.get(remote, 0) >= MAX_ADDRESSES_PER_PEER:
                     continue
-                host, sep, _ = conn.remote_addr.rpartition(":")
-                if conn.outbound:
-                    found[conn.remote_addr] = conn.remote_name
-                elif sep and host:
-                    found[f"{host}:{port}"] = conn.remote_name
+                addr = _discovery_address(conn, port)
+                if addr is None or addr in found:
+                    continue
+                found[addr] = remote
+                per_peer[remote] = per_peer.get(remote, 0) + 1
+                if len(found) >= MAX_DISCOVERED:
+                    return found
         return found
 
     # -- encoding ---------------------------------------------------------------------------
@@ -567,6 +578,22 @@ def _uint(value: Any, bits: int, what: str) -> int:
     if type(value) is not int or not 0 <= value < (1 << bits):
         raise DecodeError(f"topology payload: {what} must be an unsigned {bits}-bit integer")
     return value
+
+
+def _discovery_address(conn: ConnectionSummary, port: int) -> str | None:
+    """``ip:port`` (``[ip]:port`` for IPv6) to dial for ``conn``; None unless an IP literal."""
+    host, sep, remote_port = conn.remote_addr.rpartition(":")
+    if not sep:
+        return None
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return None
+    if not conn.outbound:
+        remote_port = str(port)
+    elif not remote_port.isdigit() or not 0 < int(remote_port) < 65536:
+        return None
+    return f"[{ip}]:{remote_port}" if ip.version == 6 else f"{ip}:{remote_port}"
 
 
 def _check_local(nickname: str, uid: int, short_id: int) -> None:

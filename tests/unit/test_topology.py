@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ipaddress
 import random
 
 import pytest
@@ -12,7 +14,9 @@ from hypothesis import strategies as st
 from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.mesh.topology import (
+    MAX_ADDRESSES_PER_PEER,
     MAX_CONNECTIONS,
+    MAX_DISCOVERED,
     MAX_VERSION,
     MAX_VERSION_STEP,
     ConnectionSummary,
@@ -499,3 +503,30 @@ def test_jumps_beyond_the_step_and_versions_near_the_limit_are_refused(version: 
         lie = payload([(name, "x", 5, 9, version, [])], sender=0x99)
         assert not victim.apply_update_untrusted(lie).changed
         assert victim.peers() == before
+
+
+def test_discovery_is_bounded_and_only_ip_addresses() -> None:
+    """issue 9 item 8: gossip made us dial up to 10,000 host:port strings, host names too."""
+    a = topo(1)
+    a.set_local_connections([conn(2)])
+    liar = [(3, "evil.example:6783", True, True), (4, "localhost:22", True, False)]
+    liar += [(6 + i, f"10.6.{i // 250}.{i % 250}:{1 + i}", True, True) for i in range(2000)]
+    a.apply_update_untrusted(payload([(2, "two", 22, 2, 1, liar)]))
+    others = [(7000 + j, "x", 70 + j, 9, 1, [(5, f"10.5.{j}.1:6783", True, True)])
+              for j in range(MAX_ADDRESSES_PER_PEER + 2)]
+    a.apply_update_untrusted(payload(others))
+    found = a.discovery_addresses(6783)
+    assert all(ipaddress.ip_address(addr.rpartition(":")[0]) for addr in found)
+    assert "evil.example:6783" not in found and "localhost:22" not in found
+    assert len(found) <= MAX_DISCOVERED
+    per_peer = collections.Counter(found.values())
+    assert per_peer[_n(5)] == MAX_ADDRESSES_PER_PEER
+    assert max(per_peer.values()) <= MAX_ADDRESSES_PER_PEER
+
+
+def test_discovery_keeps_ipv6_literals() -> None:
+    a = topo(1)
+    a.set_local_connections([conn(2)])
+    a.apply_update_untrusted(payload([(2, "two", 22, 2, 1, [(3, "[fd00::3]:6783", True, True),
+                                                            (4, "[fd00::4]:40000", False, True)])]))
+    assert a.discovery_addresses(6783) == {"[fd00::3]:6783": _n(3), "[fd00::4]:6783": _n(4)}
