@@ -12,7 +12,8 @@ Pipeline of one connection (each stage a sans-IO object fed bytes and ``now``):
    Gossip messages go to ``gossip.py``; ``ConnectionEstablished`` to the overlay.
 5. **topology**        every change of our connections is gossiped (``topology.py``); routes
    (``routes.py``) and discovery targets are recomputed from the merged topology.
-6. **close**           any error closes this connection only; its reason is logged, kept
+6. **close**           any error closes this connection only; its reason is logged (per-
+   connection warnings through ``router/ratelimit.py``: a storm costs a few lines), kept
    for ``status connections``, and the connection maker schedules a retry. Whatever a
    peer's bytes or gossip provoke (a gossiper's exception included, even a bug of ours)
    ends that peer's connection, never the router; only BaseExceptions (cancellation,
@@ -51,6 +52,7 @@ from router.mesh.topology import Topology
 from router.mesh.topology_gossip import TopologyGossiper
 from router.network.service import Listener, Network, Stream
 from router.overlay.sleeve.service import SleeveService
+from router.ratelimit import RateLimitedLog
 from router.wire.messages import ConnectionEstablished, Message
 
 __all__ = ["MeshService", "MeshStatistics"]
@@ -155,6 +157,7 @@ class MeshService:
         self._routes_listeners: list[Callable[[], None]] = []
         self._nursery: trio.Nursery | None = None
         self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._rlog = RateLimitedLog(log)  # per-connection warnings: a storm costs a few lines
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -217,7 +220,8 @@ class MeshService:
             refusal = self._refusal(trio.current_time())
             if refusal:
                 self._counters["connections_refused"] += 1
-                log.warning("<-[%s:%d] refusing connection: %s", *stream.remote, refusal)
+                self._rlog.warning(("refusing", stream.remote[0]), trio.current_time(),
+                                   "<-[%s:%d] refusing connection: %s", *stream.remote, refusal)
                 await stream.aclose()
                 continue
             self._counters["connections_accepted"] += 1
@@ -282,8 +286,9 @@ class MeshService:
             reason = _error_text(exc)
             retry = not isinstance(exc, HandshakeError) or exc.retry
             self._counters["handshake_failures"] += 1
-            log.warning("%s[%s] connection shutting down due to error during handshake: %s",
-                        arrow, address, reason)
+            self._rlog.warning(("handshake", stream.remote[0]), trio.current_time(),
+                               "%s[%s] connection shutting down due to error during handshake:"
+                               " %s", arrow, address, reason)
             if target is not None:
                 self._maker.dial_failed(target, trio.current_time(), reason, retry=retry)
                 self._maker_wake.set()
@@ -350,9 +355,10 @@ class MeshService:
         admission = self._conns.admit(conn, trio.current_time())
         if admission.refused:
             self._counters["connections_refused"] += 1
-            log.warning("%s[%s %s(%s)] refusing connection: %s", _arrow(conn.outbound),
-                        conn.address, conn.remote, conn.result.remote_nickname,
-                        conn.close_reason)
+            self._rlog.warning(("claim", conn.stream.remote[0]), trio.current_time(),
+                               "%s[%s %s(%s)] refusing connection: %s", _arrow(conn.outbound),
+                               conn.address, conn.remote, conn.result.remote_nickname,
+                               conn.close_reason)
             self._maker_wake.set()
             return False
         if admission.duplicate:

@@ -81,3 +81,36 @@ def test_a_liar_claiming_a_connected_name_is_refused(make_mesh: MakeMesh) -> Non
     lines = h1.connections()
     assert [c.text for c in lines] == [line.text], lines  # the very same connection
     assert "already connected" in h1.log_file.read_text()
+
+
+# Runs inside a host namespace: open and close connections to IP:6783 for SECONDS; print
+# how many were opened.
+STORM_CLIENT = r"""
+import socket, sys, time
+opened, end = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        socket.create_connection((sys.argv[1], 6783), timeout=2).close()
+        opened += 1
+    except OSError:
+        pass
+print(opened)
+"""
+
+
+def test_a_reconnect_storm_costs_a_few_log_lines(make_mesh: MakeMesh) -> None:
+    """issue 9 item 10: a reconnect storm wrote 61,018 "refusing connection" warnings."""
+    mesh = make_mesh(2)
+    h1, h2 = mesh.hosts
+    h1.launch()
+    h1.wait_ready()
+    before = h1.log_file.stat().st_size
+    proc = h2.run([sys.executable, "-c", STORM_CLIENT, h1.ip, "8"], timeout=60)
+    opened = int(proc.stdout.strip())
+    assert opened > 1000, f"the storm opened only {opened} connections"
+    log = h1.log_file.read_text(errors="replace")
+    refusing = log.count("refusing connection")
+    handshake = log.count("error during handshake")
+    assert refusing <= 10 and handshake <= 10, (refusing, handshake, opened)
+    assert h1.log_file.stat().st_size - before < 20_000
+    assert router_section(h1)["Connections"] == "0"  # and the router still answers
