@@ -165,3 +165,24 @@ async def test_a_peer_claiming_a_connected_name_does_not_displace_it(
     assert h1.status().router.connections == (real,)
     assert h1.status().router.connections[0].peer_nickname == "10.0.0.2"
     assert h2.status().router.connections[0].state == "established"
+
+
+async def test_gossiped_addresses_are_bounded_and_never_host_names(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    """issue 9 item 8: discovery dialled whatever gossip said (10,000 strings, names too)."""
+    h1 = await sim.add("10.0.0.1")
+    me = identity(PeerName(0x7A0000000099), "liar", None)
+    conns = [[0x7B0000000000 + i, f"10.9.{i // 250}.{i % 250 + 1}:6783", True, True]
+             for i in range(2000)]
+    conns += [[0x7C0000000000 + i, f"evil{i}.example:6783", True, True] for i in range(40)]
+    record = [int(me.name), "liar", me.uid, me.short_id, 5, conns]
+    payload = cbor.encode({"v": 1, "from": int(me.name), "kind": "update", "peers": [record]})
+    async with open_peer(sim.net.host(LIAR_IP), "10.0.0.1", DEFAULT_PORT, me) as liar:
+        await trio.sleep(1)
+        liar.send(Gossip("topology", me.name, payload))
+        await liar.flush()
+        await trio.sleep(5)
+        targets = [c.address for c in h1.status().router.connections if c.outbound]
+        assert 100 < len(targets) <= 1024, len(targets)
+        assert not [t for t in targets if "example" in t]
