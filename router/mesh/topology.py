@@ -38,90 +38,51 @@ over symmetric connections in any state; our direct neighbours are always kept).
 Short-id collisions: the lowest name keeps a contested short id; when that is not us we
 pick a free one and bump our version.
 
-Payload layout (CBOR through :mod:`router.wire.cbor`), one channel for both kinds::
-
-    {"v": 1, "from": <sender name, uint48>, "kind": "update" | "request-full",
-     "peers": [record, ...]}                 (empty list for "request-full")
-    record = [name: uint48, nickname: text, uid: uint64 (non-zero), short_id: uint12,
-              version: uint (< 2**62; >= 2**62 - 2**32 refused), [conn, ...]]
-    conn   = [remote name: uint48, address "ip:port": text, outbound: bool,
-              established: bool]
-
-A full topology is an "update" holding every record; :meth:`Topology.encode_chunks`
-splits a large one into payloads of at most :data:`CHUNK_BUDGET` bytes. Limits:
-:data:`MAX_PEERS` records, :data:`MAX_CONNECTIONS` connections per record (remote names
-unique), :data:`MAX_NICKNAME` characters, :data:`MAX_ADDRESS` characters, payload at most
-:data:`MAX_PAYLOAD` bytes. Anything else is a :class:`~router.errors.DecodeError`.
-
+Payloads (layout, limits, codec): :mod:`router.mesh.topology_codec`.
 :class:`TopologyGossiper` carries all this on gossip channel ``"topology"``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from router.errors import DecodeError, LocalProtocolError
-from router.mesh.names import NAME_BITS, SHORT_ID_BITS, UID_BITS, PeerName
+from router.errors import LocalProtocolError
+from router.mesh.names import SHORT_ID_BITS, UID_BITS, PeerName
 from router.mesh.routes import reachable
+from router.mesh.topology_codec import CHUNK_BUDGET as CHUNK_BUDGET
+from router.mesh.topology_codec import (
+    KIND_REQUEST,
+    KIND_UPDATE,
+    decode_payload,
+    encode_payload,
+    raw_record,
+)
+from router.mesh.topology_codec import MAX_ADDRESS as MAX_ADDRESS
+from router.mesh.topology_codec import MAX_CONNECTIONS as MAX_CONNECTIONS
+from router.mesh.topology_codec import MAX_NICKNAME as MAX_NICKNAME
+from router.mesh.topology_codec import MAX_PAYLOAD as MAX_PAYLOAD
+from router.mesh.topology_codec import MAX_PEERS as MAX_PEERS
+from router.mesh.topology_codec import MAX_VERSION as MAX_VERSION
+from router.mesh.topology_codec import ConnectionSummary as ConnectionSummary
+from router.mesh.topology_codec import PeerEntry as PeerEntry
 from router.status import PeerConnection, PeerStatus
-from router.wire import cbor
-from router.wire.constants import MAX_FRAME_SIZE, MAX_NICKNAME_LEN
 
-FORMAT_VERSION = 1
-MAX_PEERS = 10_000
-MAX_CONNECTIONS = 2048
-MAX_NICKNAME = MAX_NICKNAME_LEN  # characters
-MAX_ADDRESS = 64  # characters: "[v6 address]:port" fits
-MAX_VERSION = 1 << 62  # versions at or above do not decode (the sender is dropped)
 MAX_VERSION_STEP = 1 << 32  # a record may move a version up this much at once, at most
 MAX_DISCOVERED = 1024  # discovery addresses, in all
 MAX_ADDRESSES_PER_PEER = 4  # discovery addresses of one peer
 VERSION_CEILING = MAX_VERSION - MAX_VERSION_STEP  # records at or above are refused
-MAX_PAYLOAD = MAX_FRAME_SIZE  # bytes: a payload travels in one frame
-MAX_DEPTH = 6
-RECORD_CACHE_SIZE = 4096  # encoded peer records kept (process-wide, LRU)
-CHUNK_BUDGET = 2 * 1024 * 1024  # bytes (estimated) per payload of a chunked update
 _RECORD_BOUND = 32 + 4 * MAX_NICKNAME  # bytes: a record without connections, at most
 _CONN_BOUND = 16 + 4 * MAX_ADDRESS  # bytes: one connection, at most
 TOPOLOGY_CHANNEL = "topology"
-_KIND_UPDATE = "update"
-_KIND_REQUEST = "request-full"
-
-
-@dataclass(frozen=True, order=True)
-class ConnectionSummary:
-    """A connection as its owner reports it: remote peer, its TCP address, direction, state."""
-
-    remote_name: PeerName
-    remote_addr: str  # "ip:port" of the remote as the owner sees it (the dial target if outbound)
-    outbound: bool
-    established: bool
 
 
 LocalConnection = ConnectionSummary  # what the driver calls the entries of our own list
-
-
-@dataclass(frozen=True)
-class PeerEntry:
-    """One peer of the mesh; ``connections`` are sorted by remote name, one per remote."""
-
-    name: PeerName
-    nickname: str
-    uid: int
-    short_id: int
-    version: int
-    connections: tuple[ConnectionSummary, ...] = ()
-
-    def key(self) -> tuple[int, int, int, str, tuple[ConnectionSummary, ...]]:
-        """Merge order: the greater key wins (see the module docstring)."""
-        return (self.version, self.uid, self.short_id, self.nickname, self.connections)
 
 
 @dataclass(frozen=True)
@@ -254,7 +215,7 @@ class Topology:
         self._resolve_short_id()
         if old is None or old.version == 0:  # nothing, or only another handshake's word
             return None
-        return _encode(self._ourself, _KIND_UPDATE, [old])
+        return encode_payload(self._ourself, KIND_UPDATE, [old])
 
     def garbage_collect(self) -> set[PeerName]:
         """Drop peers unreachable from us over symmetric connections; returns their names.
@@ -307,12 +268,12 @@ class Topology:
 
     def encode_full(self) -> bytes:
         """Every entry we know, as one "update" payload (see :meth:`encode_chunks`)."""
-        return _encode(self._ourself, _KIND_UPDATE, self._entries.values())
+        return encode_payload(self._ourself, KIND_UPDATE, self._entries.values())
 
     def encode_update(self, names: Iterable[PeerName]) -> bytes:
         """An "update" payload with the current entries of ``names`` (unknown ones skipped)."""
         entries = [self._entries[n] for n in sorted(set(names)) if n in self._entries]
-        return _encode(self._ourself, _KIND_UPDATE, entries)
+        return encode_payload(self._ourself, KIND_UPDATE, entries)
 
     def encode_chunks(self, names: Iterable[PeerName] | None = None) -> list[bytes]:
         """The entries of ``names`` (default: all) as "update" payloads that each fit a frame.
@@ -328,24 +289,24 @@ class Topology:
             entry = self._entries[name]
             cost = _RECORD_BOUND + _CONN_BOUND * len(entry.connections)
             if group and size + cost > CHUNK_BUDGET:
-                chunks.append(_encode(self._ourself, _KIND_UPDATE, group))
+                chunks.append(encode_payload(self._ourself, KIND_UPDATE, group))
                 group, size = [], 0
             group.append(entry)
             size += cost
         if group:
-            chunks.append(_encode(self._ourself, _KIND_UPDATE, group))
+            chunks.append(encode_payload(self._ourself, KIND_UPDATE, group))
         return chunks
 
     def encode_request_full(self) -> bytes:
         """A "request-full" payload: please send me everything you know."""
-        return _encode(self._ourself, _KIND_REQUEST, ())
+        return encode_payload(self._ourself, KIND_REQUEST, ())
 
     # -- merging ----------------------------------------------------------------------------
 
     def apply_update_untrusted(self, payload: bytes) -> UpdateResult:
         """Decode (DecodeError on anything malformed) and merge an update or a request."""
-        sender, kind, records = _decode(payload, self._stale_key)
-        if kind == _KIND_REQUEST:
+        sender, kind, records = decode_payload(payload, self._stale_key)
+        if kind == KIND_REQUEST:
             self._requests += 1
             empty: frozenset[PeerName] = frozenset()
             return UpdateResult(sender, True, empty, empty, empty, None)
@@ -398,7 +359,7 @@ class Topology:
         if old is None:
             return False
         mine = (old.version, old.uid)
-        if (version, uid) < mine or ((version, uid) == mine and raw == _raw_record(old)):
+        if (version, uid) < mine or ((version, uid) == mine and raw == raw_record(old)):
             self._stale += 1
             return True
         return False
@@ -473,111 +434,6 @@ class Topology:
     def _nickname_of(self, name: PeerName) -> str:
         entry = self._entries.get(name)
         return entry.nickname if entry is not None else ""
-
-
-# -- codec ------------------------------------------------------------------------------------
-
-
-def _encode(sender: PeerName, kind: str, entries: Iterable[PeerEntry]) -> bytes:
-    head = {"v": FORMAT_VERSION, "from": int(sender), "kind": kind, "peers": []}
-    return cbor.encode_with_array_tail(head, [_encode_record(e) for e in entries])
-
-
-@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
-def _encode_record(e: PeerEntry) -> bytes:
-    """One peer record, encoded once per version: gossip re-sends records far more often
-    than they change, and a full mesh of N peers holds N records of N connections."""
-    return cbor.encode(_raw_record(e))
-
-
-@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
-def _raw_record(e: PeerEntry) -> list[Any]:
-    """The record as plain CBOR values (shared by the cache: never mutate it)."""
-    return [
-        int(e.name),
-        e.nickname,
-        e.uid,
-        e.short_id,
-        e.version,
-        [[int(c.remote_name), c.remote_addr, c.outbound, c.established] for c in e.connections],
-    ]
-
-
-def _decode(
-    payload: bytes, stale: Callable[[PeerName, int, int, Any], bool]
-) -> tuple[PeerName, str, list[PeerEntry | None]]:
-    """Untrusted payload -> (sender, kind, records); DecodeError on anything malformed.
-
-    A record for which ``stale(name, version, uid, raw)`` holds comes back as None, its
-    connections unread: in a mesh of N peers most records a peer receives are ones it
-    already has, and their N connections each would dominate the cost of gossip.
-    """
-    obj = cbor.decode_untrusted(payload, max_size=MAX_PAYLOAD, max_depth=MAX_DEPTH)
-    if not isinstance(obj, dict) or set(obj) != {"v", "from", "kind", "peers"}:
-        raise DecodeError("topology payload: expected a map with v, from, kind, peers")
-    if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
-        raise DecodeError(f"topology payload: unsupported version {obj['v']!r}")
-    kind = obj["kind"]
-    if kind not in (_KIND_UPDATE, _KIND_REQUEST):
-        raise DecodeError(f"topology payload: unknown kind {kind!r}")
-    sender = PeerName(_uint(obj["from"], NAME_BITS, "from"))
-    raw = obj["peers"]
-    if not isinstance(raw, list) or len(raw) > MAX_PEERS:
-        raise DecodeError(f"topology payload: peers must be a list of at most {MAX_PEERS}")
-    if kind == _KIND_REQUEST and raw:
-        raise DecodeError("topology payload: request-full carries no peers")
-    records = [_decode_record(r, stale) for r in raw]
-    names = [_record_name(r) for r in raw]
-    if len(set(names)) != len(names):
-        raise DecodeError("topology payload: a peer appears twice")
-    return sender, kind, records
-
-
-def _record_name(raw: Any) -> PeerName:
-    return PeerName(_uint(raw[0], NAME_BITS, "name"))  # shape checked by _decode_record
-
-
-def _decode_record(
-    raw: Any, stale: Callable[[PeerName, int, int, Any], bool]
-) -> PeerEntry | None:
-    if not isinstance(raw, list) or len(raw) != 6:
-        raise DecodeError("topology record: expected a list of 6 items")
-    name, nickname, uid, short_id, version, conns = raw
-    peer = PeerName(_uint(name, NAME_BITS, "name"))
-    if _uint(version, 64, "version") >= MAX_VERSION:
-        raise DecodeError("topology record: version too large")
-    if stale(peer, version, _uint(uid, UID_BITS, "uid"), raw):
-        return None
-    if not isinstance(nickname, str) or len(nickname) > MAX_NICKNAME:
-        raise DecodeError(f"topology record: nickname must be text of at most {MAX_NICKNAME}")
-    if _uint(uid, UID_BITS, "uid") == 0:
-        raise DecodeError("topology record: uid 0 is reserved")
-    _uint(short_id, SHORT_ID_BITS, "short_id")
-    if not isinstance(conns, list) or len(conns) > MAX_CONNECTIONS:
-        raise DecodeError(f"topology record: at most {MAX_CONNECTIONS} connections")
-    decoded = tuple(sorted(_decode_connection(c) for c in conns))
-    remotes = {c.remote_name for c in decoded}
-    if len(remotes) != len(decoded):
-        raise DecodeError("topology record: two connections to the same peer")
-    return PeerEntry(peer, nickname, uid, short_id, version, decoded)
-
-
-def _decode_connection(raw: Any) -> ConnectionSummary:
-    if not isinstance(raw, list) or len(raw) != 4:
-        raise DecodeError("topology connection: expected a list of 4 items")
-    remote, address, outbound, established = raw
-    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
-        raise DecodeError(f"topology connection: address must be text of at most {MAX_ADDRESS}")
-    if type(outbound) is not bool or type(established) is not bool:
-        raise DecodeError("topology connection: outbound and established must be booleans")
-    peer = PeerName(_uint(remote, NAME_BITS, "remote"))
-    return ConnectionSummary(peer, address, outbound, established)
-
-
-def _uint(value: Any, bits: int, what: str) -> int:
-    if type(value) is not int or not 0 <= value < (1 << bits):
-        raise DecodeError(f"topology payload: {what} must be an unsigned {bits}-bit integer")
-    return value
 
 
 def _discovery_address(conn: ConnectionSummary, port: int) -> str | None:
