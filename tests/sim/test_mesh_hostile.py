@@ -5,6 +5,8 @@ connection ends; the router and its other connections live on."""
 from __future__ import annotations
 
 import logging
+from ipaddress import IPv4Network
+from typing import Any
 
 import pytest
 import trio
@@ -186,3 +188,39 @@ async def test_gossiped_addresses_are_bounded_and_never_host_names(
         targets = [c.address for c in h1.status().router.connections if c.outbound]
         assert 100 < len(targets) <= 1024, len(targets)
         assert not [t for t in targets if "example" in t]
+
+
+async def test_a_forged_ipam_ring_does_not_kill_the_router(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    """issue 9 item 1 as reported: the victim's own ring sent back at version 2**62-1
+    with empty seeds made IPAM raise BrokenError, which took the process down."""
+    options = {"ipalloc_init": "consensus=1", "ipalloc_range": IPv4Network("10.32.0.0/24")}
+    h1 = await sim.add("10.0.0.1", router_options=options)
+    h2 = await sim.add("10.0.0.2", ("10.0.0.1",), router_options=options)
+    await sim.wait_until(sim.full_mesh, timeout=30, what="two connected routers")
+    assert h1.router is not None
+    await h1.router.ipam.allocate("c1")  # the ring exists now
+    me = identity(PeerName(0x7A0000000099), "liar", None)
+    async with open_peer(sim.net.host(LIAR_IP), "10.0.0.1", DEFAULT_PORT, me) as liar:
+        await sim.wait_until(lambda: any(_ring_of(m) for m in liar.received), timeout=60,
+                             what="the victim's IPAM state")
+        state = next(s for s in map(_ring_of, liar.received) if s)
+        for entry in state["ring"]["entries"]:
+            entry[2] = (1 << 62) - 1
+        state["ring"]["seeds"] = []
+        liar.send(Gossip("ipam", me.name, cbor.encode(state)))
+        await liar.flush()
+        await liar.wait_closed(timeout=10)
+        await trio.sleep(5)
+    assert h1.router is not None, "the victim died"
+    assert sim.full_mesh([h1, h2]), "the honest connection was hurt"
+
+
+def _ring_of(msg: object) -> dict[str, Any] | None:
+    """The decoded IPAM state with a ring, if ``msg`` carries one."""
+    if not isinstance(msg, Gossip | GossipBroadcast | GossipUnicast) or msg.channel != "ipam":
+        return None
+    state = cbor.decode_untrusted(msg.payload, max_size=1 << 22, max_depth=16)
+    ok = isinstance(state, dict) and state.get("k") == "state" and state.get("ring")
+    return state if ok else None
