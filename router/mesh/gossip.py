@@ -33,8 +33,11 @@ items are bounded (``max_queue_per_neighbour``); overflow, messages for a channe
 do not run and unroutable unicasts are counted drops (a unicast for another peer is
 relayed whatever its channel: routing needs no gossiper). A unicast whose next hop is
 the neighbour it came from is dropped rather than bounced. A gossiper raising
-:class:`~router.errors.RemoteProtocolError` (DecodeError included) makes
-:meth:`GossipRouter.receive` raise RemoteProtocolError: the driver drops that neighbour.
+:class:`~router.errors.RemoteProtocolError` (DecodeError included), or any other
+``Exception`` while it handles a peer's payload (IPAM's ``BrokenError``, a bug), makes
+:meth:`GossipRouter.receive` raise RemoteProtocolError (the cause chained): whatever a
+peer's gossip provokes is that peer's fault, so the driver drops that neighbour and the
+router lives on. ``BaseException`` (trio's Cancelled, KeyboardInterrupt) passes through.
 """
 
 from __future__ import annotations
@@ -358,6 +361,10 @@ class GossipRouter:
         except RemoteProtocolError:  # the gossiper's own words (Weave's, for IPAM): as they are
             self._counts["bad_payloads"] += 1
             raise
+        except Exception as exc:  # anything else a peer's gossip provoked: still its fault
+            self._counts["bad_payloads"] += 1
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise RemoteProtocolError(f"gossip channel {channel!r}: {what}") from exc
 
     # -- timers -----------------------------------------------------------------------------
 

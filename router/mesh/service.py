@@ -12,8 +12,12 @@ Pipeline of one connection (each stage a sans-IO object fed bytes and ``now``):
    Gossip messages go to ``gossip.py``; ``ConnectionEstablished`` to the overlay.
 5. **topology**        every change of our connections is gossiped (``topology.py``); routes
    (``routes.py``) and discovery targets are recomputed from the merged topology.
-6. **close**           any error closes this connection only; its reason is logged, kept
-   for ``status connections``, and the connection maker schedules a retry.
+6. **close**           any error closes this connection only; its reason is logged (per-
+   connection warnings through ``router/ratelimit.py``: a storm costs a few lines), kept
+   for ``status connections``, and the connection maker schedules a retry. Whatever a
+   peer's bytes or gossip provoke (a gossiper's exception included, even a bug of ours)
+   ends that peer's connection, never the router; only BaseExceptions (cancellation,
+   KeyboardInterrupt) pass.
 
 Task tree: ``run`` owns a nursery with the accept loop, the dialler loop, the gossip timer
 and one child per connection; each connection's child owns its reader, writer and timer.
@@ -26,6 +30,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -47,6 +52,7 @@ from router.mesh.topology import Topology
 from router.mesh.topology_gossip import TopologyGossiper
 from router.network.service import Listener, Network, Stream
 from router.overlay.sleeve.service import SleeveService
+from router.ratelimit import RateLimitedLog
 from router.wire.messages import ConnectionEstablished, Message
 
 __all__ = ["MeshService", "MeshStatistics"]
@@ -56,6 +62,7 @@ log = logging.getLogger("weave-router.mesh")
 READ_SIZE = 65536
 ROUTES_MIN_INTERVAL = 0.05  # seconds between route recomputations (coalesces bursts)
 FLUSH_ON_FAILURE_TIMEOUT = 1.0  # seconds to hand a failing peer our last handshake bytes
+_PEER_ERRORS = (RemoteProtocolError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class _Wakeup:
@@ -91,6 +98,10 @@ class _Connection:
     @property
     def remote(self) -> PeerName:
         return self.result.remote_name
+
+    @property
+    def last_heard(self) -> float:
+        return self.session.last_received
 
     def close(self, reason: str) -> None:
         if not self.close_reason:
@@ -136,7 +147,9 @@ class MeshService:
             self.topology, self.gossip, on_change=self._mark_topology_changed
         )
         self._routes: Routes = compute_routes(name, self.topology.peers())
-        self._conns: ConnectionRegistry[_Connection] = ConnectionRegistry(name, self._maker)
+        self._conns: ConnectionRegistry[_Connection] = ConnectionRegistry(
+            name, self._maker, settle_time=timings.handshake_timeout,
+            alive_within=1.5 * timings.tcp_heartbeat_interval)
         self._maker_wake = _Wakeup()
         self._gossip_wake = _Wakeup()
         self._routes_wake = _Wakeup()
@@ -144,6 +157,7 @@ class MeshService:
         self._routes_listeners: list[Callable[[], None]] = []
         self._nursery: trio.Nursery | None = None
         self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._rlog = RateLimitedLog(log)  # per-connection warnings: a storm costs a few lines
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,7 +220,8 @@ class MeshService:
             refusal = self._refusal(trio.current_time())
             if refusal:
                 self._counters["connections_refused"] += 1
-                log.warning("<-[%s:%d] refusing connection: %s", *stream.remote, refusal)
+                self._rlog.warning(("refusing", stream.remote[0]), trio.current_time(),
+                                   "<-[%s:%d] refusing connection: %s", *stream.remote, refusal)
                 await stream.aclose()
                 continue
             self._counters["connections_accepted"] += 1
@@ -234,13 +249,20 @@ class MeshService:
         target = parse_address(addr, default_port=self.config.port)
         try:
             ip = await self._network.resolve(target.host)
+        except OSError as exc:
+            self._dial_failed(addr, f"dial tcp: lookup {target.host}: {_os_error_text(exc)}")
+            return
+        try:
             stream = await self._network.connect_tcp(ip, target.port)
         except OSError as exc:
-            self._maker.dial_failed(addr, trio.current_time(), _os_error_text(exc), retry=True)
-            log.info("->[%s] connection failed: %s", addr, _os_error_text(exc))
-            self._maker_wake.set()
+            self._dial_failed(addr, dial_error_text(ip, target.port, exc))
             return
         await self._run_connection(stream, addr)
+
+    def _dial_failed(self, addr: str, reason: str) -> None:
+        self._maker.dial_failed(addr, trio.current_time(), reason, retry=True)
+        log.info("->[%s] connection failed: %s", addr, reason)
+        self._maker_wake.set()
 
     async def _gossip_loop(self) -> None:
         while True:
@@ -257,13 +279,16 @@ class MeshService:
         arrow = "->" if outbound else "<-"
         try:
             result, leftover = await self._handshake(stream, outbound)
-        except (RemoteProtocolError, OSError, trio.BrokenResourceError,
-                trio.ClosedResourceError) as exc:
+        except Exception as exc:  # whatever the peer's bytes provoke: its connection ends
+            if not isinstance(exc, _PEER_ERRORS):
+                log.error("%s[%s] internal error during handshake", arrow, address,
+                          exc_info=exc)
             reason = _error_text(exc)
             retry = not isinstance(exc, HandshakeError) or exc.retry
             self._counters["handshake_failures"] += 1
-            log.warning("%s[%s] connection shutting down due to error during handshake: %s",
-                        arrow, address, reason)
+            self._rlog.warning(("handshake", stream.remote[0]), trio.current_time(),
+                               "%s[%s] connection shutting down due to error during handshake:"
+                               " %s", arrow, address, reason)
             if target is not None:
                 self._maker.dial_failed(target, trio.current_time(), reason, retry=retry)
                 self._maker_wake.set()
@@ -328,6 +353,14 @@ class MeshService:
     def _register(self, conn: _Connection) -> bool:
         """Admit a connection after its handshake; False when it loses to a duplicate."""
         admission = self._conns.admit(conn, trio.current_time())
+        if admission.refused:
+            self._counters["connections_refused"] += 1
+            self._rlog.warning(("claim", conn.stream.remote[0]), trio.current_time(),
+                               "%s[%s %s(%s)] refusing connection: %s", _arrow(conn.outbound),
+                               conn.address, conn.remote, conn.result.remote_nickname,
+                               conn.close_reason)
+            self._maker_wake.set()
+            return False
         if admission.duplicate:
             self._counters["duplicate_connections"] += 1
             log.info("%s: duplicate connection to %s; keeping the one dialled by %s",
@@ -373,6 +406,11 @@ class MeshService:
                 conn.close(_error_text(_first_leaf(group)))
             except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
                 conn.close(_error_text(_first_leaf(group)))
+            except* Exception as group:  # a bug provoked by this peer: it alone pays
+                exc = _first_leaf(group)
+                log.error("%s[%s %s] internal error on this connection", _arrow(conn.outbound),
+                          conn.address, conn.remote, exc_info=exc)
+                conn.close(f"internal error: {type(exc).__name__}: {exc}")
 
     async def _reader(self, conn: _Connection) -> None:
         while True:
@@ -506,10 +544,39 @@ class MeshService:
         )
 
 
+def _arrow(outbound: bool) -> str:
+    return "->" if outbound else "<-"
+
+
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
+    return exc
+
+
+def dial_error_text(ip: str, port: int, exc: OSError) -> str:
+    """Weave's words for a failed dial: ``dial tcp :0->IP:PORT: connect: REASON``.
+
+    trio reports ``all attempts to connect to ... failed`` with the real errors chained
+    (an ExceptionGroup as ``__cause__``): the first with an errno gives the reason.
+    """
+    host = f"[{ip}]" if ":" in ip else ip
+    root = _root_os_error(exc)
+    reason = os.strerror(root.errno).lower() if root.errno else _os_error_text(root)
+    return f"dial tcp :0->{host}:{port}: connect: {reason}"
+
+
+def _root_os_error(exc: OSError) -> OSError:
+    todo: list[BaseException] = [exc]
+    while todo:
+        found = todo.pop(0)
+        if isinstance(found, OSError) and found.errno is not None:
+            return found
+        if isinstance(found, BaseExceptionGroup):
+            todo.extend(found.exceptions)
+        if found.__cause__ is not None:
+            todo.append(found.__cause__)
     return exc
 
 

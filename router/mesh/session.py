@@ -94,6 +94,11 @@ class Session:
         """The handshake outcome this session runs on."""
         return self._result
 
+    @property
+    def last_received(self) -> float:
+        """When bytes last arrived (the construction time until then)."""
+        return self._last_received
+
     def send(self, msg: Message) -> bool:
         """Queue ``msg``; False (a counted drop) if the buffer bound would be exceeded.
 

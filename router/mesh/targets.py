@@ -21,7 +21,9 @@ the user adds that target again.
 
 Addresses are normalised ``HOST:PORT`` strings: ``10.0.0.1:6783``, ``[fd00::1]:6783``,
 ``host.example:6783``. Host names are kept as written (lower-cased); the driver
-resolves them when it dials.
+resolves them when it dials. Only the user's targets may be host names: discovered
+ones must be IP literals (no lookups on a peer's say-so), and at most
+:data:`MAX_DISCOVERED_TARGETS` are kept.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from router.errors import ConfigError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.status import ConnectionStatus
 
-MAX_TARGETS = 10_000  # direct targets, and separately discovered targets
+MAX_TARGETS = 10_000  # direct targets
+MAX_DISCOVERED_TARGETS = 1024  # discovered targets (from gossip: untrusted)
 MAX_NEVER = 10_000  # remembered "retry: never" addresses
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -183,7 +186,7 @@ class ConnectionMakerStatistics:
 
     direct_targets: int
     discovered_targets: int
-    connections: int  # live, both directions
+    connections: int  # peers with a live connection, either direction
     connecting: int  # dials in flight
     waiting: int  # targets waiting for their (re)try time
     never: int  # targets that will not be retried
@@ -223,7 +226,8 @@ class ConnectionMaker:
         self._connected_peers: frozenset[PeerName] = frozenset()
         self._targets: dict[str, _Target] = {}
         self._never: dict[str, str] = {}  # address -> error, kept across refreshes
-        self._conns: dict[str, _Conn] = {}
+        self._conns: dict[str, _Conn] = {}  # outbound, by target address
+        self._inbound: dict[str, _Conn] = {}  # by remote address
         self._dirty = True
         self._dials_started = 0
         self._dials_failed = 0
@@ -270,19 +274,23 @@ class ConnectionMaker:
 
         Pass a mapping ``address -> peer name`` when the owner is known (topology knows
         it): addresses of peers we are connected to, and our own, are then not dialled.
-        Addresses are ``HOST:PORT`` from untrusted gossip: a malformed one, or one over
-        the bound, is a counted drop. (For a peer's *inbound* connection the driver
+        Addresses are ``IP:PORT`` from untrusted gossip: a malformed one, a host name
+        (we never look up what gossip says), or one over :data:`MAX_DISCOVERED_TARGETS`
+        is a counted drop. (For a peer's *inbound* connection the driver
         should pass that IP with our port, not the remote's ephemeral port.)
         """
         owners = addrs if isinstance(addrs, Mapping) else None
         found: dict[str, PeerName | None] = {}
+        limit = min(self._max_targets, MAX_DISCOVERED_TARGETS)
         for addr in addrs:
             try:
-                key = str(parse_address(addr, default_port=self._port))
-            except ConfigError:
+                parsed = parse_address(addr, default_port=self._port)
+                ipaddress.ip_address(parsed.host)  # a host name from gossip: never looked up
+            except (ConfigError, ValueError):
                 self._discovered_dropped += 1
                 continue
-            if len(found) >= self._max_targets and key not in found:
+            key = str(parsed)
+            if len(found) >= limit and key not in found:
                 self._discovered_dropped += 1
                 continue
             found[key] = owners[addr] if owners is not None else None
@@ -321,8 +329,12 @@ class ConnectionMaker:
         """A connection to ``peer`` completed its handshake (``addr``: its remote address,
         or for ``outbound`` the target dialled). Repeating it for the same peer is a no-op."""
         self._observe(now)
+        if not outbound:  # kept apart: a peer picks its source port, even our target's
+            self._inbound[addr] = _Conn(peer, False, now)
+            self._dirty = True
+            return
         known = self._conns.get(addr)
-        if known is not None and known.peer == peer and known.outbound == outbound:
+        if known is not None and known.peer == peer:
             return
         if outbound:
             target = self._expect(addr, _State.CONNECTING)
@@ -334,11 +346,21 @@ class ConnectionMaker:
         self._dirty = True
 
     def disconnected(
-        self, addr: str, peer: PeerName, now: float, error: str, *, retry: bool = True
+        self, addr: str, peer: PeerName, now: float, error: str, *, retry: bool = True,
+        inbound: bool = False,
     ) -> None:
         """The connection at ``addr`` ended: retry with backoff (or at once if it lived
-        ``reset_after``); ``retry=False`` stops retrying that address."""
+        ``reset_after``); ``retry=False`` stops retrying that address. ``inbound``: it
+        was reported by ``connected(..., outbound=False)``."""
         self._observe(now)
+        if inbound:
+            gone = self._inbound.get(addr)
+            if gone is None or gone.peer != peer:
+                raise LocalProtocolError(f"no inbound connection from {peer} at {addr}")
+            del self._inbound[addr]
+            self._disconnections += 1
+            self._dirty = True
+            return
         conn = self._conns.get(addr)
         if conn is None or conn.peer != peer:
             raise LocalProtocolError(f"no connection to {peer} at {addr}")
@@ -361,7 +383,11 @@ class ConnectionMaker:
     def room(self) -> int:
         """How many more connections (live + in flight) ``conn_limit`` allows."""
         connecting = sum(1 for t in self._targets.values() if t.state is _State.CONNECTING)
-        return max(0, self._conn_limit - len(self._conns) - connecting)
+        return max(0, self._conn_limit - len(self._conns) - len(self._inbound) - connecting)
+
+    def _live(self) -> int:
+        """Peers with a live connection (a duplicate's dial target counts once)."""
+        return len({c.peer for c in [*self._conns.values(), *self._inbound.values()]})
 
     def dials_due(self, now: float) -> list[str]:
         """Addresses to dial now (marked connecting); never beyond ``conn_limit``.
@@ -421,7 +447,7 @@ class ConnectionMaker:
         return ConnectionMakerStatistics(
             direct_targets=len(self._direct),
             discovered_targets=len(self._discovered) if self._discovery else 0,
-            connections=len(self._conns),
+            connections=self._live(),
             connecting=sum(t.state is _State.CONNECTING for t in targets),
             waiting=sum(t.state is _State.WAITING and t.try_after is not None for t in targets),
             never=sum(t.try_after is None for t in targets),
@@ -458,13 +484,13 @@ class ConnectionMaker:
 
     def _valid_targets(self) -> set[str]:
         """Addresses we want a connection to and have none to."""
-        busy = set(self._conns)
-        peers = self._connected_peers | {c.peer for c in self._conns.values()}
+        busy = set(self._conns) | set(self._inbound)
+        peers = (self._connected_peers | {c.peer for c in self._conns.values()}
+                 | {c.peer for c in self._inbound.values()})
         inbound_hosts = set()
-        for addr, conn in self._conns.items():
-            if not conn.outbound:
-                with contextlib.suppress(ConfigError):  # inbound addresses are IP:PORT
-                    inbound_hosts.add(parse_address(addr, default_port=self._port).host)
+        for addr in self._inbound:
+            with contextlib.suppress(ConfigError):  # inbound addresses are IP:PORT
+                inbound_hosts.add(parse_address(addr, default_port=self._port).host)
         valid = set()
         for addr, port_given in self._direct.items():
             host = parse_address(addr, default_port=self._port).host

@@ -18,90 +18,71 @@ that quickly (as Weave's mesh does):
   uid at once, and returns the superseded record so the driver can hand it to that
   neighbour, which then bumps (rule one) without waiting for gossip.
 
+Lies. Records are not signed (peers share one password, not identities), so a peer
+cannot prove a record about someone else is genuine. Two rules keep a forged record
+from partitioning anyone, and make the owner's own word win in the end:
+
+* *Never near the limit.* A record at or above :data:`VERSION_CEILING` (``MAX_VERSION -
+  MAX_VERSION_STEP``) is refused (counted in ``records_refused``, the connection stays:
+  an honest relay may pass one on), so nobody, the owner included, adopts or bumps to a
+  version that others would refuse to decode.
+* *Bounded steps.* A record more than :data:`MAX_VERSION_STEP` above the version we hold
+  for that peer (0 for a peer we do not know) is refused the same way. Any lie that a
+  peer does accept is therefore within one step of what the owner holds (the owner's
+  version is never below anyone's copy of it), so when the gossip reaches the owner it
+  can bump above the lie (rule one of restarts, below) and its truth wins everywhere. A
+  liar needs 2**30 rounds to walk a version up to the ceiling.
+
 Unreachable peers are garbage collected by :meth:`Topology.garbage_collect` (reachability
 over symmetric connections in any state; our direct neighbours are always kept).
 Short-id collisions: the lowest name keeps a contested short id; when that is not us we
 pick a free one and bump our version.
 
-Payload layout (CBOR through :mod:`router.wire.cbor`), one channel for both kinds::
-
-    {"v": 1, "from": <sender name, uint48>, "kind": "update" | "request-full",
-     "peers": [record, ...]}                 (empty list for "request-full")
-    record = [name: uint48, nickname: text, uid: uint64 (non-zero), short_id: uint12,
-              version: uint (< 2**62), [conn, ...]]
-    conn   = [remote name: uint48, address "ip:port": text, outbound: bool,
-              established: bool]
-
-A full topology is an "update" holding every record; :meth:`Topology.encode_chunks`
-splits a large one into payloads of at most :data:`CHUNK_BUDGET` bytes. Limits:
-:data:`MAX_PEERS` records, :data:`MAX_CONNECTIONS` connections per record (remote names
-unique), :data:`MAX_NICKNAME` characters, :data:`MAX_ADDRESS` characters, payload at most
-:data:`MAX_PAYLOAD` bytes. Anything else is a :class:`~router.errors.DecodeError`.
-
+Payloads (layout, limits, codec): :mod:`router.mesh.topology_codec`.
 :class:`TopologyGossiper` carries all this on gossip channel ``"topology"``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import ipaddress
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from router.errors import DecodeError, LocalProtocolError
-from router.mesh.names import NAME_BITS, SHORT_ID_BITS, UID_BITS, PeerName
+from router.errors import LocalProtocolError
+from router.mesh.names import SHORT_ID_BITS, UID_BITS, PeerName
 from router.mesh.routes import reachable
+from router.mesh.topology_codec import CHUNK_BUDGET as CHUNK_BUDGET
+from router.mesh.topology_codec import (
+    KIND_REQUEST,
+    KIND_UPDATE,
+    decode_payload,
+    encode_payload,
+    raw_record,
+)
+from router.mesh.topology_codec import MAX_ADDRESS as MAX_ADDRESS
+from router.mesh.topology_codec import MAX_CONNECTIONS as MAX_CONNECTIONS
+from router.mesh.topology_codec import MAX_NICKNAME as MAX_NICKNAME
+from router.mesh.topology_codec import MAX_PAYLOAD as MAX_PAYLOAD
+from router.mesh.topology_codec import MAX_PEERS as MAX_PEERS
+from router.mesh.topology_codec import MAX_VERSION as MAX_VERSION
+from router.mesh.topology_codec import ConnectionSummary as ConnectionSummary
+from router.mesh.topology_codec import PeerEntry as PeerEntry
 from router.status import PeerConnection, PeerStatus
-from router.wire import cbor
-from router.wire.constants import MAX_FRAME_SIZE, MAX_NICKNAME_LEN
 
-FORMAT_VERSION = 1
-MAX_PEERS = 10_000
-MAX_CONNECTIONS = 2048
-MAX_NICKNAME = MAX_NICKNAME_LEN  # characters
-MAX_ADDRESS = 64  # characters: "[v6 address]:port" fits
-MAX_VERSION = 1 << 62  # versions at or above are refused, so bumping can never overflow
-MAX_PAYLOAD = MAX_FRAME_SIZE  # bytes: a payload travels in one frame
-MAX_DEPTH = 6
-RECORD_CACHE_SIZE = 4096  # encoded peer records kept (process-wide, LRU)
-CHUNK_BUDGET = 2 * 1024 * 1024  # bytes (estimated) per payload of a chunked update
+MAX_VERSION_STEP = 1 << 32  # a record may move a version up this much at once, at most
+MAX_DISCOVERED = 1024  # discovery addresses, in all
+MAX_ADDRESSES_PER_PEER = 4  # discovery addresses of one peer
+VERSION_CEILING = MAX_VERSION - MAX_VERSION_STEP  # records at or above are refused
 _RECORD_BOUND = 32 + 4 * MAX_NICKNAME  # bytes: a record without connections, at most
 _CONN_BOUND = 16 + 4 * MAX_ADDRESS  # bytes: one connection, at most
 TOPOLOGY_CHANNEL = "topology"
-_KIND_UPDATE = "update"
-_KIND_REQUEST = "request-full"
-
-
-@dataclass(frozen=True, order=True)
-class ConnectionSummary:
-    """A connection as its owner reports it: remote peer, its TCP address, direction, state."""
-
-    remote_name: PeerName
-    remote_addr: str  # "ip:port" of the remote as the owner sees it (the dial target if outbound)
-    outbound: bool
-    established: bool
 
 
 LocalConnection = ConnectionSummary  # what the driver calls the entries of our own list
-
-
-@dataclass(frozen=True)
-class PeerEntry:
-    """One peer of the mesh; ``connections`` are sorted by remote name, one per remote."""
-
-    name: PeerName
-    nickname: str
-    uid: int
-    short_id: int
-    version: int
-    connections: tuple[ConnectionSummary, ...] = ()
-
-    def key(self) -> tuple[int, int, int, str, tuple[ConnectionSummary, ...]]:
-        """Merge order: the greater key wins (see the module docstring)."""
-        return (self.version, self.uid, self.short_id, self.nickname, self.connections)
 
 
 @dataclass(frozen=True)
@@ -141,6 +122,7 @@ class TopologyStatistics:
     records_dropped: int  # new peers refused because MAX_PEERS was reached
     full_requests: int
     peers_removed: int  # by garbage collection
+    records_refused: int = 0  # versions near the limit or too far ahead (see the module doc)
 
 
 class Topology:
@@ -165,6 +147,7 @@ class Topology:
         }
         self._generation = 0
         self._applied = self._stale = self._dropped = self._requests = self._removed = 0
+        self._refused = 0
 
     @property
     def ourself(self) -> PeerName:
@@ -232,7 +215,7 @@ class Topology:
         self._resolve_short_id()
         if old is None or old.version == 0:  # nothing, or only another handshake's word
             return None
-        return _encode(self._ourself, _KIND_UPDATE, [old])
+        return encode_payload(self._ourself, KIND_UPDATE, [old])
 
     def garbage_collect(self) -> set[PeerName]:
         """Drop peers unreachable from us over symmetric connections; returns their names.
@@ -252,37 +235,45 @@ class Topology:
         return removed
 
     def discovery_addresses(self, port: int) -> dict[str, PeerName]:
-        """Addresses of peers that others are connected to: ``"host:port" -> peer name``.
+        """Addresses of peers that others are connected to: ``"ip:port" -> peer name``.
 
         For peer discovery (as Weave does): an outbound connection's address is the
         target its owner dialled; for an inbound one only the host is useful, with
         ``port`` (ours, the mesh port) instead of the remote's ephemeral port.
-        Connections to ourself are skipped. The strings come from gossip: untrusted.
+        Connections to ourself are skipped. The strings come from gossip: untrusted, so
+        only IP literals are taken (a host name would make us look it up), at most
+        :data:`MAX_ADDRESSES_PER_PEER` per peer and :data:`MAX_DISCOVERED` in all; the
+        peers reporting the fewest connections are heard first, so one record claiming
+        thousands of connections cannot crowd out the rest.
         """
         found: dict[str, PeerName] = {}
-        for name, entry in self._entries.items():
+        per_peer: dict[PeerName, int] = {}
+        for name in sorted(self._entries, key=lambda n: (len(self._entries[n].connections), n)):
             if name == self._ourself:
                 continue
-            for conn in entry.connections:
-                if conn.remote_name == self._ourself:
+            for conn in self._entries[name].connections:
+                remote = conn.remote_name
+                if remote == self._ourself or per_peer.get(remote, 0) >= MAX_ADDRESSES_PER_PEER:
                     continue
-                host, sep, _ = conn.remote_addr.rpartition(":")
-                if conn.outbound:
-                    found[conn.remote_addr] = conn.remote_name
-                elif sep and host:
-                    found[f"{host}:{port}"] = conn.remote_name
+                addr = _discovery_address(conn, port)
+                if addr is None or addr in found:
+                    continue
+                found[addr] = remote
+                per_peer[remote] = per_peer.get(remote, 0) + 1
+                if len(found) >= MAX_DISCOVERED:
+                    return found
         return found
 
     # -- encoding ---------------------------------------------------------------------------
 
     def encode_full(self) -> bytes:
         """Every entry we know, as one "update" payload (see :meth:`encode_chunks`)."""
-        return _encode(self._ourself, _KIND_UPDATE, self._entries.values())
+        return encode_payload(self._ourself, KIND_UPDATE, self._entries.values())
 
     def encode_update(self, names: Iterable[PeerName]) -> bytes:
         """An "update" payload with the current entries of ``names`` (unknown ones skipped)."""
         entries = [self._entries[n] for n in sorted(set(names)) if n in self._entries]
-        return _encode(self._ourself, _KIND_UPDATE, entries)
+        return encode_payload(self._ourself, KIND_UPDATE, entries)
 
     def encode_chunks(self, names: Iterable[PeerName] | None = None) -> list[bytes]:
         """The entries of ``names`` (default: all) as "update" payloads that each fit a frame.
@@ -298,32 +289,31 @@ class Topology:
             entry = self._entries[name]
             cost = _RECORD_BOUND + _CONN_BOUND * len(entry.connections)
             if group and size + cost > CHUNK_BUDGET:
-                chunks.append(_encode(self._ourself, _KIND_UPDATE, group))
+                chunks.append(encode_payload(self._ourself, KIND_UPDATE, group))
                 group, size = [], 0
             group.append(entry)
             size += cost
         if group:
-            chunks.append(_encode(self._ourself, _KIND_UPDATE, group))
+            chunks.append(encode_payload(self._ourself, KIND_UPDATE, group))
         return chunks
 
     def encode_request_full(self) -> bytes:
         """A "request-full" payload: please send me everything you know."""
-        return _encode(self._ourself, _KIND_REQUEST, ())
+        return encode_payload(self._ourself, KIND_REQUEST, ())
 
     # -- merging ----------------------------------------------------------------------------
 
     def apply_update_untrusted(self, payload: bytes) -> UpdateResult:
         """Decode (DecodeError on anything malformed) and merge an update or a request."""
-        sender, kind, records = _decode(payload, self._stale_key)
-        if kind == _KIND_REQUEST:
+        sender, kind, records = decode_payload(payload, self._stale_key)
+        if kind == KIND_REQUEST:
             self._requests += 1
             empty: frozenset[PeerName] = frozenset()
             return UpdateResult(sender, True, empty, empty, empty, None)
         added: set[PeerName] = set()
         updated: set[PeerName] = set()
         for record in records:
-            if record is None:  # not newer than ours: its connections were not even decoded
-                self._stale += 1
+            if record is None:  # stale or refused (counted): its connections were not decoded
                 continue
             if record.name == self._ourself:
                 if self._answer_record_about_us(record):
@@ -354,21 +344,31 @@ class Topology:
         )
 
     def _stale_key(self, name: PeerName, version: int, uid: int, raw: Any) -> bool:
-        """Whether a received record cannot change the one we hold.
+        """Whether a received record must not change the one we hold (counted).
 
-        A lower (version, uid) loses the merge whatever it holds; an equal one that is
-        the very record we hold changes nothing. Both are decided without decoding.
+        Refused: a version near the limit, or one more than :data:`MAX_VERSION_STEP`
+        above the version we hold (0 for a peer we do not know). Stale: a lower
+        (version, uid) loses the merge whatever it holds; an equal one that is the very
+        record we hold changes nothing. All decided without decoding the connections.
         """
         old = self._entries.get(name)
+        held = old.version if old is not None else 0
+        if version >= VERSION_CEILING or version > held + MAX_VERSION_STEP:
+            self._refused += 1
+            return True
         if old is None:
             return False
         mine = (old.version, old.uid)
-        return (version, uid) < mine or ((version, uid) == mine and raw == _raw_record(old))
+        if (version, uid) < mine or ((version, uid) == mine and raw == raw_record(old)):
+            self._stale += 1
+            return True
+        return False
 
     def _answer_record_about_us(self, record: PeerEntry) -> bool:
         """A record naming us that is not ours and not older: bump above it. True if bumped."""
         mine = self._entries[self._ourself]
         if record == mine or record.key() < mine.key():
+            self._stale += 1
             return False
         self._store_own(dataclasses.replace(mine, version=record.version + 1))
         return True
@@ -406,6 +406,7 @@ class Topology:
             records_dropped=self._dropped,
             full_requests=self._requests,
             peers_removed=self._removed,
+            records_refused=self._refused,
         )
 
     def peer_statuses(self) -> tuple[PeerStatus, ...]:
@@ -435,109 +436,20 @@ class Topology:
         return entry.nickname if entry is not None else ""
 
 
-# -- codec ------------------------------------------------------------------------------------
-
-
-def _encode(sender: PeerName, kind: str, entries: Iterable[PeerEntry]) -> bytes:
-    head = {"v": FORMAT_VERSION, "from": int(sender), "kind": kind, "peers": []}
-    return cbor.encode_with_array_tail(head, [_encode_record(e) for e in entries])
-
-
-@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
-def _encode_record(e: PeerEntry) -> bytes:
-    """One peer record, encoded once per version: gossip re-sends records far more often
-    than they change, and a full mesh of N peers holds N records of N connections."""
-    return cbor.encode(_raw_record(e))
-
-
-@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
-def _raw_record(e: PeerEntry) -> list[Any]:
-    """The record as plain CBOR values (shared by the cache: never mutate it)."""
-    return [
-        int(e.name),
-        e.nickname,
-        e.uid,
-        e.short_id,
-        e.version,
-        [[int(c.remote_name), c.remote_addr, c.outbound, c.established] for c in e.connections],
-    ]
-
-
-def _decode(
-    payload: bytes, stale: Callable[[PeerName, int, int, Any], bool]
-) -> tuple[PeerName, str, list[PeerEntry | None]]:
-    """Untrusted payload -> (sender, kind, records); DecodeError on anything malformed.
-
-    A record for which ``stale(name, version, uid, raw)`` holds comes back as None, its
-    connections unread: in a mesh of N peers most records a peer receives are ones it
-    already has, and their N connections each would dominate the cost of gossip.
-    """
-    obj = cbor.decode_untrusted(payload, max_size=MAX_PAYLOAD, max_depth=MAX_DEPTH)
-    if not isinstance(obj, dict) or set(obj) != {"v", "from", "kind", "peers"}:
-        raise DecodeError("topology payload: expected a map with v, from, kind, peers")
-    if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
-        raise DecodeError(f"topology payload: unsupported version {obj['v']!r}")
-    kind = obj["kind"]
-    if kind not in (_KIND_UPDATE, _KIND_REQUEST):
-        raise DecodeError(f"topology payload: unknown kind {kind!r}")
-    sender = PeerName(_uint(obj["from"], NAME_BITS, "from"))
-    raw = obj["peers"]
-    if not isinstance(raw, list) or len(raw) > MAX_PEERS:
-        raise DecodeError(f"topology payload: peers must be a list of at most {MAX_PEERS}")
-    if kind == _KIND_REQUEST and raw:
-        raise DecodeError("topology payload: request-full carries no peers")
-    records = [_decode_record(r, stale) for r in raw]
-    names = [_record_name(r) for r in raw]
-    if len(set(names)) != len(names):
-        raise DecodeError("topology payload: a peer appears twice")
-    return sender, kind, records
-
-
-def _record_name(raw: Any) -> PeerName:
-    return PeerName(_uint(raw[0], NAME_BITS, "name"))  # shape checked by _decode_record
-
-
-def _decode_record(
-    raw: Any, stale: Callable[[PeerName, int, int, Any], bool]
-) -> PeerEntry | None:
-    if not isinstance(raw, list) or len(raw) != 6:
-        raise DecodeError("topology record: expected a list of 6 items")
-    name, nickname, uid, short_id, version, conns = raw
-    peer = PeerName(_uint(name, NAME_BITS, "name"))
-    if stale(peer, _uint(version, 64, "version"), _uint(uid, UID_BITS, "uid"), raw):
+def _discovery_address(conn: ConnectionSummary, port: int) -> str | None:
+    """``ip:port`` (``[ip]:port`` for IPv6) to dial for ``conn``; None unless an IP literal."""
+    host, sep, remote_port = conn.remote_addr.rpartition(":")
+    if not sep:
         return None
-    if not isinstance(nickname, str) or len(nickname) > MAX_NICKNAME:
-        raise DecodeError(f"topology record: nickname must be text of at most {MAX_NICKNAME}")
-    if _uint(uid, UID_BITS, "uid") == 0:
-        raise DecodeError("topology record: uid 0 is reserved")
-    _uint(short_id, SHORT_ID_BITS, "short_id")
-    if _uint(version, 64, "version") >= MAX_VERSION:
-        raise DecodeError("topology record: version too large")
-    if not isinstance(conns, list) or len(conns) > MAX_CONNECTIONS:
-        raise DecodeError(f"topology record: at most {MAX_CONNECTIONS} connections")
-    decoded = tuple(sorted(_decode_connection(c) for c in conns))
-    remotes = {c.remote_name for c in decoded}
-    if len(remotes) != len(decoded):
-        raise DecodeError("topology record: two connections to the same peer")
-    return PeerEntry(peer, nickname, uid, short_id, version, decoded)
-
-
-def _decode_connection(raw: Any) -> ConnectionSummary:
-    if not isinstance(raw, list) or len(raw) != 4:
-        raise DecodeError("topology connection: expected a list of 4 items")
-    remote, address, outbound, established = raw
-    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
-        raise DecodeError(f"topology connection: address must be text of at most {MAX_ADDRESS}")
-    if type(outbound) is not bool or type(established) is not bool:
-        raise DecodeError("topology connection: outbound and established must be booleans")
-    peer = PeerName(_uint(remote, NAME_BITS, "remote"))
-    return ConnectionSummary(peer, address, outbound, established)
-
-
-def _uint(value: Any, bits: int, what: str) -> int:
-    if type(value) is not int or not 0 <= value < (1 << bits):
-        raise DecodeError(f"topology payload: {what} must be an unsigned {bits}-bit integer")
-    return value
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return None
+    if not conn.outbound:
+        remote_port = str(port)
+    elif not remote_port.isdigit() or not 0 < int(remote_port) < 65536:
+        return None
+    return f"[{ip}]:{remote_port}" if ip.version == 6 else f"{ip}:{remote_port}"
 
 
 def _check_local(nickname: str, uid: int, short_id: int) -> None:

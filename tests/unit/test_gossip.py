@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from router.errors import DecodeError, LocalProtocolError, RemoteProtocolError
+from router.errors import BrokenError, DecodeError, LocalProtocolError, RemoteProtocolError
 from router.mesh.gossip import (
     BroadcastIn,
     BroadcastOut,
@@ -429,3 +429,53 @@ def test_bad_topology_payload_drops_the_neighbour() -> None:
     node = Node(1)
     with pytest.raises(RemoteProtocolError):
         node.router.receive(_n(2), GossipIn("topology", _n(2), b"\x00garbage"))
+
+
+class Exploding:
+    """A gossiper whose every entry point raises ``exc`` (IPAM's BrokenError, a bug)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
+        raise self.exc
+
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> GossipData | None:
+        raise self.exc
+
+    def gossip(self) -> GossipData | None:
+        return None
+
+    def on_gossip(self, payload: bytes) -> GossipData | None:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [
+    BrokenError("Merge of incoming data causes: version out of range"),
+    ValueError("x"), KeyError("k"), ZeroDivisionError(), AssertionError("bug"),
+    LocalProtocolError("misuse"), RecursionError(),
+])
+def test_any_gossiper_exception_is_the_sending_peers_fault(exc: Exception) -> None:
+    routers = wired([(1, 2)], {})
+    r2 = routers[_n(2)]
+    r2.register("boom", Exploding(exc))
+    events: list[InEvent] = [GossipIn("boom", _n(1), b"x"), BroadcastIn("boom", _n(1), b"x"),
+                             UnicastIn("boom", _n(1), _n(2), b"x")]
+    for event in events:
+        with pytest.raises(RemoteProtocolError, match="gossip channel 'boom'") as info:
+            r2.receive(_n(1), event)
+        assert info.value.__cause__ is exc
+    assert r2.statistics().bad_payloads == 3
+
+
+class Interrupting(Exploding):
+    def on_gossip(self, payload: bytes) -> GossipData | None:
+        raise KeyboardInterrupt
+
+
+def test_base_exceptions_are_not_swallowed() -> None:
+    routers = wired([(1, 2)], {})
+    r2 = routers[_n(2)]
+    r2.register("boom", Interrupting(ValueError()))
+    with pytest.raises(KeyboardInterrupt):
+        r2.receive(_n(1), GossipIn("boom", _n(1), b"x"))

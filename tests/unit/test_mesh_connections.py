@@ -29,6 +29,12 @@ class Conn:
     satisfies: set[str] = field(default_factory=set)
     close_reason: str = ""
     closed: str | None = None
+    started: float = 0.0
+    heard: float = 0.0
+
+    @property
+    def last_heard(self) -> float:
+        return self.heard
 
     @property
     def remote(self) -> PeerName:
@@ -92,3 +98,61 @@ def test_a_reused_connection_id_is_refused_and_removal_tells_the_maker() -> None
     assert len(reg) == 0 and reg.by_id(7) is None
     assert maker.statistics().connections == 0
     assert maker.statistics().disconnections == 1
+
+
+def test_a_settled_connection_keeps_its_name_against_a_second_claimant() -> None:
+    """issue 9 item 6: an authenticated peer claiming a connected peer's name took over."""
+    reg, maker = registry(A, [ADDR[B]])
+    real = conn(A, B, A, 1)  # we dialled B
+    assert reg.admit(real, 0.0).admitted
+    for dialled_by in (A, B):  # B dialled by A would win the tie-break against B's
+        liar = conn(A, B, B, 2 + int(dialled_by))
+        liar.address = "192.0.2.99:40000"
+        real.heard = 20.0
+        admission = reg.admit(liar, 30.0)  # 30 s old, heard 10 s ago: settled
+        assert not admission.admitted and admission.refused and admission.displaced is None
+        assert f"already connected at {ADDR[B]}" in liar.close_reason
+        assert reg.get(B) is real and real.closed is None and real.target == ADDR[B]
+    assert maker.statistics().connections == 1
+
+
+def test_a_quiet_connection_can_be_replaced() -> None:
+    reg, _maker = registry(A, [])
+    real = conn(A, B, B, 1)  # B dialled us
+    assert reg.admit(real, 0.0).admitted
+    restarted = conn(A, B, B, 2)
+    admission = reg.admit(restarted, 100.0)  # nothing heard from the old one for 100 s
+    assert admission.admitted and admission.displaced is real
+    assert reg.get(B) is restarted
+
+
+def test_a_dial_reaching_a_peer_we_have_counts_as_connected_to_it() -> None:
+    reg, maker = registry(A, [ADDR[B]])
+    real = conn(A, B, B, 1)
+    real.address = "192.0.2.11:40000"
+    assert reg.admit(real, 0.0).admitted
+    real.heard = 25.0
+    dialled = conn(A, B, A, 2)  # our dial of B's address found B already connected...
+    admission = reg.admit(dialled, 30.0)
+    assert admission.refused and dialled.target is None and ADDR[B] in real.satisfies
+    assert not reg.remove(dialled, 30.0)  # ...so it is not retried while B's connection lives
+    assert maker.target_statuses(30.0, 0.0) == []
+    real.close_reason = "gone"
+    assert reg.remove(real, 31.0)
+    assert [s.state for s in maker.target_statuses(31.0, 0.0)] == ["failed"]
+
+
+def test_a_target_without_port_is_not_dialled_while_its_host_is_connected_inbound() -> None:
+    """issue 10 item 8: the target showed "failed" next to the live inbound connection."""
+    reg, maker = registry(A, ["192.0.2.11"])  # no port
+    maker.dial_failed(ADDR[B], 1.0, "connection refused", retry=True)  # B was not up yet
+    assert [s.state for s in maker.target_statuses(1.0, 0.0)] == ["failed"]
+    inbound = conn(A, B, B, 1)
+    inbound.address = "192.0.2.11:40000"
+    assert reg.admit(inbound, 2.0).admitted
+    assert maker.target_statuses(2.0, 0.0) == []  # dropped from the list, as Weave does
+    assert maker.dials_due(100.0) == []
+    assert maker.statistics().connections == 1
+    inbound.close_reason = "gone"
+    reg.remove(inbound, 101.0)
+    assert maker.dials_due(101.0) == [ADDR[B]]  # wanted again once the peer is gone

@@ -14,6 +14,7 @@ from router.config import MeshTimings
 from router.errors import ConfigError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.mesh.targets import (
+    MAX_DISCOVERED_TARGETS,
     AcceptLimiter,
     BackoffPolicy,
     ConnectionMaker,
@@ -303,7 +304,7 @@ def test_portless_target_is_not_dialled_while_that_host_is_connected_to_us() -> 
     cm.connected("10.0.0.2:40001", P2, 0.0, outbound=False)
     cm.connected("10.0.0.3:40002", P3, 0.0, outbound=False)
     assert cm.dials_due(0.0) == ["10.0.0.3:6783"]  # an explicit port is always dialled
-    cm.disconnected("10.0.0.2:40001", P2, 1.0, "closed")
+    cm.disconnected("10.0.0.2:40001", P2, 1.0, "closed", inbound=True)
     assert cm.dials_due(1.0) == ["10.0.0.2:6783"]
 
 
@@ -454,3 +455,15 @@ def test_never_more_than_conn_limit(ops: list[tuple[str, int, float]]) -> None:
         assert cm.room() == 3 - len(connecting) - len(live)
         if cm.room() == 0:
             assert cm.deadline() == math.inf
+
+
+def test_discovered_host_names_are_never_dialled_and_discovery_is_bounded() -> None:
+    """issue 9 item 8: gossip could make us look up and dial any host name."""
+    cm = make()
+    cm.set_discovered(["evil.example:6783", "localhost:22", "10.0.0.5:6783", "[fd00::5]:6783"])
+    assert sorted(cm.dials_due(0.0)) == ["10.0.0.5:6783", "[fd00::5]:6783"]
+    assert cm.statistics().discovered_dropped == 2
+    cm.set_discovered([f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:6783" for i in range(5000)])
+    assert cm.statistics().discovered_targets == MAX_DISCOVERED_TARGETS
+    cm.add_targets(["user.example"], replace=False)  # a user's own target may be a name
+    assert "user.example:6783" in cm.direct_targets()

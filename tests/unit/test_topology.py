@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ipaddress
 import random
 
 import pytest
@@ -12,7 +14,11 @@ from hypothesis import strategies as st
 from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.mesh.topology import (
+    MAX_ADDRESSES_PER_PEER,
     MAX_CONNECTIONS,
+    MAX_DISCOVERED,
+    MAX_VERSION,
+    MAX_VERSION_STEP,
     ConnectionSummary,
     PeerEntry,
     Topology,
@@ -450,3 +456,77 @@ def test_fuzz_structures_only_decode_error(peers: object, kind: int) -> None:
                         "peers": peers})
     with contextlib.suppress(DecodeError):
         a.apply_update_untrusted(data)
+
+
+def _connected_pair() -> tuple[Topology, Topology]:
+    h1, h2 = topo(1), topo(2)
+    h1.set_local_connections([conn(2)])
+    h2.set_local_connections([conn(1)])
+    exchange_full(h1, h2)
+    return h1, h2
+
+
+def test_a_forged_record_at_the_version_limit_partitions_nobody() -> None:
+    """issue 9 item 2: a lie about h2 at 2**62-1 made h2 bump past the decode limit, and
+    h1 then refused every later update from h2 ("version too large") for good."""
+    h1, h2 = _connected_pair()
+    lie = payload([(2, "host2", 1002, 2, MAX_VERSION - 1, [])], sender=0x99)
+    for victim in (h1, h2):
+        assert not victim.apply_update_untrusted(lie).changed  # refused, not adopted
+        assert victim.statistics().records_refused == 1
+    assert h2.local_entry().version < MAX_VERSION - MAX_VERSION_STEP  # never bumped past
+    # h2's own later updates still reach h1 and win there.
+    update = h2.set_local_connections([conn(1), conn(3)])
+    assert update is not None
+    assert h1.apply_update_untrusted(update).updated == {_n(2)}
+    assert h1.peers()[_n(2)] == h2.local_entry()
+
+
+def test_a_forged_record_within_the_step_is_outbid_by_its_owner() -> None:
+    h1, h2 = _connected_pair()
+    held = h1.peers()[_n(2)].version
+    lie = payload([(2, "host2", 1002, 2, held + MAX_VERSION_STEP, [])], sender=0x99)
+    assert h1.apply_update_untrusted(lie).updated == {_n(2)}  # believed for now...
+    assert h1.peers()[_n(2)].connections == ()
+    result = h2.apply_update_untrusted(lie)  # ...until the gossip reaches its owner
+    assert result.delta is not None and h2.local_entry().version == held + MAX_VERSION_STEP + 1
+    h1.apply_update_untrusted(result.delta)
+    assert h1.peers()[_n(2)] == h2.local_entry()  # the owner's truth, everywhere
+
+
+@pytest.mark.parametrize("version", [MAX_VERSION_STEP + 3, MAX_VERSION - MAX_VERSION_STEP])
+def test_jumps_beyond_the_step_and_versions_near_the_limit_are_refused(version: int) -> None:
+    h1, h2 = _connected_pair()
+    h3 = topo(3)
+    for victim, name in ((h1, 2), (h1, 7), (h2, 2), (h3, 9)):  # known, unknown, ourself
+        before = victim.peers()
+        lie = payload([(name, "x", 5, 9, version, [])], sender=0x99)
+        assert not victim.apply_update_untrusted(lie).changed
+        assert victim.peers() == before
+
+
+def test_discovery_is_bounded_and_only_ip_addresses() -> None:
+    """issue 9 item 8: gossip made us dial up to 10,000 host:port strings, host names too."""
+    a = topo(1)
+    a.set_local_connections([conn(2)])
+    liar = [(3, "evil.example:6783", True, True), (4, "localhost:22", True, False)]
+    liar += [(6 + i, f"10.6.{i // 250}.{i % 250}:{1 + i}", True, True) for i in range(2000)]
+    a.apply_update_untrusted(payload([(2, "two", 22, 2, 1, liar)]))
+    others = [(7000 + j, "x", 70 + j, 9, 1, [(5, f"10.5.{j}.1:6783", True, True)])
+              for j in range(MAX_ADDRESSES_PER_PEER + 2)]
+    a.apply_update_untrusted(payload(others))
+    found = a.discovery_addresses(6783)
+    assert all(ipaddress.ip_address(addr.rpartition(":")[0]) for addr in found)
+    assert "evil.example:6783" not in found and "localhost:22" not in found
+    assert len(found) <= MAX_DISCOVERED
+    per_peer = collections.Counter(found.values())
+    assert per_peer[_n(5)] == MAX_ADDRESSES_PER_PEER
+    assert max(per_peer.values()) <= MAX_ADDRESSES_PER_PEER
+
+
+def test_discovery_keeps_ipv6_literals() -> None:
+    a = topo(1)
+    a.set_local_connections([conn(2)])
+    a.apply_update_untrusted(payload([(2, "two", 22, 2, 1, [(3, "[fd00::3]:6783", True, True),
+                                                            (4, "[fd00::4]:40000", False, True)])]))
+    assert a.discovery_addresses(6783) == {"[fd00::3]:6783": _n(3), "[fd00::4]:6783": _n(4)}

@@ -1,0 +1,170 @@
+"""The topology's payloads: peer records and their CBOR codec (see ``topology.py``).
+
+Payload layout (CBOR through :mod:`router.wire.cbor`), one channel for both kinds::
+
+    {"v": 1, "from": <sender name, uint48>, "kind": "update" | "request-full",
+     "peers": [record, ...]}                 (empty list for "request-full")
+    record = [name: uint48, nickname: text, uid: uint64 (non-zero), short_id: uint12,
+              version: uint (< 2**62; >= 2**62 - 2**32 refused), [conn, ...]]
+    conn   = [remote name: uint48, address "ip:port": text, outbound: bool,
+              established: bool]
+
+A full topology is an "update" holding every record; :meth:`Topology.encode_chunks`
+splits a large one into payloads of at most :data:`CHUNK_BUDGET` bytes. Limits:
+:data:`MAX_PEERS` records, :data:`MAX_CONNECTIONS` connections per record (remote names
+unique), :data:`MAX_NICKNAME` characters, :data:`MAX_ADDRESS` characters, payload at most
+:data:`MAX_PAYLOAD` bytes. Anything else is a :class:`~router.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from router.errors import DecodeError
+from router.mesh.names import NAME_BITS, SHORT_ID_BITS, UID_BITS, PeerName
+from router.wire import cbor
+from router.wire.constants import MAX_FRAME_SIZE, MAX_NICKNAME_LEN
+
+FORMAT_VERSION = 1
+MAX_PEERS = 10_000
+MAX_CONNECTIONS = 2048
+MAX_NICKNAME = MAX_NICKNAME_LEN  # characters
+MAX_ADDRESS = 64  # characters: "[v6 address]:port" fits
+MAX_VERSION = 1 << 62  # versions at or above do not decode (the sender is dropped)
+MAX_PAYLOAD = MAX_FRAME_SIZE  # bytes: a payload travels in one frame
+MAX_DEPTH = 6
+RECORD_CACHE_SIZE = 4096  # encoded peer records kept (process-wide, LRU)
+CHUNK_BUDGET = 2 * 1024 * 1024  # bytes (estimated) per payload of a chunked update
+KIND_UPDATE = "update"
+KIND_REQUEST = "request-full"
+
+
+@dataclass(frozen=True, order=True)
+class ConnectionSummary:
+    """A connection as its owner reports it: remote peer, its TCP address, direction, state."""
+
+    remote_name: PeerName
+    remote_addr: str  # "ip:port" of the remote as the owner sees it (the dial target if outbound)
+    outbound: bool
+    established: bool
+
+
+@dataclass(frozen=True)
+class PeerEntry:
+    """One peer of the mesh; ``connections`` are sorted by remote name, one per remote."""
+
+    name: PeerName
+    nickname: str
+    uid: int
+    short_id: int
+    version: int
+    connections: tuple[ConnectionSummary, ...] = ()
+
+    def key(self) -> tuple[int, int, int, str, tuple[ConnectionSummary, ...]]:
+        """Merge order: the greater key wins (see the module docstring)."""
+        return (self.version, self.uid, self.short_id, self.nickname, self.connections)
+
+
+def encode_payload(sender: PeerName, kind: str, entries: Iterable[PeerEntry]) -> bytes:
+    head = {"v": FORMAT_VERSION, "from": int(sender), "kind": kind, "peers": []}
+    return cbor.encode_with_array_tail(head, [_encode_record(e) for e in entries])
+
+
+@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
+def _encode_record(e: PeerEntry) -> bytes:
+    """One peer record, encoded once per version: gossip re-sends records far more often
+    than they change, and a full mesh of N peers holds N records of N connections."""
+    return cbor.encode(raw_record(e))
+
+
+@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
+def raw_record(e: PeerEntry) -> list[Any]:
+    """The record as plain CBOR values (shared by the cache: never mutate it)."""
+    return [
+        int(e.name),
+        e.nickname,
+        e.uid,
+        e.short_id,
+        e.version,
+        [[int(c.remote_name), c.remote_addr, c.outbound, c.established] for c in e.connections],
+    ]
+
+
+def decode_payload(
+    payload: bytes, stale: Callable[[PeerName, int, int, Any], bool]
+) -> tuple[PeerName, str, list[PeerEntry | None]]:
+    """Untrusted payload -> (sender, kind, records); DecodeError on anything malformed.
+
+    A record for which ``stale(name, version, uid, raw)`` holds comes back as None, its
+    connections unread: in a mesh of N peers most records a peer receives are ones it
+    already has, and their N connections each would dominate the cost of gossip.
+    """
+    obj = cbor.decode_untrusted(payload, max_size=MAX_PAYLOAD, max_depth=MAX_DEPTH)
+    if not isinstance(obj, dict) or set(obj) != {"v", "from", "kind", "peers"}:
+        raise DecodeError("topology payload: expected a map with v, from, kind, peers")
+    if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
+        raise DecodeError(f"topology payload: unsupported version {obj['v']!r}")
+    kind = obj["kind"]
+    if kind not in (KIND_UPDATE, KIND_REQUEST):
+        raise DecodeError(f"topology payload: unknown kind {kind!r}")
+    sender = PeerName(_uint(obj["from"], NAME_BITS, "from"))
+    raw = obj["peers"]
+    if not isinstance(raw, list) or len(raw) > MAX_PEERS:
+        raise DecodeError(f"topology payload: peers must be a list of at most {MAX_PEERS}")
+    if kind == KIND_REQUEST and raw:
+        raise DecodeError("topology payload: request-full carries no peers")
+    records = [_decode_record(r, stale) for r in raw]
+    names = [_record_name(r) for r in raw]
+    if len(set(names)) != len(names):
+        raise DecodeError("topology payload: a peer appears twice")
+    return sender, kind, records
+
+
+def _record_name(raw: Any) -> PeerName:
+    return PeerName(_uint(raw[0], NAME_BITS, "name"))  # shape checked by _decode_record
+
+
+def _decode_record(
+    raw: Any, stale: Callable[[PeerName, int, int, Any], bool]
+) -> PeerEntry | None:
+    if not isinstance(raw, list) or len(raw) != 6:
+        raise DecodeError("topology record: expected a list of 6 items")
+    name, nickname, uid, short_id, version, conns = raw
+    peer = PeerName(_uint(name, NAME_BITS, "name"))
+    if _uint(version, 64, "version") >= MAX_VERSION:
+        raise DecodeError("topology record: version too large")
+    if stale(peer, version, _uint(uid, UID_BITS, "uid"), raw):
+        return None
+    if not isinstance(nickname, str) or len(nickname) > MAX_NICKNAME:
+        raise DecodeError(f"topology record: nickname must be text of at most {MAX_NICKNAME}")
+    if _uint(uid, UID_BITS, "uid") == 0:
+        raise DecodeError("topology record: uid 0 is reserved")
+    _uint(short_id, SHORT_ID_BITS, "short_id")
+    if not isinstance(conns, list) or len(conns) > MAX_CONNECTIONS:
+        raise DecodeError(f"topology record: at most {MAX_CONNECTIONS} connections")
+    decoded = tuple(sorted(_decode_connection(c) for c in conns))
+    remotes = {c.remote_name for c in decoded}
+    if len(remotes) != len(decoded):
+        raise DecodeError("topology record: two connections to the same peer")
+    return PeerEntry(peer, nickname, uid, short_id, version, decoded)
+
+
+def _decode_connection(raw: Any) -> ConnectionSummary:
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise DecodeError("topology connection: expected a list of 4 items")
+    remote, address, outbound, established = raw
+    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
+        raise DecodeError(f"topology connection: address must be text of at most {MAX_ADDRESS}")
+    if type(outbound) is not bool or type(established) is not bool:
+        raise DecodeError("topology connection: outbound and established must be booleans")
+    peer = PeerName(_uint(remote, NAME_BITS, "remote"))
+    return ConnectionSummary(peer, address, outbound, established)
+
+
+def _uint(value: Any, bits: int, what: str) -> int:
+    if type(value) is not int or not 0 <= value < (1 << bits):
+        raise DecodeError(f"topology payload: {what} must be an unsigned {bits}-bit integer")
+    return value
