@@ -12,7 +12,12 @@ operations to them the way Linux does (``router/kernel/port.py`` lists the errno
 * only a bridge can be a master (``EOPNOTSUPP``), and a bridge cannot be a port (``ELOOP``);
 * MTUs are checked against each kind's range; a bridge's MTU is pinned (as ``AddBridge``
   makes it on the real kernel) so ports never change it;
-* a TAP is a ``tun`` link that lives while its :class:`FakeTap` is open.
+* a TAP is a ``tun`` link that lives while its :class:`FakeTap` is open;
+* a VXLAN device's VNI and port are unique in its namespace (``EEXIST``); FDB entries go
+  only on VXLAN devices (``EOPNOTSUPP``); appending a flood entry that is there already
+  succeeds, a second unicast entry for a MAC is ``EEXIST``; deleting an entry for a MAC
+  that has none is ``ENOENT``, while deleting a missing remote of a MAC that has others
+  succeeds and changes nothing (both as the kernel's ``vxlan_fdb_delete``).
 
 Left out on purpose (no plan depends on them): kernel-derived routes (snapshots of the real
 port leave them out too), IPv6 link-local addresses, a bridge adopting a port's MAC, and
@@ -25,20 +30,25 @@ from __future__ import annotations
 import errno
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from router.errors import ClosedError, KernelError
 from router.kernel.port import (
     MTU_MAX,
     MTU_MIN,
+    VNI_MAX,
     AddAddress,
     AddBridge,
+    AddFdb,
     Address,
     AddRoute,
     AddVeth,
+    AddVxlan,
     DeleteAddress,
+    DeleteFdb,
     DeleteLink,
     DeleteRoute,
+    FdbEntry,
     KernelStatistics,
     Link,
     NetnsState,
@@ -49,6 +59,7 @@ from router.kernel.port import (
     SetMaster,
     SetMtu,
     SetUp,
+    VxlanDevice,
     kernel_error,
 )
 
@@ -60,6 +71,8 @@ class _Link:
     link: Link
     peer: tuple[str | None, str] | None = None  # veth: (namespace, name) of the other end
     tap_open: bool = False
+    vxlan: AddVxlan | None = None  # a VXLAN device: how it was made
+    fdb: set[FdbEntry] = field(default_factory=set)  # a VXLAN device's own entries
 
 
 class _Netns:
@@ -155,6 +168,20 @@ class FakeKernel:
                 raise
             self._bump(ops_applied=1)
 
+    async def vxlan(self, name: str, *, netns: str | None = None) -> VxlanDevice | None:
+        """See :meth:`router.kernel.port.OverlayPort.vxlan`."""
+        self._check_open()
+        item = self._get(netns).links.get(name)
+        self._bump(snapshots=1)
+        if item is None:
+            return None
+        if item.vxlan is None:
+            raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a "
+                               f"{item.link.kind or 'device'}, not a VXLAN device")
+        return VxlanDevice(link=item.link, vni=item.vxlan.vni, port=item.vxlan.port,
+                           local=item.vxlan.local, learning=False, remote=None,
+                           fdb=frozenset(item.fdb))
+
     async def open_tap(self, name: str, *, netns: str | None = None) -> FakeTap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""
         self._check_open()
@@ -249,6 +276,12 @@ class FakeKernel:
                 self._add_route(op)
             case DeleteRoute():
                 self._delete_route(op)
+            case AddVxlan():
+                self._add_vxlan(op)
+            case AddFdb():
+                self._add_fdb(op)
+            case DeleteFdb():
+                self._delete_fdb(op)
 
     def _check_mtu(self, kind: str, mtu: int, op: Op) -> None:
         if not MTU_MIN <= mtu <= MAX_MTU_BY_KIND.get(kind, MTU_MAX):
@@ -394,6 +427,35 @@ class FakeKernel:
                 ns.routes.remove(r)
                 return
         raise kernel_error(errno.ESRCH, str(op))
+
+    def _add_vxlan(self, op: AddVxlan) -> None:
+        ns = self._get(op.netns)
+        if op.name in ns.links or any(
+                item.vxlan is not None and (item.vxlan.vni, item.vxlan.port) == (op.vni, op.port)
+                for item in ns.links.values()):
+            raise kernel_error(errno.EEXIST, str(op))
+        if not 0 <= op.vni <= VNI_MAX or not 0 < op.port < 65536:
+            raise kernel_error(errno.EINVAL, str(op))
+        self._check_mtu("vxlan", op.mtu, op)
+        self._new_link(ns, op.name, "vxlan", op.mtu, self._mac()).vxlan = op
+
+    def _vxlan_of(self, op: AddFdb | DeleteFdb) -> _Link:
+        item = self._find(op.netns, op.ifname, op)
+        if item.vxlan is None:
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a VXLAN device")
+        return item
+
+    def _add_fdb(self, op: AddFdb) -> None:
+        item = self._vxlan_of(op)
+        if not op.entry.flood and any(e.mac == op.entry.mac for e in item.fdb):
+            raise kernel_error(errno.EEXIST, str(op))
+        item.fdb.add(op.entry)
+
+    def _delete_fdb(self, op: DeleteFdb) -> None:
+        item = self._vxlan_of(op)
+        if not any(e.mac == op.entry.mac for e in item.fdb):
+            raise kernel_error(errno.ENOENT, str(op))
+        item.fdb.discard(op.entry)
 
 
 def _same_subnet(a: Address, b: Address) -> bool:

@@ -45,12 +45,16 @@ from router.kernel.port import (
     MTU_MAX,
     AddAddress,
     AddBridge,
+    AddFdb,
     Address,
     AddRoute,
     AddVeth,
+    AddVxlan,
     DeleteAddress,
+    DeleteFdb,
     DeleteLink,
     DeleteRoute,
+    FdbEntry,
     KernelStatistics,
     Link,
     NetnsState,
@@ -62,6 +66,7 @@ from router.kernel.port import (
     SetMaster,
     SetMtu,
     SetUp,
+    VxlanDevice,
     is_link_local,
     kernel_error,
 )
@@ -73,6 +78,7 @@ RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2  # routes the kernel derives from addresses: not ours, left out of snapshots
 RTN_UNICAST = 1
 IFF_UP = 0x1
+NTF_SELF = 0x02  # an FDB entry of the device itself (not the bridge's view of its port)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -265,6 +271,27 @@ def _addr_args(ipr: Any, op: AddAddress | DeleteAddress) -> dict[str, Any]:
 
 
 _Handler = Callable[[_Worker, Any, Any], None]
+
+
+def _add_vxlan(w: _Worker, ipr: Any, op: AddVxlan) -> None:
+    ipr.link("add", ifname=op.name, kind="vxlan", vxlan_id=op.vni, vxlan_port=op.port,
+             vxlan_local=str(op.local), vxlan_learning=0, mtu=op.mtu)
+
+
+def _fdb(verb: str) -> _Handler:
+    # "append" adds a remote beside the others for the flood MAC; a unicast MAC takes "add"
+    # (exclusive). Flags are explicit: pyroute2 would otherwise aim some verbs at the bridge.
+    # Only VXLAN devices: the kernel would put a unicast MAC on another device's address
+    # list, and refuses the flood MAC there with EINVAL.
+    def handler(w: _Worker, ipr: Any, op: AddFdb | DeleteFdb) -> None:
+        index = _index(ipr, op.ifname, op)
+        [msg] = ipr.link("get", index=index)  # the kernel would take some on other devices
+        if _link(msg, {}).kind != "vxlan":
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a VXLAN device")
+        kind = verb if verb == "del" or not op.entry.flood else "append"
+        ipr.fdb(kind, ifindex=index, lladdr=op.entry.mac, dst=str(op.entry.dst),
+                flags=NTF_SELF)
+    return handler
 _HANDLERS: dict[type, _Handler] = {
     AddBridge: _add_bridge,
     AddVeth: _add_veth,
@@ -278,6 +305,9 @@ _HANDLERS: dict[type, _Handler] = {
     DeleteAddress: lambda w, ipr, op: ipr.addr("del", **_addr_args(ipr, op)),
     AddRoute: lambda w, ipr, op: ipr.route("add", **_route_args(ipr, op.route, op)),
     DeleteRoute: lambda w, ipr, op: ipr.route("del", **_route_args(ipr, op.route, op)),
+    AddVxlan: _add_vxlan,
+    AddFdb: _fdb("add"),
+    DeleteFdb: _fdb("del"),
 }
 
 
@@ -305,6 +335,47 @@ def _take_snapshot(w: _Worker, netns: str | None) -> NetnsState:
     except NetlinkError as exc:
         raise kernel_error(exc.code, f"snapshot{'' if netns is None else ' of ' + netns}") \
             from None
+
+
+def _vxlan(ipr: Any, name: str) -> VxlanDevice | None:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return None
+    [msg] = ipr.link("get", index=found[0])
+    names = {int(found[0]): name}
+    master = msg.get_attr("IFLA_MASTER")
+    if master:
+        names[master] = ipr.link("get", index=master)[0].get_attr("IFLA_IFNAME")
+    link = _link(msg, names)
+    info = msg.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    if link.kind != "vxlan" or data is None:
+        raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a {link.kind or 'device'}, "
+                           "not a VXLAN device")
+    local, group = data.get_attr("IFLA_VXLAN_LOCAL"), data.get_attr("IFLA_VXLAN_GROUP")
+    return VxlanDevice(
+        link=link, vni=data.get_attr("IFLA_VXLAN_ID"), port=data.get_attr("IFLA_VXLAN_PORT"),
+        local=ipaddress.IPv4Address(local) if local else None,
+        learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+        remote=ipaddress.IPv4Address(group) if group else None,
+        fdb=frozenset(_fdb_entries(ipr, link.index)),
+    )
+
+
+def _fdb_entries(ipr: Any, index: int) -> Iterator[FdbEntry]:
+    for msg in ipr.fdb("dump", ifindex=index):
+        dst = msg.get_attr("NDA_DST")
+        if msg["ifindex"] == index and msg["flags"] & NTF_SELF and dst and ":" not in dst:
+            yield FdbEntry(msg.get_attr("NDA_LLADDR").lower(), ipaddress.IPv4Address(dst))
+
+
+def _read_vxlan(w: _Worker, name: str, netns: str | None) -> VxlanDevice | None:
+    try:
+        with w.batch() as ipr:
+            return _vxlan(ipr(netns), name)
+    except NetlinkError as exc:
+        where = "" if netns is None else f" in {netns}"
+        raise kernel_error(exc.code, f"read vxlan {name}{where}") from None
 
 
 # --- the port -----------------------------------------------------------------------------
@@ -372,6 +443,12 @@ class NetlinkPort:
         self._bump(ops_applied=done, ops_failed=0 if error is None else 1)
         if error is not None:
             raise error
+
+    async def vxlan(self, name: str, *, netns: str | None = None) -> VxlanDevice | None:
+        """See :meth:`router.kernel.port.OverlayPort.vxlan`."""
+        device = await self._run(lambda: _read_vxlan(self._w(), name, netns))
+        self._bump(snapshots=1)
+        return device
 
     async def open_tap(self, name: str, *, netns: str | None = None) -> tapdev.Tap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""

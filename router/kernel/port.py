@@ -18,6 +18,11 @@ kernel failure surfaces as :class:`~router.errors.KernelError` with the kernel's
 (route through a link that is down), ``EOPNOTSUPP`` (master is not a bridge), ``EBUSY``
 (TAP already open), ``EINVAL`` (value the kernel refuses, e.g. an MTU out of range).
 
+fastdp's VXLAN device (:class:`AddVxlan`, :class:`AddFdb`, :class:`DeleteFdb`, read back
+with :meth:`OverlayPort.vxlan`) adds: ``EEXIST`` (another VXLAN device has that VNI and
+port, or a unicast MAC has an entry), ``ENOENT`` (no FDB entry for that MAC),
+``EOPNOTSUPP`` (FDB entries on a device that is not VXLAN).
+
 Namespaces are named by path (``/run/netns/NAME``, ``/proc/PID/ns/net``); ``None`` is the
 namespace the port was opened in (the router's own). :func:`resolve_netns` turns what a user
 typed (a name from ``ip netns``, a path, or a PID) into such a path.
@@ -317,8 +322,102 @@ def _route_text(route: Route) -> str:
     return text
 
 
+# --- VXLAN (fastdp) ---------------------------------------------------------------------------
+
+VNI_MAX = 0xFFFFFF  # a VXLAN network identifier is 24 bits
+FLOOD_MAC = "00:00:00:00:00:00"  # FDB entry for unknown/broadcast/multicast destinations
+
+
+@dataclass(frozen=True)
+class AddVxlan:
+    """Create a VXLAN device: learning off, no default remote (FDB entries say where to send).
+
+    ``port`` is the UDP port the device listens on and sends to (Weave: 6784, its port+1).
+    """
+
+    name: str
+    vni: int
+    port: int  # UDP
+    local: ipaddress.IPv4Address  # underlay source address
+    mtu: int  # bytes
+    netns: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+
+    def __str__(self) -> str:
+        return (f"add vxlan {self.name} id {self.vni} dstport {self.port} local {self.local}"
+                f" mtu {self.mtu}{_where(self.netns)}")
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """Where the VXLAN device sends frames for ``mac``: to the peer at ``dst``.
+
+    ``mac == FLOOD_MAC`` is a flood entry: a device may have one per remote (``append``),
+    and sends each broadcast, multicast or unknown-unicast frame to all of them. Any other
+    MAC has at most one entry.
+    """
+
+    mac: str
+    dst: ipaddress.IPv4Address
+
+    def __post_init__(self) -> None:
+        check_mac(self.mac)
+
+    @property
+    def flood(self) -> bool:
+        """True for a flood (all-zeros MAC) entry."""
+        return self.mac == FLOOD_MAC
+
+    def __str__(self) -> str:
+        return f"{self.mac} dst {self.dst}"
+
+
+@dataclass(frozen=True)
+class AddFdb:
+    """Add an FDB entry to a VXLAN device (a flood entry is appended beside the others).
+
+    Appending a flood entry that is there already succeeds; a unicast MAC that has an
+    entry already is ``EEXIST`` (delete it first).
+    """
+
+    ifname: str
+    entry: FdbEntry
+    netns: str | None = None
+
+    def __str__(self) -> str:
+        return f"add fdb {self.entry} dev {self.ifname}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class DeleteFdb:
+    """Remove one FDB entry: ``ENOENT`` if the MAC has none (the kernel's rule)."""
+
+    ifname: str
+    entry: FdbEntry
+    netns: str | None = None
+
+    def __str__(self) -> str:
+        return f"delete fdb {self.entry} dev {self.ifname}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class VxlanDevice:
+    """A VXLAN device as the kernel reports it, with its own (``self``) FDB entries."""
+
+    link: Link
+    vni: int
+    port: int  # UDP
+    local: ipaddress.IPv4Address | None
+    learning: bool
+    remote: ipaddress.IPv4Address | None  # the default remote (group); fastdp sets none
+    fdb: frozenset[FdbEntry] = frozenset()
+
+
 Op = (AddBridge | AddVeth | DeleteLink | SetUp | SetDown | SetMtu | SetMac | SetMaster
-      | AddAddress | DeleteAddress | AddRoute | DeleteRoute)
+      | AddAddress | DeleteAddress | AddRoute | DeleteRoute | AddVxlan | AddFdb | DeleteFdb)
+OverlayOp = AddVxlan | AddFdb | DeleteFdb | DeleteLink | SetUp | SetMtu | SetMaster
 
 
 @dataclass(frozen=True)
@@ -384,6 +483,24 @@ class KernelPort(Protocol):
     def statistics(self) -> KernelStatistics: ...
 
     async def aclose(self) -> None: ...
+
+
+class OverlayPort(Protocol):
+    """What fastdp asks of the kernel: one tunnel device on the bridge and where it sends.
+
+    Narrow on purpose: the VXLAN backend (netlink, fake) implements it today; an
+    openvswitch datapath could implement the same reads and operations one day.
+    """
+
+    async def vxlan(self, name: str, *, netns: str | None = None) -> VxlanDevice | None:
+        """The VXLAN device ``name`` (None if absent); EOPNOTSUPP if ``name`` is another kind."""
+        ...
+
+    async def apply(self, ops: Sequence[OverlayOp]) -> None:
+        """Run ``ops`` in order; at the first failure raise KernelError (earlier ops stay)."""
+        ...
+
+    def statistics(self) -> KernelStatistics: ...
 
 
 async def execute(port: KernelPort, plan: Plan) -> None:

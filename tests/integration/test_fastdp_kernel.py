@@ -1,0 +1,195 @@
+"""fastdp's kernel objects on the real kernel: the VXLAN device and its FDB, in namespaces.
+
+Hosts come from :class:`router.testing.netns.Mesh` (``wr<pid>n<seq>-*``, removed after each
+test even when it fails). The port runs in the test's namespace and names a host's
+namespace in every operation. What it did is checked with ``ip -d link`` and ``bridge fdb``,
+not only with the port's own reads; the same operations run on the fake port must give the
+same errnos. The two-host test proves the programming right: a ping between two containers
+crosses only the two VXLAN devices (none before the flood entries exist).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from router.errors import KernelError
+from router.kernel.fake import FakeKernel
+from router.kernel.netlink import NetlinkPort, open_netlink_port
+from router.kernel.plumbing import bridge_plan
+from router.kernel.port import (
+    FLOOD_MAC,
+    AddFdb,
+    AddVxlan,
+    DeleteFdb,
+    DeleteLink,
+    FdbEntry,
+    OverlayPort,
+    SetMaster,
+    SetMtu,
+    SetUp,
+    execute,
+)
+from router.testing.netns import Host, Mesh
+from tests.integration.conftest import MeshFactory
+
+pytestmark = pytest.mark.integration
+
+DEV = "vxlan-6784"
+MTU = 1376
+VNI = 0x5EA7E  # any 24-bit value both ends agree on
+PEER2 = ipaddress.IPv4Address("192.0.2.2")
+PEER3 = ipaddress.IPv4Address("192.0.2.3")
+MAC_A = "02:00:00:00:0a:01"
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[NetlinkPort]:
+    async with open_netlink_port() as p:
+        yield p
+
+
+def path(host: Host) -> str:
+    return f"/run/netns/{host.name}"
+
+
+def json_of(host: Host, *argv: str) -> Any:
+    return json.loads(host.run(argv).stdout or "[]")
+
+
+def fdb_shown(host: Host) -> set[tuple[str, str]]:
+    rows = json_of(host, "bridge", "-j", "fdb", "show", "dev", DEV)
+    return {(r["mac"], r["dst"]) for r in rows if "self" in r.get("flags", []) and "dst" in r}
+
+
+async def make_vxlan(port: OverlayPort, netns: str | None, local: str, *,
+                     bridge: bool = True) -> None:
+    ops = [AddVxlan(DEV, vni=VNI, port=6784, local=ipaddress.IPv4Address(local), mtu=MTU,
+                    netns=netns)]
+    if bridge:
+        ops.append(SetMaster(DEV, "weave", netns=netns))
+    ops.append(SetUp(DEV, netns=netns))
+    await port.apply(ops)
+
+
+async def errno_of(port: OverlayPort, *ops: Any) -> int | None:
+    try:
+        await port.apply(ops)
+    except KernelError as exc:
+        return exc.errno
+    return None
+
+
+async def test_vxlan_device_and_fdb_entries(port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    mesh: Mesh = make_mesh(1)
+    [host] = mesh.hosts
+    ns = path(host)
+    await execute(port, bridge_plan(await port.snapshot(ns), mtu=MTU))
+    await make_vxlan(port, ns, host.ip)
+
+    [link] = json_of(host, "ip", "-d", "-j", "link", "show", DEV)
+    data = link["linkinfo"]["info_data"]
+    assert link["linkinfo"]["info_kind"] == "vxlan" and link["master"] == "weave"
+    assert link["mtu"] == MTU and "UP" in link["flags"]
+    assert (data["id"], data["port"], data["local"], data["learning"]) == (
+        VNI, 6784, host.ip, False)
+    assert "group" not in data and "remote" not in data
+    device = await port.vxlan(DEV, netns=ns)
+    assert device is not None and device.fdb == frozenset()
+    assert (device.vni, device.port, str(device.local), device.learning, device.remote) == (
+        VNI, 6784, host.ip, False, None)
+    assert device.link.master == "weave" and device.link.up and device.link.mtu == MTU
+
+    entries = [FdbEntry(FLOOD_MAC, PEER2), FdbEntry(FLOOD_MAC, PEER3), FdbEntry(MAC_A, PEER3)]
+    await port.apply([AddFdb(DEV, e, netns=ns) for e in entries])
+    assert fdb_shown(host) == {(e.mac, str(e.dst)) for e in entries}
+    device = await port.vxlan(DEV, netns=ns)
+    assert device is not None and device.fdb == frozenset(entries)
+
+    await port.apply([SetMtu(DEV, 1400, netns=ns), DeleteFdb(DEV, entries[0], netns=ns),
+                      DeleteFdb(DEV, entries[2], netns=ns)])
+    assert fdb_shown(host) == {(FLOOD_MAC, str(PEER3))}
+    [link] = json_of(host, "ip", "-j", "link", "show", DEV)
+    assert link["mtu"] == 1400
+
+    await port.apply([DeleteLink(DEV, netns=ns)])
+    assert await port.vxlan(DEV, netns=ns) is None
+    assert host.run(["ip", "link", "show", DEV], check=False).returncode != 0
+
+
+async def refusals(port: OverlayPort, netns: str | None, local: str) -> list[int | None]:
+    """The same mistakes on any port; returns the errnos (None: accepted)."""
+    flood, uni = FdbEntry(FLOOD_MAC, PEER2), FdbEntry(MAC_A, PEER2)
+    await make_vxlan(port, netns, local, bridge=False)
+    return [
+        await errno_of(port, AddVxlan(DEV, vni=VNI, port=6784,
+                                      local=ipaddress.IPv4Address(local), mtu=MTU, netns=netns)),
+        await errno_of(port, AddVxlan("vxlan-other", vni=VNI, port=6784,
+                                      local=ipaddress.IPv4Address(local), mtu=MTU, netns=netns)),
+        await errno_of(port, AddFdb(DEV, flood, netns=netns)),
+        await errno_of(port, AddFdb(DEV, flood, netns=netns)),  # append again: accepted
+        await errno_of(port, AddFdb(DEV, uni, netns=netns)),
+        await errno_of(port, AddFdb(DEV, FdbEntry(MAC_A, PEER3), netns=netns)),
+        await errno_of(port, DeleteFdb(DEV, FdbEntry(FLOOD_MAC, PEER3), netns=netns)),
+        await errno_of(port, DeleteFdb(DEV, FdbEntry("02:00:00:00:0b:0b", PEER2), netns=netns)),
+        await errno_of(port, AddFdb("lo", flood, netns=netns)),
+        await errno_of(port, AddFdb("nosuchdev", flood, netns=netns)),
+        await errno_of(port, SetMtu(DEV, 65536, netns=netns)),
+    ]
+
+
+async def test_fake_and_kernel_refuse_alike(port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    mesh: Mesh = make_mesh(1)
+    [host] = mesh.hosts
+    kernel = await refusals(port, path(host), host.ip)
+    fake_port = FakeKernel()
+    fake = await refusals(fake_port, None, host.ip)
+    assert kernel == [errno.EEXIST, errno.EEXIST, None, None, None, errno.EEXIST, None,
+                      errno.ENOENT, errno.EOPNOTSUPP, errno.ENODEV, errno.EINVAL]
+    assert fake == kernel
+    real, faked = await port.vxlan(DEV, netns=path(host)), await fake_port.vxlan(DEV)
+    assert real is not None and faked is not None and real.fdb == faked.fdb
+    with pytest.raises(KernelError) as info:
+        await port.vxlan("lo", netns=path(host))
+    assert info.value.errno == errno.EOPNOTSUPP
+
+
+def ping(container: Any, ip: str) -> tuple[bool, str]:
+    proc = container.run(["ping", "-c", "1", "-W", "1", ip], check=False)
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+async def test_two_hosts_carry_a_ping_through_their_vxlan_devices(
+        port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    mesh: Mesh = make_mesh(2)
+    h1, h2 = mesh.hosts
+    containers = []
+    for i, host in enumerate((h1, h2), start=1):
+        ns = path(host)
+        await execute(port, bridge_plan(await port.snapshot(ns), mtu=MTU))
+        await make_vxlan(port, ns, host.ip)
+        c = mesh.add_container(host)
+        host.run(["ip", "link", "set", c.host_veth, "mtu", str(MTU), "master", "weave", "up"])
+        c.run(["ip", "link", "set", "ethwe", "mtu", str(MTU), "up"])
+        c.run(["ip", "addr", "add", f"10.32.0.{i}/12", "dev", "ethwe"])
+        containers.append(c)
+    c1, c2 = containers
+    ok, seen = ping(c1, "10.32.0.2")
+    assert not ok, f"reached c2 before any FDB entry existed: {seen}"
+
+    for host, other in ((h1, h2), (h2, h1)):
+        entry = FdbEntry(FLOOD_MAC, ipaddress.IPv4Address(other.ip))
+        await port.apply([AddFdb(DEV, entry, netns=path(host))])
+    deadline = time.monotonic() + 20.0
+    while not (result := ping(c1, "10.32.0.2"))[0]:
+        assert time.monotonic() < deadline, f"no ping through VXLAN: {result[1]}"
+    ok, seen = ping(c2, "10.32.0.1")
+    assert ok, seen
+    stats = json_of(h2, "ip", "-s", "-j", "link", "show", DEV)[0]["stats64"]
+    assert stats["rx"]["packets"] > 0 and stats["tx"]["packets"] > 0
