@@ -4,7 +4,8 @@ Hosts come from :class:`router.testing.netns.Mesh` (``wr<pid>n<seq>-*``, removed
 test even when it fails). The port runs in the test's namespace and names a host's
 namespace in every operation. What it did is checked with ``ip -d link`` and ``bridge fdb``,
 not only with the port's own reads; the same operations run on the fake port must give the
-same errnos. The two-host test proves the programming right: a ping between two containers
+same errnos. The service test deletes the device and an entry behind its back. The
+two-host test proves the programming right: a ping between two containers
 crosses only the two VXLAN devices (none before the flood entries exist).
 """
 
@@ -14,10 +15,11 @@ import errno
 import ipaddress
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import trio
 
 from router.errors import KernelError
 from router.kernel.fake import FakeKernel
@@ -36,6 +38,8 @@ from router.kernel.port import (
     SetUp,
     execute,
 )
+from router.overlay.fastdp.plan import LocalConfig
+from router.overlay.fastdp.service import FastdpService
 from router.testing.netns import Host, Mesh
 from tests.integration.conftest import MeshFactory
 
@@ -193,3 +197,44 @@ async def test_two_hosts_carry_a_ping_through_their_vxlan_devices(
     assert ok, seen
     stats = json_of(h2, "ip", "-s", "-j", "link", "show", DEV)[0]["stats64"]
     assert stats["rx"]["packets"] > 0 and stats["tx"]["packets"] > 0
+
+
+async def test_the_service_programs_and_repairs_the_kernel(
+        port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    mesh: Mesh = make_mesh(1)
+    [host] = mesh.hosts
+    ns = path(host)
+    await execute(port, bridge_plan(await port.snapshot(ns), mtu=MTU))
+    config = LocalConfig(local=ipaddress.IPv4Address(host.ip), mtu=MTU, netns=ns)
+    service = FastdpService(port, config, resync=1.0)
+    service.set_peers({"b": PEER2, "c": PEER3})
+    service.set_macs({MAC_A: "c"})
+    want = {(FLOOD_MAC, str(PEER2)), (FLOOD_MAC, str(PEER3)), (MAC_A, str(PEER3))}
+
+    async def until(what: str, probe: Callable[[], bool]) -> None:
+        with trio.move_on_after(20.0):
+            while not probe():
+                await trio.sleep(0.1)
+            return
+        raise AssertionError(f"timed out waiting for {what}; fdb: {fdb_shown(host)}")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        assert fdb_shown(host) == want
+        host.run(["ip", "link", "del", DEV])
+        await until("the device to be re-created", lambda: fdb_shown_or_none(host) == want)
+        [link] = json_of(host, "ip", "-d", "-j", "link", "show", DEV)
+        assert link["master"] == "weave" and "UP" in link["flags"]
+        host.run(["bridge", "fdb", "del", "00:00:00:00:00:00", "dev", DEV, "dst", str(PEER2)])
+        await until("the flood entry to come back", lambda: fdb_shown(host) == want)
+        stats = service.statistics()
+        assert stats.errors == 0 and stats.repairs >= 3 and stats.device
+        nursery.cancel_scope.cancel()
+    await service.remove()
+    assert host.run(["ip", "link", "show", DEV], check=False).returncode != 0
+
+
+def fdb_shown_or_none(host: Host) -> set[tuple[str, str]] | None:
+    if host.run(["ip", "link", "show", DEV], check=False).returncode != 0:
+        return None
+    return fdb_shown(host)
