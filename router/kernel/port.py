@@ -24,13 +24,13 @@ port, or a unicast MAC has an entry), ``ENOENT`` (no FDB entry for that MAC),
 ``EOPNOTSUPP`` (FDB entries on a device that is not VXLAN).
 
 Namespaces are named by path (``/run/netns/NAME``, ``/proc/PID/ns/net``); ``None`` is the
-namespace the port was opened in (the router's own). :func:`resolve_netns` turns what a user
-typed (a name from ``ip netns``, a path, or a PID) into such a path.
+namespace the port was opened in (the router's own). :func:`resolve_netns` (from
+``router/kernel/netns.py``) turns what a user typed (a name from ``ip netns``, a path, or a
+PID) into such a path.
 """
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import re
@@ -40,7 +40,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
-from router.errors import ConfigError, KernelError, LocalProtocolError
+from router.errors import KernelError, LocalProtocolError
+from router.kernel.netns import NETNS_RUN_DIR as NETNS_RUN_DIR
+from router.kernel.netns import netns_inode as netns_inode
+from router.kernel.netns import resolve_netns as resolve_netns
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,10 +52,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IFNAMSIZ = 16  # bytes, including the trailing NUL: names are at most 15 characters
 MTU_MIN = 68  # bytes, IPv4 minimum; the kernel refuses smaller on veth/bridge/tap
 MTU_MAX = 65535  # bytes, ETH_MAX_MTU
-NETNS_RUN_DIR = "/run/netns"  # where `ip netns add NAME` binds namespaces
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_NS_GET_NSTYPE = 0xB703  # ioctl(2) on an nsfs file: which kind of namespace it is
-_CLONE_NEWNET = 0x40000000
 
 
 class Scope(IntEnum):
@@ -514,64 +514,6 @@ async def execute(port: KernelPort, plan: Plan) -> None:
             with suppress(KernelError):
                 await port.apply((op,))
         raise
-
-
-# --- naming namespaces ------------------------------------------------------------------------
-
-
-def resolve_netns(spec: str, *, run_dir: str = NETNS_RUN_DIR, allow_own: bool = False) -> str:
-    """The path of the network namespace a user named by ``spec``.
-
-    ``spec`` is a name from ``ip netns`` (``c1`` -> ``/run/netns/c1``), a path to a
-    namespace file (``/proc/1234/ns/net``, ``/run/netns/c1``), or a PID (``1234`` ->
-    ``/proc/1234/ns/net``). The path must open and be a network namespace; unless
-    ``allow_own``, it must not be the caller's own namespace (a container there could not be
-    attached: the veth would land in the host). Raises ConfigError naming ``spec``.
-    """
-    spec = spec.strip()
-    if not spec:
-        raise ConfigError("container: empty namespace name")
-    if spec.isdigit():
-        path = f"/proc/{int(spec)}/ns/net"
-        if not os.path.exists(f"/proc/{int(spec)}"):
-            raise ConfigError(f"container {spec}: no process with that PID")
-    elif "/" in spec:
-        path = spec
-    elif spec in (".", ".."):
-        raise ConfigError(f"container {spec!r}: not a namespace name")
-    else:
-        path = os.path.join(run_dir, spec)
-    ino = _netns_inode(spec, path)
-    if not allow_own and ino == _netns_inode("own", "/proc/thread-self/ns/net"):
-        raise ConfigError(
-            f"container {spec}: that is this router's own network namespace; "
-            "attach a container with its own namespace"
-        )
-    return path
-
-
-def netns_inode(path: str) -> int:
-    """The inode number that identifies the namespace at ``path`` (ConfigError if none)."""
-    return _netns_inode(path, path)
-
-
-def _netns_inode(spec: str, path: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ConfigError(f"container {spec}: no network namespace at {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"container {spec}: cannot open {path}: {exc.strerror}") from None
-    try:
-        try:
-            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
-        except OSError:
-            kind = -1
-        if kind != _CLONE_NEWNET:
-            raise ConfigError(f"container {spec}: {path} is not a network namespace")
-        return os.fstat(fd).st_ino
-    finally:
-        os.close(fd)
 
 
 def kernel_error(code: int, what: str) -> KernelError:
