@@ -16,6 +16,7 @@ import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -36,9 +37,10 @@ from router.kernel.port import (
     SetMaster,
     SetMtu,
     SetUp,
+    VxlanDevice,
     execute,
 )
-from router.overlay.fastdp.plan import LocalConfig
+from router.overlay.fastdp.plan import LocalConfig, desired, diff, teardown
 from router.overlay.fastdp.service import FastdpService
 from router.testing.netns import Host, Mesh
 from tests.integration.conftest import MeshFactory
@@ -238,3 +240,43 @@ def fdb_shown_or_none(host: Host) -> set[tuple[str, str]] | None:
     if host.run(["ip", "link", "show", DEV], check=False).returncode != 0:
         return None
     return fdb_shown(host)
+
+
+def essence(device: VxlanDevice | None) -> tuple[object, ...] | None:
+    if device is None:
+        return None
+    link = device.link
+    return (link.name, link.kind, link.mtu, link.up, link.master, device.vni, device.port,
+            device.local, device.learning, device.remote, device.fdb)
+
+
+async def test_plans_converge_alike_on_the_kernel_and_the_fake(
+        port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    """A sequence of plans (peers come and go, a MAC moves, the MTU and local IP change):
+    after each, the kernel and the fake hold the same device and a new diff is empty."""
+    mesh: Mesh = make_mesh(1)
+    [host] = mesh.hosts
+    ns = path(host)
+    here, other = ipaddress.IPv4Address(host.ip), ipaddress.IPv4Address("192.0.2.9")
+    fake = FakeKernel()
+    await execute(port, bridge_plan(await port.snapshot(ns), mtu=MTU))
+    await execute(fake, bridge_plan(await fake.snapshot(), mtu=MTU))
+    steps = [
+        (LocalConfig(local=here, mtu=MTU), {"b": PEER2}, {}),
+        (LocalConfig(local=here, mtu=MTU), {"b": PEER2, "c": PEER3}, {MAC_A: "b"}),
+        (LocalConfig(local=here, mtu=MTU), {"b": PEER2, "c": PEER3}, {MAC_A: "c"}),
+        (LocalConfig(local=here, mtu=1400), {"c": PEER3}, {MAC_A: "c"}),
+        (LocalConfig(local=other, mtu=1400), {"c": PEER3}, {MAC_A: "c"}),
+        (LocalConfig(local=other, mtu=1400), {}, {}),
+    ]
+    for config, peers, macs in steps:
+        real_config = replace(config, netns=ns)
+        want_real, want_fake = desired(real_config, peers, macs), desired(config, peers, macs)
+        await port.apply(diff(want_real, await port.vxlan(DEV, netns=ns)))
+        await fake.apply(diff(want_fake, await fake.vxlan(DEV)))
+        real, faked = await port.vxlan(DEV, netns=ns), await fake.vxlan(DEV)
+        assert essence(real) == essence(faked), (config, peers, macs)
+        assert diff(want_real, real) == ()
+        assert fdb_shown(host) == {(e.mac, str(e.dst)) for e in want_real.fdb}
+    await port.apply(teardown(await port.vxlan(DEV, netns=ns), netns=ns))
+    assert await port.vxlan(DEV, netns=ns) is None
