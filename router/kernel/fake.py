@@ -17,7 +17,9 @@ operations to them the way Linux does (``router/kernel/port.py`` lists the errno
   only on VXLAN devices (``EOPNOTSUPP``); appending a flood entry that is there already
   succeeds, a second unicast entry for a MAC is ``EEXIST``; deleting an entry for a MAC
   that has none is ``ENOENT``, while deleting a missing remote of a MAC that has others
-  succeeds and changes nothing (both as the kernel's ``vxlan_fdb_delete``).
+  succeeds and changes nothing (both as the kernel's ``vxlan_fdb_delete``);
+* a MAC can be pinned only to a bridge port (``EOPNOTSUPP``), once (``EEXIST``); leaving
+  the bridge drops a port's pins.
 
 Left out on purpose (no plan depends on them): kernel-derived routes (snapshots of the real
 port leave them out too), IPv6 link-local addresses, a bridge adopting a port's MAC, and
@@ -53,12 +55,14 @@ from router.kernel.port import (
     Link,
     NetnsState,
     Op,
+    PinMac,
     Route,
     SetDown,
     SetMac,
     SetMaster,
     SetMtu,
     SetUp,
+    UnpinMac,
     VxlanDevice,
     kernel_error,
 )
@@ -73,6 +77,7 @@ class _Link:
     tap_open: bool = False
     vxlan: AddVxlan | None = None  # a VXLAN device: how it was made
     fdb: set[FdbEntry] = field(default_factory=set)  # a VXLAN device's own entries
+    pinned: set[str] = field(default_factory=set)  # MACs pinned to this bridge port
 
 
 class _Netns:
@@ -182,6 +187,12 @@ class FakeKernel:
                            local=item.vxlan.local, learning=False, remote=None,
                            fdb=frozenset(item.fdb))
 
+    async def pinned_macs(self, ifname: str, *, netns: str | None = None) -> frozenset[str]:
+        """See :meth:`router.kernel.port.OverlayPort.pinned_macs`."""
+        self._check_open()
+        self._bump(snapshots=1)
+        return frozenset(self._find(netns, ifname, f"pinned macs of {ifname}").pinned)
+
     async def open_tap(self, name: str, *, netns: str | None = None) -> FakeTap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""
         self._check_open()
@@ -244,7 +255,7 @@ class FakeKernel:
         ns.links[name] = item
         return item
 
-    def _find(self, netns: str | None, name: str, op: Op) -> _Link:
+    def _find(self, netns: str | None, name: str, op: object) -> _Link:
         item = self._get(netns).links.get(name)
         if item is None:
             raise kernel_error(errno.ENODEV, f"{op}: link {name}")
@@ -282,6 +293,10 @@ class FakeKernel:
                 self._add_fdb(op)
             case DeleteFdb():
                 self._delete_fdb(op)
+            case PinMac():
+                self._pin(op)
+            case UnpinMac():
+                self._unpin(op)
 
     def _check_mtu(self, kind: str, mtu: int, op: Op) -> None:
         if not MTU_MIN <= mtu <= MAX_MTU_BY_KIND.get(kind, MTU_MAX):
@@ -328,6 +343,7 @@ class FakeKernel:
         for port in ns.links.values():
             if port.link.master == name:
                 port.link = replace(port.link, master=None)
+                port.pinned.clear()
         if item.peer is not None:
             peer_ns, peer = item.peer
             if peer_ns in self._ns and peer in self._ns[peer_ns].links:
@@ -368,6 +384,7 @@ class FakeKernel:
         if item.link.master == op.master:
             return
         item.link = replace(item.link, master=None)
+        item.pinned.clear()  # the kernel flushes a port's entries when it leaves the bridge
         if master is None:
             return
         if master.link.kind != "bridge":
@@ -456,6 +473,22 @@ class FakeKernel:
         if not any(e.mac == op.entry.mac for e in item.fdb):
             raise kernel_error(errno.ENOENT, str(op))
         item.fdb.discard(op.entry)
+
+    def _pin(self, op: PinMac) -> None:
+        item = self._find(op.netns, op.ifname, op)
+        if item.link.master is None:
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a bridge port")
+        if op.mac in item.pinned:
+            raise kernel_error(errno.EEXIST, str(op))
+        item.pinned.add(op.mac)
+
+    def _unpin(self, op: UnpinMac) -> None:
+        item = self._find(op.netns, op.ifname, op)
+        if item.link.master is None:
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a bridge port")
+        if op.mac not in item.pinned:
+            raise kernel_error(errno.ENOENT, str(op))
+        item.pinned.discard(op.mac)
 
 
 def _same_subnet(a: Address, b: Address) -> bool:

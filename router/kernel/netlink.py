@@ -59,6 +59,7 @@ from router.kernel.port import (
     Link,
     NetnsState,
     Op,
+    PinMac,
     Route,
     Scope,
     SetDown,
@@ -66,6 +67,7 @@ from router.kernel.port import (
     SetMaster,
     SetMtu,
     SetUp,
+    UnpinMac,
     VxlanDevice,
     is_link_local,
     kernel_error,
@@ -77,8 +79,11 @@ CLONE_NEWNET = 0x40000000
 RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2  # routes the kernel derives from addresses: not ours, left out of snapshots
 RTN_UNICAST = 1
+AF_BRIDGE = 7
 IFF_UP = 0x1
 NTF_SELF = 0x02  # an FDB entry of the device itself (not the bridge's view of its port)
+NTF_MASTER = 0x04  # an FDB entry of the bridge the device is a port of
+NUD_NOARP = 0x40  # a bridge FDB entry that is "static" (NUD_PERMANENT would make it local)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -210,7 +215,7 @@ def _scope(value: int) -> Scope:
 # --- changing state -------------------------------------------------------------------------
 
 
-def _index(ipr: Any, name: str, op: Op) -> int:
+def _index(ipr: Any, name: str, op: object) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
         raise kernel_error(errno.ENODEV, f"{op}: link {name}")
@@ -292,6 +297,19 @@ def _fdb(verb: str) -> _Handler:
         ipr.fdb(kind, ifindex=index, lladdr=op.entry.mac, dst=str(op.entry.dst),
                 flags=NTF_SELF)
     return handler
+
+
+def _pin(verb: str) -> _Handler:
+    # Not ipr.fdb(): it would make the entry NUD_PERMANENT, a "local" entry that the bridge
+    # delivers to the host instead of forwarding to the port.
+    # Only on a bridge port (the kernel says EOPNOTSUPP or EINVAL, by kind of device).
+    def handler(w: _Worker, ipr: Any, op: PinMac | UnpinMac) -> None:
+        index = _index(ipr, op.ifname, op)
+        if not ipr.link("get", index=index)[0].get_attr("IFLA_MASTER"):
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a bridge port")
+        ipr.neigh(verb, ifindex=index, lladdr=op.mac,
+                  family=AF_BRIDGE, flags=NTF_MASTER, state=NUD_NOARP)
+    return handler
 _HANDLERS: dict[type, _Handler] = {
     AddBridge: _add_bridge,
     AddVeth: _add_veth,
@@ -308,6 +326,8 @@ _HANDLERS: dict[type, _Handler] = {
     AddVxlan: _add_vxlan,
     AddFdb: _fdb("add"),
     DeleteFdb: _fdb("del"),
+    PinMac: _pin("add"),
+    UnpinMac: _pin("del"),
 }
 
 
@@ -367,6 +387,19 @@ def _fdb_entries(ipr: Any, index: int) -> Iterator[FdbEntry]:
         dst = msg.get_attr("NDA_DST")
         if msg["ifindex"] == index and msg["flags"] & NTF_SELF and dst and ":" not in dst:
             yield FdbEntry(msg.get_attr("NDA_LLADDR").lower(), ipaddress.IPv4Address(dst))
+
+
+def _read_pins(w: _Worker, ifname: str, netns: str | None) -> frozenset[str]:
+    try:
+        with w.batch() as ipr:
+            sock = ipr(netns)
+            index = _index(sock, ifname, f"pinned macs of {ifname}")
+            return frozenset(
+                msg.get_attr("NDA_LLADDR").lower() for msg in sock.fdb("dump", ifindex=index)
+                if msg["ifindex"] == index and msg["state"] == NUD_NOARP
+                and msg.get_attr("NDA_MASTER"))
+    except NetlinkError as exc:
+        raise kernel_error(exc.code, f"pinned macs of {ifname}") from None
 
 
 def _read_vxlan(w: _Worker, name: str, netns: str | None) -> VxlanDevice | None:
@@ -449,6 +482,12 @@ class NetlinkPort:
         device = await self._run(lambda: _read_vxlan(self._w(), name, netns))
         self._bump(snapshots=1)
         return device
+
+    async def pinned_macs(self, ifname: str, *, netns: str | None = None) -> frozenset[str]:
+        """See :meth:`router.kernel.port.OverlayPort.pinned_macs`."""
+        macs = await self._run(lambda: _read_pins(self._w(), ifname, netns))
+        self._bump(snapshots=1)
+        return macs
 
     async def open_tap(self, name: str, *, netns: str | None = None) -> tapdev.Tap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""

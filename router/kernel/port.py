@@ -403,6 +403,42 @@ class DeleteFdb:
 
 
 @dataclass(frozen=True)
+class PinMac:
+    """Pin ``mac`` to bridge port ``ifname`` (``bridge fdb add MAC dev IFNAME master static``).
+
+    The bridge then forwards frames for ``mac`` to that port only, never ages it and never
+    moves it (fastdp's heartbeats: to the VXLAN port on the sender, to the router's TAP on
+    the receiver, never to containers). ``EEXIST`` if pinned already, ``EOPNOTSUPP`` if
+    ``ifname`` is not a bridge port. Leaving the bridge drops the port's pins.
+    """
+
+    ifname: str
+    mac: str
+    netns: str | None = None
+
+    def __post_init__(self) -> None:
+        check_mac(self.mac)
+
+    def __str__(self) -> str:
+        return f"pin {self.mac} to {self.ifname}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class UnpinMac:
+    """Remove a :class:`PinMac` (``ENOENT`` if it is not there)."""
+
+    ifname: str
+    mac: str
+    netns: str | None = None
+
+    def __post_init__(self) -> None:
+        check_mac(self.mac)
+
+    def __str__(self) -> str:
+        return f"unpin {self.mac} from {self.ifname}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
 class VxlanDevice:
     """A VXLAN device as the kernel reports it, with its own (``self``) FDB entries."""
 
@@ -416,8 +452,10 @@ class VxlanDevice:
 
 
 Op = (AddBridge | AddVeth | DeleteLink | SetUp | SetDown | SetMtu | SetMac | SetMaster
-      | AddAddress | DeleteAddress | AddRoute | DeleteRoute | AddVxlan | AddFdb | DeleteFdb)
-OverlayOp = AddVxlan | AddFdb | DeleteFdb | DeleteLink | SetUp | SetMtu | SetMaster
+      | AddAddress | DeleteAddress | AddRoute | DeleteRoute | AddVxlan | AddFdb | DeleteFdb
+      | PinMac | UnpinMac)
+OverlayOp = (AddVxlan | AddFdb | DeleteFdb | DeleteLink | SetUp | SetMtu | SetMaster | PinMac
+             | UnpinMac)
 
 
 @dataclass(frozen=True)
@@ -494,6 +532,10 @@ class OverlayPort(Protocol):
 
     async def vxlan(self, name: str, *, netns: str | None = None) -> VxlanDevice | None:
         """The VXLAN device ``name`` (None if absent); EOPNOTSUPP if ``name`` is another kind."""
+        ...
+
+    async def pinned_macs(self, ifname: str, *, netns: str | None = None) -> frozenset[str]:
+        """The MACs pinned (:class:`PinMac`) to bridge port ``ifname``; ENODEV if no such link."""
         ...
 
     async def apply(self, ops: Sequence[OverlayOp]) -> None:

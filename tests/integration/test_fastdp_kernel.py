@@ -11,9 +11,12 @@ crosses only the two VXLAN devices (none before the flood entries exist).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
+import os
+import select
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -25,7 +28,7 @@ import trio
 from router.errors import KernelError
 from router.kernel.fake import FakeKernel
 from router.kernel.netlink import NetlinkPort, open_netlink_port
-from router.kernel.plumbing import bridge_plan
+from router.kernel.plumbing import TAP_NAME, bridge_plan, tap_plan
 from router.kernel.port import (
     FLOOD_MAC,
     AddFdb,
@@ -34,12 +37,15 @@ from router.kernel.port import (
     DeleteLink,
     FdbEntry,
     OverlayPort,
+    PinMac,
     SetMaster,
     SetMtu,
     SetUp,
+    UnpinMac,
     VxlanDevice,
     execute,
 )
+from router.kernel.tap import VNET_HDR_LEN
 from router.overlay.fastdp.plan import LocalConfig, desired, diff, teardown
 from router.overlay.fastdp.service import FastdpService
 from router.testing.netns import Host, Mesh
@@ -280,3 +286,82 @@ async def test_plans_converge_alike_on_the_kernel_and_the_fake(
         assert fdb_shown(host) == {(e.mac, str(e.dst)) for e in want_real.fdb}
     await port.apply(teardown(await port.vxlan(DEV, netns=ns), netns=ns))
     assert await port.vxlan(DEV, netns=ns) is None
+
+
+HB1, HB2 = "02:77:65:00:00:01", "02:77:65:00:00:02"  # heartbeat MACs of host 1 and 2
+HB_TYPE = b"\x88\xb5"  # IEEE 802 local experimental ethertype
+
+
+def read_frames(tap: Any, want: Callable[[bytes], bool], timeout: float) -> list[bytes]:
+    """Frames read from ``tap`` (after the virtio-net header) until one passes ``want``."""
+    seen: list[bytes] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([tap.fileno()], [], [], 0.1)
+        if not ready:
+            continue
+        with contextlib.suppress(BlockingIOError):
+            frame = os.read(tap.fileno(), 65536)[VNET_HDR_LEN:]
+            seen.append(frame)
+            if want(frame):
+                break
+    return seen
+
+
+async def test_a_heartbeat_frame_crosses_tap_vxlan_tap_and_is_pinned(
+        port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    """The heartbeat path fastdp will use: a frame written into host 1's TAP, addressed to
+    host 2's heartbeat MAC (pinned to vxlan-6784 on host 1, to the TAP on host 2, so no
+    bridge floods it to containers), crosses to host 2 by its unicast FDB entry over UDP
+    6784 (no flood entry exists) and comes out of host 2's TAP. Without the FDB entry it
+    does not arrive: it travels through VXLAN, nothing else."""
+    mesh: Mesh = make_mesh(2)
+    h1, h2 = mesh.hosts
+    taps = []
+    for host in (h1, h2):
+        ns = path(host)
+        await execute(port, bridge_plan(await port.snapshot(ns), mtu=MTU))
+        tap = await port.open_tap(TAP_NAME, netns=ns)
+        taps.append(tap)
+        await execute(port, tap_plan(await port.snapshot(ns), mtu=MTU))
+        await make_vxlan(port, ns, host.ip)
+        os.set_blocking(tap.fileno(), False)
+    tap1, tap2 = taps
+    try:
+        to_h2 = AddFdb(DEV, FdbEntry(HB2, ipaddress.IPv4Address(h2.ip)), netns=path(h1))
+        await port.apply([PinMac(DEV, HB2, netns=path(h1)), to_h2,
+                          PinMac(TAP_NAME, HB2, netns=path(h2))])
+        assert await port.pinned_macs(DEV, netns=path(h1)) == {HB2}
+        assert await port.pinned_macs(TAP_NAME, netns=path(h2)) == {HB2}
+        shown = json_of(h2, "bridge", "-j", "fdb", "show", "dev", TAP_NAME)
+        assert {"mac": HB2, "master": "weave", "state": "static"}.items() <= \
+            next(r for r in shown if r["mac"] == HB2).items()
+
+        frame = (bytes.fromhex(HB2.replace(":", "")) + bytes.fromhex(HB1.replace(":", ""))
+                 + HB_TYPE + b"weave fastdp heartbeat".ljust(46, b"\0"))
+
+        def is_heartbeat(f: bytes) -> bool:
+            return f[:6] == frame[:6] and f[12:14] == HB_TYPE
+
+        arrived: list[bytes] = []
+        for _ in range(20):
+            os.write(tap1.fileno(), bytes(VNET_HDR_LEN) + frame)
+            arrived = read_frames(tap2, is_heartbeat, 0.5)
+            if any(is_heartbeat(f) for f in arrived):
+                break
+        assert any(f[:len(frame)] == frame for f in arrived), [f[:20].hex() for f in arrived]
+        stats = json_of(h2, "ip", "-s", "-j", "link", "show", DEV)[0]["stats64"]
+        assert stats["rx"]["packets"] > 0
+
+        await port.apply([DeleteFdb(DEV, to_h2.entry, netns=path(h1))])
+        os.write(tap1.fileno(), bytes(VNET_HDR_LEN) + frame)
+        assert not any(is_heartbeat(f) for f in read_frames(tap2, is_heartbeat, 2.0))
+
+        await port.apply([UnpinMac(TAP_NAME, HB2, netns=path(h2))])
+        assert await port.pinned_macs(TAP_NAME, netns=path(h2)) == frozenset()
+        assert await errno_of(port, UnpinMac(TAP_NAME, HB2, netns=path(h2))) == errno.ENOENT
+        assert await errno_of(port, PinMac(DEV, HB2, netns=path(h1))) == errno.EEXIST
+        assert await errno_of(port, PinMac("lo", HB2, netns=path(h1))) == errno.EOPNOTSUPP
+    finally:
+        for tap in taps:
+            tap.close()

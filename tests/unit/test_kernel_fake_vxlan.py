@@ -18,7 +18,9 @@ from router.kernel.port import (
     DeleteFdb,
     DeleteLink,
     FdbEntry,
+    PinMac,
     SetMaster,
+    UnpinMac,
 )
 
 LOCAL = ipaddress.IPv4Address("192.168.1.1")
@@ -79,3 +81,21 @@ def test_entries_check_their_mac() -> None:
         FdbEntry("02:00:00:00:00:0G", B)
     assert FdbEntry(FLOOD_MAC, B).flood and not FdbEntry(MAC, B).flood
     assert str(AddFdb(DEV, FdbEntry(MAC, B))) == f"add fdb {MAC} dst {B} dev {DEV}"
+
+
+async def test_pin_rules() -> None:
+    kernel = FakeKernel()
+    hb = "02:77:65:00:00:02"
+    await kernel.apply([AddBridge("weave", mtu=1376), vxlan(), SetMaster(DEV, "weave"),
+                        PinMac(DEV, hb)])
+    assert await kernel.pinned_macs(DEV) == {hb}
+    assert await refused(kernel, PinMac(DEV, hb)) == errno.EEXIST
+    assert await refused(kernel, PinMac("lo", hb)) == errno.EOPNOTSUPP
+    assert await refused(kernel, UnpinMac(DEV, "02:77:65:00:00:09")) == errno.ENOENT
+    await kernel.apply([SetMaster(DEV, None)])  # leaving the bridge drops the pins
+    assert await kernel.pinned_macs(DEV) == frozenset()
+    await kernel.apply([SetMaster(DEV, "weave"), PinMac(DEV, hb), DeleteLink("weave")])
+    assert await kernel.pinned_macs(DEV) == frozenset()
+    with pytest.raises(KernelError) as info:
+        await kernel.pinned_macs("nosuch")
+    assert info.value.errno == errno.ENODEV
