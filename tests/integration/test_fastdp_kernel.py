@@ -46,7 +46,7 @@ from router.kernel.port import (
     execute,
 )
 from router.kernel.tap import VNET_HDR_LEN
-from router.overlay.fastdp.plan import LocalConfig, desired, diff, teardown
+from router.overlay.fastdp.plan import LocalConfig, desired, diff, heartbeat_mac, teardown
 from router.overlay.fastdp.service import FastdpService
 from router.testing.netns import Host, Mesh
 from tests.integration.conftest import MeshFactory
@@ -362,6 +362,50 @@ async def test_a_heartbeat_frame_crosses_tap_vxlan_tap_and_is_pinned(
         assert await errno_of(port, UnpinMac(TAP_NAME, HB2, netns=path(h2))) == errno.ENOENT
         assert await errno_of(port, PinMac(DEV, HB2, netns=path(h1))) == errno.EEXIST
         assert await errno_of(port, PinMac("lo", HB2, netns=path(h1))) == errno.EOPNOTSUPP
+    finally:
+        for tap in taps:
+            tap.close()
+
+
+async def test_two_services_program_the_heartbeat_path(
+        port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    """Each host's FastdpService, told to probe the other (no peer on fastdp yet), makes a
+    heartbeat frame written into one TAP come out of the other's, both ways."""
+    mesh: Mesh = make_mesh(2)
+    hosts = mesh.hosts
+    names = ["aa:bb:cc:00:00:01", "aa:bb:cc:00:00:02"]
+    taps, services = [], []
+    for host, name in zip(hosts, names, strict=True):
+        ns = path(host)
+        await execute(port, bridge_plan(await port.snapshot(ns), mtu=MTU))
+        tap = await port.open_tap(TAP_NAME, netns=ns)
+        taps.append(tap)
+        await execute(port, tap_plan(await port.snapshot(ns), mtu=MTU))
+        os.set_blocking(tap.fileno(), False)
+        config = LocalConfig(local=ipaddress.IPv4Address(host.ip), mtu=MTU, netns=ns,
+                             peer_name=name)
+        services.append(FastdpService(port, config))
+    try:
+        for i, service in enumerate(services):
+            other = 1 - i
+            service.set_heartbeats({names[other]: ipaddress.IPv4Address(hosts[other].ip)})
+            assert await service.converge()
+        assert fdb_shown(hosts[0]) == {(heartbeat_mac(names[1]), hosts[1].ip)}
+        for i in (0, 1):
+            src, dst = heartbeat_mac(names[i]), heartbeat_mac(names[1 - i])
+            frame = (bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", ""))
+                     + HB_TYPE + b"heartbeat".ljust(46, b"\0"))
+
+            def is_it(f: bytes, frame: bytes = frame) -> bool:
+                return f[:14] == frame[:14]
+
+            arrived: list[bytes] = []
+            for _ in range(20):
+                os.write(taps[i].fileno(), bytes(VNET_HDR_LEN) + frame)
+                arrived = read_frames(taps[1 - i], is_it, 0.5)
+                if any(is_it(f) for f in arrived):
+                    break
+            assert any(is_it(f) for f in arrived), (i, [f[:14].hex() for f in arrived])
     finally:
         for tap in taps:
             tap.close()

@@ -7,6 +7,7 @@ diff is empty. Operations come in an order the kernel accepts.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.errors import KernelError
 from router.kernel.fake import FakeKernel
 from router.kernel.port import (
     FLOOD_MAC,
@@ -27,25 +29,33 @@ from router.kernel.port import (
     FdbEntry,
     Link,
     OverlayOp,
+    PinMac,
     SetMaster,
     SetMtu,
     SetUp,
+    UnpinMac,
     VxlanDevice,
 )
 from router.overlay.fastdp.plan import (
     DEFAULT_VNI,
     Desired,
     LocalConfig,
+    Pins,
     desired,
     diff,
+    heartbeat_mac,
     needs_recreate,
+    pin_ports,
     teardown,
 )
 
 IPS = [ipaddress.IPv4Address(f"192.168.1.{i}") for i in range(1, 6)]
 MACS = [f"02:00:00:00:00:{i:02x}" for i in range(1, 6)] + ["01:00:5e:00:00:01", FLOOD_MAC]
-PEERS = ["peer-a", "peer-b", "peer-c", "peer-d"]
+PEERS = ["peer-a", "peer-b", "peer-c", "aa:bb:cc:00:00:0d"]
+OWN_NAME = "aa:bb:cc:00:00:01"
+HB_MACS = [heartbeat_mac(p) for p in [*PEERS, OWN_NAME]] + ["7a:00:00:00:00:99"]
 DEV = "vxlan-6784"
+TAP = "vethwe-pcap"
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,8 @@ class Actual:
     up: bool
     flood: frozenset[ipaddress.IPv4Address]
     unicast: dict[str, ipaddress.IPv4Address]
+    vxlan_pins: frozenset[str]
+    tap_pins: frozenset[str]
 
 
 actuals = st.builds(
@@ -67,15 +79,24 @@ actuals = st.builds(
     mtu=st.sampled_from([1376, 1400, 8950]), enslaved=st.booleans(), up=st.booleans(),
     flood=st.frozensets(st.sampled_from(IPS)),
     unicast=st.dictionaries(st.sampled_from(MACS[:5]), st.sampled_from(IPS)),
+    vxlan_pins=st.frozensets(st.sampled_from(HB_MACS)),
+    tap_pins=st.frozensets(st.sampled_from(HB_MACS)),
 )
 configs = st.builds(LocalConfig, local=st.sampled_from(IPS[:2]),
-                    mtu=st.sampled_from([1376, 1400, 8950]))
+                    mtu=st.sampled_from([1376, 1400, 8950]),
+                    peer_name=st.sampled_from([None, OWN_NAME]))
 peer_maps = st.dictionaries(st.sampled_from(PEERS), st.sampled_from(IPS))
 mac_maps = st.dictionaries(st.sampled_from(MACS), st.sampled_from([*PEERS, "unknown"]))
 
 
 def build(kernel: FakeKernel, actual: Actual) -> None:
-    ops: list[object] = [AddBridge("weave", mtu=1376)]
+    async def tap() -> None:
+        await kernel.apply([AddBridge("weave", mtu=1376)])
+        await kernel.open_tap(TAP)
+        await kernel.apply([SetMaster(TAP, "weave"), *(PinMac(TAP, m) for m in actual.tap_pins)])
+
+    trio.run(tap)
+    ops: list[object] = []
     if actual.present:
         ops.append(AddVxlan(DEV, vni=actual.vni, port=actual.port,
                             local=actual.local, mtu=actual.mtu))
@@ -86,7 +107,20 @@ def build(kernel: FakeKernel, actual: Actual) -> None:
         ops += [AddFdb(DEV, FdbEntry(FLOOD_MAC, ip)) for ip in actual.flood]
         ops += [AddFdb(DEV, FdbEntry(mac, ip))
                 for mac, ip in actual.unicast.items()]
+        if actual.enslaved:
+            ops += [PinMac(DEV, mac) for mac in actual.vxlan_pins]
     trio.run(kernel.apply, ops)
+
+
+def pins(kernel: FakeKernel, config: LocalConfig) -> Pins:
+    async def read_all() -> dict[str, frozenset[str]]:
+        found = {}
+        for port in pin_ports(config):
+            with contextlib.suppress(KernelError):
+                found[port] = await kernel.pinned_macs(port)
+        return found
+
+    return trio.run(read_all)
 
 
 def read(kernel: FakeKernel, name: str = DEV) -> VxlanDevice | None:
@@ -97,10 +131,11 @@ def apply(kernel: FakeKernel, ops: Sequence[OverlayOp]) -> None:
     trio.run(kernel.apply, ops)
 
 
-def reached(want: Desired, have: VxlanDevice | None) -> bool:
+def reached(want: Desired, have: VxlanDevice | None, pinned: Pins) -> bool:
     return (have is not None and not needs_recreate(want.config, have)
             and have.link.mtu == want.config.mtu and have.link.master == want.config.bridge
-            and have.link.up and have.fdb == want.fdb)
+            and have.link.up and have.fdb == want.fdb
+            and all(pinned.get(port) == want.pinned_to(port) for port in pin_ports(want.config)))
 
 
 def check_order(ops: Sequence[OverlayOp]) -> None:
@@ -110,26 +145,29 @@ def check_order(ops: Sequence[OverlayOp]) -> None:
     if DeleteLink in kinds:
         assert all(i < kinds.index(DeleteLink) for i, k in enumerate(kinds) if k is DeleteFdb)
         assert kinds.index(DeleteLink) < kinds.index(AddVxlan)
+    fdb_ops = [i for i, k in enumerate(kinds) if k in (AddFdb, DeleteFdb, AddVxlan, SetMaster)]
+    pin_ops = [i for i, k in enumerate(kinds) if k in (PinMac, UnpinMac)]
+    assert not fdb_ops or not pin_ops or max(fdb_ops) < min(pin_ops)
     deletes = [i for i, k in enumerate(kinds) if k is DeleteFdb]
     adds = [i for i, k in enumerate(kinds) if k is AddFdb]
     assert not deletes or not adds or max(deletes) < min(adds)
 
 
-@settings(max_examples=200, deadline=None)
-@given(actual=actuals, config=configs, peers=peer_maps, macs=mac_maps)
+@settings(max_examples=150, deadline=None)
+@given(actual=actuals, config=configs, peers=peer_maps, macs=mac_maps, probed=peer_maps)
 def test_the_diff_reaches_the_desired_state_and_then_is_empty(
         actual: Actual, config: LocalConfig, peers: dict[str, ipaddress.IPv4Address],
-        macs: dict[str, str]) -> None:
+        macs: dict[str, str], probed: dict[str, ipaddress.IPv4Address]) -> None:
     kernel = FakeKernel()
     build(kernel, actual)
-    want = desired(config, peers, macs)
-    ops = diff(want, read(kernel))
+    want = desired(config, peers, macs, probed)
+    ops = diff(want, read(kernel), pins(kernel, config))
     check_order(ops)
     apply(kernel, ops)
-    have = read(kernel)
-    assert reached(want, have), (ops, have)
-    assert diff(want, have) == ()
-    assert diff(want, have) == diff(want, read(kernel))  # pure and repeatable
+    have, pinned = read(kernel), pins(kernel, config)
+    assert reached(want, have, pinned), (ops, have, pinned)
+    assert diff(want, have, pinned) == ()
+    assert diff(want, have, pinned) == diff(want, read(kernel), pins(kernel, config))
     apply(kernel, teardown(have))
     assert read(kernel) is None
 
@@ -214,3 +252,18 @@ def test_config_refuses_out_of_range_values() -> None:
         LocalConfig(local=IPS[0], mtu=1376, vni=1 << 24)
     with pytest.raises(ValueError, match="port"):
         LocalConfig(local=IPS[0], mtu=1376, port=70000)
+
+
+def test_heartbeat_macs_entries_and_pins() -> None:
+    assert heartbeat_mac("aa:bb:cc:dd:ee:ff") == "7a:bb:cc:dd:ee:ff"
+    hashed = heartbeat_mac("not-a-mac")
+    assert hashed.startswith("7a:") and hashed == heartbeat_mac("not-a-mac")
+    config = LocalConfig(local=IPS[0], mtu=1376, peer_name=OWN_NAME)
+    hb_a = heartbeat_mac("peer-a")
+    want = desired(config, {}, {hb_a: "peer-a"}, {"peer-a": IPS[1]})  # on sleeve, probed
+    assert want.fdb == {FdbEntry(hb_a, IPS[1])}  # no flood entry: the sleeve carries it
+    assert want.pins == {(DEV, hb_a), (TAP, heartbeat_mac(OWN_NAME))}
+    ops = diff(want, None, {TAP: frozenset({"7a:00:00:00:00:99"})})
+    assert [str(op) for op in ops[-3:]] == [
+        f"unpin 7a:00:00:00:00:99 from {TAP}", f"pin {hb_a} to {DEV}",
+        f"pin {heartbeat_mac(OWN_NAME)} to {TAP}"]

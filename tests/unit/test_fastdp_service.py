@@ -11,8 +11,17 @@ import trio
 import trio.testing
 
 from router.kernel.fake import FakeKernel
-from router.kernel.port import FLOOD_MAC, AddBridge, DeleteFdb, DeleteLink, FdbEntry, SetMtu
-from router.overlay.fastdp.plan import LocalConfig
+from router.kernel.port import (
+    FLOOD_MAC,
+    AddBridge,
+    DeleteFdb,
+    DeleteLink,
+    FdbEntry,
+    SetMaster,
+    SetMtu,
+    UnpinMac,
+)
+from router.overlay.fastdp.plan import LocalConfig, heartbeat_mac
 from router.overlay.fastdp.service import FastdpService, FastdpStatistics
 
 LOCAL = ipaddress.IPv4Address("192.168.1.1")
@@ -101,3 +110,26 @@ async def test_remove_takes_away_the_device_and_statistics_are_frozen() -> None:
     assert isinstance(before, FastdpStatistics) and before.device
     assert not service.statistics().device
     await service.remove()  # nothing left: nothing to do
+
+
+async def test_heartbeat_entries_and_pins_are_kept(autojump_clock: trio.testing.MockClock
+                                                   ) -> None:
+    kernel = await kernel_with_bridge()
+    tap = await kernel.open_tap("vethwe-pcap")
+    await kernel.apply([SetMaster("vethwe-pcap", "weave")])
+    own = "aa:bb:cc:00:00:01"
+    service = FastdpService(kernel, LocalConfig(local=LOCAL, mtu=1376, peer_name=own),
+                            resync=10.0)
+    service.set_heartbeats({"b": PEER_B})  # probed while on sleeve: no flood entry
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        assert await entries(kernel) == {FdbEntry(heartbeat_mac("b"), PEER_B)}
+        assert await kernel.pinned_macs(DEV) == {heartbeat_mac("b")}
+        assert await kernel.pinned_macs("vethwe-pcap") == {heartbeat_mac(own)}
+        await kernel.apply([UnpinMac("vethwe-pcap", heartbeat_mac(own)),
+                            SetMaster(DEV, None)])  # pins gone behind the service's back
+        await trio.sleep(10.5)
+        assert await kernel.pinned_macs("vethwe-pcap") == {heartbeat_mac(own)}
+        assert await kernel.pinned_macs(DEV) == {heartbeat_mac("b")}
+        nursery.cancel_scope.cancel()
+    tap.close()

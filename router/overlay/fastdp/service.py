@@ -3,12 +3,13 @@
 A thin trio driver around :mod:`router.overlay.fastdp.plan`; the kernel is reached only
 through an :class:`~router.kernel.port.OverlayPort`. Its loop, one pass at a time:
 
-1. read the device (``port.vxlan``);
+1. read the device (``port.vxlan``) and the heartbeat pins (``port.pinned_macs``);
 2. diff it against the plan's desired state for the current peers and MACs;
 3. apply the operations in order (``port.apply``);
-4. wait until :meth:`FastdpService.set_peers` / :meth:`FastdpService.set_macs` change the
-   inputs, or ``resync`` seconds pass: the periodic pass re-creates what someone else
-   deleted or changed (``ip link del vxlan-6784``, ``bridge fdb del ...``).
+4. wait until :meth:`FastdpService.set_peers`, :meth:`FastdpService.set_macs` or
+   :meth:`FastdpService.set_heartbeats` change the inputs, or ``resync`` seconds pass: the
+   periodic pass re-creates what someone else deleted or changed (``ip link del
+   vxlan-6784``, ``bridge fdb del ...``).
 
 A kernel failure never ends the service: it is counted, kept as ``last_error`` in
 :meth:`FastdpService.statistics`, and the next pass (after ``retry`` seconds at most)
@@ -18,6 +19,7 @@ tries again from a fresh read. :meth:`FastdpService.remove` takes fastdp's objec
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -26,7 +28,7 @@ import trio
 
 from router.errors import KernelError
 from router.kernel.port import OverlayPort
-from router.overlay.fastdp.plan import LocalConfig, desired, diff, teardown
+from router.overlay.fastdp.plan import LocalConfig, desired, diff, pin_ports, teardown
 
 RESYNC_INTERVAL = 10.0  # seconds between passes when nothing changes
 RETRY_INTERVAL = 1.0  # seconds before the next pass after a kernel failure
@@ -57,6 +59,7 @@ class FastdpService:
         self._retry = retry
         self._peers: dict[str, ipaddress.IPv4Address] = {}
         self._macs: dict[str, str] = {}
+        self._heartbeats: dict[str, ipaddress.IPv4Address] = {}
         self._changed = trio.Event()
         self._stats = FastdpStatistics()
 
@@ -68,6 +71,11 @@ class FastdpService:
     def set_macs(self, macs: Mapping[str, str]) -> None:
         """The learned container MACs (MAC -> peer name); only fastdp peers' get entries."""
         self._macs = dict(macs)
+        self._changed.set()
+
+    def set_heartbeats(self, peers: Mapping[str, ipaddress.IPv4Address]) -> None:
+        """The peers to probe with heartbeats (name -> underlay IP), on fastdp or not."""
+        self._heartbeats = dict(peers)
         self._changed.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -83,12 +91,14 @@ class FastdpService:
     async def converge(self) -> bool:
         """One pass: read, diff, apply. False if the kernel refused (counted, not raised)."""
         self._changed = trio.Event()
-        want = desired(self._config, self._peers, self._macs)
+        want = desired(self._config, self._peers, self._macs, self._heartbeats)
         floods = sum(1 for e in want.fdb if e.flood)
         self._stats = replace(self._stats, flood_entries=floods,
                               mac_entries=len(want.fdb) - floods)
         try:
-            ops = diff(want, await self._port.vxlan(self._config.name, netns=self._config.netns))
+            have = await self._port.vxlan(self._config.name, netns=self._config.netns)
+            pinned = {port: await self._pins(port) for port in pin_ports(self._config)}
+            ops = diff(want, have, pinned)
             await self._port.apply(ops)
         except KernelError as exc:
             s = self._stats
@@ -100,6 +110,14 @@ class FastdpService:
                               ops_applied=s.ops_applied + len(ops), device=True,
                               last_error=None)
         return True
+
+    async def _pins(self, port: str) -> frozenset[str]:
+        try:
+            return await self._port.pinned_macs(port, netns=self._config.netns)
+        except KernelError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+            return frozenset()  # no device yet: nothing pinned
 
     async def remove(self) -> None:
         """Delete fastdp's FDB entries and device (``reset``); KernelError if refused."""
