@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 
-from router.errors import KernelError
+from router.errors import DecodeError, KernelError
 from router.kernel.fake import FakeKernel
 from router.kernel.netlink import NetlinkPort, open_netlink_port
 from router.kernel.plumbing import TAP_NAME, bridge_plan, tap_plan
@@ -46,6 +46,7 @@ from router.kernel.port import (
     execute,
 )
 from router.kernel.tap import VNET_HDR_LEN
+from router.overlay.fastdp.heartbeat import Heard, HeartbeatEcho, decode_heartbeat_untrusted
 from router.overlay.fastdp.plan import LocalConfig, desired, diff, heartbeat_mac, teardown
 from router.overlay.fastdp.service import FastdpService
 from router.testing.netns import Host, Mesh
@@ -369,8 +370,9 @@ async def test_a_heartbeat_frame_crosses_tap_vxlan_tap_and_is_pinned(
 
 async def test_two_services_program_the_heartbeat_path(
         port: NetlinkPort, make_mesh: MeshFactory) -> None:
-    """Each host's FastdpService, told to probe the other (no peer on fastdp yet), makes a
-    heartbeat frame written into one TAP come out of the other's, both ways."""
+    """Each host's FastdpService, told to probe the other (no peer on fastdp yet), lets
+    heartbeat frames written into one TAP come out of the other's, both ways, so that each
+    side's HeartbeatEcho proves the path both ways."""
     mesh: Mesh = make_mesh(2)
     hosts = mesh.hosts
     names = ["aa:bb:cc:00:00:01", "aa:bb:cc:00:00:02"]
@@ -385,27 +387,25 @@ async def test_two_services_program_the_heartbeat_path(
         config = LocalConfig(local=ipaddress.IPv4Address(host.ip), mtu=MTU, netns=ns,
                              peer_name=name)
         services.append(FastdpService(port, config))
+    echoes = [HeartbeatEcho(names[i], names[1 - i], heartbeat_mac(names[i]),
+                            heartbeat_mac(names[1 - i])) for i in (0, 1)]
     try:
         for i, service in enumerate(services):
             other = 1 - i
             service.set_heartbeats({names[other]: ipaddress.IPv4Address(hosts[other].ip)})
             assert await service.converge()
         assert fdb_shown(hosts[0]) == {(heartbeat_mac(names[1]), hosts[1].ip)}
-        for i in (0, 1):
-            src, dst = heartbeat_mac(names[i]), heartbeat_mac(names[1 - i])
-            frame = (bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", ""))
-                     + HB_TYPE + b"heartbeat".ljust(46, b"\0"))
-
-            def is_it(f: bytes, frame: bytes = frame) -> bool:
-                return f[:14] == frame[:14]
-
-            arrived: list[bytes] = []
-            for _ in range(20):
-                os.write(taps[i].fileno(), bytes(VNET_HDR_LEN) + frame)
-                arrived = read_frames(taps[1 - i], is_it, 0.5)
-                if any(is_it(f) for f in arrived):
-                    break
-            assert any(is_it(f) for f in arrived), (i, [f[:14].hex() for f in arrived])
+        proved = [False, False]
+        deadline = time.monotonic() + 20.0
+        while not all(proved):
+            assert time.monotonic() < deadline, f"heartbeats proved only {proved}"
+            for i in (0, 1):
+                os.write(taps[i].fileno(), bytes(VNET_HDR_LEN) + echoes[i].next_frame())
+            for i in (0, 1):
+                for frame in read_frames(taps[i], lambda f: False, 0.3):
+                    with contextlib.suppress(DecodeError):
+                        heard = echoes[i].receive(decode_heartbeat_untrusted(frame))
+                        proved[i] = proved[i] or heard is Heard.BOTH_WAYS
     finally:
         for tap in taps:
             tap.close()
