@@ -12,7 +12,14 @@ operations to them the way Linux does (``router/kernel/port.py`` lists the errno
 * only a bridge can be a master (``EOPNOTSUPP``), and a bridge cannot be a port (``ELOOP``);
 * MTUs are checked against each kind's range; a bridge's MTU is pinned (as ``AddBridge``
   makes it on the real kernel) so ports never change it;
-* a TAP is a ``tun`` link that lives while its :class:`FakeTap` is open.
+* a TAP is a ``tun`` link that lives while its :class:`FakeTap` is open;
+* a VXLAN device's VNI and port are unique in its namespace (``EEXIST``); FDB entries go
+  only on VXLAN devices (``EOPNOTSUPP``); appending a flood entry that is there already
+  succeeds, a second unicast entry for a MAC is ``EEXIST``; deleting an entry for a MAC
+  that has none is ``ENOENT``, while deleting a missing remote of a MAC that has others
+  succeeds and changes nothing (both as the kernel's ``vxlan_fdb_delete``);
+* a MAC can be pinned only to a bridge port (``EOPNOTSUPP``), once (``EEXIST``); leaving
+  the bridge drops a port's pins.
 
 Left out on purpose (no plan depends on them): kernel-derived routes (snapshots of the real
 port leave them out too), IPv6 link-local addresses, a bridge adopting a port's MAC, and
@@ -25,30 +32,38 @@ from __future__ import annotations
 import errno
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from router.errors import ClosedError, KernelError
 from router.kernel.port import (
     MTU_MAX,
     MTU_MIN,
+    VNI_MAX,
     AddAddress,
     AddBridge,
+    AddFdb,
     Address,
     AddRoute,
     AddVeth,
+    AddVxlan,
     DeleteAddress,
+    DeleteFdb,
     DeleteLink,
     DeleteRoute,
+    FdbEntry,
     KernelStatistics,
     Link,
     NetnsState,
     Op,
+    PinMac,
     Route,
     SetDown,
     SetMac,
     SetMaster,
     SetMtu,
     SetUp,
+    UnpinMac,
+    VxlanDevice,
     kernel_error,
 )
 
@@ -60,6 +75,9 @@ class _Link:
     link: Link
     peer: tuple[str | None, str] | None = None  # veth: (namespace, name) of the other end
     tap_open: bool = False
+    vxlan: AddVxlan | None = None  # a VXLAN device: how it was made
+    fdb: set[FdbEntry] = field(default_factory=set)  # a VXLAN device's own entries
+    pinned: set[str] = field(default_factory=set)  # MACs pinned to this bridge port
 
 
 class _Netns:
@@ -155,6 +173,26 @@ class FakeKernel:
                 raise
             self._bump(ops_applied=1)
 
+    async def vxlan(self, name: str, *, netns: str | None = None) -> VxlanDevice | None:
+        """See :meth:`router.kernel.port.OverlayPort.vxlan`."""
+        self._check_open()
+        item = self._get(netns).links.get(name)
+        self._bump(snapshots=1)
+        if item is None:
+            return None
+        if item.vxlan is None:
+            raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a "
+                               f"{item.link.kind or 'device'}, not a VXLAN device")
+        return VxlanDevice(link=item.link, vni=item.vxlan.vni, port=item.vxlan.port,
+                           local=item.vxlan.local, learning=False, remote=None,
+                           fdb=frozenset(item.fdb))
+
+    async def pinned_macs(self, ifname: str, *, netns: str | None = None) -> frozenset[str]:
+        """See :meth:`router.kernel.port.OverlayPort.pinned_macs`."""
+        self._check_open()
+        self._bump(snapshots=1)
+        return frozenset(self._find(netns, ifname, f"pinned macs of {ifname}").pinned)
+
     async def open_tap(self, name: str, *, netns: str | None = None) -> FakeTap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""
         self._check_open()
@@ -217,7 +255,7 @@ class FakeKernel:
         ns.links[name] = item
         return item
 
-    def _find(self, netns: str | None, name: str, op: Op) -> _Link:
+    def _find(self, netns: str | None, name: str, op: object) -> _Link:
         item = self._get(netns).links.get(name)
         if item is None:
             raise kernel_error(errno.ENODEV, f"{op}: link {name}")
@@ -249,6 +287,16 @@ class FakeKernel:
                 self._add_route(op)
             case DeleteRoute():
                 self._delete_route(op)
+            case AddVxlan():
+                self._add_vxlan(op)
+            case AddFdb():
+                self._add_fdb(op)
+            case DeleteFdb():
+                self._delete_fdb(op)
+            case PinMac():
+                self._pin(op)
+            case UnpinMac():
+                self._unpin(op)
 
     def _check_mtu(self, kind: str, mtu: int, op: Op) -> None:
         if not MTU_MIN <= mtu <= MAX_MTU_BY_KIND.get(kind, MTU_MAX):
@@ -295,6 +343,7 @@ class FakeKernel:
         for port in ns.links.values():
             if port.link.master == name:
                 port.link = replace(port.link, master=None)
+                port.pinned.clear()
         if item.peer is not None:
             peer_ns, peer = item.peer
             if peer_ns in self._ns and peer in self._ns[peer_ns].links:
@@ -335,6 +384,7 @@ class FakeKernel:
         if item.link.master == op.master:
             return
         item.link = replace(item.link, master=None)
+        item.pinned.clear()  # the kernel flushes a port's entries when it leaves the bridge
         if master is None:
             return
         if master.link.kind != "bridge":
@@ -394,6 +444,51 @@ class FakeKernel:
                 ns.routes.remove(r)
                 return
         raise kernel_error(errno.ESRCH, str(op))
+
+    def _add_vxlan(self, op: AddVxlan) -> None:
+        ns = self._get(op.netns)
+        if op.name in ns.links or any(
+                item.vxlan is not None and (item.vxlan.vni, item.vxlan.port) == (op.vni, op.port)
+                for item in ns.links.values()):
+            raise kernel_error(errno.EEXIST, str(op))
+        if not 0 <= op.vni <= VNI_MAX or not 0 < op.port < 65536:
+            raise kernel_error(errno.EINVAL, str(op))
+        self._check_mtu("vxlan", op.mtu, op)
+        self._new_link(ns, op.name, "vxlan", op.mtu, self._mac()).vxlan = op
+
+    def _vxlan_of(self, op: AddFdb | DeleteFdb) -> _Link:
+        item = self._find(op.netns, op.ifname, op)
+        if item.vxlan is None:
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a VXLAN device")
+        return item
+
+    def _add_fdb(self, op: AddFdb) -> None:
+        item = self._vxlan_of(op)
+        if not op.entry.flood and any(e.mac == op.entry.mac for e in item.fdb):
+            raise kernel_error(errno.EEXIST, str(op))
+        item.fdb.add(op.entry)
+
+    def _delete_fdb(self, op: DeleteFdb) -> None:
+        item = self._vxlan_of(op)
+        if not any(e.mac == op.entry.mac for e in item.fdb):
+            raise kernel_error(errno.ENOENT, str(op))
+        item.fdb.discard(op.entry)
+
+    def _pin(self, op: PinMac) -> None:
+        item = self._find(op.netns, op.ifname, op)
+        if item.link.master is None:
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a bridge port")
+        if op.mac in item.pinned:
+            raise kernel_error(errno.EEXIST, str(op))
+        item.pinned.add(op.mac)
+
+    def _unpin(self, op: UnpinMac) -> None:
+        item = self._find(op.netns, op.ifname, op)
+        if item.link.master is None:
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a bridge port")
+        if op.mac not in item.pinned:
+            raise kernel_error(errno.ENOENT, str(op))
+        item.pinned.discard(op.mac)
 
 
 def _same_subnet(a: Address, b: Address) -> bool:

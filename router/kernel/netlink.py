@@ -45,16 +45,21 @@ from router.kernel.port import (
     MTU_MAX,
     AddAddress,
     AddBridge,
+    AddFdb,
     Address,
     AddRoute,
     AddVeth,
+    AddVxlan,
     DeleteAddress,
+    DeleteFdb,
     DeleteLink,
     DeleteRoute,
+    FdbEntry,
     KernelStatistics,
     Link,
     NetnsState,
     Op,
+    PinMac,
     Route,
     Scope,
     SetDown,
@@ -62,6 +67,8 @@ from router.kernel.port import (
     SetMaster,
     SetMtu,
     SetUp,
+    UnpinMac,
+    VxlanDevice,
     is_link_local,
     kernel_error,
 )
@@ -72,7 +79,11 @@ CLONE_NEWNET = 0x40000000
 RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2  # routes the kernel derives from addresses: not ours, left out of snapshots
 RTN_UNICAST = 1
+AF_BRIDGE = 7
 IFF_UP = 0x1
+NTF_SELF = 0x02  # an FDB entry of the device itself (not the bridge's view of its port)
+NTF_MASTER = 0x04  # an FDB entry of the bridge the device is a port of
+NUD_NOARP = 0x40  # a bridge FDB entry that is "static" (NUD_PERMANENT would make it local)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -204,7 +215,7 @@ def _scope(value: int) -> Scope:
 # --- changing state -------------------------------------------------------------------------
 
 
-def _index(ipr: Any, name: str, op: Op) -> int:
+def _index(ipr: Any, name: str, op: object) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
         raise kernel_error(errno.ENODEV, f"{op}: link {name}")
@@ -265,6 +276,40 @@ def _addr_args(ipr: Any, op: AddAddress | DeleteAddress) -> dict[str, Any]:
 
 
 _Handler = Callable[[_Worker, Any, Any], None]
+
+
+def _add_vxlan(w: _Worker, ipr: Any, op: AddVxlan) -> None:
+    ipr.link("add", ifname=op.name, kind="vxlan", vxlan_id=op.vni, vxlan_port=op.port,
+             vxlan_local=str(op.local), vxlan_learning=0, mtu=op.mtu)
+
+
+def _fdb(verb: str) -> _Handler:
+    # "append" adds a remote beside the others for the flood MAC; a unicast MAC takes "add"
+    # (exclusive). Flags are explicit: pyroute2 would otherwise aim some verbs at the bridge.
+    # Only VXLAN devices: the kernel would put a unicast MAC on another device's address
+    # list, and refuses the flood MAC there with EINVAL.
+    def handler(w: _Worker, ipr: Any, op: AddFdb | DeleteFdb) -> None:
+        index = _index(ipr, op.ifname, op)
+        [msg] = ipr.link("get", index=index)  # the kernel would take some on other devices
+        if _link(msg, {}).kind != "vxlan":
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a VXLAN device")
+        kind = verb if verb == "del" or not op.entry.flood else "append"
+        ipr.fdb(kind, ifindex=index, lladdr=op.entry.mac, dst=str(op.entry.dst),
+                flags=NTF_SELF)
+    return handler
+
+
+def _pin(verb: str) -> _Handler:
+    # Not ipr.fdb(): it would make the entry NUD_PERMANENT, a "local" entry that the bridge
+    # delivers to the host instead of forwarding to the port.
+    # Only on a bridge port (the kernel says EOPNOTSUPP or EINVAL, by kind of device).
+    def handler(w: _Worker, ipr: Any, op: PinMac | UnpinMac) -> None:
+        index = _index(ipr, op.ifname, op)
+        if not ipr.link("get", index=index)[0].get_attr("IFLA_MASTER"):
+            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a bridge port")
+        ipr.neigh(verb, ifindex=index, lladdr=op.mac,
+                  family=AF_BRIDGE, flags=NTF_MASTER, state=NUD_NOARP)
+    return handler
 _HANDLERS: dict[type, _Handler] = {
     AddBridge: _add_bridge,
     AddVeth: _add_veth,
@@ -278,6 +323,11 @@ _HANDLERS: dict[type, _Handler] = {
     DeleteAddress: lambda w, ipr, op: ipr.addr("del", **_addr_args(ipr, op)),
     AddRoute: lambda w, ipr, op: ipr.route("add", **_route_args(ipr, op.route, op)),
     DeleteRoute: lambda w, ipr, op: ipr.route("del", **_route_args(ipr, op.route, op)),
+    AddVxlan: _add_vxlan,
+    AddFdb: _fdb("add"),
+    DeleteFdb: _fdb("del"),
+    PinMac: _pin("add"),
+    UnpinMac: _pin("del"),
 }
 
 
@@ -305,6 +355,60 @@ def _take_snapshot(w: _Worker, netns: str | None) -> NetnsState:
     except NetlinkError as exc:
         raise kernel_error(exc.code, f"snapshot{'' if netns is None else ' of ' + netns}") \
             from None
+
+
+def _vxlan(ipr: Any, name: str) -> VxlanDevice | None:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return None
+    [msg] = ipr.link("get", index=found[0])
+    names = {int(found[0]): name}
+    master = msg.get_attr("IFLA_MASTER")
+    if master:
+        names[master] = ipr.link("get", index=master)[0].get_attr("IFLA_IFNAME")
+    link = _link(msg, names)
+    info = msg.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    if link.kind != "vxlan" or data is None:
+        raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a {link.kind or 'device'}, "
+                           "not a VXLAN device")
+    local, group = data.get_attr("IFLA_VXLAN_LOCAL"), data.get_attr("IFLA_VXLAN_GROUP")
+    return VxlanDevice(
+        link=link, vni=data.get_attr("IFLA_VXLAN_ID"), port=data.get_attr("IFLA_VXLAN_PORT"),
+        local=ipaddress.IPv4Address(local) if local else None,
+        learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+        remote=ipaddress.IPv4Address(group) if group else None,
+        fdb=frozenset(_fdb_entries(ipr, link.index)),
+    )
+
+
+def _fdb_entries(ipr: Any, index: int) -> Iterator[FdbEntry]:
+    for msg in ipr.fdb("dump", ifindex=index):
+        dst = msg.get_attr("NDA_DST")
+        if msg["ifindex"] == index and msg["flags"] & NTF_SELF and dst and ":" not in dst:
+            yield FdbEntry(msg.get_attr("NDA_LLADDR").lower(), ipaddress.IPv4Address(dst))
+
+
+def _read_pins(w: _Worker, ifname: str, netns: str | None) -> frozenset[str]:
+    try:
+        with w.batch() as ipr:
+            sock = ipr(netns)
+            index = _index(sock, ifname, f"pinned macs of {ifname}")
+            return frozenset(
+                msg.get_attr("NDA_LLADDR").lower() for msg in sock.fdb("dump", ifindex=index)
+                if msg["ifindex"] == index and msg["state"] == NUD_NOARP
+                and msg.get_attr("NDA_MASTER"))
+    except NetlinkError as exc:
+        raise kernel_error(exc.code, f"pinned macs of {ifname}") from None
+
+
+def _read_vxlan(w: _Worker, name: str, netns: str | None) -> VxlanDevice | None:
+    try:
+        with w.batch() as ipr:
+            return _vxlan(ipr(netns), name)
+    except NetlinkError as exc:
+        where = "" if netns is None else f" in {netns}"
+        raise kernel_error(exc.code, f"read vxlan {name}{where}") from None
 
 
 # --- the port -----------------------------------------------------------------------------
@@ -372,6 +476,18 @@ class NetlinkPort:
         self._bump(ops_applied=done, ops_failed=0 if error is None else 1)
         if error is not None:
             raise error
+
+    async def vxlan(self, name: str, *, netns: str | None = None) -> VxlanDevice | None:
+        """See :meth:`router.kernel.port.OverlayPort.vxlan`."""
+        device = await self._run(lambda: _read_vxlan(self._w(), name, netns))
+        self._bump(snapshots=1)
+        return device
+
+    async def pinned_macs(self, ifname: str, *, netns: str | None = None) -> frozenset[str]:
+        """See :meth:`router.kernel.port.OverlayPort.pinned_macs`."""
+        macs = await self._run(lambda: _read_pins(self._w(), ifname, netns))
+        self._bump(snapshots=1)
+        return macs
 
     async def open_tap(self, name: str, *, netns: str | None = None) -> tapdev.Tap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""

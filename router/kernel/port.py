@@ -18,14 +18,19 @@ kernel failure surfaces as :class:`~router.errors.KernelError` with the kernel's
 (route through a link that is down), ``EOPNOTSUPP`` (master is not a bridge), ``EBUSY``
 (TAP already open), ``EINVAL`` (value the kernel refuses, e.g. an MTU out of range).
 
+fastdp's VXLAN device (:class:`AddVxlan`, :class:`AddFdb`, :class:`DeleteFdb`, read back
+with :meth:`OverlayPort.vxlan`) adds: ``EEXIST`` (another VXLAN device has that VNI and
+port, or a unicast MAC has an entry), ``ENOENT`` (no FDB entry for that MAC),
+``EOPNOTSUPP`` (FDB entries on a device that is not VXLAN).
+
 Namespaces are named by path (``/run/netns/NAME``, ``/proc/PID/ns/net``); ``None`` is the
-namespace the port was opened in (the router's own). :func:`resolve_netns` turns what a user
-typed (a name from ``ip netns``, a path, or a PID) into such a path.
+namespace the port was opened in (the router's own). :func:`resolve_netns` (from
+``router/kernel/netns.py``) turns what a user typed (a name from ``ip netns``, a path, or a
+PID) into such a path.
 """
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import re
@@ -35,7 +40,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
-from router.errors import ConfigError, KernelError, LocalProtocolError
+from router.errors import KernelError, LocalProtocolError
+from router.kernel.netns import NETNS_RUN_DIR as NETNS_RUN_DIR
+from router.kernel.netns import netns_inode as netns_inode
+from router.kernel.netns import resolve_netns as resolve_netns
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -44,10 +52,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IFNAMSIZ = 16  # bytes, including the trailing NUL: names are at most 15 characters
 MTU_MIN = 68  # bytes, IPv4 minimum; the kernel refuses smaller on veth/bridge/tap
 MTU_MAX = 65535  # bytes, ETH_MAX_MTU
-NETNS_RUN_DIR = "/run/netns"  # where `ip netns add NAME` binds namespaces
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_NS_GET_NSTYPE = 0xB703  # ioctl(2) on an nsfs file: which kind of namespace it is
-_CLONE_NEWNET = 0x40000000
 
 
 class Scope(IntEnum):
@@ -317,8 +322,140 @@ def _route_text(route: Route) -> str:
     return text
 
 
+# --- VXLAN (fastdp) ---------------------------------------------------------------------------
+
+VNI_MAX = 0xFFFFFF  # a VXLAN network identifier is 24 bits
+FLOOD_MAC = "00:00:00:00:00:00"  # FDB entry for unknown/broadcast/multicast destinations
+
+
+@dataclass(frozen=True)
+class AddVxlan:
+    """Create a VXLAN device: learning off, no default remote (FDB entries say where to send).
+
+    ``port`` is the UDP port the device listens on and sends to (Weave: 6784, its port+1).
+    """
+
+    name: str
+    vni: int
+    port: int  # UDP
+    local: ipaddress.IPv4Address  # underlay source address
+    mtu: int  # bytes
+    netns: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+
+    def __str__(self) -> str:
+        return (f"add vxlan {self.name} id {self.vni} dstport {self.port} local {self.local}"
+                f" mtu {self.mtu}{_where(self.netns)}")
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """Where the VXLAN device sends frames for ``mac``: to the peer at ``dst``.
+
+    ``mac == FLOOD_MAC`` is a flood entry: a device may have one per remote (``append``),
+    and sends each broadcast, multicast or unknown-unicast frame to all of them. Any other
+    MAC has at most one entry.
+    """
+
+    mac: str
+    dst: ipaddress.IPv4Address
+
+    def __post_init__(self) -> None:
+        check_mac(self.mac)
+
+    @property
+    def flood(self) -> bool:
+        """True for a flood (all-zeros MAC) entry."""
+        return self.mac == FLOOD_MAC
+
+    def __str__(self) -> str:
+        return f"{self.mac} dst {self.dst}"
+
+
+@dataclass(frozen=True)
+class AddFdb:
+    """Add an FDB entry to a VXLAN device (a flood entry is appended beside the others).
+
+    Appending a flood entry that is there already succeeds; a unicast MAC that has an
+    entry already is ``EEXIST`` (delete it first).
+    """
+
+    ifname: str
+    entry: FdbEntry
+    netns: str | None = None
+
+    def __str__(self) -> str:
+        return f"add fdb {self.entry} dev {self.ifname}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class DeleteFdb:
+    """Remove one FDB entry: ``ENOENT`` if the MAC has none (the kernel's rule)."""
+
+    ifname: str
+    entry: FdbEntry
+    netns: str | None = None
+
+    def __str__(self) -> str:
+        return f"delete fdb {self.entry} dev {self.ifname}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class PinMac:
+    """Pin ``mac`` to bridge port ``ifname`` (``bridge fdb add MAC dev IFNAME master static``).
+
+    The bridge then forwards frames for ``mac`` to that port only, never ages it and never
+    moves it (fastdp's heartbeats: to the VXLAN port on the sender, to the router's TAP on
+    the receiver, never to containers). ``EEXIST`` if pinned already, ``EOPNOTSUPP`` if
+    ``ifname`` is not a bridge port. Leaving the bridge drops the port's pins.
+    """
+
+    ifname: str
+    mac: str
+    netns: str | None = None
+
+    def __post_init__(self) -> None:
+        check_mac(self.mac)
+
+    def __str__(self) -> str:
+        return f"pin {self.mac} to {self.ifname}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class UnpinMac:
+    """Remove a :class:`PinMac` (``ENOENT`` if it is not there)."""
+
+    ifname: str
+    mac: str
+    netns: str | None = None
+
+    def __post_init__(self) -> None:
+        check_mac(self.mac)
+
+    def __str__(self) -> str:
+        return f"unpin {self.mac} from {self.ifname}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class VxlanDevice:
+    """A VXLAN device as the kernel reports it, with its own (``self``) FDB entries."""
+
+    link: Link
+    vni: int
+    port: int  # UDP
+    local: ipaddress.IPv4Address | None
+    learning: bool
+    remote: ipaddress.IPv4Address | None  # the default remote (group); fastdp sets none
+    fdb: frozenset[FdbEntry] = frozenset()
+
+
 Op = (AddBridge | AddVeth | DeleteLink | SetUp | SetDown | SetMtu | SetMac | SetMaster
-      | AddAddress | DeleteAddress | AddRoute | DeleteRoute)
+      | AddAddress | DeleteAddress | AddRoute | DeleteRoute | AddVxlan | AddFdb | DeleteFdb
+      | PinMac | UnpinMac)
+OverlayOp = (AddVxlan | AddFdb | DeleteFdb | DeleteLink | SetUp | SetMtu | SetMaster | PinMac
+             | UnpinMac)
 
 
 @dataclass(frozen=True)
@@ -386,6 +523,28 @@ class KernelPort(Protocol):
     async def aclose(self) -> None: ...
 
 
+class OverlayPort(Protocol):
+    """What fastdp asks of the kernel: one tunnel device on the bridge and where it sends.
+
+    Narrow on purpose: the VXLAN backend (netlink, fake) implements it today; an
+    openvswitch datapath could implement the same reads and operations one day.
+    """
+
+    async def vxlan(self, name: str, *, netns: str | None = None) -> VxlanDevice | None:
+        """The VXLAN device ``name`` (None if absent); EOPNOTSUPP if ``name`` is another kind."""
+        ...
+
+    async def pinned_macs(self, ifname: str, *, netns: str | None = None) -> frozenset[str]:
+        """The MACs pinned (:class:`PinMac`) to bridge port ``ifname``; ENODEV if no such link."""
+        ...
+
+    async def apply(self, ops: Sequence[OverlayOp]) -> None:
+        """Run ``ops`` in order; at the first failure raise KernelError (earlier ops stay)."""
+        ...
+
+    def statistics(self) -> KernelStatistics: ...
+
+
 async def execute(port: KernelPort, plan: Plan) -> None:
     """Apply ``plan``; if it fails, run its rollback (errors there are ignored) and re-raise."""
     if not plan.ops:
@@ -397,64 +556,6 @@ async def execute(port: KernelPort, plan: Plan) -> None:
             with suppress(KernelError):
                 await port.apply((op,))
         raise
-
-
-# --- naming namespaces ------------------------------------------------------------------------
-
-
-def resolve_netns(spec: str, *, run_dir: str = NETNS_RUN_DIR, allow_own: bool = False) -> str:
-    """The path of the network namespace a user named by ``spec``.
-
-    ``spec`` is a name from ``ip netns`` (``c1`` -> ``/run/netns/c1``), a path to a
-    namespace file (``/proc/1234/ns/net``, ``/run/netns/c1``), or a PID (``1234`` ->
-    ``/proc/1234/ns/net``). The path must open and be a network namespace; unless
-    ``allow_own``, it must not be the caller's own namespace (a container there could not be
-    attached: the veth would land in the host). Raises ConfigError naming ``spec``.
-    """
-    spec = spec.strip()
-    if not spec:
-        raise ConfigError("container: empty namespace name")
-    if spec.isdigit():
-        path = f"/proc/{int(spec)}/ns/net"
-        if not os.path.exists(f"/proc/{int(spec)}"):
-            raise ConfigError(f"container {spec}: no process with that PID")
-    elif "/" in spec:
-        path = spec
-    elif spec in (".", ".."):
-        raise ConfigError(f"container {spec!r}: not a namespace name")
-    else:
-        path = os.path.join(run_dir, spec)
-    ino = _netns_inode(spec, path)
-    if not allow_own and ino == _netns_inode("own", "/proc/thread-self/ns/net"):
-        raise ConfigError(
-            f"container {spec}: that is this router's own network namespace; "
-            "attach a container with its own namespace"
-        )
-    return path
-
-
-def netns_inode(path: str) -> int:
-    """The inode number that identifies the namespace at ``path`` (ConfigError if none)."""
-    return _netns_inode(path, path)
-
-
-def _netns_inode(spec: str, path: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ConfigError(f"container {spec}: no network namespace at {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"container {spec}: cannot open {path}: {exc.strerror}") from None
-    try:
-        try:
-            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
-        except OSError:
-            kind = -1
-        if kind != _CLONE_NEWNET:
-            raise ConfigError(f"container {spec}: {path} is not a network namespace")
-        return os.fstat(fd).st_ino
-    finally:
-        os.close(fd)
 
 
 def kernel_error(code: int, what: str) -> KernelError:

@@ -1,0 +1,130 @@
+"""The fastdp service: keeps the kernel's VXLAN device and FDB equal to the plan.
+
+A thin trio driver around :mod:`router.overlay.fastdp.plan`; the kernel is reached only
+through an :class:`~router.kernel.port.OverlayPort`. Its loop, one pass at a time:
+
+1. read the device (``port.vxlan``) and the heartbeat pins (``port.pinned_macs``);
+2. diff it against the plan's desired state for the current peers and MACs;
+3. apply the operations in order (``port.apply``);
+4. wait until :meth:`FastdpService.set_peers`, :meth:`FastdpService.set_macs` or
+   :meth:`FastdpService.set_heartbeats` change the inputs, or ``resync`` seconds pass: the
+   periodic pass re-creates what someone else deleted or changed (``ip link del
+   vxlan-6784``, ``bridge fdb del ...``).
+
+A kernel failure never ends the service: it is counted, kept as ``last_error`` in
+:meth:`FastdpService.statistics`, and the next pass (after ``retry`` seconds at most)
+tries again from a fresh read. :meth:`FastdpService.remove` takes fastdp's objects away
+(``reset``); leaving the loop leaves them in place (``stop`` keeps the data path up).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import trio
+
+from router.errors import KernelError
+from router.kernel.port import OverlayPort
+from router.overlay.fastdp.plan import LocalConfig, desired, diff, pin_ports, teardown
+
+RESYNC_INTERVAL = 10.0  # seconds between passes when nothing changes
+RETRY_INTERVAL = 1.0  # seconds before the next pass after a kernel failure
+
+
+@dataclass(frozen=True)
+class FastdpStatistics:
+    """A snapshot of the service: passes, what they changed, the kernel's refusals."""
+
+    passes: int = 0
+    repairs: int = 0  # passes that had to change something
+    ops_applied: int = 0  # operations run by the passes that succeeded
+    errors: int = 0
+    last_error: str | None = None
+    device: bool = False  # the device was there and as planned after the last pass
+    flood_entries: int = 0  # planned: one per fastdp peer
+    mac_entries: int = 0  # planned: learned MACs of fastdp peers
+
+
+class FastdpService:
+    """Applies the fastdp plan through ``port``; see the module docstring."""
+
+    def __init__(self, port: OverlayPort, config: LocalConfig, *,
+                 resync: float = RESYNC_INTERVAL, retry: float = RETRY_INTERVAL) -> None:
+        self._port = port
+        self._config = config
+        self._resync = resync
+        self._retry = retry
+        self._peers: dict[str, ipaddress.IPv4Address] = {}
+        self._macs: dict[str, str] = {}
+        self._heartbeats: dict[str, ipaddress.IPv4Address] = {}
+        self._changed = trio.Event()
+        self._stats = FastdpStatistics()
+
+    def set_peers(self, peers: Mapping[str, ipaddress.IPv4Address]) -> None:
+        """The peers now on fastdp (name -> underlay IP); applied on the next pass, soon."""
+        self._peers = dict(peers)
+        self._changed.set()
+
+    def set_macs(self, macs: Mapping[str, str]) -> None:
+        """The learned container MACs (MAC -> peer name); only fastdp peers' get entries."""
+        self._macs = dict(macs)
+        self._changed.set()
+
+    def set_heartbeats(self, peers: Mapping[str, ipaddress.IPv4Address]) -> None:
+        """The peers to probe with heartbeats (name -> underlay IP), on fastdp or not."""
+        self._heartbeats = dict(peers)
+        self._changed.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Converge once, report started, then converge on every change and resync."""
+        ok = await self.converge()
+        task_status.started()
+        while True:
+            with trio.move_on_after(self._resync if ok else self._retry):
+                await self._changed.wait()
+            ok = await self.converge()
+
+    async def converge(self) -> bool:
+        """One pass: read, diff, apply. False if the kernel refused (counted, not raised)."""
+        self._changed = trio.Event()
+        want = desired(self._config, self._peers, self._macs, self._heartbeats)
+        floods = sum(1 for e in want.fdb if e.flood)
+        self._stats = replace(self._stats, flood_entries=floods,
+                              mac_entries=len(want.fdb) - floods)
+        try:
+            have = await self._port.vxlan(self._config.name, netns=self._config.netns)
+            pinned = {port: await self._pins(port) for port in pin_ports(self._config)}
+            ops = diff(want, have, pinned)
+            await self._port.apply(ops)
+        except KernelError as exc:
+            s = self._stats
+            self._stats = replace(s, passes=s.passes + 1, errors=s.errors + 1,
+                                  last_error=str(exc), device=False)
+            return False
+        s = self._stats
+        self._stats = replace(s, passes=s.passes + 1, repairs=s.repairs + bool(ops),
+                              ops_applied=s.ops_applied + len(ops), device=True,
+                              last_error=None)
+        return True
+
+    async def _pins(self, port: str) -> frozenset[str]:
+        try:
+            return await self._port.pinned_macs(port, netns=self._config.netns)
+        except KernelError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+            return frozenset()  # no device yet: nothing pinned
+
+    async def remove(self) -> None:
+        """Delete fastdp's FDB entries and device (``reset``); KernelError if refused."""
+        have = await self._port.vxlan(self._config.name, netns=self._config.netns)
+        await self._port.apply(teardown(have, netns=self._config.netns))
+        self._stats = replace(self._stats, device=False)
+
+    def statistics(self) -> FastdpStatistics:
+        """A frozen snapshot of the counters."""
+        return self._stats
