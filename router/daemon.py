@@ -49,7 +49,7 @@ from router.mesh.service import MeshService
 from router.network.service import Network, TrioNetwork
 from router.overlay.sleeve.service import SleeveService
 from router.status import RouterStatus, Status
-from router.store import Store
+from router.store import Store, StoreError
 
 log = logging.getLogger("weave-router")
 
@@ -360,7 +360,7 @@ def run(config: RouterConfig) -> int:
     except* ConfigError as group:
         log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))
         exit_code = EXIT_CONFIG
-    except* (OSError, KernelError) as group:
+    except* (OSError, KernelError, StoreError) as group:
         # A port in use, a socket or device that cannot be opened: one line, and the
         # supervisor decides whether to try again.
         log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))

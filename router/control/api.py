@@ -45,7 +45,7 @@ from router.containers.service import Attached
 from router.control import ipam_api
 from router.control.layouts import VIEWS
 from router.control.report import render_report
-from router.errors import ConfigError
+from router.errors import ClosedError, ConfigError
 from router.ipam.service import IpamService
 from router.status import Status
 
@@ -273,6 +273,8 @@ async def dispatch(control: RouterControl, request: Request) -> Reply:
         return await handler(control, request)
     except ConfigError as exc:
         return error(400, str(exc))
+    except ClosedError as exc:  # IPAM suspended (its database refuses writes) or handed over
+        return error(503, str(exc))
     except Exception:
         log.exception("control API: %s %s failed", request.method, request.path)
         return error(500, f"internal error serving {request.method} {request.path} (see the log)")
