@@ -407,9 +407,25 @@ def run_detached(config: RouterConfig, *, no_restart: bool, env: Mapping[str, st
     return 0
 
 
+def apply_persisted(config: RouterConfig, args: argparse.Namespace) -> RouterConfig:
+    """What the database says (``router/resume.py``): ``--resume`` takes the recorded
+    range, default subnet and encryption; each discarded or changed thing is one line on
+    stderr. Reads the database without changing it; ConfigError if it is unreadable."""
+    from router import resume  # reads the store: only for launch
+
+    config, notices = resume.resolve(
+        config, resume.read_file(config.db_path),
+        range_given=args.ipalloc_range is not None,
+        subnet_given=args.ipalloc_default_subnet is not None,
+    )
+    for line in notices:
+        print(f"weave-router: warning: {line}", file=sys.stderr, flush=True)
+    return config
+
+
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``launch``: ConfigError for a bad flag, LaunchError if the router cannot start."""
-    config = build_config(args, env)
+    config = apply_persisted(build_config(args, env), args)
     if args.foreground:
         return run_foreground(config)
     return run_detached(config, no_restart=bool(args.no_restart), env=env)

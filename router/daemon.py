@@ -34,7 +34,7 @@ from pathlib import Path
 
 import trio
 
-from router import __version__
+from router import __version__, resume
 from router.config import PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION, RouterConfig
 from router.containers.service import CHECK_INTERVAL, Attached, ContainersService
 from router.control.api import serve_api
@@ -293,6 +293,9 @@ async def _main(config: RouterConfig, store: Store, name: PeerName,
     """Run the router; True when it was asked to reset (its data is then removed)."""
     async with open_netlink_port() as kernel:
         router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel)
+        problem = resume.record_or_warn(store, config)  # IPAM took up its data first
+        if problem is not None:
+            log.warning("%s", problem)
         peer_filter.peer = f"{name}({router.nickname})"
         log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
                  router.nickname, Path(config.db_path))

@@ -130,10 +130,13 @@ class Store:
             db.execute("PRAGMA synchronous = NORMAL")
             store._migrate()
             store.check_contents()
+        except (sqlite3.OperationalError, StoreError) as exc:  # permissions, locks, I/O
+            db.close()
+            raise ConfigError(f"--db-path: cannot use {path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # not a database, damaged pages
             db.close()
             raise corrupt(path, f"not a readable weave-router database ({exc})") from exc
-        except (sqlite3.Error, StoreError) as exc:
+        except sqlite3.Error as exc:
             db.close()
             raise ConfigError(f"--db-path: cannot use {path}: {exc}") from exc
         except ConfigError:
@@ -181,7 +184,36 @@ class Store:
                 parse_address(address, default_port=DEFAULT_PORT)
         except ConfigError as exc:
             raise corrupt(self._path, f"a stored record is unreadable: {exc}") from exc
-        self.load_ipam()
+        if self.schema_version() >= 2:  # the IPAM tables (read-only opens do not migrate)
+            self.load_ipam()
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store | None:
+        """Open the database to read it, changing nothing (no migration); None if there is
+        no file. CorruptDatabase (or ConfigError) as :meth:`open` if it is unreadable."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                 isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"--db-path: cannot open {path}: {exc}") from exc
+        store = cls(db, path)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            store._check_file()
+            store.check_contents()
+        except sqlite3.OperationalError as exc:
+            db.close()
+            raise ConfigError(f"--db-path: cannot read {path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise corrupt(path, f"not a readable weave-router database ({exc})") from exc
+        except ConfigError:
+            db.close()
+            raise
+        return store
 
     @property
     def path(self) -> Path:
