@@ -4,6 +4,10 @@ Every value is checked here, before anything is created: a bad one is a
 :class:`~router.errors.ConfigError` whose one-line message names the flag (or the
 environment variable) and the value, and the command exits 2.
 
+Before either way, the database is read without changing it (``router/resume.py``):
+``--resume`` takes the recorded range, default subnet and encryption; what a relaunch
+discards or changes is one line on stderr; a corrupt database is refused in one line.
+
 Two ways to run:
 
 * ``--foreground``: :func:`router.daemon.run` in this process (systemd ``Type=notify``

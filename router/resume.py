@@ -28,9 +28,11 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from router.config import RouterConfig
-from router.errors import ConfigError, DecodeError
+from router.errors import ConfigError
+from router.ipam.persistence import unreadable_problem
+from router.ipam.ring import Ring
 from router.mesh.names import PeerName
-from router.store import Store, StoreError
+from router.store import Store, StoreError, corrupt
 
 KEY_RANGE = "ipalloc_range"
 KEY_SUBNET = "ipalloc_default_subnet"
@@ -65,16 +67,14 @@ def read(store: Store) -> Persisted:
     launch_range = _network(store.get_meta(KEY_RANGE))
     ipam = store.load_ipam() if store.schema_version() >= 2 else None
     ipam_range = None
+    if ipam is not None:  # the IPAM service refuses it too, but say it before launching
+        problem = unreadable_problem(ipam)
+        if problem is not None:
+            raise corrupt(store.path, problem)
     if ipam is not None and ipam.ring is not None:
-        from router.ipam.ring import Ring  # the IPAM package: only when there is a ring
-
-        try:
-            ring = Ring.decode_untrusted(ipam.ring, ipam.peer_name)
-        except DecodeError:
-            ring = None  # the IPAM service refuses to start on it, naming the file
-        if ring is not None:
-            size = ring.end - ring.start
-            ipam_range = IPv4Network((ring.start, 33 - size.bit_length()))
+        ring = Ring.decode_untrusted(ipam.ring, ipam.peer_name)
+        size = ring.end - ring.start
+        ipam_range = IPv4Network((ring.start, 33 - size.bit_length()))
     elif ipam is not None:
         ipam_range = launch_range
     return Persisted(
