@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -54,5 +55,11 @@ def test_launch_on_a_corrupt_database_is_one_line_and_changes_nothing(
     assert f"run `weave-router reset --db-path {h1.db_path}`" in lines[0], lines[0]
     h1.wait_stopped()
     assert hashlib.sha256(h1.db_path.read_bytes()).hexdigest() == before
-    rows = sqlite3.connect(h1.db_path).execute("SELECT count(*) FROM ipam_owned").fetchone()
+    with closing(sqlite3.connect(h1.db_path)) as db:
+        rows = db.execute("SELECT count(*) FROM ipam_owned").fetchone()
     assert rows == (5,), "allocations were deleted"
+    h1.router("reset", "--db-path", str(h1.db_path))  # what the line says to do
+    assert not h1.db_path.exists()
+    h1.launch()
+    h1.router("stop")
+    h1.wait_stopped()

@@ -57,6 +57,10 @@ def test_full_disk_never_answers_what_a_restart_forgets(make_mesh: MakeMesh) -> 
         assert refused is not None, f"{MAX_TRIES} allocations on a full disk all answered 200"
         code, body = _allocate(h1, refused)  # the same container tries again
         assert code == 503, (code, body)
+        container = mesh.add_bare_container(h1)
+        attach = container.attach(check=False)  # as a user types it: one line, non-zero
+        assert attach.returncode != 0, attach.stdout
+        assert attach.stderr.strip().count("\n") == 0 and db in attach.stderr, attach.stderr
         assert f"Status: suspended: cannot write {db}" in h1.status("ipam") + h1.status()
         disk.release()
         code, body = _allocate(h1, refused)

@@ -87,3 +87,26 @@ async def test_full_disk_refuses_until_durable_and_a_restart_keeps_every_answer(
         fresh = [await ipam.allocate(f"new-{i}") for i in range(20)]
     given = [*answered.values(), *fresh]
     assert len({c.ip for c in given}) == len(given), "an address was given out twice"
+
+
+async def test_while_suspended_gossip_is_dropped_and_ours_carries_nothing(
+        disk: TinyDisk) -> None:
+    """No peer may learn state a restart could make us forget: our gossip (encoded when
+    sent) is empty while suspended, and incoming gossip is dropped without an exception
+    into the gossip router."""
+    with Store.open(disk.path / "weave.db") as store:
+        ipam = _service(store)
+        await ipam.allocate("warm-up")
+        queued = ipam.gossip()
+        assert queued is not None and queued.encode()
+        peer_state = queued.encode()[0]
+        disk.fill()
+        await _allocate_until_refused(ipam, {})
+        assert ipam.suspended is not None
+        assert queued.encode() == [] and ipam.gossip() is None
+        assert ipam.on_gossip(peer_state) is None
+        assert ipam.on_gossip_broadcast(A, peer_state) is None
+        assert ipam.statistics().counters["gossip_dropped_suspended"] == 2
+        disk.release()
+        await ipam.allocate("after")
+        assert ipam.suspended is None and queued.encode()
