@@ -400,8 +400,8 @@ class IpamService:
                 if self._store_error is None:
                     log.error("IPAM: %s; refusing requests until it can be written (retrying "
                               "every %g s)", exc, STORE_RETRY_INTERVAL)
+                    self._wake.set()  # the timer task now retries every STORE_RETRY_INTERVAL
                 self._store_error = exc
-                self._wake.set()  # the timer task retries
                 raise
             self._counts["batches_written"] += 1
         if self._store_error is not None:

@@ -110,3 +110,23 @@ async def test_while_suspended_gossip_is_dropped_and_ours_carries_nothing(
         disk.release()
         await ipam.allocate("after")
         assert ipam.suspended is None and queued.encode()
+
+
+async def test_the_timer_retries_about_once_a_second_and_resumes_by_itself(
+        disk: TinyDisk) -> None:
+    with Store.open(disk.path / "weave.db") as store:
+        ipam = _service(store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ipam.run)
+            await ipam.allocate("warm-up")
+            disk.fill()
+            await _allocate_until_refused(ipam, {})
+            failures = ipam.statistics().counters["store_failures"]
+            await trio.sleep(2.5)
+            retried = ipam.statistics().counters["store_failures"] - failures
+            assert 1 <= retried <= 4, f"{retried} retries in 2.5 s"
+            disk.release()
+            with trio.fail_after(3):
+                while ipam.suspended is not None:  # no request needed: the timer resumes
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
