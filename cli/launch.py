@@ -429,7 +429,12 @@ def apply_persisted(config: RouterConfig, args: argparse.Namespace) -> RouterCon
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``launch``: ConfigError for a bad flag, LaunchError if the router cannot start."""
-    config = apply_persisted(build_config(args, env), args)
+    from router.store import StoreError
+
+    try:
+        config = apply_persisted(build_config(args, env), args)
+    except StoreError as exc:  # a full disk: exit 1, so the supervisor tries again later
+        raise LaunchError(f"--db-path: {exc}") from exc
     if args.foreground:
         return run_foreground(config)
     return run_detached(config, no_restart=bool(args.no_restart), env=env)

@@ -355,6 +355,9 @@ def run(config: RouterConfig) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    except StoreError as exc:  # a full disk: the supervisor tries again later
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
     exit_code = EXIT_OK
     reset = False
     try:

@@ -92,6 +92,17 @@ class StoreError(ClosedError):
     durable. Whoever needed it is unavailable until a write succeeds (API: 503)."""
 
 
+SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes: the disk, not the user
+
+
+def _disk_trouble(exc: BaseException) -> bool:
+    """Whether opening failed for want of space or an I/O error (retrying may work), as
+    opposed to a path or permission the user must fix."""
+    if isinstance(exc, StoreError):
+        return True
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     """End the failed transaction; sqlite may have rolled it back itself (disk full)."""
     if db.in_transaction:
@@ -132,6 +143,8 @@ class Store:
             store.check_contents()
         except (sqlite3.OperationalError, StoreError) as exc:  # permissions, locks, I/O
             db.close()
+            if _disk_trouble(exc):
+                raise StoreError(f"cannot open {path}: {exc} (is the disk full?)") from exc
             raise ConfigError(f"--db-path: cannot use {path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # not a database, damaged pages
             db.close()
@@ -206,6 +219,8 @@ class Store:
             store.check_contents()
         except sqlite3.OperationalError as exc:
             db.close()
+            if _disk_trouble(exc):
+                raise StoreError(f"cannot open {path}: {exc} (is the disk full?)") from exc
             raise ConfigError(f"--db-path: cannot read {path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             db.close()
@@ -287,6 +302,8 @@ class Store:
         """Store ``value`` under ``key`` (replacing any previous value)."""
         if len(value.encode()) > MAX_META_VALUE:
             raise LocalProtocolError(f"meta value for {key!r} is over {MAX_META_VALUE} bytes")
+        if self.get_meta(key) == value:
+            return  # nothing to write (a restart on a nearly full disk needs no space)
         with self.transaction():
             self._conn().execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -304,6 +321,8 @@ class Store:
         unique = list(dict.fromkeys(targets))
         if len(unique) > MAX_TARGETS:
             raise LocalProtocolError(f"{len(unique)} targets is over the limit of {MAX_TARGETS}")
+        if self.load_targets() == unique:
+            return
         with self.transaction():
             db = self._conn()
             db.execute("DELETE FROM targets")

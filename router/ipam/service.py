@@ -27,7 +27,7 @@ A store that refuses writes: the refused batch is marked unsaved again in the
 allocator, so nothing it holds is answered or sent (completions and messages stay
 queued behind it), and the service is *suspended*:
 
-* every request (allocate, claim, free, rmpeer, ...) first retries the write; while it
+* every request (allocate, claim, free, lookup, rmpeer, ...) first retries the write; while it
   fails, the request is refused with the store's one-line error (the API answers 503),
   without touching the allocator, so no answer is ever given that is not durable;
 * gossip from peers is dropped (counted; peers gossip again), and our own gossip
@@ -270,7 +270,9 @@ class IpamService:
         return released
 
     def lookup(self, ident: str, subnet: IPv4Network | None = None) -> list[IPv4Interface]:
-        """The addresses ``ident`` holds (in ``subnet`` if given)."""
+        """The addresses ``ident`` holds (in ``subnet`` if given); StoreError while
+        suspended (what memory holds may not be durable)."""
+        self._resume()
         return self._alloc.lookup(ident, subnet)
 
     def idents(self, *, containers_only: bool = True) -> list[str]:

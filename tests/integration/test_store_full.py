@@ -62,7 +62,23 @@ def test_full_disk_never_answers_what_a_restart_forgets(make_mesh: MakeMesh) -> 
         assert attach.returncode != 0, attach.stdout
         assert attach.stderr.strip().count("\n") == 0 and db in attach.stderr, attach.stderr
         assert f"Status: suspended: cannot write {db}" in h1.status("ipam") + h1.status()
+        code, body = _api(h1, "GET", f"/ip/{refused}")
+        assert code != 200, "a refused allocation is looked up as held"
+        h1.router("stop")  # stopped while suspended: what was not durable was never answered
+        h1.wait_stopped()
+        disk.fill()  # what the stop freed (its write-ahead log) too
+        # A restart on the full disk: it runs and refuses (its files are still there), or,
+        # with no room even to open the database, fails in one line and exit 1 (retried).
+        full = h1.launch("--db-path", db, check=False)
+        if full.returncode == 0:
+            assert _allocate(h1, refused)[0] == 503
+            h1.router("stop")
+        else:
+            lines = full.stderr.strip().splitlines()
+            assert full.returncode == 1 and len(lines) == 1 and db in lines[0], full.stderr
+        h1.wait_stopped()
         disk.release()
+        h1.launch("--db-path", db)
         code, body = _allocate(h1, refused)
         assert code == 200, (code, body)
         answered[refused] = body

@@ -130,3 +130,17 @@ async def test_the_timer_retries_about_once_a_second_and_resumes_by_itself(
                 while ipam.suspended is not None:  # no request needed: the timer resumes
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
+
+
+def test_no_room_to_open_the_database_is_a_store_error_not_a_config_error(
+        disk: TinyDisk) -> None:
+    """Exit 1, which the supervisor retries, rather than 2 ("fix your flags")."""
+    path = disk.path / "weave.db"
+    with Store.open(path) as store:
+        store.save_targets(["192.168.1.2"])
+    disk.fill()
+    with pytest.raises(StoreError, match=r"^cannot open .*weave\.db: .*\(is the disk full\?\)$"):
+        Store.open(path)
+    disk.release()
+    with Store.open(path) as store:
+        assert store.load_targets() == ["192.168.1.2"]
