@@ -3,7 +3,9 @@ what it discards or changes (issue 10, item 5). Real routers in host namespaces.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -96,4 +98,27 @@ def test_resume_of_an_encrypted_router_needs_the_password_again(make_mesh: MakeM
     assert lines == ["weave-router: warning: this router ran encrypted before; it now runs "
                      "WITHOUT encryption (no --password or WEAVE_PASSWORD)"], plain.stderr
     assert "Encryption: disabled" in h1.status()
+    _stop(h1)
+
+
+def test_a_crashed_encrypted_router_is_restarted_encrypted_with_its_range(
+        make_mesh: MakeMesh) -> None:
+    """The supervisor's restart is a --resume: it must pass the new checks and keep both."""
+    mesh = make_mesh(1)
+    (h1,) = mesh.hosts
+    h1.launch("--ipalloc-range", "10.40.0.0/16", env={"WEAVE_PASSWORD": PASSWORD})
+    held = _allocate(h1, "c1")
+    pid = h1.listener_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> tuple[bool, str]:
+        new = h1.listener_pid()
+        return new is not None and new != pid, f"listener pid {new}"
+
+    h1.wait("the supervisor to restart the router", restarted, timeout=30.0)
+    h1.wait_ready()
+    status = h1.status()
+    assert "Encryption: enabled" in status and "Range: 10.40.0.0/16" in status, status
+    assert _api(h1, "GET", "/ip/c1") == (200, held)
     _stop(h1)
