@@ -4,6 +4,10 @@ Every value is checked here, before anything is created: a bad one is a
 :class:`~router.errors.ConfigError` whose one-line message names the flag (or the
 environment variable) and the value, and the command exits 2.
 
+Before either way, the database is read without changing it (``router/resume.py``):
+``--resume`` takes the recorded range, default subnet and encryption; what a relaunch
+discards or changes is one line on stderr; a corrupt database is refused in one line.
+
 Two ways to run:
 
 * ``--foreground``: :func:`router.daemon.run` in this process (systemd ``Type=notify``
@@ -448,9 +452,30 @@ def run_detached(config: RouterConfig, *, no_restart: bool, env: Mapping[str, st
     return 0
 
 
+def apply_persisted(config: RouterConfig, args: argparse.Namespace) -> RouterConfig:
+    """What the database says (``router/resume.py``): ``--resume`` takes the recorded
+    range, default subnet and encryption; each discarded or changed thing is one line on
+    stderr. Reads the database without changing it; ConfigError if it is unreadable."""
+    from router import resume  # reads the store: only for launch
+
+    config, notices = resume.resolve(
+        config, resume.read_file(config.db_path),
+        range_given=args.ipalloc_range is not None,
+        subnet_given=args.ipalloc_default_subnet is not None,
+    )
+    for line in notices:
+        print(f"weave-router: warning: {line}", file=sys.stderr, flush=True)
+    return config
+
+
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``launch``: ConfigError for a bad flag, LaunchError if the router cannot start."""
-    config = build_config(args, env)
+    from router.store import StoreError
+
+    try:
+        config = apply_persisted(build_config(args, env), args)
+    except StoreError as exc:  # a full disk: exit 1, so the supervisor tries again later
+        raise LaunchError(f"--db-path: {exc}") from exc
     if args.foreground:
         return run_foreground(config)
     return run_detached(config, no_restart=bool(args.no_restart), env=env)

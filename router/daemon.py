@@ -43,7 +43,7 @@ from pathlib import Path
 import setproctitle
 import trio
 
-from router import __version__
+from router import __version__, resume
 from router.config import PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION, RouterConfig
 from router.containers.service import CHECK_INTERVAL, Attached, ContainersService
 from router.control.api import serve_api
@@ -59,7 +59,7 @@ from router.mesh.service import MeshService
 from router.network.service import ListenError, Network, TrioNetwork
 from router.overlay.sleeve.service import SleeveService
 from router.status import RouterStatus, Status
-from router.store import Store
+from router.store import Store, StoreError
 
 log = logging.getLogger("weave-router")
 
@@ -311,6 +311,9 @@ async def _main(config: RouterConfig, store: Store, name: PeerName,
     """Run the router; True when it was asked to reset (its data is then removed)."""
     async with open_netlink_port() as kernel:
         router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel)
+        problem = resume.record_or_warn(store, config)  # IPAM took up its data first
+        if problem is not None:
+            log.warning("%s", problem)
         peer_filter.peer = f"{name}({router.nickname})"
         log.info("weave-router %s starting as %s(%s), db %s", __version__, name,
                  router.nickname, Path(config.db_path))
@@ -409,6 +412,9 @@ def run(config: RouterConfig) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    except StoreError as exc:  # a full disk: the supervisor tries again later
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
     exit_code = EXIT_OK
     reset = False
     try:
@@ -417,7 +423,7 @@ def run(config: RouterConfig) -> int:
     except* ConfigError as group:
         log.error("%s", start_failure(group))
         exit_code = EXIT_CONFIG
-    except* (OSError, KernelError) as group:
+    except* (OSError, KernelError, StoreError) as group:
         # A port in use, a socket or device that cannot be opened: one line, and the
         # supervisor decides whether to try again.
         log.error("%s", start_failure(group))

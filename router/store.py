@@ -25,9 +25,10 @@ Layout and rules:
 * Every write is a short transaction. :meth:`Store.transaction` groups several writes into
   one (nested uses become savepoints).
 * Problems opening the file (permissions, a directory, not a database, a newer schema) are
-  :class:`~router.errors.ConfigError` naming ``--db-path``. Failures after opening (disk
-  full, I/O error) propagate as ``sqlite3.Error``: they are not the user's fault and the
-  daemon treats them as a crash.
+  :class:`~router.errors.ConfigError` naming ``--db-path``. A write refused after opening
+  (disk full, I/O error) is a :class:`StoreError` naming the file, with the transaction
+  rolled back: nothing of it is stored, and whoever wrote must not act as if it were
+  (the IPAM service refuses requests until a write succeeds, ``docs/persistence.md``).
 
 Synchronous and single-threaded: the daemon calls it from the trio thread between awaits;
 every call is a few milliseconds at most.
@@ -35,12 +36,14 @@ every call is a few milliseconds at most.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from ipaddress import IPv4Interface
 from pathlib import Path
 
+from router.config import DEFAULT_PORT
 from router.errors import ClosedError, ConfigError, LocalProtocolError
 from router.ipam import OwnedRecord, PersistBatch, PersistedState
 from router.mesh.names import PeerName
@@ -64,6 +67,47 @@ BUSY_TIMEOUT_MS = 5000  # wait this long for another process holding the write l
 MAX_TARGETS = 10_000  # same bound as the connection maker's target list
 MAX_META_VALUE = 64 * 1024  # bytes of one meta value
 MAX_IPAM_BLOB = 16 * 1024 * 1024  # bytes of a stored ring or consensus state
+
+
+class CorruptDatabase(ConfigError):
+    """The file is not a weave-router database, or part of it cannot be read back. The
+    router refuses to start (exit 2) and changes nothing; the message names the file and
+    ``weave-router reset``."""
+
+
+def corrupt(path: Path, what: str) -> CorruptDatabase:
+    """The one-line error for a database that cannot be read back."""
+    return CorruptDatabase(
+        f"--db-path {path}: {what}. Nothing was changed; to start afresh (this peer then "
+        f"forgets its name, targets and addresses) run `weave-router reset --db-path {path}`"
+    )
+
+
+def _tables(step: tuple[str, ...]) -> set[str]:
+    return {m.group(1) for text in step if (m := re.match(r"CREATE TABLE (\w+)", text))}
+
+
+class StoreError(ClosedError):
+    """The database refused a write (disk full, I/O error): the data it held is not
+    durable. Whoever needed it is unavailable until a write succeeds (API: 503)."""
+
+
+SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes: the disk, not the user
+
+
+def _disk_trouble(exc: BaseException) -> bool:
+    """Whether opening failed for want of space or an I/O error (retrying may work), as
+    opposed to a path or permission the user must fix."""
+    if isinstance(exc, StoreError):
+        return True
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End the failed transaction; sqlite may have rolled it back itself (disk full)."""
+    if db.in_transaction:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 class Store:
@@ -92,12 +136,95 @@ class Store:
         store = cls(db, path)
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            store._check_file()
             db.execute("PRAGMA journal_mode = WAL").fetchone()
             db.execute("PRAGMA synchronous = NORMAL")
             store._migrate()
+            store.check_contents()
+        except (sqlite3.OperationalError, StoreError) as exc:  # permissions, locks, I/O
+            db.close()
+            if _disk_trouble(exc):
+                raise StoreError(f"cannot open {path}: {exc} (is the disk full?)") from exc
+            raise ConfigError(f"--db-path: cannot use {path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # not a database, damaged pages
+            db.close()
+            raise corrupt(path, f"not a readable weave-router database ({exc})") from exc
         except sqlite3.Error as exc:
             db.close()
             raise ConfigError(f"--db-path: cannot use {path}: {exc}") from exc
+        except ConfigError:
+            db.close()
+            raise
+        return store
+
+    def _check_file(self) -> None:
+        """CorruptDatabase unless the file is an intact sqlite database whose tables are
+        those of its schema version (a newer version is a ConfigError: upgrade)."""
+        db = self._conn()
+        problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            text = " ".join(" ".join(problems).split())  # one line
+            raise corrupt(self._path, f"the database is damaged ({text})")
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"--db-path: {self._path} has schema version {version}, newer than this "
+                f"weave-router understands ({SCHEMA_VERSION}); upgrade weave-router"
+            )
+        found = {str(row[0]) for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        expected = set().union(*(_tables(step) for step in MIGRATIONS[:version]))
+        if found != expected:
+            have = ", ".join(sorted(found)) or "none"
+            raise corrupt(self._path, f"not a weave-router database of schema version "
+                                      f"{version} (its tables: {have})")
+
+    def check_contents(self) -> None:
+        """CorruptDatabase unless every stored record can be read back (peer name,
+        targets, IPAM rows; the ring and consensus blobs are the IPAM service's to check,
+        before it writes anything). Never changes anything."""
+        from router.mesh.targets import parse_address  # only here: it pulls in the mesh
+
+        raw = self._conn().execute("SELECT value FROM meta WHERE key = 'peer_name'").fetchone()
+        try:
+            if raw is not None:
+                if not isinstance(raw[0], str):
+                    raise ConfigError(f"invalid peer name {raw[0]!r}")
+                PeerName.parse(raw[0])
+            for position, address in self._conn().execute("SELECT * FROM targets"):
+                if not isinstance(address, str):
+                    raise ConfigError(f"invalid peer address {address!r} at {position}")
+                parse_address(address, default_port=DEFAULT_PORT)
+        except ConfigError as exc:
+            raise corrupt(self._path, f"a stored record is unreadable: {exc}") from exc
+        if self.schema_version() >= 2:  # the IPAM tables (read-only opens do not migrate)
+            self.load_ipam()
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store | None:
+        """Open the database to read it, changing nothing (no migration); None if there is
+        no file. CorruptDatabase (or ConfigError) as :meth:`open` if it is unreadable."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                 isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"--db-path: cannot open {path}: {exc}") from exc
+        store = cls(db, path)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            store._check_file()
+            store.check_contents()
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if _disk_trouble(exc):
+                raise StoreError(f"cannot open {path}: {exc} (is the disk full?)") from exc
+            raise ConfigError(f"--db-path: cannot read {path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise corrupt(path, f"not a readable weave-router database ({exc})") from exc
         except ConfigError:
             db.close()
             raise
@@ -116,11 +243,6 @@ class Store:
     def _migrate(self) -> None:
         with self.transaction():
             current = self.schema_version()
-            if current > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"--db-path: {self._path} has schema version {current}, newer than this "
-                    f"weave-router understands ({SCHEMA_VERSION}); upgrade weave-router"
-                )
             for step in MIGRATIONS[current:]:
                 for statement in step:
                     self._conn().execute(statement)
@@ -134,23 +256,42 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group writes: all of them land, or none (an exception rolls back)."""
+        """Group writes: all of them land, or none (an exception rolls back).
+
+        A write sqlite refuses (disk full, I/O error, read-only file) is a
+        :class:`StoreError` naming the file, after everything of the outermost
+        transaction was rolled back.
+        """
         db = self._conn()
+        outer = self._depth == 0
+        try:
+            with self._nested(db):
+                yield
+        except sqlite3.Error as exc:
+            if not outer:
+                raise
+            raise StoreError(f"cannot write {self._path}: {exc}") from exc
+
+    @contextmanager
+    def _nested(self, db: sqlite3.Connection) -> Iterator[None]:
         savepoint = f"sp{self._depth}"
         db.execute("BEGIN IMMEDIATE" if self._depth == 0 else f"SAVEPOINT {savepoint}")
         self._depth += 1
         try:
             yield
+            if self._depth == 1:
+                db.execute("COMMIT")
+            else:
+                db.execute(f"RELEASE {savepoint}")
         except BaseException:
-            self._depth -= 1
-            if self._depth == 0:
-                db.execute("ROLLBACK")
+            if self._depth == 1:
+                _rollback(db)
             else:
                 db.execute(f"ROLLBACK TO {savepoint}")
                 db.execute(f"RELEASE {savepoint}")
             raise
-        self._depth -= 1
-        db.execute("COMMIT" if self._depth == 0 else f"RELEASE {savepoint}")
+        finally:
+            self._depth -= 1
 
     def get_meta(self, key: str) -> str | None:
         """The value stored under ``key``, or None."""
@@ -161,6 +302,8 @@ class Store:
         """Store ``value`` under ``key`` (replacing any previous value)."""
         if len(value.encode()) > MAX_META_VALUE:
             raise LocalProtocolError(f"meta value for {key!r} is over {MAX_META_VALUE} bytes")
+        if self.get_meta(key) == value:
+            return  # nothing to write (a restart on a nearly full disk needs no space)
         with self.transaction():
             self._conn().execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -178,6 +321,8 @@ class Store:
         unique = list(dict.fromkeys(targets))
         if len(unique) > MAX_TARGETS:
             raise LocalProtocolError(f"{len(unique)} targets is over the limit of {MAX_TARGETS}")
+        if self.load_targets() == unique:
+            return
         with self.transaction():
             db = self._conn()
             db.execute("DELETE FROM targets")
@@ -203,10 +348,10 @@ class Store:
                 )
                 for ident, cidrs, flag in db.execute(
                     "SELECT ident, cidrs, is_container FROM ipam_owned ORDER BY ident"
-                )
+                ).fetchall()
             }
-        except (ValueError, UnicodeDecodeError, ConfigError) as exc:
-            raise ConfigError(f"--db-path: {self._path}: unreadable IPAM data: {exc}") from exc
+        except (ValueError, UnicodeDecodeError, TypeError, ConfigError) as exc:
+            raise corrupt(self._path, f"unreadable IPAM data ({exc})") from exc
         ring, paxos = state.get("ring"), state.get("paxos")
         return PersistedState(
             peer_name=name,

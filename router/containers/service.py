@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import trio
 
 from router.containers.addresses import AddressRequest, parse_addrs
-from router.errors import ConfigError, KernelError
+from router.errors import ClosedError, ConfigError, KernelError
 from router.ipam import IpamError, NotFoundError
 from router.ipam.service import IpamService
 from router.kernel.plumbing import (
@@ -159,6 +159,9 @@ class ContainersService:
                 cidrs = self._ipam.free(ident)
             except NotFoundError:
                 continue  # detached meanwhile
+            except ClosedError as exc:  # IPAM is suspended (or handed over): next check
+                log.warning("cannot release the addresses of vanished containers: %s", exc)
+                break
             released.append(ident)
             self._released += len(cidrs)
             log.info("container %s is gone: released %s", names.get(ident, ident),

@@ -50,7 +50,7 @@ from router.control.report import build_report, render_report
 from router.control.server import Server, ServerLimits
 from router.control.template import Template, TemplateError
 from router.control.unix_socket import bind_unix_socket, remove_unix_socket
-from router.errors import ConfigError
+from router.errors import ClosedError, ConfigError
 from router.ipam.service import IpamService
 from router.status import Status
 
@@ -282,6 +282,8 @@ async def dispatch(control: RouterControl, request: Request) -> Reply:
         return await handler(control, request)
     except ConfigError as exc:
         return error(400, str(exc))
+    except ClosedError as exc:  # IPAM suspended (its database refuses writes) or handed over
+        return error(503, str(exc))
     except Exception:
         log.exception("control API: %s %s failed", request.method, request.path)
         return error(500, f"internal error serving {request.method} {request.path} (see the log)")

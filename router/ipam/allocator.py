@@ -364,6 +364,11 @@ class Allocator:
         """What must be stored (one transaction) before anything else happens; see doc."""
         return self._unsaved.take(self.ourself, self._ring, self._election, self._held)
 
+    def persistence_failed(self, batch: PersistBatch) -> None:
+        """The store refused ``batch``: keep it unsaved (nothing may be answered or sent
+        until a later :meth:`take_persistence` batch is durable)."""
+        self._unsaved.restore(batch)
+
     def completions(self) -> list[Completion]:
         """Requests answered :class:`Pending` that are now done (drained)."""
         self._unsaved.check_saved()

@@ -5,8 +5,9 @@ driver takes one :class:`~router.ipam.PersistBatch` after every call and stores 
 one transaction before anything is answered or sent (see :mod:`router.ipam.allocator`).
 A batch holds:
 
-* ``reset``: the stored data was not usable (none, another peer name, another range,
-  an unreadable ring): delete it all first;
+* ``reset``: the stored data was not usable (none, another peer name, another range):
+  delete it all first. Unreadable data is never deleted: :class:`UnreadableData`, and
+  the router refuses to start (``Store.open`` checks it first);
 * ``ring``: the ring's bytes, when ownership moved (or after a reset, if we have one);
 * ``paxos``: the election state, when it changed;
 * ``owned``: the current record of every ident whose addresses changed.
@@ -21,12 +22,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from ipaddress import IPv4Network
 
-from router.errors import DecodeError, LocalProtocolError
+from router.errors import ConfigError, DecodeError, LocalProtocolError
 from router.ipam import OwnedRecord, PersistBatch, PersistedState
+from router.ipam.consensus import Paxos
 from router.ipam.election import Election
 from router.ipam.ring import Ring, range_text
 from router.ipam.space import Holdings, Space
 from router.mesh.names import PeerName
+
+
+class UnreadableData(ConfigError):
+    """Stored IPAM data that cannot be read back: the router refuses to start (the
+    driver names the file); nothing is deleted."""
+
+
+def unreadable_problem(persisted: PersistedState) -> str | None:
+    """Why the stored ring or consensus state cannot be taken up (None: it can)."""
+    checks = (("ring", persisted.ring, lambda b: Ring.decode_untrusted(b, persisted.peer_name)),
+              ("consensus", persisted.paxos, lambda b: Paxos.restore(persisted.peer_name, 1, b)))
+    for what, blob, decode in checks:
+        if blob is None:
+            continue
+        try:
+            decode(blob)
+        except DecodeError as exc:
+            return f"the stored IPAM {what} state is unreadable ({exc})"
+    return None
 
 
 class Unsaved:
@@ -44,6 +65,14 @@ class Unsaved:
 
     def __bool__(self) -> bool:
         return self.reset or self.ring or self.paxos or bool(self.owned)
+
+    def restore(self, batch: PersistBatch) -> None:
+        """Mark again what ``batch`` held: the store refused it, so it is still unsaved
+        (the next :meth:`take` writes it, with whatever changed since)."""
+        self.reset = self.reset or batch.reset
+        self.ring = self.ring or batch.ring is not None
+        self.paxos = self.paxos or batch.paxos is not None
+        self.owned |= set(batch.owned)
 
     def check_saved(self) -> None:
         """LocalProtocolError while a batch waits to be taken (it must be durable first)."""
@@ -83,9 +112,8 @@ def restored_ring(
         return Ring(*span, ourself)
     try:
         ring = Ring.decode_untrusted(persisted.ring, ourself)
-    except DecodeError as exc:
-        notes.append(f"deleting unreadable persisted IPAM ring: {exc}")
-        return None
+    except DecodeError as exc:  # Store.open checks this: never delete what is unreadable
+        raise UnreadableData(f"the stored IPAM ring state is unreadable ({exc})") from exc
     if (ring.start, ring.end) != span:
         notes.append(
             f"deleting persisted data for IPAM range {range_text(ring.start, ring.end)}; "

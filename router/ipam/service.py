@@ -9,8 +9,8 @@ reachable peers, and each gossip payload the gossip router hands to us as the ch
 :class:`~router.mesh.gossip.Gossiper`), :meth:`IpamService._after` runs these stages:
 
 1. **persist**   ``take_persistence()`` -> :meth:`Store.apply_ipam`: one sqlite
-   transaction. A failure here (disk full) propagates: the router crashes rather than
-   answer anything that is not durable.
+   transaction. If the store refuses it (disk full, I/O error: :class:`StoreError`),
+   stages 2 and 3 do not run: see "A store that refuses writes" below.
 2. **answer**    the call's own result, then every ``completions()`` entry wakes the
    request waiting on that ticket.
 3. **send**      ``messages_to_send()``: Unicast -> ``channel.send_unicast``, Broadcast
@@ -23,6 +23,23 @@ The reachable peers (with their nicknames) and the number of connection targets 
 sets the consensus quorum without ``consensus=N``) come from two callables, polled every
 ``poll_interval`` seconds and at once after :meth:`IpamService.notify_peers_changed`.
 
+A store that refuses writes: the refused batch is marked unsaved again in the
+allocator, so nothing it holds is answered or sent (completions and messages stay
+queued behind it), and the service is *suspended*:
+
+* every request (allocate, claim, free, lookup, rmpeer, ...) first retries the write; while it
+  fails, the request is refused with the store's one-line error (the API answers 503),
+  without touching the allocator, so no answer is ever given that is not durable;
+* gossip from peers is dropped (counted; peers gossip again), and our own gossip
+  carries nothing while suspended (a peer must never learn a ring we could forget);
+* a request that was waiting (Pending) when its write failed is cancelled once writes
+  work again, since its caller was already told it failed;
+* the timer task retries every :data:`STORE_RETRY_INTERVAL` seconds; the first write
+  that works resumes everything (completions, messages) in order.
+
+``status`` shows ``Status: suspended: cannot write PATH: ...`` meanwhile; the log gets
+one error when it starts and one line when it ends (``docs/persistence.md``).
+
 Bounds: pending requests are limited by the allocator (``max_pending``; more are refused
 with a one-line error); a unicast with no route is a counted drop.
 """
@@ -33,6 +50,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TypeVar
@@ -51,9 +69,10 @@ from router.ipam import (
     parse_init_mode,
 )
 from router.ipam.allocator import CHANNEL, Allocator
+from router.ipam.persistence import unreadable_problem
 from router.mesh.gossip import GossipChannel, GossipData, Gossiper
 from router.mesh.names import PeerName
-from router.store import Store
+from router.store import Store, StoreError, corrupt
 
 log = logging.getLogger("weave-router.ipam")
 
@@ -61,8 +80,10 @@ T = TypeVar("T")
 
 PEER_POLL_INTERVAL = 1.0  # seconds between polls of the reachable peers and targets
 HANDOVER_GRACE = 0.5  # seconds a reset gives the mesh to send the hand-over broadcast
+STORE_RETRY_INTERVAL = 1.0  # seconds between retries of a write the store refused
 
-SERVICE_COUNTERS = ("batches_written", "unicasts_unroutable")
+SERVICE_COUNTERS = ("batches_written", "unicasts_unroutable", "store_failures",
+                    "gossip_dropped_suspended")
 
 
 def allocator_config(config: RouterConfig, name: PeerName, nickname: str) -> AllocatorConfig:
@@ -121,13 +142,18 @@ class IpamService:
         self._waiters: dict[int, _Waiter] = {}
         self._wake = trio.Event()
         self._counts: dict[str, int] = dict.fromkeys(SERVICE_COUNTERS, 0)
-        self._alloc = Allocator(
-            config, now=trio.current_time(), persisted=store.load_ipam(), rng=rng
-        )
+        self._store_error: StoreError | None = None  # set while suspended
+        self._cancel_when_durable: list[int] = []  # tickets of requests refused by the store
+        persisted = store.load_ipam()
+        problem = None if persisted is None else unreadable_problem(persisted)
+        if problem is not None:  # refuse to start; never delete what we cannot read
+            raise corrupt(store.path, problem)
+        self._alloc = Allocator(config, now=trio.current_time(), persisted=persisted, rng=rng)
         for note in self._alloc.startup_notes:
             log.info("%s", note)
         self._channel = register(CHANNEL, self)
-        self._after()  # the start-up batch: a reset of stale data, or a freshly seeded ring
+        with suppress(StoreError):  # suspended from the start: retried by the timer
+            self._after()  # the start-up batch: a reset of stale data, or a seeded ring
 
     @property
     def name(self) -> PeerName:
@@ -147,20 +173,26 @@ class IpamService:
         self._poll(trio.current_time())
         task_status.started()
         while True:
-            deadline = self._alloc.deadline()
-            if self._peers is not None or self._target_count is not None:
-                deadline = min(deadline, self._next_poll)
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(self._deadline()):
                 await self._wake.wait()
             self._wake = trio.Event()
-            now = trio.current_time()
-            if now >= self._next_poll:
-                self._poll(now)
-            if now >= self._alloc.deadline():
-                try:
-                    self._alloc.handle_timer(now)
-                finally:
-                    self._after()
+            with suppress(StoreError):  # still suspended: try again later
+                self._tick(trio.current_time())
+
+    def _deadline(self) -> float:
+        if self._store_error is not None:
+            return trio.current_time() + STORE_RETRY_INTERVAL
+        deadline = self._alloc.deadline()
+        if self._peers is not None or self._target_count is not None:
+            deadline = min(deadline, self._next_poll)
+        return deadline
+
+    def _tick(self, now: float) -> None:
+        self._resume()
+        if now >= self._next_poll:
+            self._poll(now)
+        if now >= self._alloc.deadline():
+            self._call(self._alloc.handle_timer)
 
     def notify_peers_changed(self) -> None:
         """The mesh's reachable peers (or targets) changed: read them now."""
@@ -171,18 +203,20 @@ class IpamService:
         snapshot = dict(peers)
         if snapshot == self._last_peers:
             return
-        self._last_peers = snapshot
         self._call(lambda now: self._alloc.set_peers(snapshot, now))
+        self._last_peers = snapshot  # only once the allocator took it
 
     def _poll(self, now: float) -> None:
+        """Read the peers and targets (skipped while suspended: retried on resume)."""
         self._next_poll = now + self._poll_interval
-        if self._peers is not None:
-            self.set_peers(self._peers())
-        if self._target_count is not None:
-            count = self._target_count()
-            if count != self._last_count:
-                self._last_count = count
-                self._call(lambda _now: self._alloc.set_target_count(count))
+        with suppress(StoreError):
+            if self._peers is not None:
+                self.set_peers(self._peers())
+            if self._target_count is not None:
+                count = self._target_count()
+                if count != self._last_count:
+                    self._call(lambda _now: self._alloc.set_target_count(count))
+                    self._last_count = count
 
     # -- requests (the control API) --------------------------------------------------------
 
@@ -238,7 +272,9 @@ class IpamService:
         return released
 
     def lookup(self, ident: str, subnet: IPv4Network | None = None) -> list[IPv4Interface]:
-        """The addresses ``ident`` holds (in ``subnet`` if given)."""
+        """The addresses ``ident`` holds (in ``subnet`` if given); StoreError while
+        suspended (what memory holds may not be durable)."""
+        self._resume()
         return self._alloc.lookup(ident, subnet)
 
     def idents(self, *, containers_only: bool = True) -> list[str]:
@@ -267,7 +303,12 @@ class IpamService:
         ``handover_grace`` seconds so the mesh can send the hand-over before the router
         stops. Returns the heir (None: nobody to hand over to).
         """
-        heir, _ = self._call(self._alloc.reset)
+        try:
+            heir, _ = self._call(self._alloc.reset)
+        except StoreError as exc:
+            log.warning("IPAM: could not hand our space over (%s); `weave-router rmpeer` "
+                        "it from another peer", exc)
+            return None
         if heir is not None:
             log.info("handed our IPAM space over to %s", heir)
             await trio.sleep(self._handover_grace)
@@ -276,27 +317,47 @@ class IpamService:
     def statistics(self) -> IpamStatistics:
         """The allocator's snapshot, with this driver's counters added."""
         stats = self._alloc.statistics()
-        return replace(stats, counters={**stats.counters, **self._counts})
+        status = stats.status if self._store_error is None else f"suspended: {self._store_error}"
+        return replace(stats, status=status, counters={**stats.counters, **self._counts})
+
+    @property
+    def suspended(self) -> StoreError | None:
+        """Why requests are refused now (the store refuses writes); None when durable."""
+        return self._store_error
 
     # -- the Gossiper of channel "ipam" (called by the gossip router) ----------------------
 
+    # While suspended, gossip is dropped (counted) rather than raised into the gossip
+    # router (it is not the sending peer's fault).
+
     def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
         """A unicast for us: a ring, a space request or a denial."""
-        self._call(lambda _now: self._alloc.on_gossip_unicast(src, payload))
+        self._gossip_call(lambda _now: self._alloc.on_gossip_unicast(src, payload))
 
     def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> GossipData | None:
         """A broadcast: a proposal, a new ring, a ring request; our state is relayed on."""
-        relay, _ = self._call(lambda _now: self._alloc.on_gossip_broadcast(src, payload))
-        return relay
+        return self._durable(
+            self._gossip_call(lambda _now: self._alloc.on_gossip_broadcast(src, payload)))
 
     def gossip(self) -> GossipData | None:
-        """Our complete state (periodic gossip, new neighbours)."""
-        return self._alloc.gossip()
+        """Our complete state (periodic gossip, new neighbours); nothing while suspended."""
+        return None if self._store_error is not None else self._durable(self._alloc.gossip())
 
     def on_gossip(self, payload: bytes) -> GossipData | None:
         """Merge gossip; the delta to relay if ownership moved."""
-        delta, _ = self._call(lambda _now: self._alloc.on_gossip(payload))
-        return delta
+        return self._durable(self._gossip_call(lambda _now: self._alloc.on_gossip(payload)))
+
+    def _gossip_call(self, fn: Callable[[float], T]) -> T | None:
+        try:
+            result, _ = self._call(fn)
+        except StoreError:
+            self._counts["gossip_dropped_suspended"] += 1
+            return None
+        return result
+
+    def _durable(self, data: GossipData | None) -> GossipData | None:
+        """``data`` (encoded when sent, not now) that encodes nothing while suspended."""
+        return None if data is None else _DurableGossip(data, self)
 
     # -- the persistence boundary ----------------------------------------------------------
 
@@ -306,21 +367,58 @@ class IpamService:
         A Pending result gets its waiter before stage 2, so a completion that stage 2
         delivers is never lost. Exceptions from the allocator propagate after the
         stages ran (whatever it changed before failing is still made durable).
+        StoreError, without calling the allocator, while suspended.
         """
+        self._resume()
         waiter = None
+        ticket: int | None = None
         try:
             result = fn(trio.current_time())
             if isinstance(result, Pending):
-                waiter = self._waiters[result.ticket] = _Waiter()
+                ticket = result.ticket
+                waiter = self._waiters[ticket] = _Waiter()
         finally:
-            self._after()
+            try:
+                self._after()
+            except StoreError:
+                if ticket is not None:  # its caller gets the error: never complete it
+                    self._waiters.pop(ticket, None)
+                    self._cancel_when_durable.append(ticket)
+                raise
         return result, waiter
 
-    def _after(self) -> None:
+    def _resume(self) -> None:
+        """While suspended, retry the refused write; StoreError while it still fails."""
+        if self._store_error is not None:
+            self._after()
+
+    def _persist(self) -> None:
+        """Stage 1; on a refusal the batch stays unsaved and the service is suspended."""
         batch = self._alloc.take_persistence()
         if batch is not None:
-            self._store.apply_ipam(batch)
+            try:
+                self._store.apply_ipam(batch)
+            except StoreError as exc:
+                self._alloc.persistence_failed(batch)
+                self._counts["store_failures"] += 1
+                if self._store_error is None:
+                    log.error("IPAM: %s; refusing requests until it can be written (retrying "
+                              "every %g s)", exc, STORE_RETRY_INTERVAL)
+                    self._wake.set()  # the timer task now retries every STORE_RETRY_INTERVAL
+                self._store_error = exc
+                raise
             self._counts["batches_written"] += 1
+        if self._store_error is not None:
+            log.warning("IPAM: the database can be written again; answering requests")
+            self._store_error = None
+
+    def _after(self) -> None:
+        self._persist()
+        while self._cancel_when_durable:
+            tickets, self._cancel_when_durable = self._cancel_when_durable, []
+            for ticket in tickets:
+                self._alloc.cancel(ticket)
+            self._persist()
         for done in self._alloc.completions():
             waiter = self._waiters.pop(done.ticket, None)
             if waiter is not None:
@@ -335,7 +433,7 @@ class IpamService:
             elif isinstance(message, Broadcast):
                 self._channel.broadcast(message.payload)
             else:
-                data = self._alloc.gossip()
+                data = self._durable(self._alloc.gossip())
                 if data is not None:
                     self._channel.gossip_update(data)
         self._wake.set()  # the deadline may have moved
@@ -350,11 +448,30 @@ class IpamService:
         finally:
             if waiter.completion is None:
                 self._waiters.pop(pending.ticket, None)
-                self._call(lambda _now: self._alloc.cancel(pending.ticket))
+                try:
+                    self._call(lambda _now: self._alloc.cancel(pending.ticket))
+                except StoreError:
+                    self._cancel_when_durable.append(pending.ticket)
         assert waiter.completion is not None
         if waiter.completion.error is not None:
             raise waiter.completion.error
         return waiter.completion
+
+
+class _DurableGossip:
+    """Our gossip data, encoded when the mesh sends it: empty while the service is
+    suspended, since the allocator's state may then hold changes that are not durable."""
+
+    def __init__(self, inner: GossipData, service: IpamService) -> None:
+        self.inner = inner
+        self.service = service
+
+    def encode(self) -> list[bytes]:
+        return [] if self.service.suspended is not None else self.inner.encode()
+
+    def merge(self, other: GossipData) -> GossipData:
+        inner = other.inner if isinstance(other, _DurableGossip) else other
+        return _DurableGossip(self.inner.merge(inner), self.service)
 
 
 def _address(done: Completion) -> IPv4Interface:

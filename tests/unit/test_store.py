@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.errors import ClosedError, ConfigError
-from router.store import SCHEMA_VERSION, Store
+from router.store import SCHEMA_VERSION, CorruptDatabase, Store
 
 
 def test_open_creates_parent_directories_and_reopen_keeps_data(tmp_path: Path) -> None:
@@ -116,7 +116,8 @@ def test_directory_as_db_path_is_a_config_error(tmp_path: Path) -> None:
 def test_corrupt_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "weave.db"
     path.write_bytes(b"this is not an sqlite database, just some bytes" * 100)
-    with pytest.raises(ConfigError, match=r"^--db-path: cannot use"):
+    with pytest.raises(CorruptDatabase, match=r"^--db-path .*: not a readable weave-router "
+                       r"database \(file is not a database\)\. Nothing was changed.*reset"):
         Store.open(path)
 
 
@@ -130,8 +131,15 @@ def test_use_after_close_raises_closed_error(tmp_path: Path) -> None:
         store.save_targets([])
 
 
+_targets = st.builds(
+    lambda host, port: host if port is None else f"{host}:{port}",
+    st.ip_addresses(v=4).map(str) | st.from_regex(r"\A[a-z][a-z0-9]{0,20}(\.[a-z]{2,5})?\Z"),
+    st.none() | st.integers(1, 65535),
+)
+
+
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.text(min_size=1, max_size=30), max_size=20))
+@given(st.lists(_targets, min_size=1, max_size=20))
 def test_targets_roundtrip(tmp_path_factory: pytest.TempPathFactory, targets: list[str]) -> None:
     path = tmp_path_factory.mktemp("db") / "weave.db"
     with Store.open(path) as store:
