@@ -35,6 +35,7 @@ from pathlib import Path
 import trio
 
 from router import __version__
+from router.cni.service import CniService
 from router.config import PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION, RouterConfig
 from router.containers.service import CHECK_INTERVAL, Attached, ContainersService
 from router.control.api import serve_api
@@ -117,6 +118,7 @@ class Router:
                            ContainersService(kernel, store, self.ipam,
                                              universe=config.ipalloc_range,
                                              check_interval=container_check_interval()))
+        self.cni = None if kernel is None else CniService(kernel, store, self.ipam)
 
     def _initial_targets(self) -> list[str]:
         """``--resume`` takes the persisted targets; otherwise the command line's replace them."""

@@ -42,7 +42,7 @@ import h11
 import trio
 
 from router.containers.service import Attached
-from router.control import ipam_api
+from router.control import cni_api, ipam_api
 from router.control.layouts import VIEWS
 from router.control.report import render_report
 from router.errors import ConfigError
@@ -256,6 +256,8 @@ async def dispatch(control: RouterControl, request: Request) -> Reply:
     """Route one request; every failure becomes an error reply, never an exception."""
     try:
         reply = await ipam_api.handle_ipam(control.ipam, request)
+        if reply is None:
+            reply = await cni_api.handle_cni(control, request)
     except Exception:
         log.exception("control API: %s %s failed", request.method, request.path)
         return error(500, f"internal error serving {request.method} {request.path} (see the log)")
