@@ -130,20 +130,21 @@ async def _gc(service: CniService, control: RouterControl,
 
 async def _ipam_add(service: CniService, control: RouterControl,
                     data: dict[str, object]) -> dict[str, object]:
-    data = {"ifname": "eth0", "netns": "-", **data}  # the IPAM mode needs neither
+    # the IPAM mode needs neither an interface nor a namespace
+    data = {**data, "ifname": data.get("ifname") or "eth0", "netns": data.get("netns") or "-"}
     return await service.ipam_add(parse_add(data))
 
 
 async def _ipam_del(service: CniService, control: RouterControl,
                     data: dict[str, object]) -> dict[str, object]:
-    cid, _ = container_key({"ifname": "eth0", **data})
+    cid, _ = container_key({**data, "ifname": "eth0"})
     service.ipam_del(cid)
     return {}
 
 
 async def _ipam_check(service: CniService, control: RouterControl,
                       data: dict[str, object]) -> dict[str, object]:
-    cid, _ = container_key({"ifname": "eth0", **data})
+    cid, _ = container_key({**data, "ifname": "eth0"})
     service.ipam_check(cid)
     return {}
 
