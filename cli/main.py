@@ -12,6 +12,7 @@ Commands of this milestone (cli.md has the contract)::
     weave-router attach [ADDR ...] [--no-multicast-route] CONTAINER
     weave-router detach [ADDR ...] CONTAINER
     weave-router ps [CONTAINER ...]
+    weave-router setup-cni [--cni-bin-dir DIR] [--cni-conf-dir DIR]
     weave-router version
 
 Every command but ``launch`` and ``version`` talks to the router's API at ``--http-addr``
@@ -31,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from cli import launch
+from cli import launch, setup_cni
 from cli.client import ApiClient, ApiResponse, ApiUnreachable, default_http_addr, format_addr
 from cli.template import Template, TemplateError
 from router import __version__
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
     _add_http_addr(rmpeer)
+    setup_cni.add_arguments(commands.add_parser(
+        "setup-cni", help="install the CNI plugin and 10-weave.conflist"))
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -292,6 +295,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "ps": cmd_ps,
     "prime": cmd_prime,
     "rmpeer": cmd_rmpeer,
+    "setup-cni": setup_cni.run,
     "version": cmd_version,
 }
 
