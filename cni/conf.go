@@ -18,6 +18,8 @@ type netConf struct {
 	RouterAddr       string          `json:"routerAddr"` // ours: host:port or a unix socket path
 	Timeout          float64         `json:"timeout"`    // ours: seconds ADD waits for IPAM
 	ValidAttachments []attachment    `json:"cni.dev/valid-attachments"`
+	IsGateway        bool            `json:"isGateway"` // Weave's plugin refuses these two
+	IPMasq           bool            `json:"ipMasq"`
 
 	ipam ipamConf // IPAM decoded
 	raw  []byte   // the config as given, for a delegated IPAM plugin
@@ -65,6 +67,9 @@ func parseConf(data []byte, command string) (*netConf, *cniError) {
 	}
 	if conf.Name == "" {
 		return nil, newError(codeInvalidConfig, "the network config has no name")
+	}
+	if conf.IsGateway || conf.IPMasq {
+		return nil, newError(codeInvalidConfig, "isGateway and ipMasq are not supported by weave-net")
 	}
 	if len(conf.IPAM) > 0 && string(conf.IPAM) != "null" {
 		if err := json.Unmarshal(conf.IPAM, &conf.ipam); err != nil {

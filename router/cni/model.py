@@ -290,16 +290,21 @@ def routes_for(request: AddRequest, ips: list[IpSpec],
 
 def route_ops(routes: list[RouteSpec], ips: list[IpSpec], ifname: str, netns: str,
               existing: tuple[Route, ...]) -> list[Op]:
-    """AddRoute ops for ``routes`` (not already there) through ``ifname``."""
-    ops: list[Op] = []
+    """AddRoute ops for ``routes`` (not already there) through ``ifname``; a gateway
+    outside the container's subnets gets a link route of its own first."""
+    wanted: list[Route] = []
     default_gw = next((ip.gateway for ip in ips if ip.gateway is not None), None)
     for spec in routes:
         gw = spec.gw if spec.gw is not None else default_gw
-        route = (Route(dst=spec.dst, ifname=ifname, gateway=gw) if gw is not None
-                 else Route(dst=spec.dst, ifname=ifname, scope=Scope.LINK))
-        if route not in existing:
-            ops.append(AddRoute(route, netns))
-    return ops
+        if gw is None:
+            wanted.append(Route(dst=spec.dst, ifname=ifname, scope=Scope.LINK))
+            continue
+        if not any(gw in ip.address.network for ip in ips):  # Weave's rule: reach it first
+            wanted.append(Route(dst=ipaddress.IPv4Network(f"{gw}/32"), ifname=ifname,
+                                scope=Scope.LINK))
+        wanted.append(Route(dst=spec.dst, ifname=ifname, gateway=gw))
+    unique = [r for r in dict.fromkeys(wanted) if r not in existing]
+    return [AddRoute(r, netns) for r in unique]
 
 
 def add_result(request: AddRequest, *, host_mac: str, container_mac: str,

@@ -150,6 +150,24 @@ def error_of(out: Any, code: int) -> str:
     return str(out["msg"])
 
 
+def test_hairpin_mode_and_a_gateway_outside_the_subnet(host1: Host) -> None:
+    c = bare(host1)
+    result = add(host1, c, hairpinMode=True, ipam={"gateway": "10.99.0.1"})
+    [ip] = result["ips"]
+    assert ip["gateway"] == "10.99.0.1"
+    assert {"dst": "0.0.0.0/0", "gw": "10.99.0.1"} in result["routes"]
+    routes = c.run(["ip", "route", "show"]).stdout
+    assert "default via 10.99.0.1 dev eth0 proto static" in routes
+    assert "10.99.0.1 dev eth0 proto static scope link" in routes  # reach the gw first
+    veth = result["interfaces"][0]["name"]
+    hairpin = host1.run(["cat", f"/sys/class/net/{veth}/brport/hairpin_mode"]).stdout
+    assert hairpin.strip() == "1"
+    other = bare(host1)
+    veth2 = add(host1, other)["interfaces"][0]["name"]  # hairpinMode absent: off
+    assert host1.run(["cat", f"/sys/class/net/{veth2}/brport/hairpin_mode"]).stdout.strip() \
+        == "0"
+
+
 # --- DEL -----------------------------------------------------------------------------------
 
 
@@ -225,6 +243,19 @@ def test_gc_frees_attachments_the_runtime_no_longer_has(host1: Host) -> None:
         assert "eth0" not in c.links()
 
 
+def test_a_router_restart_keeps_the_pod_and_its_address(host1: Host) -> None:
+    c = bare(host1)
+    [ip] = add(host1, c)["ips"]
+    host1.stop_router()
+    host1.launch()
+    host1.wait_ready()
+    assert ipam_holds(host1, c.name) == ip["address"]
+    assert c.addresses("eth0") == [ip["address"]]
+    assert cni(host1, "CHECK", conf(), container=c.name, netns=netns_path(c)) == (0, None)
+    assert cni(host1, "DEL", conf(), container=c.name, netns="") == (0, None)
+    assert ipam_holds(host1, c.name) == "" and "eth0" not in c.links()
+
+
 # --- errors --------------------------------------------------------------------------------
 
 
@@ -243,6 +274,7 @@ def test_add_with_the_router_stopped_says_try_again_later(host1: Host) -> None:
     ({"cniVersion": "0.2.0", "name": "weave", "type": "weave-net"}, 1, "not supported"),
     (conf(ipam={"type": "weave-ipam", "subnet": "10.32.0.1/12"}), 7, "host bits"),
     (conf(ipam={"type": "no-such-ipam"}), 7, "not found in CNI_PATH"),
+    (conf(isGateway=True), 7, "isGateway and ipMasq are not supported"),
 ])
 def test_bad_config_is_the_specs_error(host1: Host, config: dict[str, Any] | str, code: int,
                                        words: str) -> None:

@@ -125,3 +125,13 @@ def test_registry_round_trip_skips_junk() -> None:
     assert parse_registry('{"x": 1, "y": {"containerId": 2}}') == {}
     assert parse_registry("not json") == {}
     assert parse_registry(None) == {}
+
+
+def test_gateway_outside_the_subnet_gets_a_link_route_first() -> None:
+    gw = ipaddress.IPv4Address("10.99.0.1")
+    ips = [IpSpec(ipaddress.IPv4Interface("10.32.0.5/12"))]
+    ops = route_ops([RouteSpec(ipaddress.IPv4Network("0.0.0.0/0"), gw)], ips, "eth0", NS, ())
+    assert ops == [
+        AddRoute(Route(ipaddress.IPv4Network("10.99.0.1/32"), "eth0", scope=Scope.LINK), NS),
+        AddRoute(Route(ipaddress.IPv4Network("0.0.0.0/0"), "eth0", gw), NS),
+    ]
