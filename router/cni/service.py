@@ -12,6 +12,7 @@ attachment the runtime no longer lists.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from router.cni.model import (
 from router.errors import ClosedError, ConfigError, KernelError
 from router.ipam import NotFoundError
 from router.ipam.service import IpamService
-from router.kernel.plumbing import BRIDGE_NAME, attach_plan, detach_plan
+from router.kernel.plumbing import BRIDGE_NAME, MULTICAST_NET, attach_plan, detach_plan
 from router.kernel.port import (
     KernelPort,
     NetnsState,
@@ -77,7 +78,9 @@ class CniService:
         ips = await self._addresses(request)
         try:
             result = await self._plumb(request, path, ips)
-        except BaseException:
+        except BaseException:  # leave nothing behind: no interface, no address
+            with trio.CancelScope(shield=True), contextlib.suppress(CniError):
+                await self._unplumb(path, request.ifname)
             if request.weave_ipam:
                 self._free(request.container_id)
             raise
@@ -174,9 +177,12 @@ class CniService:
         veth = host_veth(request.container_id, request.ifname)
         host = await self._snapshot(None)
         target = await self._snapshot(path)
+        # one multicast route per namespace: a second interface leaves the first's
+        multicast = request.multicast_route and not any(
+            r.dst == MULTICAST_NET and r.ifname != request.ifname for r in target.routes)
         plan = attach_plan(host, target, host_veth=veth, cidrs=[ip.address for ip in ips],
                            bridge=self._bridge, ifname=request.ifname,
-                           multicast_route=request.multicast_route)
+                           multicast_route=multicast)
         await self._execute(plan.ops, plan.rollback)
         bridge_ip = bridge_gateway(host, self._bridge, ips[0].address)
         routes = routes_for(request, ips, bridge_ip)
@@ -186,7 +192,8 @@ class CniService:
         await trio.to_thread.run_sync(self._set_hairpin, veth, request.hairpin)
         host = await self._snapshot(None)
         host_link, link = host.link(veth), target.link(request.ifname)
-        return add_result(request, host_mac=host_link.mac if host_link else "",
+        return add_result(dataclasses.replace(request, multicast_route=multicast),
+                          host_mac=host_link.mac if host_link else "",
                           container_mac=link.mac if link else "", ips=ips, routes=routes)
 
     async def _unplumb(self, path: str, ifname: str) -> None:

@@ -168,6 +168,34 @@ def test_hairpin_mode_and_a_gateway_outside_the_subnet(host1: Host) -> None:
         == "0"
 
 
+def test_add_again_keeps_the_address_and_a_failed_add_leaves_nothing(host1: Host) -> None:
+    c = bare(host1)
+    first = add(host1, c)
+    assert add(host1, c)["ips"] == first["ips"]  # a runtime's retry
+    assert c.addresses("eth0") == [first["ips"][0]["address"]]
+    # two routes to one destination: the second cannot be added, so the ADD is undone
+    other = bare(host1)
+    routes = [{"dst": "10.50.0.0/16"}, {"dst": "10.50.0.0/16", "gw": "10.99.0.1"}]
+    rc, out = cni(host1, "ADD", conf(ipam={"routes": routes}), container=other.name,
+                  netns=netns_path(other))
+    assert rc == 1, out
+    assert "File exists" in error_of(out, 5)
+    assert "eth0" not in other.links()
+    assert ipam_holds(host1, other.name) == ""
+
+
+def test_a_second_interface_in_one_namespace(host1: Host) -> None:
+    c = bare(host1)
+    add(host1, c)
+    rc, out = cni(host1, "ADD", conf(), container="second", netns=netns_path(c),
+                  ifname="eth1")
+    assert rc == 0, out
+    assert c.addresses("eth1") == [out["ips"][0]["address"]]
+    assert cni(host1, "DEL", conf(), container="second", netns=netns_path(c),
+               ifname="eth1") == (0, None)
+    assert "eth1" not in c.links() and "eth0" in c.links()
+
+
 # --- DEL -----------------------------------------------------------------------------------
 
 
