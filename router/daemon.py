@@ -21,6 +21,7 @@ containers on this host keep talking. ``docs/concurrency.md`` draws the nursery 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -161,6 +162,9 @@ class Router:
                     await nursery.start(self.ipam.run)
                     if self.containers is not None:  # vanished containers' addresses freed
                         await nursery.start(self.containers.run)
+                    if self.cni is not None:  # and those of vanished CNI attachments
+                        await nursery.start(functools.partial(
+                            self.cni.run, check_interval=container_check_interval()))
                     task_status.started()
         finally:
             stopped.set()

@@ -103,10 +103,11 @@ class Record:
     netns: str
     weave_ipam: bool
     cidrs: list[str] = field(default_factory=list)
+    inode: int | None = None  # of the namespace at ADD: a path reused later is another one
 
     def to_json(self) -> dict[str, object]:
         return {"containerId": self.container_id, "ifname": self.ifname, "netns": self.netns,
-                "weaveIpam": self.weave_ipam, "cidrs": self.cidrs}
+                "weaveIpam": self.weave_ipam, "cidrs": self.cidrs, "inode": self.inode}
 
     @classmethod
     def from_json(cls, raw: object) -> Record | None:
@@ -117,8 +118,9 @@ class Record:
         if not (isinstance(cid, str) and isinstance(ifname, str) and isinstance(netns, str)
                 and isinstance(cidrs, list)):
             return None
+        inode = raw.get("inode")
         return cls(cid, ifname, netns, bool(raw.get("weaveIpam", True)),
-                   [str(c) for c in cidrs])
+                   [str(c) for c in cidrs], inode if isinstance(inode, int) else None)
 
 
 def attachment_key(container_id: str, ifname: str) -> str:

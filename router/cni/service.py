@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import math
 from collections.abc import Sequence
 
 import trio
@@ -71,6 +72,28 @@ class CniService:
         self._bridge = bridge
         self._sysfs = sysfs
 
+    async def run(self, *, check_interval: float = math.inf,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Release the attachments whose namespace vanished (while the router was down,
+        too) now, then every ``check_interval`` seconds."""
+        self.release_vanished()
+        task_status.started()
+        while not math.isinf(check_interval):
+            await trio.sleep(check_interval)
+            self.release_vanished()
+
+    def release_vanished(self) -> list[str]:
+        """Forget (and free the weave addresses of) attachments whose namespace is gone:
+        its path no longer opens, or names another namespace now. Their keys."""
+        gone = {k: r for k, r in self._registry().items() if _vanished(r)}
+        for record in gone.values():
+            if record.weave_ipam:
+                self._free(record.container_id)
+            log.info("CNI container %s (%s) is gone: released %s", record.container_id,
+                     record.ifname, " ".join(record.cidrs) or "nothing")
+        self._forget(set(gone))
+        return sorted(gone)
+
     # -- verbs ------------------------------------------------------------------------------
 
     async def add(self, request: AddRequest) -> dict[str, object]:
@@ -85,7 +108,7 @@ class CniService:
                 self._free(request.container_id)
             raise
         self._remember(Record(request.container_id, request.ifname, path, request.weave_ipam,
-                              [str(ip.address) for ip in ips]))
+                              [str(ip.address) for ip in ips], _inode(path)))
         log.info("CNI ADD %s %s: %s", request.container_id, request.ifname,
                  " ".join(str(ip.address) for ip in ips))
         return result
@@ -249,6 +272,19 @@ class CniService:
 
     def attachments(self) -> list[Record]:
         return list(self._registry().values())
+
+
+def _vanished(record: Record) -> bool:
+    now = _inode(record.netns)
+    return now is None or (record.inode is not None and now != record.inode)
+
+
+def _inode(path: str) -> int | None:
+    """The inode of the namespace at ``path``; None when there is none now."""
+    try:
+        return netns_inode(path)
+    except ConfigError:
+        return None
 
 
 def _netns_path(netns: str) -> str:

@@ -284,6 +284,36 @@ def test_a_router_restart_keeps_the_pod_and_its_address(host1: Host) -> None:
     assert ipam_holds(host1, c.name) == "" and "eth0" not in c.links()
 
 
+def test_a_pod_gone_while_the_router_was_down_gets_its_address_back(host1: Host) -> None:
+    c, kept = bare(host1), bare(host1)
+    add(host1, c)
+    [ip] = add(host1, kept)["ips"]
+    host1.stop_router()
+    subprocess.run(["ip", "netns", "del", c.name], check=True, timeout=10)
+    host1.launch()
+    host1.wait_ready()
+    assert ipam_holds(host1, c.name) == ""  # released before the router answered
+    assert ipam_holds(host1, kept.name) == ip["address"]
+    assert cni(host1, "CHECK", conf(), container=kept.name, netns=netns_path(kept)) \
+        == (0, None)
+
+
+def test_a_pod_gone_while_the_router_runs_is_released_by_the_check(make_mesh: MakeMesh
+                                                                   ) -> None:
+    [h1] = make_mesh(1).hosts
+    h1.launch(env={"WEAVE_CONTAINER_CHECK_INTERVAL": "0.5"})
+    h1.wait_ready()
+    c = bare(h1)
+    add(h1, c)
+    subprocess.run(["ip", "netns", "del", c.name], check=True, timeout=10)
+
+    def probe() -> tuple[bool, str]:
+        held = ipam_holds(h1, c.name)
+        return held == "", f"IPAM still holds {held!r}"
+
+    h1.wait(f"{c.name}'s address to be released", probe, timeout=20.0)
+
+
 # --- errors --------------------------------------------------------------------------------
 
 
