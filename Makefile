@@ -10,19 +10,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libsodium-dev libssl-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping
+APT_PACKAGES := libsodium-dev libssl-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping \
+  golang-go containernetworking-plugins
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # bench-ipam's own flags; `make bench BENCH_ARGS=--quick` makes it quick too
 BENCH_IPAM_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 BENCH_API_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 
-.PHONY: setup apt venv build demo test test-fast lint bench bench-ipam bench-api clean
+.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api clean
 
-setup: .stamp-apt .stamp-venv build
+setup: .stamp-apt .stamp-venv build cni
 
 # Debian packages: only installed when one is missing, so repeated runs are quick.
-.stamp-apt:
+.stamp-apt: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -42,6 +43,17 @@ setup: .stamp-apt .stamp-venv build
 build: .stamp-venv $(wildcard _fastpath/*.pyx _fastpath/*.pxi _fastpath/*.pxd _fastpath/*.h) setup.py
 	@if ls _fastpath/*.pyx >/dev/null 2>&1; then \
 	  $(PY) setup.py -q build_ext --inplace >/dev/null; fi
+
+# The CNI plugin (docs/cni.md): a static Go executable, standard library only, built
+# offline (no modules fetched); weave-ipam is the same program under its IPAM name.
+CNI_GO := cd cni && GOCACHE=$(CURDIR)/build/go-cache GOPATH=$(CURDIR)/build/gopath \
+  GOTOOLCHAIN=local GOPROXY=off GOFLAGS= CGO_ENABLED=0 go
+cni: build/cni/weave-net
+build/cni/weave-net: .stamp-apt $(wildcard cni/*.go) cni/go.mod
+	@mkdir -p build/cni
+	$(CNI_GO) vet .
+	$(CNI_GO) build -trimpath -ldflags=-s -o $(CURDIR)/build/cni/weave-net .
+	ln -sf weave-net build/cni/weave-ipam
 
 demo: setup
 	$(PY) -m tests.demo

@@ -14,6 +14,7 @@ Commands of this milestone (cli.md has the contract)::
     weave-router ps [CONTAINER ...]
     weave-router prime
     weave-router rmpeer PEER_ID ...
+    weave-router setup-cni [--cni-bin-dir DIR] [--cni-conf-dir DIR]
     weave-router version
     weave-router help [COMMAND]
 
@@ -41,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from cli import launch
+from cli import launch, setup_cni
 from cli.client import (
     ApiClient,
     ApiResponse,
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
     _add_http_addr(rmpeer)
+    setup_cni.add_arguments(commands.add_parser(
+        "setup-cni", help="install the CNI plugin and 10-weave.conflist"))
     commands.add_parser("version", help="print the versions of weave-router's parts")
     help_ = commands.add_parser("help", help="print this help, or a command's")
     help_.add_argument("topic", nargs="?", metavar="COMMAND")
@@ -393,6 +396,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "ps": cmd_ps,
     "prime": cmd_prime,
     "rmpeer": cmd_rmpeer,
+    "setup-cni": setup_cni.run,
     "version": cmd_version,
 }
 

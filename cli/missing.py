@@ -35,9 +35,6 @@ MISSING: dict[str, tuple[str, str]] = {
     "launch-proxy": ("start the Docker API proxy (Weave 1.x)",
                      "the Docker API proxy was removed in Weave 2.0: use `weave-router "
                      "attach` instead"),
-    "setup-cni": ("install the CNI plugin",
-                  "installs Weave's CNI plugin; weave-router has no CNI plugin: not in this "
-                  "version (use `weave-router attach` for each container)"),
 }
 
 STATUS_DNS = f"status dns: shows weaveDNS's entries; {_NO_DNS}"

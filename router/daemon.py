@@ -44,6 +44,7 @@ import setproctitle
 import trio
 
 from router import __version__, resume
+from router.cni.service import CniService
 from router.config import PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION, RouterConfig
 from router.containers.service import CHECK_INTERVAL, Attached, ContainersService
 from router.control.api import serve_api
@@ -130,6 +131,7 @@ class Router:
                            ContainersService(kernel, store, self.ipam,
                                              universe=config.ipalloc_range,
                                              check_interval=container_check_interval()))
+        self.cni = None if kernel is None else CniService(kernel, store, self.ipam)
 
     def _initial_targets(self) -> list[str]:
         """``--resume`` takes the persisted targets; otherwise the command line's replace them."""
@@ -177,6 +179,9 @@ class Router:
                         await nursery.start(self.ipam.run)
                     if self.containers is not None:  # vanished containers' addresses freed
                         await nursery.start(self.containers.run)
+                    if self.cni is not None:  # and those of vanished CNI attachments
+                        await nursery.start(functools.partial(
+                            self.cni.run, check_interval=container_check_interval()))
                     task_status.started()
         finally:
             stopped.set()

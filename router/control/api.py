@@ -41,7 +41,7 @@ from typing import Protocol
 import trio
 
 from router.containers.service import Attached
-from router.control import ipam_api
+from router.control import cni_api, ipam_api
 from router.control.admission import LaneLimit
 from router.control.connection import Bounds
 from router.control.http import JSON, TEXT, Reply, Request, error
@@ -265,6 +265,8 @@ async def dispatch(control: RouterControl, request: Request) -> Reply:
     """Route one request; every failure becomes an error reply, never an exception."""
     try:
         reply = await ipam_api.handle_ipam(control.ipam, request)
+        if reply is None:
+            reply = await cni_api.handle_cni(control, request)
     except Exception:
         log.exception("control API: %s %s failed", request.method, request.path)
         return error(500, f"internal error serving {request.method} {request.path} (see the log)")

@@ -387,7 +387,6 @@ def test_attach_h_is_the_hostname_and_help_stays(capsys: pytest.CaptureFixture[s
     (["env"], "DOCKER_HOST"),
     (["launch-dns"], "DNS is part of launch in Weave 2.x"),
     (["launch-proxy"], "removed in Weave 2.0"),
-    (["setup-cni"], "setup-cni: "),
     (["--http-addr", "127.0.0.1:1", "expose"], "expose: "),
 ])
 def test_weave_commands_not_in_this_version_say_so(

@@ -1,0 +1,3 @@
+module weave-router/cni
+
+go 1.19

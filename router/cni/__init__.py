@@ -1,0 +1,1 @@
+"""The router side of the CNI plugin (``cni/``): ADD/DEL/CHECK/STATUS/GC behind the API."""

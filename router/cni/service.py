@@ -1,0 +1,305 @@
+"""The CNI endpoints' driver: IPAM, kernel plumbing and the attachment registry.
+
+ADD allocates (ident = the CNI container id, so DEL and GC find it) or takes the
+delegated IPAM plugin's addresses, plumbs a veth into the namespace under the runtime's
+``CNI_IFNAME``, adds the routes and the multicast route, sets hairpin mode on the bridge
+port, and records the attachment in the store. DEL undoes what is there and never fails
+for what is not (a namespace already gone, an empty ``CNI_NETNS``, a container never
+added). CHECK compares the namespace with the record. GC frees every recorded
+attachment the runtime no longer lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import math
+from collections.abc import Sequence
+
+import trio
+
+from router.cni.model import (
+    CHECK_FAILED,
+    INVALID_CONFIG,
+    IO_FAILURE,
+    NOT_AVAILABLE,
+    TRY_AGAIN_LATER,
+    UNKNOWN_CONTAINER,
+    AddRequest,
+    CniError,
+    IpSpec,
+    Record,
+    add_result,
+    attachment_key,
+    bridge_gateway,
+    dump_registry,
+    host_veth,
+    ipam_result,
+    parse_registry,
+    route_ops,
+    routes_for,
+)
+from router.errors import ClosedError, ConfigError, KernelError
+from router.ipam import NotFoundError
+from router.ipam.service import IpamService
+from router.kernel.plumbing import BRIDGE_NAME, MULTICAST_NET, attach_plan, detach_plan
+from router.kernel.port import (
+    KernelPort,
+    NetnsState,
+    Op,
+    Plan,
+    execute,
+    netns_inode,
+    resolve_netns,
+)
+from router.store import Store
+
+log = logging.getLogger("weave-router.cni")
+
+REGISTRY_KEY = "cni_attachments"
+SYSFS_NET = "/sys/class/net"
+
+
+class CniService:
+    """What the ``/cni/*`` endpoints do; one per router with a kernel."""
+
+    def __init__(self, kernel: KernelPort, store: Store, ipam: IpamService | None, *,
+                 bridge: str = BRIDGE_NAME, sysfs: str = SYSFS_NET) -> None:
+        self._kernel = kernel
+        self._store = store
+        self._ipam = ipam
+        self._bridge = bridge
+        self._sysfs = sysfs
+
+    async def run(self, *, check_interval: float = math.inf,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Release the attachments whose namespace vanished (while the router was down,
+        too) now, then every ``check_interval`` seconds."""
+        self.release_vanished()
+        task_status.started()
+        while not math.isinf(check_interval):
+            await trio.sleep(check_interval)
+            self.release_vanished()
+
+    def release_vanished(self) -> list[str]:
+        """Forget (and free the weave addresses of) attachments whose namespace is gone:
+        its path no longer opens, or names another namespace now. Their keys."""
+        gone = {k: r for k, r in self._registry().items() if _vanished(r)}
+        for record in gone.values():
+            if record.weave_ipam:
+                self._free(record.container_id)
+            log.info("CNI container %s (%s) is gone: released %s", record.container_id,
+                     record.ifname, " ".join(record.cidrs) or "nothing")
+        self._forget(set(gone))
+        return sorted(gone)
+
+    # -- verbs ------------------------------------------------------------------------------
+
+    async def add(self, request: AddRequest) -> dict[str, object]:
+        path = _netns_path(request.netns)
+        ips = await self._addresses(request)
+        try:
+            result = await self._plumb(request, path, ips)
+        except BaseException:  # leave nothing behind: no interface, no address
+            with trio.CancelScope(shield=True), contextlib.suppress(CniError):
+                await self._unplumb(path, request.ifname)
+            if request.weave_ipam:
+                self._free(request.container_id)
+            raise
+        self._remember(Record(request.container_id, request.ifname, path, request.weave_ipam,
+                              [str(ip.address) for ip in ips], _inode(path)))
+        log.info("CNI ADD %s %s: %s", request.container_id, request.ifname,
+                 " ".join(str(ip.address) for ip in ips))
+        return result
+
+    async def ipam_add(self, request: AddRequest) -> dict[str, object]:
+        """The ``weave-ipam`` plugin mode: allocate only."""
+        ips = await self._addresses(request)
+        return ipam_result(ips, list(request.routes))
+
+    def ipam_del(self, container_id: str) -> None:
+        self._free(container_id)
+
+    def ipam_check(self, container_id: str) -> None:
+        if not self._weave_ipam().lookup(container_id):
+            raise CniError(UNKNOWN_CONTAINER, f"weave IPAM holds no address for container "
+                           f"{container_id}")
+
+    async def delete(self, container_id: str, ifname: str, netns: str) -> None:
+        """Remove the interface (if the namespace is still there) and free the addresses."""
+        record = self._registry().get(attachment_key(container_id, ifname))
+        path = netns or (record.netns if record is not None else "")
+        if path:
+            await self._unplumb(path, ifname)
+        if record is None or record.weave_ipam:
+            self._free(container_id)
+        self._forget({attachment_key(container_id, ifname)})
+        log.info("CNI DEL %s %s", container_id, ifname)
+
+    async def check(self, container_id: str, ifname: str, netns: str) -> None:
+        record = self._registry().get(attachment_key(container_id, ifname))
+        if record is None:
+            raise CniError(UNKNOWN_CONTAINER, f"container {container_id} ({ifname}) was "
+                           "never added to weave-net on this host")
+        state = await self._snapshot(_netns_path(netns or record.netns))
+        link = state.link(ifname)
+        if link is None:
+            raise CniError(CHECK_FAILED, f"{ifname} is missing from the container's namespace")
+        have = {str(c) for c in state.addresses_of(ifname)}
+        missing = [c for c in record.cidrs if c not in have]
+        if missing:
+            raise CniError(CHECK_FAILED, f"{ifname} lacks its address {' '.join(missing)}")
+        if record.weave_ipam:
+            held = {str(c) for c in self._weave_ipam().lookup(container_id)}
+            lost = [c for c in record.cidrs if c not in held]
+            if lost:
+                raise CniError(CHECK_FAILED, f"IPAM no longer holds {' '.join(lost)} for "
+                               f"container {container_id}")
+
+    async def status(self, *, ipam: bool, ready: bool) -> None:
+        """CniError 50 unless the router (and, if asked, IPAM) can add containers now."""
+        if not ready:
+            raise CniError(NOT_AVAILABLE, "weave-router is starting up")
+        host = await self._kernel.snapshot()
+        if host.link(self._bridge) is None:
+            raise CniError(NOT_AVAILABLE, f'bridge "{self._bridge}" is missing')
+        if ipam:
+            with trio.move_on_after(0.5) as scope:
+                await self._weave_ipam().prime()
+            if scope.cancelled_caught:
+                raise CniError(NOT_AVAILABLE, "weave IPAM is awaiting consensus with its "
+                               "peers (see `weave-router status ipam`)")
+
+    async def gc(self, valid: set[str]) -> list[str]:
+        """Delete every recorded attachment whose key is not in ``valid``; their keys."""
+        gone = [r for k, r in self._registry().items() if k not in valid]
+        for record in gone:
+            await self.delete(record.container_id, record.ifname, "")
+        return [attachment_key(r.container_id, r.ifname) for r in gone]
+
+    # -- parts ------------------------------------------------------------------------------
+
+    async def _addresses(self, request: AddRequest) -> list[IpSpec]:
+        if not request.weave_ipam:
+            return list(request.ips)
+        with trio.move_on_after(request.timeout):
+            try:
+                cidr = await self._weave_ipam().allocate(request.container_id, request.subnet)
+            except ClosedError as exc:
+                raise CniError(TRY_AGAIN_LATER, f"weave IPAM is not running: {exc}") from None
+            except ConfigError as exc:  # IpamError: refused (e.g. a subnet outside the range)
+                raise CniError(IO_FAILURE, f"weave IPAM refused: {exc}") from None
+            return [IpSpec(cidr, request.gateway)]
+        raise CniError(TRY_AGAIN_LATER, "weave IPAM is awaiting consensus with its peers; "
+                       f"no address within {request.timeout:g}s",
+                       "see `weave-router status ipam`")
+
+    async def _plumb(self, request: AddRequest, path: str,
+                     ips: list[IpSpec]) -> dict[str, object]:
+        veth = host_veth(request.container_id, request.ifname)
+        host = await self._snapshot(None)
+        target = await self._snapshot(path)
+        # one multicast route per namespace: a second interface leaves the first's
+        multicast = request.multicast_route and not any(
+            r.dst == MULTICAST_NET and r.ifname != request.ifname for r in target.routes)
+        plan = attach_plan(host, target, host_veth=veth, cidrs=[ip.address for ip in ips],
+                           bridge=self._bridge, ifname=request.ifname,
+                           multicast_route=multicast)
+        await self._execute(plan.ops, plan.rollback)
+        bridge_ip = bridge_gateway(host, self._bridge, ips[0].address)
+        routes = routes_for(request, ips, bridge_ip)
+        target = await self._snapshot(path)
+        ops = route_ops(routes, ips, request.ifname, path, target.routes)
+        await self._execute(tuple(ops), ())
+        await trio.to_thread.run_sync(self._set_hairpin, veth, request.hairpin)
+        host = await self._snapshot(None)
+        host_link, link = host.link(veth), target.link(request.ifname)
+        return add_result(dataclasses.replace(request, multicast_route=multicast),
+                          host_mac=host_link.mac if host_link else "",
+                          container_mac=link.mac if link else "", ips=ips, routes=routes)
+
+    async def _unplumb(self, path: str, ifname: str) -> None:
+        try:
+            netns_inode(path)
+        except ConfigError:
+            return  # the namespace is gone, and the veth with it
+        try:
+            state = await self._kernel.snapshot(path)
+            await execute(self._kernel, detach_plan(state, ifname=ifname))
+        except KernelError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                raise CniError(IO_FAILURE, f"cannot remove {ifname}: {exc}") from None
+
+    async def _snapshot(self, path: str | None) -> NetnsState:
+        try:
+            return await self._kernel.snapshot(path)
+        except KernelError as exc:
+            raise CniError(UNKNOWN_CONTAINER, f"cannot read namespace {path}: {exc}") from None
+
+    async def _execute(self, ops: Sequence[Op], rollback: Sequence[Op]) -> None:
+        try:
+            await execute(self._kernel, Plan(ops=tuple(ops), rollback=tuple(rollback)))
+        except KernelError as exc:
+            raise CniError(IO_FAILURE, f"plumbing the container failed: {exc}") from None
+
+    def _set_hairpin(self, veth: str, on: bool) -> None:
+        """Hairpin mode on the bridge port (a container reaches itself via a service IP)."""
+        path = f"{self._sysfs}/{veth}/brport/hairpin_mode"
+        try:
+            with open(path, "w", encoding="ascii") as f:
+                f.write("1" if on else "0")
+        except OSError as exc:
+            raise CniError(IO_FAILURE, f"cannot set hairpin mode on {veth}: {exc}") from None
+
+    def _weave_ipam(self) -> IpamService:
+        if self._ipam is None:
+            raise CniError(INVALID_CONFIG, "weave IPAM is disabled (the router was launched "
+                           "with --ipalloc-range ''): give the network another IPAM plugin, "
+                           "such as host-local")
+        return self._ipam
+
+    def _free(self, container_id: str) -> None:
+        if self._ipam is None:  # nothing of weave IPAM's to free
+            return
+        with contextlib.suppress(NotFoundError):  # never allocated, or freed already
+            self._ipam.free(container_id)
+
+    def _registry(self) -> dict[str, Record]:
+        return parse_registry(self._store.get_meta(REGISTRY_KEY))
+
+    def _remember(self, record: Record) -> None:
+        registry = self._registry()
+        registry[attachment_key(record.container_id, record.ifname)] = record
+        self._store.set_meta(REGISTRY_KEY, dump_registry(registry))
+
+    def _forget(self, keys: set[str]) -> None:
+        registry = self._registry()
+        kept = {k: r for k, r in registry.items() if k not in keys}
+        if len(kept) != len(registry):
+            self._store.set_meta(REGISTRY_KEY, dump_registry(kept))
+
+    def attachments(self) -> list[Record]:
+        return list(self._registry().values())
+
+
+def _vanished(record: Record) -> bool:
+    now = _inode(record.netns)
+    return now is None or (record.inode is not None and now != record.inode)
+
+
+def _inode(path: str) -> int | None:
+    """The inode of the namespace at ``path``; None when there is none now."""
+    try:
+        return netns_inode(path)
+    except ConfigError:
+        return None
+
+
+def _netns_path(netns: str) -> str:
+    """The namespace path of an ADD/CHECK; CniError 3 when it is gone."""
+    try:
+        return resolve_netns(netns)
+    except ConfigError as exc:
+        raise CniError(UNKNOWN_CONTAINER, f"the container's namespace is gone: {exc}") from None
