@@ -45,16 +45,32 @@ func (c *routerClient) post(path string, body interface{}, out interface{}) *cni
 	if err != nil {
 		return newError(codeIOFailure, "cannot encode the request: %v", err)
 	}
-	resp, err := c.http.Post("http://weave-router"+path, "application/json", bytes.NewReader(data))
+	// The router checks the Host of a TCP request (it refuses DNS-rebound pages): name
+	// the address dialled; a unix socket has no host, and no Host check.
+	host := c.addr
+	if c.network == "unix" {
+		host = "localhost"
+	}
+	// A router busy with many other ADDs refuses a connection with 503 "too many API
+	// ..." before reading it: nothing was done, so it is safe to ask again, within the
+	// client's timeout, with a growing pause (a kubelet starting 50 pods at once).
+	var resp *http.Response
+	var reply []byte
+	deadline := time.Now().Add(c.http.Timeout)
+	for pause := 20 * time.Millisecond; ; pause *= 2 {
+		if pause > time.Second {
+			pause = time.Second
+		}
+		resp, reply, err = c.send("http://"+host+path, data)
+		if err != nil || !busy(resp, reply) || time.Now().Add(pause).After(deadline) {
+			break
+		}
+		time.Sleep(pause)
+	}
 	if err != nil {
 		return &cniError{Code: codeTryAgainLater,
 			Msg:     fmt.Sprintf("weave-router is not running or not answering on %s: %v", c.addr, err),
 			Details: "start it with `weave-router launch`, or set routerAddr in the network config"}
-	}
-	defer resp.Body.Close()
-	reply, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return newError(codeIOFailure, "reading weave-router's answer: %v", err)
 	}
 	if resp.StatusCode == http.StatusOK {
 		if out == nil {
@@ -74,4 +90,24 @@ func (c *routerClient) post(path string, body interface{}, out interface{}) *cni
 		code = codeTryAgainLater
 	}
 	return newError(code, "weave-router answered %s: %s", resp.Status, strings.TrimSpace(string(reply)))
+}
+
+// send POSTs data and reads the whole answer (at most 1 MiB).
+func (c *routerClient) send(url string, data []byte) (*http.Response, []byte, error) {
+	resp, err := c.http.Post(url, "application/json", bytes.NewReader(data))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	reply, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the answer: %w", err)
+	}
+	return resp, reply, nil
+}
+
+// busy: the router's admission refused the request before reading it (a full lane).
+func busy(resp *http.Response, reply []byte) bool {
+	return resp.StatusCode == http.StatusServiceUnavailable &&
+		bytes.HasPrefix(reply, []byte("too many API"))
 }

@@ -15,8 +15,9 @@ every request passes these checks first (pure functions; ``connection.py`` calls
    unix socket has no Host check: no browser reaches it;
 4. POST, PUT and DELETE with a body or a ``Content-Type`` must be
    ``application/x-www-form-urlencoded`` (``curl -d`` sends it; a page can only send
-   ``text/plain`` without a preflight): 415. Without a body and without a type
-   (``curl -X DELETE``) they pass.
+   ``text/plain`` without a preflight) or ``application/json`` (the CNI plugin's
+   ``/cni/*`` requests; a page cannot send it without a CORS preflight, which this API
+   never approves): 415. Without a body and without a type (``curl -X DELETE``) they pass.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from router.control.http import Reply, Request, error
 
 FORM = "application/x-www-form-urlencoded"
+JSON_BODY = "application/json"
 STATE_CHANGING = frozenset({"POST", "PUT", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_ECHO = 80  # characters of a refused header value quoted in the error line
@@ -85,7 +87,7 @@ def _check_content_type(request: Request) -> Reply | None:
             return None
         return error(415, f"{request.method} with a body needs Content-Type: {FORM}", close=True)
     media = value.split(";", 1)[0].strip().lower()
-    if media == FORM:
+    if media in (FORM, JSON_BODY):
         return None
     return error(415, f"Content-Type {_echo(value)} refused: send {FORM}", close=True)
 
