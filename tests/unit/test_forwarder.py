@@ -237,6 +237,25 @@ def test_plain_first_heartbeat_from_a_stranger_does_not_establish() -> None:
     assert a.statistics().drops["source"] == 1
 
 
+@pytest.mark.parametrize("source", [ADDR_B, STRANGER], ids=["spoofed-peer", "stranger"])
+def test_encrypted_forged_heartbeat_moves_nothing(source: tuple[str, int]) -> None:
+    pair = Pair.make()
+    pair.run_until(15.0)
+    pair.a.verify_path_mtu(1500, 15.0)
+    before = pair.a.statistics()
+    real = sniffed(pair)
+    forged = encode_heartbeat(CONN, JUMP, B, A, key=SessionKey(bytes(32)), sender_high=B > A)
+    for data in (raised(real, JUMP), forged, real):  # bad MAC, wrong key, a replay
+        pair.a.receive_datagram(data, source, 15.0)
+    after = pair.a.statistics()
+    assert (after.drops["auth"], after.drops["replay"]) == (2, 1)
+    assert after.received == before.received and after.address_changes == 0
+    assert pair.a.remote_addr == ADDR_B and after.pmtu == before.pmtu
+    pair.run_until(200.0)
+    assert pair.a.established and not pair.b.failed_reason
+    assert pair.a.statistics().drops["replay"] == 1  # the real heartbeats are all accepted
+
+
 def test_plain_path_never_moves_and_its_failure_names_the_stranger() -> None:
     # A peer whose heartbeats come from another port than its Hello said (a NAT that
     # rewrites ports) is not followed without encryption: the path fails, saying why.
