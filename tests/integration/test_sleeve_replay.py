@@ -1,4 +1,4 @@
-"""A sniffed sleeve datagram resent with a forged counter, against real routers.
+"""A sniffed sleeve datagram or heartbeat resent with a forged counter, against real routers.
 
 Issue 9 item 5: on an unencrypted sleeve, one datagram captured on the underlay and
 resent with its counter raised by 2**20 made the receiving router drop every later
@@ -8,6 +8,12 @@ address), host 2 captures a real datagram from host 1 on its ``eth0``, and it is
 again: with the counter raised, spoofed from host 1's address and port (a raw IPv4
 packet from host 1's namespace), from the stranger, and unchanged (a replay). Pings go
 on working and ``weave-router report`` counts the drops.
+
+The same for a heartbeat (type 1, handled by the sleeve's Python paths): before the fix a
+forged counter made host 2 drop host 1's real heartbeats as replays until the path timed
+out and the connection was closed, and a forged heartbeat from the stranger moved host
+2's heartbeats (and frames) to the stranger. Here the connection has to outlive two
+heartbeat timeouts unchanged.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from router.config import MeshTimings
+from router.testing.namespace import wait_until
 from router.testing.netns import Host, Mesh, Namespace
 from tests.integration.test_sleeve import PREFIXLEN, assert_pings, capture, container_ip
 
@@ -101,3 +110,54 @@ def test_a_forged_counter_jump_leaves_the_sleeve_working(pair: tuple[Mesh, bool]
     expected = {"auth": 2, "replay": 1} if encrypted else {"source": 1, "replay": 1}
     assert grew == expected, (grew, mesh.diagnostics())
     assert "established" in h2.status("connections")
+
+
+HEARTBEAT_TIMEOUT = MeshTimings().udp_heartbeat_timeout  # s: a silent path fails after this
+HEARTBEAT_INTERVAL = MeshTimings().udp_heartbeat_slow  # s: between heartbeats once established
+
+
+def sniff_heartbeat(mesh: Mesh) -> bytes:
+    """A heartbeat (type 1) from host 1 as host 2's eth0 receives it."""
+    h1, h2, _ = mesh.hosts
+    pcap = mesh.run_dir / "heartbeat.pcap"
+    with capture(h2, "eth0", f"udp and src host {h1.ip} and dst port {SLEEVE_PORT}"
+                 " and udp[9] = 1", pcap) as packets:
+        wait_until("a heartbeat from host 1 on host 2's eth0",
+                   lambda: (pcap.exists() and pcap.stat().st_size > 24, "nothing captured"),
+                   timeout=3 * HEARTBEAT_INTERVAL, interval=0.5)
+    payload = packets[0][14 + (packets[0][14] & 15) * 4 + 8:]
+    assert payload[1:2] == b"\x01", payload.hex()
+    return payload
+
+
+def failures(host: Host) -> list[str]:
+    """The router log lines that say a UDP path failed."""
+    text = host.log_file.read_text(errors="replace")
+    return [line for line in text.splitlines() if "UDP path to" in line and "failed" in line]
+
+
+@pytest.mark.timeout(600)
+def test_a_forged_heartbeat_neither_silences_nor_redirects_the_peer(
+        pair: tuple[Mesh, bool]) -> None:
+    mesh, _encrypted = pair
+    h1, h2, stranger = mesh.hosts
+    c1 = mesh.bare_containers[0]
+    real = sniff_heartbeat(mesh)
+    def connections(host: Host) -> list[tuple[bool, str, str]]:
+        return [(c.outbound, c.address, c.state) for c in host.connections()]
+
+    lines = {host: connections(host) for host in (h1, h2)}
+    send(h1, raised(real, 1 << 20), h1.ip, h2.ip, sport=SLEEVE_PORT)  # spoofed from the peer
+    send(stranger, raised(real, (1 << 20) + 1), stranger.ip, h2.ip)
+    send(stranger, real, stranger.ip, h2.ip, sport=SLEEVE_PORT)  # a replay, from a stranger
+    end = time.monotonic() + 2 * HEARTBEAT_TIMEOUT + HEARTBEAT_INTERVAL
+    while time.monotonic() < end:  # the same connections, established, all along
+        for host, before in lines.items():
+            now = connections(host)
+            assert now == before, (
+                f"{host.nickname}: connections were {before}, now {now}\n{mesh.diagnostics()}")
+            assert not failures(host), f"{failures(host)}\n{mesh.diagnostics()}"
+        time.sleep(HEARTBEAT_INTERVAL / 2)
+    assert_pings(c1, container_ip(2), count=3, mesh=mesh)
+    assert [state for _, _, state in lines[h1] + lines[h2]] == ["established"] * 2, lines
+    assert "changed to" not in h2.log_file.read_text(errors="replace")

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from router.crypto.keys import SessionKey
 from router.errors import LocalProtocolError, RemoteProtocolError
 from router.mesh.names import PeerName
-from router.overlay.sleeve.forwarder import HeartbeatPath, SleeveDemux
+from router.overlay.sleeve.demux import SleeveDemux
+from router.overlay.sleeve.forwarder import HeartbeatPath
 from router.overlay.sleeve.packet import PacketType, encode_heartbeat, encode_packet
 
 A = PeerName(0x0200_0000_000A)
@@ -38,7 +39,8 @@ def path(local: PeerName, remote: PeerName, addr: tuple[str, int], *,
 
 @dataclass
 class Pair:
-    """A and B back to back; ``lose_ab``/``lose_ba`` drop every datagram one way."""
+    """A and B back to back; ``lose_ab``/``lose_ba`` drop every datagram one way, and a
+    datagram sent to an address other than the receiver's is lost."""
 
     a: HeartbeatPath
     b: HeartbeatPath
@@ -55,11 +57,12 @@ class Pair:
         self.now = now
         for p in (self.a, self.b):
             p.handle_timer(now)
-        for sender, receiver, lost, src in (
-            (self.a, self.b, self.lose_ab, ADDR_A), (self.b, self.a, self.lose_ba, ADDR_B)
+        for sender, receiver, lost, src, dst in (
+            (self.a, self.b, self.lose_ab, ADDR_A, ADDR_B),
+            (self.b, self.a, self.lose_ba, ADDR_B, ADDR_A),
         ):
-            for data, _addr in sender.datagrams_to_send(now):
-                if not lost:
+            for data, addr in sender.datagrams_to_send(now):
+                if not lost and addr == dst:  # sent elsewhere: the receiver never sees it
                     self.delivered.append(data)
                     receiver.receive_datagram(data, src, now)
         # ConnectionEstablished over TCP
@@ -181,6 +184,111 @@ def test_learns_the_peers_address_from_authentic_heartbeats_only() -> None:
     assert a.remote_addr == nat
     assert a.datagrams_to_send(0.5)[0][1] == nat
     assert a.statistics().address_changes == 1
+
+
+# -- forged heartbeats (issue 9 item 5) ------------------------------------------------------
+
+STRANGER = ("192.0.2.66", 6783)
+JUMP = 1 << 20  # a sniffed counter raised by 2^20
+
+
+def raised(data: bytes, by: int) -> bytes:
+    """``data`` with its counter (header bytes 12..19) raised by ``by``, nothing else changed."""
+    counter = int.from_bytes(data[12:20], "big")
+    return data[:12] + (counter + by).to_bytes(8, "big") + data[20:]
+
+
+def sniffed(pair: Pair) -> bytes:
+    """A real heartbeat from B to A, as a sniffer on the underlay saw it (and A got it)."""
+    data = pair.delivered[-1]
+    assert data[1] == PacketType.HEARTBEAT
+    return data
+
+
+@pytest.mark.parametrize("source", [ADDR_B, STRANGER], ids=["spoofed-peer", "stranger"])
+def test_plain_forged_counter_jump_does_not_silence_the_peer(source: tuple[str, int]) -> None:
+    pair = Pair.make(None, None)
+    pair.run_until(15.0)  # established; B's last heartbeat at 10.5
+    assert pair.a.established
+    pair.a.receive_datagram(raised(sniffed(pair), JUMP), source, 15.0)
+    pair.run_until(200.0)  # > 3 heartbeat timeouts
+    stats = pair.a.statistics()
+    assert not pair.a.failed_reason and not pair.b.failed_reason, stats
+    assert stats.state == "established"
+    assert stats.drops["replay"] == 0  # B's real heartbeats all counted
+
+
+def test_plain_heartbeat_from_a_stranger_moves_nothing() -> None:
+    pair = Pair.make(None, None)
+    pair.run_until(15.0)
+    before = pair.a.statistics()
+    pair.a.receive_datagram(raised(sniffed(pair), JUMP), STRANGER, 15.0)
+    after = pair.a.statistics()
+    assert pair.a.remote_addr == ADDR_B
+    assert pair.a.datagrams_to_send(25.0)[0][1] == ADDR_B  # our heartbeats still go to B
+    assert after.address_changes == 0 and after.received == before.received
+    assert after.drops["source"] == 1
+
+
+def test_plain_first_heartbeat_from_a_stranger_does_not_establish() -> None:
+    a, b = path(A, B, ADDR_B, key=None), path(B, A, ADDR_A, key=None)
+    a.receive_datagram(b.datagrams_to_send(0.0)[0][0], STRANGER, 0.0)
+    assert not a.heard and not a.take_newly_heard()
+    assert a.statistics().drops["source"] == 1
+
+
+@pytest.mark.parametrize("source", [ADDR_B, STRANGER], ids=["spoofed-peer", "stranger"])
+def test_encrypted_forged_heartbeat_moves_nothing(source: tuple[str, int]) -> None:
+    pair = Pair.make()
+    pair.run_until(15.0)
+    pair.a.verify_path_mtu(1500, 15.0)
+    before = pair.a.statistics()
+    real = sniffed(pair)
+    forged = encode_heartbeat(CONN, JUMP, B, A, key=SessionKey(bytes(32)), sender_high=B > A)
+    for data in (raised(real, JUMP), forged, real):  # bad MAC, wrong key, a replay
+        pair.a.receive_datagram(data, source, 15.0)
+    after = pair.a.statistics()
+    assert (after.drops["auth"], after.drops["replay"]) == (2, 1)
+    assert after.received == before.received and after.address_changes == 0
+    assert pair.a.remote_addr == ADDR_B and after.pmtu == before.pmtu
+    pair.run_until(200.0)
+    assert pair.a.established and not pair.b.failed_reason
+    assert pair.a.statistics().drops["replay"] == 1  # the real heartbeats are all accepted
+
+
+def test_plain_path_never_moves_and_its_failure_names_the_stranger() -> None:
+    # A peer whose heartbeats come from another port than its Hello said (a NAT that
+    # rewrites ports) is not followed without encryption: the path fails, saying why.
+    a, b = path(A, B, ADDR_B, key=None), path(B, A, ADDR_A, key=None)
+    nat = ("192.0.2.2", 40000)
+    for now in (0.0, 0.5, 1.0):
+        for data, _ in b.datagrams_to_send(now):
+            a.receive_datagram(data, nat, now)
+    a.remote_heard_us()
+    assert a.remote_addr == ADDR_B and not a.established
+    a.handle_timer(60.0)
+    assert a.failed_reason == (
+        "no UDP heartbeat received from peer within 60 s (3 from other addresses ignored,"
+        " the last from 192.0.2.2:40000: unencrypted, only 192.0.2.2:6783 counts)")
+
+
+def test_encrypted_path_moves_only_for_the_newest_authentic_heartbeat() -> None:
+    a, b = path(A, B, ADDR_B), path(B, A, ADDR_A)
+    old, new = (b.datagrams_to_send(t)[0][0] for t in (0.0, 0.5))
+    nat = ("198.51.100.7", 40000)
+    a.receive_datagram(new, ADDR_B, 0.5)
+    a.receive_datagram(old, nat, 0.6)  # authentic and unseen, but older: heard, no move
+    assert a.remote_addr == ADDR_B and not a.take_address_changed()
+    assert a.statistics().received == 2
+    a.receive_datagram(b.datagrams_to_send(1.0)[0][0], nat, 1.0)
+    assert a.remote_addr == nat and a.statistics().address_changes == 1
+    assert a.take_address_changed() and not a.take_address_changed()
+
+
+def test_ipv4_mapped_and_ipv6_tuples_are_the_same_peer() -> None:
+    a, b = path(A, B, ADDR_B, key=None), path(B, A, ADDR_A, key=None)
+    a.receive_datagram(b.datagrams_to_send(0.0)[0][0], ("::ffff:192.0.2.2", 6783), 0.0)
+    assert a.heard and a.statistics().drops["source"] == 0
 
 
 @pytest.mark.parametrize(

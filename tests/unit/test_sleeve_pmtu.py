@@ -21,7 +21,8 @@ from router.crypto.keys import SessionKey
 from router.dataplane.icmp import overlay_mtu as icmp_mtu
 from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
-from router.overlay.sleeve.forwarder import MAX_PENDING_ACKS, HeartbeatPath, SleeveDemux
+from router.overlay.sleeve.demux import SleeveDemux
+from router.overlay.sleeve.forwarder import MAX_PENDING_ACKS, HeartbeatPath
 from router.overlay.sleeve.packet import (
     HEADER_SIZE,
     HeartbeatKind,

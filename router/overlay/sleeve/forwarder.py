@@ -26,11 +26,22 @@ acks (at most :data:`MAX_PENDING_ACKS` waiting; more are counted drops).
 tells the driver to re-program the data plane.
 
 Anything wrong in a datagram (truncated, malformed, another connection's, forged,
-replayed, for another peer) is a counted drop, never an exception. The source address
-of authentic heartbeats is learnt, so replies follow the peer through NAT.
+replayed, for another peer, from a stranger) is a counted drop, never an exception.
 
-:class:`SleeveDemux` holds the paths of all connections by connection id and routes the
-datagrams of the one UDP socket the trio driver owns.
+Who may move the path (``docs/wire-format.md``, "Heartbeat sources and replay"):
+
+* *Encrypted*: the MAC proves the sender. An authentic heartbeat newer than any before
+  moves :attr:`HeartbeatPath.remote_addr` to its source (a peer behind a NAT that
+  rebinds), and :meth:`HeartbeatPath.take_address_changed` tells the driver to
+  re-program the data plane. A forged one fails the MAC and changes nothing; the replay
+  window (:class:`~router.crypto.nonces.ReplayWindow`) moves only after the MAC.
+* *Unencrypted*: nothing proves the sender, so the address is the one the mesh gave
+  (the TCP connection's remote IP, the UDP port of the peer's Hello) and never moves; a
+  heartbeat from any other source is a ``source`` drop before anything looks at it. The
+  window is a :class:`~router.crypto.nonces.PlainReplayWindow`: a forged counter far
+  ahead cannot make the real heartbeats look old.
+
+:class:`~router.overlay.sleeve.demux.SleeveDemux` holds the paths of all connections.
 """
 
 from __future__ import annotations
@@ -40,15 +51,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router.crypto.keys import SessionKey
-from router.crypto.nonces import ReplayWindow
-from router.errors import DecodeError, LocalProtocolError, RemoteProtocolError
+from router.crypto.nonces import PlainReplayWindow, ReplayWindow
+from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
 from router.overlay.sleeve.packet import (
     FRAME_COUNTER_BASE,
     HEADER_SIZE,
     HeartbeatKind,
     PacketType,
-    SleeveHeartbeat,
     decode_header_untrusted,
     decode_heartbeat_body_untrusted,
     encode_heartbeat,
@@ -58,7 +68,7 @@ from router.overlay.sleeve.packet import (
 )
 from router.overlay.sleeve.pmtu import PathMtuProber, PmtuSettings, PmtuStatistics
 
-__all__ = ["DemuxStatistics", "HeartbeatPath", "PathStatistics", "SleeveDemux"]
+__all__ = ["HeartbeatPath", "PathStatistics"]
 
 Address = tuple[str, int]
 Datagram = tuple[bytes, Address]
@@ -69,15 +79,13 @@ PATH_DROP_REASONS = (
     "malformed",  # bad header or body
     "wrong_conn_id",  # another connection's packet
     "unexpected_type",  # not a heartbeat (frames go to the data plane)
+    "source",  # unencrypted, and not from the peer's registered address and port
     "replay",  # counter seen before or older than the replay window
     "auth",  # did not open with the session key
     "wrong_peer",  # names do not match this connection
     "failed",  # arrived after the path failed
     "ack_queue_full",  # a probe arrived with MAX_PENDING_ACKS acks already waiting
 )
-#: Drop reasons the demux counts before a path is found.
-DEMUX_DROP_REASONS = ("truncated", "malformed", "unknown_conn_id")
-MAX_PATHS = 4096  # paths in one demux (conn_limit is far lower)
 MAX_PENDING_ACKS = 8  # probe acks waiting to be sent, per path
 
 
@@ -87,7 +95,7 @@ class PathStatistics:
 
     conn_id: int
     remote: str  # peer name
-    remote_addr: Address  # where heartbeats go (learnt from the peer's heartbeats)
+    remote_addr: Address  # where heartbeats go (encrypted: moved by authentic heartbeats)
     state: str  # "pending", "established" or "failed"
     heard: bool
     heard_by_remote: bool
@@ -97,6 +105,24 @@ class PathStatistics:
     address_changes: int
     failed_reason: str
     pmtu: PmtuStatistics | None = None  # None until verify_path_mtu
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """What an accepted heartbeat tells its path."""
+
+    kind: HeartbeatKind
+    size: int  # of a probe or ack
+    newest: bool  # authenticated, and above every counter accepted before
+
+
+def _normal(addr: Address) -> Address:
+    """``(host, port)`` of a socket address (IPv6 ones have 4 fields), an IPv4-mapped IPv6
+    host as plain IPv4, so the same peer always compares equal."""
+    host, port = addr[0], addr[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]
+    return host, port
 
 
 class HeartbeatPath:
@@ -125,13 +151,14 @@ class HeartbeatPath:
         self._local = local
         self._remote = remote
         self._conn_id = conn_id
-        self._remote_addr = (remote_addr[0], remote_addr[1])
+        self._remote_addr = _normal(remote_addr)
         self._key = key
         self._sender_high = sender_high
         self._fast = fast_interval
         self._slow = slow_interval
         self._timeout = timeout
-        self._replay = ReplayWindow(replay_window)
+        self._replay = (ReplayWindow(replay_window) if key is not None
+                        else PlainReplayWindow(replay_window))
         self._counter = 0  # the next counter to send
         self._started = now
         self._next_send = now  # the first heartbeat goes out at once
@@ -143,6 +170,8 @@ class HeartbeatPath:
         self._sent = 0
         self._received = 0
         self._address_changes = 0
+        self._address_changed = False
+        self._stranger: Address | None = None  # the last source of a ``source`` drop
         self._drops = dict.fromkeys(PATH_DROP_REASONS, 0)
         self._pmtu_settings = pmtu
         self._prober: PathMtuProber | None = None
@@ -168,8 +197,13 @@ class HeartbeatPath:
 
     @property
     def remote_addr(self) -> Address:
-        """Where heartbeats go: the peer's UDP address, as last seen."""
+        """Where heartbeats go: the peer's UDP address (see the module docstring)."""
         return self._remote_addr
+
+    def take_address_changed(self) -> bool:
+        """True once after an authentic heartbeat moved :attr:`remote_addr`."""
+        changed, self._address_changed = self._address_changed, False
+        return changed
 
     @property
     def heard(self) -> bool:
@@ -253,13 +287,21 @@ class HeartbeatPath:
             return
         t = f"{self._timeout:g} s"
         if self.established:
-            self._fail(f"no UDP heartbeat from peer for {t}")
+            self._fail(f"no UDP heartbeat from peer for {t}{self._strangers()}")
         elif self._heard:
             self._fail(f"peer did not receive our UDP heartbeats within {t}")
         elif self._heard_by_remote:
-            self._fail(f"no UDP heartbeat received from peer within {t}")
+            self._fail(f"no UDP heartbeat received from peer within {t}{self._strangers()}")
         else:
-            self._fail(f"no UDP heartbeat exchanged with peer within {t}")
+            self._fail(f"no UDP heartbeat exchanged with peer within {t}{self._strangers()}")
+
+    def _strangers(self) -> str:
+        """Why heartbeats may have gone unheard: some came from another address."""
+        if self._stranger is None:
+            return ""
+        n, (ip, port), (mine, my_port) = self._drops["source"], self._stranger, self._remote_addr
+        return (f" ({n} from other addresses ignored, the last from {ip}:{port}: unencrypted,"
+                f" only {mine}:{my_port} counts)")
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         """Heartbeats, probe acks and probes due at ``now``, with the address to send to."""
@@ -300,9 +342,12 @@ class HeartbeatPath:
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Take one datagram; anything not an authentic heartbeat for us is a counted drop."""
-        reason, heartbeat = self._check(data)
+        source = _normal(addr)
+        reason, heartbeat = self._check(data, source)
         if heartbeat is None:
             self._drops[reason] += 1
+            if reason == "source":
+                self._stranger = source
             return
         self._received += 1
         if heartbeat.kind is HeartbeatKind.PROBE:
@@ -318,12 +363,12 @@ class HeartbeatPath:
         if not self._heard:
             self._heard = True
             self._newly_heard = True
-        source = (addr[0], addr[1])
-        if source != self._remote_addr:
+        if heartbeat.newest and source != self._remote_addr:  # authentic (see _check)
             self._remote_addr = source
             self._address_changes += 1
+            self._address_changed = True
 
-    def _check(self, data: bytes) -> tuple[str, SleeveHeartbeat | None]:
+    def _check(self, data: bytes, source: Address) -> tuple[str, _Heard | None]:
         """Validate, authenticate and record one datagram: the heartbeat, or why not."""
         if self._failed_reason:
             return "failed", None
@@ -337,6 +382,8 @@ class HeartbeatPath:
             return "wrong_conn_id", None
         if header.type is not PacketType.HEARTBEAT:
             return "unexpected_type", None
+        if self._key is None and source != self._remote_addr:
+            return "source", None
         if not self._replay.check(header.counter):
             return "replay", None
         try:
@@ -351,8 +398,9 @@ class HeartbeatPath:
             return "malformed", None
         if heartbeat.sender != self._remote or heartbeat.receiver != self._local:
             return "wrong_peer", None
+        newest = self._key is not None and header.counter > self._replay.highest
         self._replay.accept(header.counter)
-        return "", heartbeat
+        return "", _Heard(heartbeat.kind, heartbeat.size, newest)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -384,97 +432,3 @@ class HeartbeatPath:
 
     def _fail(self, reason: str) -> None:
         self._failed_reason = reason
-
-
-@dataclass(frozen=True)
-class DemuxStatistics:
-    """A snapshot of the sleeve demultiplexer and of each of its paths."""
-
-    received: int  # datagrams handed to a path
-    drops: Mapping[str, int]  # dropped before reaching a path, by reason
-    paths: tuple[PathStatistics, ...]
-
-
-class SleeveDemux:
-    """The heartbeat paths of all connections, by connection id, behind one UDP socket."""
-
-    def __init__(self, *, max_paths: int = MAX_PATHS) -> None:
-        self._paths: dict[int, HeartbeatPath] = {}
-        self._max_paths = max_paths
-        self._received = 0
-        self._drops = dict.fromkeys(DEMUX_DROP_REASONS, 0)
-
-    def add(self, path: HeartbeatPath) -> None:
-        """Route the datagrams of ``path.conn_id`` to ``path``.
-
-        RemoteProtocolError if another connection already has that id (the peer chose its
-        half of the id badly: close the new connection); LocalProtocolError beyond
-        ``max_paths``.
-        """
-        if path.conn_id in self._paths:
-            raise RemoteProtocolError(f"connection id {path.conn_id:#018x} already in use")
-        if len(self._paths) >= self._max_paths:
-            raise LocalProtocolError(f"more than {self._max_paths} sleeve paths")
-        self._paths[path.conn_id] = path
-
-    def remove(self, conn_id: int) -> HeartbeatPath | None:
-        """Forget a connection's path (None if it was not there)."""
-        return self._paths.pop(conn_id, None)
-
-    def get(self, conn_id: int) -> HeartbeatPath | None:
-        """The path of a connection, if any."""
-        return self._paths.get(conn_id)
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Route one datagram to its path by connection id; never raises."""
-        if len(data) < HEADER_SIZE:
-            self._drops["truncated"] += 1
-            return
-        try:
-            header = decode_header_untrusted(data)
-        except DecodeError:
-            self._drops["malformed"] += 1
-            return
-        path = self._paths.get(header.conn_id)
-        if path is None:
-            self._drops["unknown_conn_id"] += 1
-            return
-        self._received += 1
-        path.receive_datagram(data, addr, now)
-
-    def message_too_big(self, data: bytes, now: float) -> None:
-        """Our kernel refused to send ``data`` (one of ours) with EMSGSIZE; never raises."""
-        try:
-            header = decode_header_untrusted(data)
-        except DecodeError:
-            return
-        path = self._paths.get(header.conn_id)
-        if path is not None:
-            path.message_too_big(len(data), now)
-
-    def datagrams_to_send(self, now: float) -> list[Datagram]:
-        """Every heartbeat, probe and probe ack due at ``now``, across all paths."""
-        out: list[Datagram] = []
-        for path in self._paths.values():
-            out.extend(path.datagrams_to_send(now))
-        return out
-
-    def deadline(self) -> float:
-        """The earliest deadline of any path; ``math.inf`` if none."""
-        return min((p.deadline() for p in self._paths.values()), default=math.inf)
-
-    def handle_timer(self, now: float) -> None:
-        """Run every path's failure check."""
-        for path in self._paths.values():
-            path.handle_timer(now)
-
-    def statistics(self) -> DemuxStatistics:
-        """A frozen snapshot of the demux and all its paths."""
-        return DemuxStatistics(
-            received=self._received,
-            drops=dict(self._drops),
-            paths=tuple(p.statistics() for p in self._paths.values()),
-        )

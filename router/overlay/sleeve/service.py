@@ -3,7 +3,7 @@
 Stages:
 
 1. **receive**  datagrams from the UDP socket go to ``SleeveDemux`` (sans-IO, in
-   ``forwarder.py``), which finds the connection's ``HeartbeatPath`` by connection id and
+   ``demux.py``), which finds the connection's ``HeartbeatPath`` by connection id and
    counts anything malformed, forged or replayed as a drop.
 2. **timers**   the demux says when the next heartbeat is due; due datagrams are sent.
 3. **events**   after each step, path state changes go to the mesh: ``on_heard`` (tell the
@@ -44,7 +44,8 @@ from router.mesh.handshake import HandshakeResult
 from router.mesh.names import PeerName
 from router.mesh.routes import Routes
 from router.network.service import Datagrams, Network
-from router.overlay.sleeve.forwarder import HeartbeatPath, SleeveDemux
+from router.overlay.sleeve.demux import SleeveDemux
+from router.overlay.sleeve.forwarder import HeartbeatPath
 from router.overlay.sleeve.pmtu import FEATURE as PMTU_FEATURE
 from router.overlay.sleeve.pmtu import overlay_mtu, peer_answers_probes
 
@@ -215,6 +216,8 @@ class SleeveService:
                 entry.established = True
                 self._program(entry)
                 entry.events.on_established(conn_id)
+            elif entry.established and path.take_address_changed():
+                self._moved(entry)
             elif entry.established and path.take_path_mtu_changed():
                 self._reprogram(entry)
             if path.failed_reason and not entry.failed:
@@ -226,6 +229,7 @@ class SleeveService:
         """Hand an established path's session to the data plane with the route's path
         MTU, and start verifying that MTU with probes."""
         path = entry.path
+        path.take_address_changed()  # programmed with the address as it is now
         estimate = _route_mtu(path.remote_addr)
         if entry.probes:
             path.verify_path_mtu(estimate, trio.current_time())
@@ -234,6 +238,14 @@ class SleeveService:
             log.info("%s does not answer path MTU probes: using the route's MTU %d",
                      path.remote, estimate)
         self._set_peer(entry, estimate)
+
+    def _moved(self, entry: _Path) -> None:
+        """An authentic heartbeat came from a new address (a NAT rebinding): frames follow
+        it, and the path MTU of the new route is verified afresh."""
+        path = entry.path
+        log.info("UDP address of %s changed to %s:%d", path.remote, *path.remote_addr)
+        path.take_path_mtu_changed()  # the search below starts over
+        self._program(entry)
 
     def _reprogram(self, entry: _Path) -> None:
         """The verified path MTU differs from the one in use: give the data plane the new
