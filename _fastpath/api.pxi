@@ -11,6 +11,8 @@ DROP_REASONS = ("no_route", "auth", "replay", "too_big", "queue_full", "malforme
                 "reassembly", "local_dst", "loop", "tap_write", "send", "source")
 UPCALL_CONTROL = UPCALL_CONTROL_KIND
 UPCALL_UNKNOWN_CONN = UPCALL_UNKNOWN_CONN_KIND
+UPCALL_HEARTBEAT = UPCALL_HEARTBEAT_KIND
+HEARTBEAT_ETHERTYPE = ETH_P_HEARTBEAT
 _PEER_COUNTERS = ("frames_out", "bytes_out", "datagrams_out", "frames_in", "bytes_in",
                   "datagrams_in")
 
@@ -97,6 +99,7 @@ cdef class Dataplane:
         if self.dp == NULL or self.enc == NULL or self.queue == NULL or self.spare == NULL:
             raise MemoryError("cannot allocate the data plane")
         self.sink.mode = SINK_COLLECT
+        self.sink.queue = self.queue   # heartbeat frames egress() passes up
         self.addrs = [None] * MAX_PEERS
         self.local = []
         self.retired = OrderedDict()
@@ -342,6 +345,35 @@ cdef class Dataplane:
         return [PyBytes_FromStringAndSize(<char *>self.sink.buf + self.sink.frames[2 * i],
                                           self.sink.frames[2 * i + 1])
                 for i in range(self.sink.nframes)]
+
+    def set_heartbeat_mac(self, mac):
+        """Frames from the TAP of ethertype 0x88B5 to ``mac`` (6 bytes) become
+        UPCALL_HEARTBEAT upcalls instead of being forwarded; None: no such MAC."""
+        cdef uint64_t m = 0 if mac is None else _mac(mac)
+        with nogil:
+            pthread_rwlock_wrlock(&self.dp.lock)
+            self.dp.heartbeat_mac = m
+            pthread_rwlock_unlock(&self.dp.lock)
+
+    def write_tap(self, frame):
+        """Write an Ethernet frame (no vnet header) into the TAP; any thread may call it.
+
+        Running: written at once (False and a tap_write drop if the TAP refuses it);
+        otherwise kept for take_local() with a zero vnet header."""
+        cdef bytes f = _as_bytes(frame)
+        cdef bytes elem
+        cdef Py_ssize_t n
+        if len(f) < MIN_FRAME or len(f) > MAX_FRAME:
+            raise LocalProtocolError(f"a frame is {MIN_FRAME} to {MAX_FRAME} bytes, not {len(f)}")
+        elem = bytes(META_SIZE) + f
+        if self.rt == NULL:
+            self.local.append(elem)
+            return True
+        n = c_write(self.rt.tap_fd, <const char *>elem, len(elem))
+        if n != len(elem):
+            drop(self.dp, DROP_TAP_WRITE)
+            return False
+        return True
 
     def take_local(self):
         """Frames egress() made for the local TAP (ICMP "fragmentation needed") since the

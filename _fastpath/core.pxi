@@ -1,7 +1,9 @@
 # The per-packet pipeline, shared by Python's batch calls and the data-plane threads.
 #
 # egress (frames read from the TAP, each = vnet header + Ethernet frame):
-#   1. check the size (malformed / too_big)         2. learn the source MAC as local
+#   1. check the size (malformed / too_big); a fastdp heartbeat (ethertype 0x88B5 to our
+#      heartbeat MAC, arrived through the VXLAN device) -> upcall, not forwarded
+#   2. learn the source MAC as local
 #   3. destination MAC -> peer (MAC table), or broadcast for group and unknown MACs;
 #      a destination MAC known to be local is dropped (local_dst)
 #   4. peer -> next hop (unicast route), or our broadcast hops; a unicast IPv4 packet
@@ -78,11 +80,12 @@ cdef bint grow_buffer(void **p, int32_t *cap, int32_t need, size_t item) noexcep
 
 
 cdef bint upcall_push(UpcallQueue *q, uint32_t kind, const sockaddr_storage *addr,
-                      const uint8_t *data, uint32_t length) noexcept nogil:
+                      const uint8_t *data, uint32_t length, int32_t limit) noexcept nogil:
+    """Queue an upcall unless ``limit`` (or the capacity) are waiting already."""
     cdef UpcallSlot *s
     cdef bint ok = False
     pthread_mutex_lock(&q.lock)
-    if q.count < q.cap and not q.closed:
+    if q.count < q.cap and q.count < limit and not q.closed:
         s = &q.slots[(q.head + q.count) % q.cap]
         if s.data == NULL:
             s.data = <uint8_t *>malloc(MAX_DATAGRAM)
@@ -107,7 +110,21 @@ cdef void sink_upcall(DP *dp, Sink *s, int32_t index, uint32_t kind, const uint8
         s.up[2 * s.nup] = index
         s.up[2 * s.nup + 1] = <int32_t>kind
         s.nup += 1
-    elif not upcall_push(s.queue, kind, &s.from_[s.dgram_from[index]], data, length):
+    elif not upcall_push(s.queue, kind, &s.from_[s.dgram_from[index]], data, length, s.queue.cap):
+        drop(dp, DROP_QUEUE_FULL)
+        return
+    fp_add64(&dp.upcalls, 1)
+
+
+cdef void sink_heartbeat(DP *dp, Sink *s, const uint8_t *frame, uint32_t length) noexcept nogil:
+    """Pass a heartbeat frame up (both modes: the upcall queue, at most
+    HEARTBEAT_UPCALL_LIMIT waiting, so heartbeats never fill it for control upcalls)."""
+    cdef sockaddr_storage none
+    memset(&none, 0, sizeof(none))     # AF_UNSPEC: ("", 0) in Python
+    if length > MAX_DATAGRAM:
+        length = MAX_DATAGRAM          # a heartbeat is 60 bytes; keep a slot's bound
+    if s.queue == NULL or not upcall_push(s.queue, UPCALL_HEARTBEAT_KIND, &none, frame,
+                                          length, HEARTBEAT_UPCALL_LIMIT):
         drop(dp, DROP_QUEUE_FULL)
         return
     fp_add64(&dp.upcalls, 1)
@@ -161,6 +178,10 @@ cdef void egress_one(DP *dp, Encoder *e, Sink *s, uint8_t *elem, uint32_t elen,
         return
     if elen > MAX_ELEMENT:
         drop(dp, DROP_TOO_BIG)
+        return
+    if frame[12] == (ETH_P_HEARTBEAT >> 8) and frame[13] == (ETH_P_HEARTBEAT & 0xff) and \
+            dp.heartbeat_mac != 0 and fp_get48(frame) == dp.heartbeat_mac:
+        sink_heartbeat(dp, s, frame, elen - META_SIZE)
         return
     fp_vnet_host_to_wire(elem, elem)
     if not frame[6] & 1:

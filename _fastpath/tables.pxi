@@ -69,6 +69,7 @@ cdef struct Reasm:
 
 cdef struct DP:
     uint64_t ourself
+    uint64_t heartbeat_mac         # frames to it with ETH_P_HEARTBEAT go up; 0: none
     uint64_t key_gen               # bumped for every session key set (under the write lock)
     double mac_expiry
     double reasm_timeout

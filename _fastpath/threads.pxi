@@ -7,6 +7,8 @@
 #     ingress_batch: frames written to the TAP as they complete, relays flushed like TX,
 #     heartbeats and unknown connection ids pushed to the bounded upcall queue; every
 #     TIMER_PERIOD the reassembly timeouts and the MAC sweep run.
+# Heartbeat frames read from the TAP (either thread) go to the same queue, at most
+# HEARTBEAT_UPCALL_LIMIT of them; Python writes frames into the TAP with write_tap().
 # Both hold DP.lock for reading for one batch. stop() sets the flag and writes the stop
 # eventfd that both polls watch, then joins.
 #
@@ -240,6 +242,7 @@ cdef Runtime *runtime_new(DP *dp, UpcallQueue *queue, int tap_fd, int udp_fd) no
         rt.steal_ptrs[i] = rt.steal_buf + <size_t>i * TAP_SLOT
     rt.tx_sink.mode = SINK_THREAD
     rt.tx_sink.tap_fd = tap_fd
+    rt.tx_sink.queue = queue           # heartbeat frames read from the TAP
     rt.sink.mode = SINK_THREAD
     rt.sink.tap_fd = tap_fd
     rt.sink.queue = queue

@@ -82,6 +82,9 @@ cdef enum:
 cdef enum:
     UPCALL_CONTROL_KIND = 1        # a non-frame packet (heartbeat): Python's SleeveDemux
     UPCALL_UNKNOWN_CONN_KIND = 2   # frames for a connection id the data plane lacks
+    UPCALL_HEARTBEAT_KIND = 3      # a fastdp heartbeat frame from the TAP (no vnet header)
+    ETH_P_HEARTBEAT = 0x88B5       # fastdp heartbeat ethertype (overlay/fastdp/heartbeat.py)
+    HEARTBEAT_UPCALL_LIMIT = 128   # heartbeat upcalls waiting at most (half the queue)
 
 
 cdef inline bint vnet_ok(const uint8_t *meta, uint32_t frame_len) noexcept nogil:

@@ -14,6 +14,8 @@ CIPHERS: tuple[str, ...]  # ("aes256gcm", "secretbox"): set_peer's cipher (route
 DROP_REASONS: tuple[str, ...]  # keys of statistics()["drops"], in a fixed order
 UPCALL_CONTROL: int  # 1: a non-frame datagram (heartbeat) for the sleeve demux
 UPCALL_UNKNOWN_CONN: int  # 2: frames for a connection id the data plane does not know
+UPCALL_HEARTBEAT: int  # 3: a fastdp heartbeat frame read from the TAP (no vnet header)
+HEARTBEAT_ETHERTYPE: int  # 0x88B5
 VNET_HEADER_SIZE: int  # 10: struct virtio_net_hdr before every frame
 MAX_FRAME_SIZE: int  # 65553: largest Ethernet frame (a GSO super-frame)
 MAX_ELEMENT_SIZE: int  # VNET_HEADER_SIZE + MAX_FRAME_SIZE
@@ -58,6 +60,15 @@ class Dataplane:
         """Forget a MAC; True if it was known."""
     def lookup_mac(self, mac: bytes, now: float) -> int | None:
         """The peer behind a MAC, None if unknown or not seen for mac_expiry seconds."""
+
+    # fastdp heartbeats (router/overlay/fastdp/heartbeat.py)
+    def set_heartbeat_mac(self, mac: bytes | None) -> None:
+        """Frames from the TAP of ethertype 0x88B5 to ``mac`` become UPCALL_HEARTBEAT
+        upcalls (source ("", 0), the Ethernet frame) from get_upcalls(), at most 128
+        waiting (more: queue_full drops), instead of being forwarded; None: none."""
+    def write_tap(self, frame: bytes) -> bool:
+        """Write an Ethernet frame into the TAP (any thread); False if the TAP refused
+        it (a tap_write drop). Not running: kept for take_local(), zero vnet header."""
 
     # batches driven by Python (LocalProtocolError while the threads run)
     def egress(self, frames: Sequence[bytes], now: float) -> list[Datagram]:

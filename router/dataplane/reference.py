@@ -50,6 +50,7 @@ from router.overlay.sleeve.packet import PacketType
 __all__ = [
     "CIPHERS",
     "DROP_REASONS",
+    "HEARTBEAT_ETHERTYPE",
     "MAX_DATAGRAM_SIZE",
     "MAX_ELEMENT_SIZE",
     "MAX_FRAME_SIZE",
@@ -57,6 +58,7 @@ __all__ = [
     "THREADED",
     "TTL",
     "UPCALL_CONTROL",
+    "UPCALL_HEARTBEAT",
     "UPCALL_UNKNOWN_CONN",
     "VNET_HEADER_SIZE",
     "Dataplane",
@@ -68,6 +70,10 @@ DROP_REASONS = ("no_route", "auth", "replay", "too_big", "queue_full", "malforme
                 "reassembly", "local_dst", "loop", "tap_write", "send", "source")
 UPCALL_CONTROL = 1  # a non-frame packet (heartbeat) for the sleeve demux
 UPCALL_UNKNOWN_CONN = 2  # frames for a connection id the data plane does not know
+UPCALL_HEARTBEAT = 3  # a fastdp heartbeat frame from the TAP (no vnet header)
+HEARTBEAT_ETHERTYPE = 0x88B5  # router/overlay/fastdp/heartbeat.py
+HEARTBEAT_UPCALL_LIMIT = 128  # heartbeat upcalls waiting at most (half the native queue)
+_HEARTBEAT_TYPE = HEARTBEAT_ETHERTYPE.to_bytes(2, "big")
 MAX_FRAME_SIZE = 65553  # 64 KiB IP packet + Ethernet header + one 802.1Q tag
 MAX_ELEMENT_SIZE = VNET_HEADER_SIZE + MAX_FRAME_SIZE
 MIN_DATAGRAM_SIZE = 512
@@ -146,6 +152,8 @@ class Dataplane:
             ("frames_captured", "frames_delivered", "frames_relayed", "upcalls",
              "mac_table_full", "icmp_frag_needed"), 0)
         self._local: list[bytes] = []
+        self._heartbeat_mac = b""  # frames to it with HEARTBEAT_ETHERTYPE go up
+        self._heartbeats: list[Upcall] = []  # waiting for get_upcalls()
 
     @property
     def ourself(self) -> int:
@@ -257,6 +265,20 @@ class Dataplane:
 
     # ---- batches -------------------------------------------------------------------------
 
+    def set_heartbeat_mac(self, mac: bytes | None) -> None:
+        """Frames from the TAP of ethertype 0x88B5 to ``mac`` go up (see the stub)."""
+        m = 0 if mac is None else mac_arg(mac)
+        self._heartbeat_mac = m.to_bytes(6, "big") if m else b""  # 0: none, as native
+
+    def write_tap(self, frame: bytes) -> bool:
+        """No TAP here: the frame (zero vnet header) waits for take_local()."""
+        frame = bytes(frame)
+        if not MIN_FRAME <= len(frame) <= MAX_FRAME_SIZE:
+            raise LocalProtocolError(
+                f"a frame is {MIN_FRAME} to {MAX_FRAME_SIZE} bytes, not {len(frame)}")
+        self._local.append(bytes(VNET_HEADER_SIZE) + frame)
+        return True
+
     def take_local(self) -> list[bytes]:
         """Frames egress() made for the local TAP since the last call (see the stub)."""
         local, self._local = self._local, []
@@ -317,8 +339,9 @@ class Dataplane:
         """Nothing to stop."""
 
     def get_upcalls(self, timeout: float, limit: int = 256) -> list[Upcall]:
-        """Always empty: the twin returns upcalls from ingress()."""
-        return []
+        """Heartbeat frames egress() passed up (ingress() returns its own upcalls)."""
+        out, self._heartbeats = self._heartbeats[:limit], self._heartbeats[limit:]
+        return out
 
     # ---- egress ---------------------------------------------------------------------------
 
@@ -329,6 +352,10 @@ class Dataplane:
             return
         if len(element) > MAX_ELEMENT_SIZE:
             self._drops["too_big"] += 1
+            return
+        if element[VNET_HEADER_SIZE + 12:VNET_HEADER_SIZE + 14] == _HEARTBEAT_TYPE and \
+                element[VNET_HEADER_SIZE:VNET_HEADER_SIZE + 6] == self._heartbeat_mac:
+            self._heartbeat_up(element[VNET_HEADER_SIZE:])
             return
         element = swap_vnet(element, VNET_HOST, VNET_WIRE)
         frame = element[VNET_HEADER_SIZE:]
@@ -475,6 +502,13 @@ class Dataplane:
 
     def _upcall(self, kind: int, addr: Address, data: bytes) -> None:
         self._upcalls.append((kind, addr, data))
+        self._totals["upcalls"] += 1
+
+    def _heartbeat_up(self, frame: bytes) -> None:
+        if len(self._heartbeats) >= HEARTBEAT_UPCALL_LIMIT:
+            self._drops["queue_full"] += 1
+            return
+        self._heartbeats.append((UPCALL_HEARTBEAT, ("", 0), frame[:MAX_DATAGRAM_SIZE]))
         self._totals["upcalls"] += 1
 
     def _body_reason(self, body: bytes) -> str | None:

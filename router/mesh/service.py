@@ -51,6 +51,8 @@ from router.mesh.targets import AcceptLimiter, BackoffPolicy, ConnectionMaker, p
 from router.mesh.topology import Topology
 from router.mesh.topology_gossip import TopologyGossiper
 from router.network.service import Listener, Network, Stream
+from router.overlay.fastdp.offer import offer_overlays
+from router.overlay.fastdp.plan import LocalConfig
 from router.overlay.sleeve.service import SleeveService
 from router.ratelimit import RateLimitedLog
 from router.wire.messages import ConnectionEstablished, Message
@@ -116,6 +118,7 @@ class MeshService:
         self, config: MeshConfig, *, network: Network, sleeve: SleeveService, name: PeerName,
         nickname: str, uid: int, short_id: int, targets: list[str],
         save_targets: Callable[[list[str]], None], rng: random.Random | None = None,
+        fastdp: LocalConfig | None = None,
     ) -> None:
         self.config = config
         self.name = name
@@ -131,7 +134,7 @@ class MeshService:
         self._identity = LocalIdentity(
             name=name, nickname=nickname, uid=uid, short_id=short_id,
             password=config.password, trusted_subnets=config.trusted_subnets,
-            overlays={"sleeve": sleeve.features()},
+            overlays={"sleeve": sleeve.features(), **offer_overlays(fastdp)},  # None: no offer
         )
         self._maker = ConnectionMaker(
             ourself=name, port=config.port, discovery=config.discovery,

@@ -37,6 +37,12 @@ def mac(n: int) -> bytes:
 
 
 BROADCAST_MAC = b"\xff" * 6
+HEARTBEAT_TYPE = b"\x88\xb5"  # fastdp heartbeat ethertype
+
+
+def heartbeat_mac(n: int) -> bytes:
+    """Peer n's fastdp heartbeat MAC in the mesh (``set_heartbeat_mac``)."""
+    return bytes((0x7A, 0, 0, 0, n >> 8 & 0xFF, n & 0xFF))
 
 
 def frame(dst: bytes, src: bytes, payload: bytes | int, meta: bytes = VNET_PLAIN) -> bytes:
@@ -106,6 +112,8 @@ class Mesh:
                 md = max_datagram if isinstance(max_datagram, int) else max_datagram[x]
                 self.nodes[x].dp.set_peer(name_of(y), conn_id, self.nodes[y].addr, key, md,
                                           cipher)
+        for i, node in self.nodes.items():
+            node.dp.set_heartbeat_mac(heartbeat_mac(i))
         self.install_routes()
 
     def install_routes(self) -> None:
@@ -125,6 +133,7 @@ class Mesh:
         """Frames captured on peer i: egress, then carry everything to quiescence."""
         out = self.nodes[i].dp.egress(list(frames), now)
         self.nodes[i].delivered.extend(self.nodes[i].dp.take_local())  # ICMP replies
+        self.nodes[i].upcalls.extend(self.nodes[i].dp.get_upcalls(0.0))  # heartbeats
         self.carry(self.nodes[i].addr, out, now, fault)
 
     def carry(self, source: Address, datagrams: list[Datagram], now: float,

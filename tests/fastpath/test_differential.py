@@ -6,7 +6,9 @@ bit flips, replays, time passing; a sniffed datagram resent with its counter rai
 2**20, or from a stranger's address; a flood of first fragments under a sniffed
 connection id) and runs it on a mesh of native data planes and on a
 mesh of reference data planes. Every datagram on the wire, every frame delivered to
-every TAP, every upcall, counter and deadline must be equal.
+every TAP, every upcall, counter and deadline must be equal. Frames include fastdp
+heartbeats (ethertype 0x88B5 to the sender's own heartbeat MAC: an upcall, or to another's:
+forwarded) and frames Python writes into the TAP (``write_tap``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from hypothesis import strategies as st
 from router.dataplane.backend import Backend, load_backend
 from tests.fastpath.mesh import (
     BROADCAST_MAC,
+    HEARTBEAT_TYPE,
     Mesh,
     chain,
     frame,
     full,
+    heartbeat_mac,
     ipv4_frame,
     mac,
     name_of,
@@ -51,7 +55,7 @@ METAS = [
 
 @dataclass(frozen=True)
 class FrameSpec:
-    dst: str  # "bcast", "unknown", or "peer"
+    dst: str  # "bcast", "unknown", "peer", "hb" (our heartbeat MAC) or "hb-other"
     peer: int
     size: int
     meta: int
@@ -60,7 +64,7 @@ class FrameSpec:
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "send", "replay", "advance", "forge", "stranger", "flood"
+    kind: str  # "send", "write", "replay", "advance", "forge", "stranger", "flood"
     node: int
     frames: tuple[FrameSpec, ...] = ()
     amount: float = 0.0
@@ -68,7 +72,7 @@ class Step:
 
 frame_specs = st.builds(
     FrameSpec,
-    dst=st.sampled_from(["bcast", "unknown", "peer", "peer"]),
+    dst=st.sampled_from(["bcast", "unknown", "peer", "peer", "hb", "hb-other"]),
     peer=st.integers(1, 4),
     size=st.one_of(st.integers(0, 120), st.integers(1180, 1520), st.integers(1520, 12000),
                    st.sampled_from([65535 - 20, 65553 - 14])),
@@ -77,6 +81,8 @@ frame_specs = st.builds(
 )
 steps = st.one_of(
     st.builds(Step, kind=st.just("send"), node=st.integers(1, 4),
+              frames=st.lists(frame_specs, min_size=1, max_size=6).map(tuple)),
+    st.builds(Step, kind=st.sampled_from(["send", "write"]), node=st.integers(1, 4),
               frames=st.lists(frame_specs, min_size=1, max_size=6).map(tuple)),
     st.builds(Step, kind=st.just("replay"), node=st.integers(0, 1000)),
     st.builds(Step, kind=st.sampled_from(["forge", "stranger", "flood"]),
@@ -147,6 +153,12 @@ def run(backend: Backend, sc: Scenario) -> list[object]:
             sender = (step.node - 1) % n + 1
             frames = [_frame(spec, sender, n) for spec in step.frames]
             m.send(sender, frames, now, fault)
+        elif step.kind == "write":  # Python's frames into the TAP (heartbeats)
+            writer = (step.node - 1) % n + 1
+            node = m.nodes[writer]
+            for spec in step.frames:
+                seen.append(node.dp.write_tap(_frame(spec, writer, n)[10:]))
+            node.delivered.extend(node.dp.take_local())
     seen.append(m.wire)
     for node in m.nodes.values():
         seen.extend([node.delivered, node.upcalls, node.dp.statistics(), node.dp.deadline()])
@@ -168,6 +180,10 @@ def _forgeries(kind: str, data: bytes, encrypted: bool) -> list[bytes]:
 
 
 def _frame(spec: FrameSpec, node: int, n: int) -> bytes:
+    if spec.dst in ("hb", "hb-other"):
+        who = node if spec.dst == "hb" else (spec.peer - 1) % n + 1
+        return METAS[spec.meta] + heartbeat_mac(who) + mac(spec.peer) + HEARTBEAT_TYPE + \
+            bytes(max(spec.size, 46))
     if spec.dst == "bcast":
         dst = BROADCAST_MAC
     elif spec.dst == "unknown":
@@ -200,12 +216,14 @@ def test_a_fixed_busy_scenario_agrees(encrypted: bool, cipher: str) -> None:
         ("peer", 3, 1400, 2, "raw"), ("unknown", 1, 9000, 1, "raw"), ("peer", 4, 10, 0, "raw"),
         ("peer", 4, 11, 0, "raw"), ("peer", 1, 1, 4, "raw"), ("peer", 2, 1400, 0, "df"),
         ("peer", 3, 3000, 0, "nodf"), ("peer", 4, 1300, 0, "icmp-error"),
+        ("hb", 2, 46, 0, "raw"), ("hb-other", 2, 46, 0, "raw"), ("hb", 1, 65553 - 14, 0, "raw"),
     ])
     sc = Scenario("ring", encrypted, cipher, (512, 1400, 9000, 1252),
                   ((3, "drop", 0), (9, "flip", 77)),
                   (Step("send", 1, big), Step("send", 3, big), Step("advance", 0, (), 1.0),
                    Step("replay", 5), Step("forge", 7), Step("stranger", 8), Step("flood", 2),
-                   Step("send", 2, big), Step("advance", 0, (), 700.0)))
+                   Step("send", 2, big), Step("write", 4, big[-3:]),
+                   Step("advance", 0, (), 700.0)))
     native = run(load_backend("native"), sc)
     assert native == run(load_backend("reference"), sc)
     assert any(native[-30:])  # something was delivered
