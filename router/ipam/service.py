@@ -249,13 +249,13 @@ class IpamService:
         gone, _ = self._call(lambda _now: self._alloc.prune_owned(idents))
         return gone
 
-    def rmpeer(self, peer: str) -> str:
+    def rmpeer(self, peer: str, *, force: bool = False) -> str:
         """Take over the space of the dead peer ``peer`` (name or nickname).
 
         Returns Weave's line ``N IPs taken over from PEER``; NotFoundError for an unknown
-        peer, IpamError for ourself.
+        peer, IpamError for ourself and (unless ``force``) for a peer reachable now.
         """
-        count, _ = self._call(lambda now: self._alloc.rmpeer(peer, now))
+        count, _ = self._call(lambda now: self._alloc.rmpeer(peer, now, force=force))
         return f"{count} IPs taken over from {peer}"
 
     async def reset_handover(self) -> PeerName | None:
@@ -280,11 +280,13 @@ class IpamService:
 
     def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
         """A unicast for us: a ring, a space request or a denial."""
-        self._call(lambda _now: self._alloc.on_gossip_unicast(src, payload))
+        via = self._channel.sender
+        self._call(lambda _now: self._alloc.on_gossip_unicast(src, payload, via=via))
 
     def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> GossipData | None:
         """A broadcast: a proposal, a new ring, a ring request; our state is relayed on."""
-        relay, _ = self._call(lambda _now: self._alloc.on_gossip_broadcast(src, payload))
+        via = self._channel.sender
+        relay, _ = self._call(lambda _now: self._alloc.on_gossip_broadcast(src, payload, via=via))
         return relay
 
     def gossip(self) -> GossipData | None:
@@ -293,7 +295,8 @@ class IpamService:
 
     def on_gossip(self, payload: bytes) -> GossipData | None:
         """Merge gossip; the delta to relay if ownership moved."""
-        delta, _ = self._call(lambda _now: self._alloc.on_gossip(payload))
+        via = self._channel.sender
+        delta, _ = self._call(lambda _now: self._alloc.on_gossip(payload, via=via))
         return delta
 
     # -- the persistence boundary ----------------------------------------------------------
