@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http_addr(commands.add_parser("prime", help="wait until this peer can allocate"))
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
+    rmpeer.add_argument("--force", action="store_true",
+                        help="take over the space of a peer even if it is reachable now")
     _add_http_addr(rmpeer)
     commands.add_parser("version", help="print the version")
     return parser
@@ -269,7 +271,8 @@ def cmd_rmpeer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``rmpeer PEER...``: prints ``N IPs taken over from PEER`` for each."""
     client = _client(args, env)
     for peer in args.peers:
-        sys.stdout.write(_call(client, "DELETE", f"/peer/{peer}").body)
+        query = "?force=true" if args.force else ""
+        sys.stdout.write(_call(client, "DELETE", f"/peer/{peer}{query}").body)
     return 0
 
 

@@ -130,6 +130,7 @@ class Request:
     method: str
     path: str
     body: bytes
+    query: str = ""  # what followed "?" in the target (e.g. ``force=true``)
 
 
 def error(status: int, message: str, *, close: bool = False) -> Reply:
@@ -387,8 +388,9 @@ def _content_length(request: h11.Request) -> int | None:
 
 def _request(head: h11.Request, body: bytes) -> Request:
     target = head.target.decode("ascii", errors="replace")
-    path = target.split("?", 1)[0]
-    return Request(method=head.method.decode("ascii", errors="replace"), path=path, body=body)
+    path, _, query = target.partition("?")
+    method = head.method.decode("ascii", errors="replace")
+    return Request(method=method, path=path, body=body, query=query)
 
 
 class _Server:
