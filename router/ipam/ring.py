@@ -6,7 +6,7 @@ token (the last entry up to ``end``), believes about ``free`` of them are free, 
 this is version ``version`` of that statement. A non-empty ring always has a token at
 ``start``, so ranges never wrap.
 
-Rules (as Weave's ring):
+Rules:
 
 * Only the owner of a range changes it: it splits its range (inserting tokens), gives
   parts away (:meth:`Ring.grant`), or reports its free count; each change bumps the
