@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http_addr(commands.add_parser("prime", help="wait until this peer can allocate"))
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
+    rmpeer.add_argument("--force", action="store_true",
+                        help="take over the space of a peer even if it is reachable now")
     _add_http_addr(rmpeer)
     setup_cni.add_arguments(commands.add_parser(
         "setup-cni", help="install the CNI plugin and 10-weave.conflist"))
@@ -370,7 +372,8 @@ def cmd_rmpeer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise ConfigError("rmpeer: empty PEER_ID (give a peer name or nickname)")
     client = _client(args, env)
     for peer in args.peers:
-        path = "/peer/" + urllib.parse.quote(peer, safe=":")
+        query = "?force=true" if args.force else ""
+        path = "/peer/" + urllib.parse.quote(peer, safe=":") + query
         sys.stdout.write(_call(client, "DELETE", path).body)
     return 0
 

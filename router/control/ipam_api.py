@@ -10,7 +10,9 @@ DELETE  /ip/<id>                        free all its addresses (and pending requ
 DELETE  /ip/<id>/<ip>                   free that one address
 GET     /ring                           prime: answers once this peer can allocate
 DELETE  /peer                           hand our space over to another peer and stop IPAM
-DELETE  /peer/<name-or-nickname>        rmpeer: ``N IPs taken over from NAME``
+DELETE  /peer/<name-or-nickname>        rmpeer: ``N IPs taken over from NAME``; refused
+                                        (400) for a peer reachable now unless
+                                        ``?force=true``
 ======  ==============================  ===============================================
 
 Allocations and claims answer ``IP/PREFIXLEN`` and a newline, once the address is durable;
@@ -142,4 +144,11 @@ async def _handover(service: IpamService, request: Request, args: list[str]) -> 
 
 
 async def _rmpeer(service: IpamService, request: Request, args: list[str]) -> Reply:
-    return _ok(service.rmpeer(args[0]))
+    query = urllib.parse.parse_qs(request.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"force"})
+    if unknown:
+        raise ConfigError(f"unknown query parameter {unknown[0]!r} (only force=true)")
+    force = query.get("force", ["false"])[-1]
+    if force not in ("true", "false"):
+        raise ConfigError(f"force={force!r}: use force=true or force=false")
+    return _ok(service.rmpeer(args[0], force=force == "true"))

@@ -266,6 +266,8 @@ COUNTERS = (
     "rmpeer_ips",
     "pending_overflow",
     "background_claims_failed",
+    "ring_gifts_refused",  # entries naming us owner that did not come from the old owner
+    "ring_reassertions",  # merges where we re-asserted a range of ours above a peer's entry
 )
 
 

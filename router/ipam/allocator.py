@@ -74,7 +74,13 @@ from router.ipam.payloads import IpamMessage, decode_payload_untrusted, encode_s
 from router.ipam.peers import PeerBook
 from router.ipam.persistence import Unsaved, restore_owned, restored_ring
 from router.ipam.requests import CLAIM_GRACE, MAX_IDENT, NO_CONTAINER_ID, Request, check_ident
-from router.ipam.ring import DifferentRangeError, DifferentSeedsError, Ring, range_text
+from router.ipam.ring import (
+    DifferentRangeError,
+    DifferentSeedsError,
+    Ring,
+    range_text,
+    subtract_ranges,
+)
 from router.ipam.space import Holdings, Space
 from router.ipam.space_requests import donation
 from router.ipam.statistics import (
@@ -270,16 +276,24 @@ class Allocator:
             lambda r: r.ticket == ticket and not r.answered, complete=False
         ))
 
-    def rmpeer(self, peer: str, now: float) -> int:
+    def rmpeer(self, peer: str, now: float, *, force: bool = False) -> int:
         """Take over every range of the dead peer ``peer`` (name or nickname).
 
         Returns the number of addresses taken over (``N IPs taken over from NAME``).
-        NotFoundError for a peer the ring and the mesh do not know, IpamError for ourself.
+        NotFoundError for a peer the ring and the mesh do not know, IpamError for ourself
+        and, unless ``force``, for a peer we reach now. Ranges taken from a peer we reach
+        are not allocated from while it stays reachable, and are given back when it
+        re-asserts them (see :mod:`router.ipam.merge`).
         """
         self._enter(now)
         name = self._peers.resolve(peer, self._ring.peers())
         if name == self.ourself:
             raise IpamError(f"rmpeer: {peer} is this peer; cannot take over our own space")
+        if name in self._peers.reachable and not force:
+            raise IpamError(
+                f"rmpeer: peer {self._peers.describe(name)} is reachable now: rmpeer is for "
+                "peers that are gone for good (force it with --force)"
+            )
         before = self._space.num_free()
         moved = self._ring.transfer(name, self.ourself)
         if moved:
@@ -315,6 +329,7 @@ class Allocator:
         if self._peers.set_reachable(reachable):
             self._peers.prune(self._ring.peers())
             if not self._closed:
+                self._space.set_ranges(self._usable_ranges())
                 self._requests.retry(self._now, ask_again=True)
 
     def set_target_count(self, count: int) -> None:
@@ -322,38 +337,53 @@ class Allocator:
         self.config = replace(self.config, target_count=count)
         self._election.set_target_count(count)
 
-    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
-        """A ring sent to us, a space request, or a space denial."""
+    def on_gossip_unicast(
+        self, src: PeerName, payload: bytes, *, via: PeerName | None = None
+    ) -> None:
+        """A ring sent to us, a space request, or a space denial.
+
+        ``src`` is the sender the message names; ``via`` the neighbour whose (authenticated)
+        connection delivered it, None if unknown. Space is donated only to ``via``: a
+        request naming another sender (relayed, or forged) is denied. A ring is taken as
+        written by ``via`` (see :mod:`router.ipam.merge`).
+        """
         if self._closed:
             return
+        _check_sender(src, self.ourself)
         msg = decode_payload_untrusted(payload, self.ourself)
         if msg.kind == "state":
-            self._receive_state(src, msg)
+            self._receive_state(src, msg, via)
         elif msg.kind == "space-request":
-            self._donate(src, msg.start, msg.end)
+            self._donate(src, msg.start, msg.end, verified=src == via)
         else:
             self._requests.denied(src, msg.start, msg.end)
 
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> GossipData | None:
-        """A peer's state (a proposal, a new ring, a ring request); relays ours on."""
+    def on_gossip_broadcast(
+        self, src: PeerName, payload: bytes, *, via: PeerName | None = None
+    ) -> GossipData | None:
+        """A peer's state (a proposal, a new ring, a ring request); relays ours on.
+
+        ``via``: the neighbour that delivered it (the author of the ring it carries)."""
         if self._closed:
             return None
-        self._receive_state(src, self._decode_state(payload))
+        _check_sender(src, self.ourself)
+        self._receive_state(src, self._decode_state(payload), via)
         return IpamGossip(self)
 
     def gossip(self) -> GossipData | None:
         """Our complete state."""
         return None if self._closed else IpamGossip(self)
 
-    def on_gossip(self, payload: bytes) -> GossipData | None:
-        """Merge gossip; if ownership moved, our state is relayed on (instead of GossipNow)."""
+    def on_gossip(self, payload: bytes, *, via: PeerName | None = None) -> GossipData | None:
+        """Merge gossip from neighbour ``via``; if ownership moved, our state is relayed on
+        (instead of GossipNow)."""
         if self._closed:
             return None
         msg = self._decode_state(payload)
         already = self._gossip_queued
         self._gossip_queued = True  # a move found here travels as the relayed delta
         try:
-            moved = self._receive_state(None, msg)
+            moved = self._receive_state(None, msg, via)
         finally:
             self._gossip_queued = already
         return IpamGossip(self) if moved else None
@@ -469,16 +499,28 @@ class Allocator:
             if not self._gossip_queued:
                 self._messages.append(GossipNow())
                 self._gossip_queued = True
-        self._space.set_ranges(self._ring.owned_ranges())
+        self._space.set_ranges(self._usable_ranges())
         self._peers.prune(self._ring.peers())
         self._requests.retry(self._now, ask_again=True)
 
-    def _receive_state(self, sender: PeerName | None, msg: IpamMessage) -> bool:
-        """Act on a peer's state; True if ring ownership moved."""
+    def _usable_ranges(self) -> list[tuple[int, int]]:
+        """What we own minus ranges taken (``rmpeer --force``) from a peer we still reach
+        (unless they hold allocations): not allocated from until it is gone or re-asserts."""
+        held = [
+            (start, end) for entry, start, end in self._ring.ranges()
+            if entry.peer == self.ourself and self._ring.taken.get(entry.token)
+            in self._peers.reachable and not self._space.has_allocations(start, end)
+        ]
+        return subtract_ranges(self._ring.owned_ranges(), held)
+
+    def _receive_state(
+        self, sender: PeerName | None, msg: IpamMessage, via: PeerName | None
+    ) -> bool:
+        """Act on a peer's state; True if ring ownership moved (or we re-asserted ours)."""
         for name, nickname in msg.nicknames:
             self._peers.learn(name, nickname)
         if msg.ring is not None:
-            return self._merge(msg.ring)
+            return self._merge(msg.ring, via)
         if not self._ring.empty():
             if sender is not None:
                 self._messages.append(Unicast(sender, self.state_payload()))
@@ -493,9 +535,11 @@ class Allocator:
             self._establish_ring()  # an observer asked for a ring
         return False
 
-    def _merge(self, other: Ring) -> bool:
+    def _merge(self, other: Ring, via: PeerName | None) -> bool:
         try:
-            result = self._ring.merge(other, self._space.has_allocations)
+            result = self._ring.merge(
+                other, self._space.has_allocations, author=via, reachable=self._peers.reachable
+            )
         except DifferentSeedsError as exc:
             raise RemoteProtocolError(
                 "IP allocation was seeded by different peers "
@@ -507,15 +551,22 @@ class Allocator:
                 f"Incompatible IP allocation ranges (received: {range_text(*exc.received)}, "
                 f"ours: {range_text(*exc.ours)})"
             ) from None
+        self._counts["ring_gifts_refused"] += result.refused_gifts
+        if result.reasserted:
+            self._counts["ring_reassertions"] += 1
         if result.changed:
-            self._ring_changed(moved=result.moved)
-        return result.moved
+            self._ring_changed(moved=result.moved or result.reasserted)
+        if result.reasserted and not any(isinstance(m, GossipNow) for m in self._messages):
+            self._messages.append(GossipNow())  # the sender too must hear ours is ours
+        return result.moved or result.reasserted
 
-    def _donate(self, src: PeerName, start: int, end: int) -> None:
-        """A peer asked for space in ``[start, end)``: give some, or say no; send our ring."""
+    def _donate(self, src: PeerName, start: int, end: int, *, verified: bool) -> None:
+        """A peer asked for space in ``[start, end)``: give some, or say no; send our ring.
+
+        Only a ``verified`` requester (the neighbour that delivered the request) gets any."""
         if self._ring.empty():
             return  # it will ask again
-        chunk = donation(self._space, self._range, start, end)
+        chunk = donation(self._space, self._range, start, end) if verified else None
         if chunk is None:
             self._counts["space_requests_denied"] += 1
             self._messages.append(Unicast(src, space_message("space-denied", start, end)))
@@ -547,3 +598,10 @@ class Allocator:
     def _schedule(self) -> None:
         if self._next_tick == math.inf or self._next_tick < self._now:
             self._next_tick = self._now + self.config.tick_interval
+
+
+
+def _check_sender(src: PeerName, ourself: PeerName) -> None:
+    """A message naming us as its sender is forged (we would answer ourself)."""
+    if src == ourself:
+        raise RemoteProtocolError(f"ipam: a message claiming to come from us ({ourself})")

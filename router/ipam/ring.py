@@ -6,23 +6,24 @@ token (the last entry up to ``end``), believes about ``free`` of them are free, 
 this is version ``version`` of that statement. A non-empty ring always has a token at
 ``start``, so ranges never wrap.
 
-Rules (as Weave's ring):
+Rules:
 
 * Only the owner of a range changes it: it splits its range (inserting tokens), gives
   parts away (:meth:`Ring.grant`), or reports its free count; each change bumps the
   version of the entries it touches. Tokens are never removed.
-* Merge (:meth:`Ring.merge`) is per token: unknown tokens are added, and for a token
-  both sides know the greater ``(version, free, peer)`` wins, which is commutative,
-  associative and idempotent. Incoming data that would take away a range of ours that
-  holds allocations is refused with :class:`RingConflictError` (Weave's messages);
-  a range of ours without allocations is given up (repairing inconsistent rings). An
-  entry of ours that comes back with a higher version but still ours (an update we
-  made before a restart and did not persist) is re-asserted above it.
+* Merge (:meth:`Ring.merge`) is per token: for a token both sides know the greater
+  ``(version, free, peer)`` is a candidate, and :mod:`router.ipam.merge` decides whether
+  it is taken, from who delivered the ring (the authenticated ``author``): a range of
+  ours is never taken away (we re-assert it above the incoming version), a range becomes
+  ours only when its owner delivers that, and versions at or above
+  :data:`VERSION_LIMIT` are refused (:class:`RingVersionError`; nothing is merged).
 * Rings over different ranges, or seeded by different peers, never merge:
   :class:`DifferentRangeError`, :class:`DifferentSeedsError`.
 * :meth:`Ring.transfer` (``rmpeer``, hand-over on ``reset``) re-assigns every entry of
   a peer with the version raised by :data:`TRANSFER_VERSION_BUMP`, so the transfer
-  wins over the old owner's last updates.
+  wins over the old owner's last updates; ranges we take are remembered
+  (:attr:`Ring.taken`) and given back if their old owner, alive after all, re-asserts
+  them while we hold no allocations there (:class:`RingConflictError` if we do).
 
 Wire and storage format (CBOR through :mod:`router.wire.cbor`)::
 
@@ -31,7 +32,7 @@ Wire and storage format (CBOR through :mod:`router.wire.cbor`)::
 
 with ``start < end``, seeds sorted and unique (at most :data:`MAX_SEEDS`), entries
 sorted by token, unique, inside ``[start, end)``, the first at ``start`` (if any), free
-no more than the entry's size, versions below :data:`MAX_VERSION`, at most
+no more than the entry's size, versions below ``MAX_VERSION``, at most
 :data:`MAX_ENTRIES` entries. Anything else is a :class:`~router.errors.DecodeError`.
 """
 
@@ -40,11 +41,13 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, replace
 from typing import Any
 
 from router.errors import BrokenError, DecodeError, LocalProtocolError, RemoteProtocolError
+from router.ipam.merge import MergeInput, merge_entries
+from router.ipam.ring_entry import MAX_VERSION, VERSION_LIMIT, Entry, bumped
 from router.mesh.names import NAME_BITS, PeerName
 from router.wire import cbor
 
@@ -52,7 +55,6 @@ Range = tuple[int, int]  # [start, end)
 
 MAX_ENTRIES = 65536  # tokens in one ring
 MAX_SEEDS = 10_000  # peers a ring can be seeded with
-MAX_VERSION = 1 << 62  # refused at or above, so bumping never overflows
 ADDRESS_SPACE = 1 << 32  # IPv4
 TRANSFER_VERSION_BUMP = 100  # a transfer outranks this many updates by the old owner
 MAX_RING_BYTES = 4 * 1024 * 1024
@@ -60,6 +62,10 @@ MAX_RING_BYTES = 4 * 1024 * 1024
 
 class RingConflictError(RemoteProtocolError):
     """Incoming ring data contradicts a range of ours that holds allocations."""
+
+
+class RingVersionError(RemoteProtocolError):
+    """An incoming entry's version is at or above :data:`VERSION_LIMIT`."""
 
 
 class DifferentSeedsError(RemoteProtocolError):
@@ -81,25 +87,13 @@ class DifferentRangeError(RemoteProtocolError):
 
 
 @dataclass(frozen=True)
-class Entry:
-    """``peer`` owns from ``token`` to the next token; ``free`` of those are free."""
-
-    token: int
-    peer: PeerName
-    version: int = 0
-    free: int = 0
-
-    def key(self) -> tuple[int, int, int]:
-        """Merge order for two entries at the same token: the greater wins."""
-        return (self.version, self.free, int(self.peer))
-
-
-@dataclass(frozen=True)
 class MergeResult:
     """What a merge did: ``changed`` anything, ``moved`` ownership (new tokens/owners)."""
 
     changed: bool
     moved: bool
+    reasserted: bool = False  # we raised versions of ours above incoming ones: spread them
+    refused_gifts: int = 0  # entries naming us owner that did not come from the old owner
 
 
 def range_text(start: int, end: int) -> str:
@@ -129,6 +123,10 @@ class Ring:
         self.ourself = ourself
         self._seeds: tuple[PeerName, ...] = tuple(seeds)
         self._entries: list[Entry] = list(entries)
+        # in memory only (see router.ipam.merge): ranges we took over by rmpeer, by token,
+        # with the peer we took them from; tokens whose owner took them from a live peer
+        self.taken: dict[int, PeerName] = {}
+        self._suspect: set[int] = set()
         problem = _entries_problem(start, end, self._entries)
         if problem:
             raise LocalProtocolError(f"bad ring entries: {problem}")
@@ -224,7 +222,8 @@ class Ring:
         for i, entry in enumerate(self._entries):
             if start <= entry.token < end:
                 size = self._next_token(i) - entry.token
-                self._entries[i] = Entry(entry.token, peer, entry.version + 1, size)
+                self._entries[i] = Entry(entry.token, peer, bumped(entry.version), size)
+                self.taken.pop(entry.token, None)
         self._check()
 
     def _split_at(self, token: int) -> None:
@@ -237,9 +236,11 @@ class Ring:
             return
         end = self._next_token(i)
         self._entries[i] = Entry(
-            entry.token, entry.peer, entry.version + 1, min(entry.free, token - entry.token)
+            entry.token, entry.peer, bumped(entry.version), min(entry.free, token - entry.token)
         )
         self._entries.insert(i + 1, Entry(token, entry.peer, 0, min(entry.free, end - token)))
+        if entry.token in self.taken:
+            self.taken[token] = self.taken[entry.token]
 
     def report_free(self, free: Callable[[int, int], int]) -> bool:
         """Refresh the free counts of our entries from ``free(start, end)``; True if changed."""
@@ -249,7 +250,7 @@ class Ring:
                 continue
             count = free(start, end)
             if count != entry.free:
-                self._entries[i] = replace(entry, version=entry.version + 1, free=count)
+                self._entries[i] = replace(entry, version=bumped(entry.version), free=count)
                 changed = True
         return changed
 
@@ -259,9 +260,13 @@ class Ring:
         for i, (entry, start, end) in enumerate(self.ranges()):
             if entry.peer == from_peer:
                 self._entries[i] = replace(
-                    entry, peer=to_peer, version=entry.version + TRANSFER_VERSION_BUMP
+                    entry, peer=to_peer, version=bumped(entry.version, TRANSFER_VERSION_BUMP)
                 )
                 moved.append((start, end))
+                if to_peer == self.ourself:
+                    self.taken[entry.token] = from_peer
+                else:
+                    self.taken.pop(entry.token, None)
         self._check()
         return moved
 
@@ -290,43 +295,61 @@ class Ring:
 
     # -- merge ----------------------------------------------------------------------------
 
-    def merge(self, other: Ring, has_allocations: Callable[[int, int], bool]) -> MergeResult:
-        """Merge ``other`` (decoded from a peer) into this ring; see module doc."""
+    def merge(
+        self,
+        other: Ring,
+        has_allocations: Callable[[int, int], bool],
+        *,
+        author: PeerName | None = None,
+        reachable: Set[PeerName] = frozenset(),
+    ) -> MergeResult:
+        """Merge ``other``, delivered by neighbour ``author``, into this ring.
+
+        See the module doc and :mod:`router.ipam.merge` (who may change which entry);
+        ``reachable``: the peers we reach now. RemoteProtocolError (nothing merged) for
+        another range or seeds, or versions at or above :data:`VERSION_LIMIT`.
+        """
         if (other.start, other.end) != (self.start, self.end):
             raise DifferentRangeError((other.start, other.end), (self.start, self.end))
         if other._seeds and self._seeds and other._seeds != self._seeds:
             raise DifferentSeedsError(other._seeds, self._seeds)
-        merged = _clamp_free(self._merged_entries(other._entries), self.end)
-        problem = _entries_problem(self.start, self.end, merged)
-        if problem:  # pragma: no cover - both inputs were valid, merging keeps that
-            raise BrokenError(f"Merge of incoming data causes: {problem}")
+        for entry in other._entries:
+            if entry.version >= VERSION_LIMIT:
+                raise RingVersionError(
+                    f"Ring entry for {_ip(entry.token)} (owner {entry.peer}) has version "
+                    f"{entry.version}, at or above the limit {VERSION_LIMIT}"
+                )
+        if not self._entries:  # nothing is ours yet: a new ring is taken as it is
+            return self._adopt(other)
+        view = MergeInput(self.ourself, self.end, self._entries, self.taken, self._suspect,
+                          author, reachable)
+        out = merge_entries(view, other._entries, has_allocations=has_allocations)
+        if out.conflict is not None:
+            raise RingConflictError(self._conflict_message(other, out.conflict))
+        merged = _clamp_free(out.entries, self.end)
         new = Ring(self.start, self.end, self.ourself, entries=merged)
-        for start, end in _subtract(self.owned_ranges(), new.owned_ranges()):
-            if has_allocations(start, end):
-                raise RingConflictError(self._conflict_message(other, start))
-        changed = new._entries != self._entries or (not self._seeds and bool(other._seeds))
+        lost = subtract_ranges(self.owned_ranges(), new.owned_ranges())
+        if any(has_allocations(start, end) for start, end in lost):  # pragma: no cover
+            raise BrokenError("merge would drop allocated addresses")
+        changed = new._entries != self._entries
         moved = [(e.token, e.peer) for e in new._entries] != [
             (e.token, e.peer) for e in self._entries
         ]
         self._entries = new._entries
-        if not self._seeds:
-            self._seeds = other._seeds
+        for token in out.yielded:
+            self.taken.pop(token, None)
+        self._suspect = (self._suspect - out.cleared) | out.suspect
         self._check()
-        return MergeResult(changed=changed, moved=moved)
+        return MergeResult(changed=changed, moved=moved, reasserted=out.reasserted,
+                           refused_gifts=out.refused_gifts)
 
-    def _merged_entries(self, theirs: Sequence[Entry]) -> list[Entry]:
-        mine = {e.token: e for e in self._entries}
-        out = dict(mine)
-        for entry in theirs:
-            current = mine.get(entry.token)
-            if current is None:
-                out[entry.token] = entry
-            elif current.peer == self.ourself == entry.peer and entry.version > current.version:
-                # our own entry, updated by an incarnation of ours we do not remember
-                out[entry.token] = replace(current, version=entry.version + 1)
-            elif entry.key() > current.key():
-                out[entry.token] = entry
-        return [out[t] for t in sorted(out)]
+    def _adopt(self, other: Ring) -> MergeResult:
+        if not other._entries and (self._seeds or not other._seeds):
+            return MergeResult(changed=False, moved=False)
+        self._entries = list(other._entries)
+        self._seeds = self._seeds or other._seeds
+        self._check()
+        return MergeResult(changed=True, moved=bool(self._entries))
 
     def _conflict_message(self, other: Ring, token: int) -> str:
         i = bisect.bisect_right(other._entries, token, key=lambda e: e.token) - 1
@@ -435,7 +458,7 @@ def _clamp_free(entries: list[Entry], end: int) -> list[Entry]:
     return entries
 
 
-def _subtract(ranges: Iterable[Range], minus: Sequence[Range]) -> list[Range]:
+def subtract_ranges(ranges: Iterable[Range], minus: Sequence[Range]) -> list[Range]:
     """``ranges`` minus ``minus`` (both sorted, disjoint)."""
     out: list[Range] = []
     for start, end in ranges:

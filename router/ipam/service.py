@@ -287,13 +287,13 @@ class IpamService:
         gone, _ = self._call(lambda _now: self._alloc.prune_owned(idents))
         return gone
 
-    def rmpeer(self, peer: str) -> str:
+    def rmpeer(self, peer: str, *, force: bool = False) -> str:
         """Take over the space of the dead peer ``peer`` (name or nickname).
 
         Returns Weave's line ``N IPs taken over from PEER``; NotFoundError for an unknown
-        peer, IpamError for ourself.
+        peer, IpamError for ourself and (unless ``force``) for a peer reachable now.
         """
-        count, _ = self._call(lambda now: self._alloc.rmpeer(peer, now))
+        count, _ = self._call(lambda now: self._alloc.rmpeer(peer, now, force=force))
         return f"{count} IPs taken over from {peer}"
 
     async def reset_handover(self) -> PeerName | None:
@@ -332,12 +332,14 @@ class IpamService:
 
     def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
         """A unicast for us: a ring, a space request or a denial."""
-        self._gossip_call(lambda _now: self._alloc.on_gossip_unicast(src, payload))
+        via = self._channel.sender
+        self._gossip_call(lambda _now: self._alloc.on_gossip_unicast(src, payload, via=via))
 
     def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> GossipData | None:
         """A broadcast: a proposal, a new ring, a ring request; our state is relayed on."""
-        return self._durable(
-            self._gossip_call(lambda _now: self._alloc.on_gossip_broadcast(src, payload)))
+        via = self._channel.sender
+        return self._durable(self._gossip_call(
+            lambda _now: self._alloc.on_gossip_broadcast(src, payload, via=via)))
 
     def gossip(self) -> GossipData | None:
         """Our complete state (periodic gossip, new neighbours); nothing while suspended."""
@@ -345,7 +347,9 @@ class IpamService:
 
     def on_gossip(self, payload: bytes) -> GossipData | None:
         """Merge gossip; the delta to relay if ownership moved."""
-        return self._durable(self._gossip_call(lambda _now: self._alloc.on_gossip(payload)))
+        via = self._channel.sender
+        return self._durable(self._gossip_call(
+            lambda _now: self._alloc.on_gossip(payload, via=via)))
 
     def _gossip_call(self, fn: Callable[[float], T]) -> T | None:
         try:

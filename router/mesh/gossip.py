@@ -219,6 +219,11 @@ class GossipChannel:
         for hop in sorted(router.routes.broadcast_all.get(router.ourself, frozenset())):
             router._enqueue_raw(hop, event)
 
+    @property
+    def sender(self) -> PeerName | None:
+        """The neighbour that delivered the message being handled (see GossipRouter)."""
+        return self._router.sender
+
     def gossip_update(self, data: GossipData) -> None:
         """Send ``data`` as gossip to all neighbours now."""
         for neighbour in sorted(self._router.neighbours):
@@ -250,6 +255,7 @@ class GossipRouter:
         self._outboxes: dict[PeerName, _Outbox] = {}
         self._routes = Routes.empty(ourself)
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._sender: PeerName | None = None
 
     @property
     def routes(self) -> Routes:
@@ -293,12 +299,22 @@ class GossipRouter:
 
     def receive(self, neighbour: PeerName, event: InEvent) -> None:
         """Handle one message from ``neighbour``; RemoteProtocolError: drop that neighbour."""
-        if isinstance(event, UnicastIn):
-            self._receive_unicast(neighbour, event)
-        elif isinstance(event, BroadcastIn):
-            self._receive_broadcast(neighbour, event)
-        else:
-            self._receive_gossip(neighbour, event)
+        self._sender = neighbour
+        try:
+            if isinstance(event, UnicastIn):
+                self._receive_unicast(neighbour, event)
+            elif isinstance(event, BroadcastIn):
+                self._receive_broadcast(neighbour, event)
+            else:
+                self._receive_gossip(neighbour, event)
+        finally:
+            self._sender = None
+
+    @property
+    def sender(self) -> PeerName | None:
+        """While a gossiper handles a message: the neighbour whose (authenticated)
+        connection delivered it (``src`` is only what the message claims); else None."""
+        return self._sender
 
     def _receive_unicast(self, neighbour: PeerName, event: UnicastIn) -> None:
         if event.dst != self.ourself:

@@ -206,8 +206,14 @@ async def _kill(sim: Sim, work: Workload, ip: str, rng: random.Random) -> None:
     # space (it was cut off when the ring was made) has nothing to take over.
     knowing = [n for n in sim.running() if name in {s.name for s in _ipam(n).shares}]
     if knowing:
-        survivor = rng.choice(knowing).router
+        node = rng.choice(knowing)
+        survivor = node.router
         assert survivor is not None
+        # rmpeer of a peer still reachable is refused: wait until its death is noticed
+        for _ in range(600):
+            if not any(s.name == name and s.reachable for s in _ipam(node).shares):
+                break
+            await trio.sleep(0.5)
         assert survivor.ipam.rmpeer(name).endswith(f" IPs taken over from {name}")
 
 

@@ -202,10 +202,10 @@ class Mesh:
         alloc = self.peers[env.dst]
         try:
             if env.kind == "unicast":
-                alloc.on_gossip_unicast(env.src, env.payload)
+                alloc.on_gossip_unicast(env.src, env.payload, via=env.src)
             elif env.kind == "broadcast":
-                alloc.on_gossip_broadcast(env.src, env.payload)
-            elif alloc.on_gossip(env.payload) is not None:  # news: relay it on
+                alloc.on_gossip_broadcast(env.src, env.payload, via=env.src)
+            elif alloc.on_gossip(env.payload, via=env.src) is not None:  # news: relay it on
                 for other in sorted(self.reachable(env.dst) - {env.src}):
                     if frozenset((env.dst, other)) in self.links:
                         self._gossip(env.dst, other)
@@ -540,8 +540,17 @@ def test_rmpeer_takes_over_a_dead_peers_space() -> None:
     assert mesh.peers[B].ring.shares().get(C) is None
     assert mesh.peers[B].ring.shares()[A] == mesh.peers[A].ring.shares()[A]
     assert mesh.peers[A].statistics().unreachable_peers == 0
-    assert mesh.call(A, lambda a: a.rmpeer(str(B), 0)) > 0  # by name works too (B is alive:
-    # an operator error, but the command does what it is told)
+    share_b = mesh.peers[B].ring.shares()[B]
+    with pytest.raises(IpamError, match=r"rmpeer: peer 00:00:00:00:00:02\(two\) is reachable "
+                       "now: rmpeer is for peers that are gone for good"):
+        mesh.call(A, lambda a: a.rmpeer(str(B), 0))
+    assert mesh.peers[A].ring.shares()[B] == share_b and not mesh.in_flight  # nothing changed
+    # forced: the live peer re-asserts its range and A gives it back
+    assert mesh.call(A, lambda a: a.rmpeer(str(B), 0, force=True)) == 0  # held, not usable
+    mesh.settle()
+    for alloc in mesh.peers.values():
+        assert alloc.ring.shares()[B] == share_b
+    assert not mesh.errors
 
 
 def test_reset_hands_our_space_to_a_reachable_peer() -> None:

@@ -102,31 +102,44 @@ def _seeded_range(me: PeerName, start: int, end: int) -> Ring:
     return ring
 
 
-def test_merge_refuses_to_take_a_range_holding_allocations() -> None:
-    a, b = _seeded(A), _seeded(B)
+def test_a_live_owner_reasserts_a_range_taken_over_and_the_taker_yields() -> None:
+    a, b, c = _seeded(A), _seeded(B), _seeded(C)
     lo, hi = b.owned_ranges()[0]
-    # A (wrongly) takes over B's range, as a mistaken rmpeer would
-    a.transfer(B, A)
+    a.transfer(B, A)  # A (wrongly) takes over B's range, as rmpeer --force of a live B
+    assert a.taken == {lo: B}
+    result = b.merge(a, lambda s, e: s <= lo + 5 < e, author=A)
+    assert result.reasserted and not result.moved
+    assert b.owned_ranges() == [(lo, hi)]  # whatever the allocations, ours stays ours
+    mine = next(e for e in b.entries if e.token == lo)
+    assert mine.peer == B and mine.version == TRANSFER_VERSION_BUMP + 1
+    # both arrival orders at a third peer end with B
+    c1, c2 = _seeded(C), c
+    c1.merge(a, _none, author=A)
+    c1.merge(b, _none, author=B)
+    c2.merge(b, _none, author=B)
+    c2.merge(a, _none, author=A)
+    assert c1.entries == c2.entries and c1.owner(lo) == B
+    # the taker gives the range back to the re-assertion, unless it allocated there
     with pytest.raises(RingConflictError, match="Received update for IP range I own"):
-        b.merge(a, lambda s, e: s <= lo + 5 < e)
-    assert b.owned_ranges() == [(lo, hi)]  # nothing changed
-    # with no allocations there B gives the range up (repair)
-    assert b.merge(a, _none).moved
-    assert b.owned_ranges() == []
+        a.merge(b, lambda s, e: s <= lo + 5 < e, author=B)
+    assert a.owner(lo) == A  # nothing changed
+    assert a.merge(b, _none, author=B).moved
+    assert a.owner(lo) == B and a.taken == {} and a.entries == c1.entries
 
 
-def test_merge_refuses_a_new_token_inside_our_allocated_range() -> None:
+def test_a_new_token_or_other_owner_inside_our_range_is_reasserted_as_ours() -> None:
     a, c = _seeded(A), _seeded(C)
     lo, hi = c.owned_ranges()[0]
     head = [*a.entries[:2], Entry(lo, C, 0, 8)]
     forged = Ring(START, END, A, seeds=a.seeds, entries=[*head, Entry(lo + 8, A, 0, 8)])
-    with pytest.raises(RingConflictError, match="says it owns the IP range"):
-        c.merge(forged, lambda s, e: s <= lo + 9 < e)
+    assert c.merge(forged, _none, author=A).reasserted
+    assert c.owned_ranges() == [(lo, hi)]
+    assert next(e for e in c.entries if e.token == lo + 8) == Entry(lo + 8, C, 1, 0)
     equal = Ring(
         START, END, A, seeds=a.seeds, entries=[*a.entries[:2], Entry(lo, D, 0, hi - lo)]
     )
-    with pytest.raises(RingConflictError, match="Inconsistent entries"):
-        c.merge(equal, lambda s, e: True)
+    assert c.merge(equal, lambda s, e: True, author=A).reasserted
+    assert c.owner(lo) == C and c.entries[2].version == 1
 
 
 def test_our_own_entry_with_a_higher_version_is_reasserted() -> None:
@@ -239,7 +252,7 @@ class Replicas:
         for p in (A, B, C):
             self.rings[p].claim_for_peers((A, B, C))  # D joins later with nothing
             self.spaces[p].set_ranges(self.rings[p].owned_ranges())
-        self.in_flight: list[tuple[PeerName, bytes]] = []
+        self.in_flight: list[tuple[PeerName, PeerName, bytes]] = []
         self.holder: dict[int, PeerName] = {}  # the model: who allocated each address
         self.dead: set[PeerName] = set()
 
@@ -248,14 +261,15 @@ class Replicas:
 
     def send(self, src: PeerName, dst: PeerName) -> None:
         if src not in self.dead and dst not in self.dead:
-            self.in_flight.append((dst, self.rings[src].encode()))
+            self.in_flight.append((src, dst, self.rings[src].encode()))
 
     def deliver(self, index: int) -> None:
-        dst, data = self.in_flight.pop(index % len(self.in_flight))
+        src, dst, data = self.in_flight.pop(index % len(self.in_flight))
         if dst in self.dead:
             return
         ring, space = self.rings[dst], self.spaces[dst]
-        ring.merge(Ring.decode_untrusted(data, dst), space.has_allocations)
+        ring.merge(Ring.decode_untrusted(data, dst), space.has_allocations, author=src,
+                   reachable=frozenset(self.live()) - {dst})
         space.set_ranges(ring.owned_ranges())
 
     def sync(self) -> None:
