@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -52,8 +54,10 @@ func (c *routerClient) post(path string, body interface{}, out interface{}) *cni
 		host = "localhost"
 	}
 	// A router busy with many other ADDs refuses a connection with 503 "too many API
-	// ..." before reading it: nothing was done, so it is safe to ask again, within the
-	// client's timeout, with a growing pause (a kubelet starting 50 pods at once).
+	// ..." before reading it, or closes one it had not read yet to make room (EOF): nothing
+	// was done, so it is safe to ask again (an ADD repeated is answered with the same
+	// address anyway), within the client's timeout, with a growing pause (a kubelet
+	// starting 50 pods at once).
 	var resp *http.Response
 	var reply []byte
 	deadline := time.Now().Add(c.http.Timeout)
@@ -62,7 +66,8 @@ func (c *routerClient) post(path string, body interface{}, out interface{}) *cni
 			pause = time.Second
 		}
 		resp, reply, err = c.send("http://"+host+path, data)
-		if err != nil || !busy(resp, reply) || time.Now().Add(pause).After(deadline) {
+		if (err != nil && !unanswered(err)) || (err == nil && !busy(resp, reply)) ||
+			time.Now().Add(pause).After(deadline) {
 			break
 		}
 		time.Sleep(pause)
@@ -110,4 +115,10 @@ func (c *routerClient) send(url string, data []byte) (*http.Response, []byte, er
 func busy(resp *http.Response, reply []byte) bool {
 	return resp.StatusCode == http.StatusServiceUnavailable &&
 		bytes.HasPrefix(reply, []byte("too many API"))
+}
+
+// unanswered: the connection closed before any answer (the router made room for others).
+func unanswered(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET)
 }
