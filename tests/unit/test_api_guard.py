@@ -10,8 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,6 @@ async def api(nursery: trio.Nursery) -> AsyncIterator[Api]:
     router = RouterDouble()
     _, port = await nursery.start(run_api, router)
     yield Api(router, port)
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A directory anyone may enter (the socket's own mode is what keeps others out)."""
-    path = Path(tempfile.mkdtemp(prefix="wr-api-"))
-    path.chmod(0o755)
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
 
 
 @pytest.mark.parametrize(("headers", "status", "says"), [

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,17 +30,6 @@ async def _hold(client: Client, peer: str) -> None:
     """A request that waits in the router until the test closes the client."""
     with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
         await client.request("POST", "/connect", f"peer={peer}".encode(), FORM)
-
-
-@pytest.fixture
-def socket_dir() -> AsyncIterator[Path]:
-    """A directory anyone may enter (the socket's own mode is what keeps others out)."""
-    path = Path(tempfile.mkdtemp(prefix="wr-api-"))
-    path.chmod(0o755)
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
 
 
 async def _slowloris(port: int, stop: trio.Event, opened: list[int]) -> None:
