@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 
 from cli.client import (
@@ -57,6 +58,7 @@ from router.config import (
     DEFAULT_PORT,
     IPNetwork,
     MeshConfig,
+    MeshTimings,
     RouterConfig,
     default_api_socket,
 )
@@ -69,6 +71,7 @@ ENV_PASSWORD = "WEAVE_PASSWORD"
 ENV_PORT = "WEAVE_PORT"
 ENV_HTTP_ADDR = "WEAVE_HTTP_ADDR"
 ENV_MTU = "WEAVE_MTU"
+ENV_TIMINGS = "WEAVE_ROUTER_TIMINGS"  # NAME=SECONDS,...: the mesh's timers (docs/cli.md)
 MIN_MTU, MAX_MTU = 576, 65535  # bytes: IPv4's minimum datagram size; the largest frame
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_CONN_LIMIT = 200
@@ -243,6 +246,35 @@ def _mtu(value: str | None, env: Mapping[str, str]) -> int:
     return int(value)
 
 
+def _timings(env: Mapping[str, str]) -> MeshTimings:
+    """``WEAVE_ROUTER_TIMINGS=udp_heartbeat_timeout=10,...``: timers other than the defaults.
+
+    Not a Weave setting: for tests that must outlive a timeout, and for operators who
+    want a dead path noticed sooner. Each name is a :class:`MeshTimings` field."""
+    text = env.get(ENV_TIMINGS, "").strip()
+    if not text:
+        return MeshTimings()
+    kinds = {f.name: str(f.type) for f in fields(MeshTimings)}  # "float" or "int"
+    values: dict[str, float | int] = {}
+    for item in text.split(","):
+        name, sep, raw = item.strip().partition("=")
+        if not sep or name not in kinds:
+            raise ConfigError(f"{ENV_TIMINGS}: {item.strip()!r} is not NAME=SECONDS with NAME "
+                              f"one of {', '.join(kinds)}")
+        try:
+            value = int(raw) if kinds[name] == "int" else float(raw)
+        except ValueError:
+            value = -1
+        if not 0 < value < 1e6:
+            raise ConfigError(f"{ENV_TIMINGS}: {name}={raw} is not a positive number")
+        values[name] = value
+    timings = replace(MeshTimings(), **values)  # type: ignore[arg-type]
+    if timings.udp_heartbeat_slow >= timings.udp_heartbeat_timeout:
+        raise ConfigError(f"{ENV_TIMINGS}: udp_heartbeat_slow must be below "
+                          "udp_heartbeat_timeout")
+    return timings
+
+
 def _ipam(args: argparse.Namespace) -> dict[str, object]:
     """The IPAM flags, each checked with Weave's messages."""
     if args.init_peer_count is not None and args.ipalloc_init is not None:
@@ -318,6 +350,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConf
         resume=bool(args.resume),
         discovery=not args.no_discovery,
         conn_limit=_conn_limit(args.conn_limit),
+        timings=_timings(env),
     )
     db_path = _file(args.db_path, "--db-path", DEFAULT_DB_PATH) or DEFAULT_DB_PATH
     return RouterConfig(

@@ -40,8 +40,10 @@ from router.config import (
     DEFAULT_DB_PATH,
     DEFAULT_LOG_FILE,
     MeshConfig,
+    MeshTimings,
     RouterConfig,
 )
+from router.errors import ConfigError
 from router.mesh.names import PeerName
 
 
@@ -125,12 +127,27 @@ def test_paths_under_a_file_are_refused(tmp_path: Path, capsys: pytest.CaptureFi
     ({"WEAVE_PORT": "65536"}, "WEAVE_PORT: 65536 is not a port (1-65535)"),
     ({"WEAVE_HTTP_ADDR": "localhost"},
      "WEAVE_HTTP_ADDR: localhost has no port (like 127.0.0.1:6784)"),
+    ({"WEAVE_ROUTER_TIMINGS": "udp_heartbeat_timeout=0"},
+     "WEAVE_ROUTER_TIMINGS: udp_heartbeat_timeout=0 is not a positive number"),
+    ({"WEAVE_ROUTER_TIMINGS": "udp_heartbeat_slow=20,udp_heartbeat_timeout=10"},
+     "WEAVE_ROUTER_TIMINGS: udp_heartbeat_slow must be below udp_heartbeat_timeout"),
 ])
 def test_bad_environment_values_name_the_variable(
         env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str],
         tmp_path: Path) -> None:
     code, _, err = run(["launch", "--db-path", str(tmp_path / "db")], capsys, env)
     assert (code, err) == (2, f"weave-router: error: {message}\n")
+
+
+def test_timings_come_from_the_environment() -> None:
+    timings = config(env={"WEAVE_ROUTER_TIMINGS": " udp_heartbeat_slow=2, accept_burst=7 "}
+                     ).mesh.timings
+    assert (timings.udp_heartbeat_slow, timings.accept_burst) == (2.0, 7)
+    assert isinstance(timings.accept_burst, int)
+    assert timings.udp_heartbeat_timeout == MeshTimings().udp_heartbeat_timeout
+    with pytest.raises(ConfigError, match=r"^WEAVE_ROUTER_TIMINGS: 'bogus=1' is not NAME=SECONDS "
+                                          r"with NAME one of handshake_timeout, "):
+        config(env={"WEAVE_ROUTER_TIMINGS": "bogus=1"})
 
 
 @pytest.mark.parametrize("argv", [
