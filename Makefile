@@ -39,8 +39,8 @@ setup: .stamp-apt .stamp-venv build cni
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	@touch $@
 
-# The compiled data plane, rebuilt in place whenever a Cython source changes.
-build: .stamp-venv $(wildcard _fastpath/*.pyx _fastpath/*.pxi _fastpath/*.pxd _fastpath/*.h) setup.py
+# The compiled data plane and CBOR scan, rebuilt in place whenever a Cython source changes.
+build: .stamp-venv $(wildcard _fastpath/*.pyx _fastpath/*.pxi _fastpath/*.pxd _fastpath/*.h _wire/*.pyx) setup.py
 	@if ls _fastpath/*.pyx >/dev/null 2>&1; then \
 	  $(PY) setup.py -q build_ext --inplace >/dev/null; fi
 

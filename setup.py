@@ -1,7 +1,7 @@
-"""Build of the native data plane, ``router._fastpath``.
+"""Build of the native data plane, ``router._fastpath``, and of ``router.wire._cborscan``.
 
 Everything else about the package lives in ``pyproject.toml``. This file only describes
-the Cython extension and its build switches:
+the Cython extensions and their build switches:
 
 * ``WEAVE_FASTPATH_ANNOTATE=1`` writes Cython's HTML annotation next to the sources.
 * ``WEAVE_FASTPATH_DEBUG=1`` builds with ``-O0 -g`` and Cython's bounds checks on.
@@ -52,8 +52,11 @@ def _extensions() -> list[Extension]:
         extra_compile_args=cflags,
         extra_link_args=_pkg_config("--libs"),
     )
+    # the CBOR structure scan (router/wire/cbor.py): plain C, no library
+    scan = Extension("router.wire._cborscan", sources=["_wire/cborscan.pyx"],
+                     extra_compile_args=["-O0", "-g"] if debug else ["-O3"])
     return cythonize(
-        [ext],
+        [ext, scan],
         language_level=3,
         annotate=os.environ.get("WEAVE_FASTPATH_ANNOTATE") == "1",
         compiler_directives={

@@ -23,17 +23,27 @@ values always give equal bytes and golden vectors are stable.
 :func:`decode_untrusted` first scans the item structure itself (cheap: one step per
 item head, bounded by the input size) and only then hands the bytes to cbor2 with
 duplicate keys, indefinite lengths and deep nesting refused again; whatever goes wrong
-surfaces as :class:`~router.errors.DecodeError` and nothing else.
+surfaces as :class:`~router.errors.DecodeError` and nothing else. The scan runs compiled
+(``router.wire._cborscan``, built with the data plane); :func:`_scan` below is its
+definition in Python, used where the extension is not built, and the two are tested
+against each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import cbor2
 
 from router.errors import DecodeError, LocalProtocolError
 from router.wire.constants import MAX_CBOR_DEPTH, MAX_CONTAINER_ITEMS, MAX_FRAME_SIZE
+
+_NativeScan = Callable[[bytes, int, int, bool], "str | None"]
+_native_scan: _NativeScan | None
+try:
+    from router.wire._cborscan import scan as _native_scan
+except ImportError:  # not built (a source checkout before `make build`): the Python scan
+    _native_scan = None
 
 __all__ = ["decode_untrusted", "encode"]
 
@@ -121,7 +131,13 @@ def decode_untrusted(
     """
     if len(data) > max_size:
         raise DecodeError(f"CBOR item of {len(data)} bytes exceeds the limit of {max_size}")
-    _scan(data, max_depth=max_depth, max_items=max_items, allow_int_keys=allow_int_keys)
+    if _native_scan is None:
+        _scan(data, max_depth=max_depth, max_items=max_items, allow_int_keys=allow_int_keys)
+    else:
+        problem = _native_scan(data if isinstance(data, bytes) else bytes(data),
+                               max_depth, max_items, allow_int_keys)
+        if problem is not None:
+            raise DecodeError(problem)
     try:
         return cbor2.loads(
             data,
