@@ -70,7 +70,8 @@ EXIT_CONFIG = 2  # a bad configuration: restarting will not help
 ENV_CONTAINER_CHECK_INTERVAL = "WEAVE_CONTAINER_CHECK_INTERVAL"  # seconds (docs/ipam.md)
 
 
-def settle_name(store: Store, wanted: PeerName | None) -> PeerName:
+def settle_name(store: Store, wanted: PeerName | None, *,
+                rng: random.Random | None = None) -> PeerName:
     """The peer name: ``--name`` if given, else the persisted one, else a new random one.
 
     A random name is persisted at once, so a restart keeps it and two machines cloned
@@ -84,7 +85,7 @@ def settle_name(store: Store, wanted: PeerName | None) -> PeerName:
     elif stored is not None:
         name = PeerName.parse(stored)
     else:
-        name = PeerName.random()
+        name = PeerName.random(rng)
     if stored != str(name):
         store.set_meta("peer_name", str(name))
     return name
@@ -101,7 +102,7 @@ class Router:
         self.store = store
         self.name = name
         self.nickname = config.mesh.nickname or socket.gethostname()
-        self.uid = uid if uid is not None else random_uid()
+        self.uid = uid if uid is not None else random_uid(rng)
         self.ready = False
         self.reset_requested = False
         self._stop = trio.Event()
@@ -114,7 +115,7 @@ class Router:
         self.sleeve = SleeveService(network, config.mesh, name=name, dataplane=self.dataplane)
         self.mesh = MeshService(
             config.mesh, network=network, sleeve=self.sleeve, name=name,
-            nickname=self.nickname, uid=self.uid, short_id=random_short_id(),
+            nickname=self.nickname, uid=self.uid, short_id=random_short_id(rng),
             targets=targets, save_targets=store.save_targets, rng=rng,
         )
         # ``--ipalloc-range ''``: no IPAM at all, as in Weave (no /ip, no ipam status).

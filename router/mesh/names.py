@@ -13,6 +13,7 @@ Names accept Weave's shorthand: one run of zero octets may be written ``::``::
 
 from __future__ import annotations
 
+import random
 import secrets
 
 from router.errors import ConfigError
@@ -48,9 +49,12 @@ class PeerName(int):
         return cls(int.from_bytes(bytes(octets), "big"))
 
     @classmethod
-    def random(cls) -> PeerName:
-        """A fresh random name: unicast (bit 0 of the first octet clear), locally administered."""
-        raw = bytearray(secrets.token_bytes(6))
+    def random(cls, rng: random.Random | None = None) -> PeerName:
+        """A fresh random name: unicast (bit 0 of the first octet clear), locally administered.
+
+        ``rng``: drawn from it instead of the OS's entropy (simulations, so a seed repeats
+        a run)."""
+        raw = bytearray(secrets.token_bytes(6) if rng is None else rng.randbytes(6))
         raw[0] = (raw[0] & 0xFE) | 0x02
         return cls(int.from_bytes(bytes(raw), "big"))
 
@@ -77,14 +81,14 @@ def _parse_octets(text: str) -> list[int] | None:
     return octets
 
 
-def random_uid() -> int:
-    """A fresh 64-bit peer UID (new on every start), never zero."""
-    return secrets.randbits(UID_BITS) or 1
+def random_uid(rng: random.Random | None = None) -> int:
+    """A fresh 64-bit peer UID (new on every start), never zero; ``rng`` as for names."""
+    return (secrets.randbits(UID_BITS) if rng is None else rng.getrandbits(UID_BITS)) or 1
 
 
-def random_short_id() -> int:
+def random_short_id(rng: random.Random | None = None) -> int:
     """A random 12-bit short id; collisions are resolved by the topology."""
-    return secrets.randbits(SHORT_ID_BITS)
+    return secrets.randbits(SHORT_ID_BITS) if rng is None else rng.getrandbits(SHORT_ID_BITS)
 
 
 def describe(name: PeerName, nickname: str) -> str:

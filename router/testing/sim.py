@@ -81,12 +81,16 @@ class Sim:
         return sim_router
 
     async def start(self, ip: str) -> None:
-        """(Re)start the router at ``ip`` with a fresh UID, as a relaunch would."""
+        """(Re)start the router at ``ip`` with a fresh UID, as a relaunch would.
+
+        Its name (the first time), UID and short id are drawn from the simulation's seed,
+        so a run with the same seed builds the same peers."""
         node = self.routers[ip]
         assert node.router is None, f"{ip} is already running"
-        name = settle_name(node.store, node.config.mesh.name)
+        rng = random.Random(self.rng.random())
+        name = settle_name(node.store, node.config.mesh.name, rng=rng)
         node.router = Router(node.config, node.store, network=self.net.host(ip), name=name,
-                             rng=random.Random(self.rng.random()))
+                             rng=rng)
         node.scope = trio.CancelScope()
         await self.nursery.start(self._run, node)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import trio
 from trio.testing import MockClock
 
@@ -85,3 +87,23 @@ async def test_a_silent_peer_times_out_and_is_retried(sim: Sim, autojump_clock: 
     sim.net.heal()
     await sim.wait_until(sim.full_mesh, timeout=400, what="the connection to come back")
     await trio.sleep(0)
+
+
+async def _peers_of_a_run(tmp: Path, seed: int) -> list[tuple[str, int]]:
+    async with trio.open_nursery() as nursery:
+        sim = Sim(nursery, tmp, seed=seed)
+        try:
+            await _start(sim, 4)
+            return [(str(n.router.name), n.router.uid) for n in sim.running()
+                    if n.router is not None]
+        finally:
+            nursery.cancel_scope.cancel()
+            sim.close()
+
+
+async def test_a_seed_repeats_the_peers_names_and_uids(tmp_path: Path,
+                                                       autojump_clock: MockClock) -> None:
+    first = await _peers_of_a_run(tmp_path / "a", seed=7)
+    assert await _peers_of_a_run(tmp_path / "b", seed=7) == first
+    other = await _peers_of_a_run(tmp_path / "c", seed=8)
+    assert {name for name, _ in other}.isdisjoint(name for name, _ in first)
