@@ -45,6 +45,7 @@ Payloads (layout, limits, codec): :mod:`router.mesh.topology_codec`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import random
 from collections.abc import Iterable, Mapping
@@ -148,6 +149,9 @@ class Topology:
         self._generation = 0
         self._applied = self._stale = self._dropped = self._requests = self._removed = 0
         self._refused = 0
+        # the raw form of the record we hold per peer, built once per record (not once per
+        # copy of it received): checked by identity, so no entry is ever hashed for it
+        self._held_raw: dict[PeerName, tuple[PeerEntry, list[Any]]] = {}
 
     @property
     def ourself(self) -> PeerName:
@@ -228,6 +232,7 @@ class Topology:
         removed = {name for name in self._entries if name not in keep}
         for name in removed:
             del self._entries[name]
+            self._held_raw.pop(name, None)
         if removed:
             self._removed += len(removed)
             self._generation += 1
@@ -359,10 +364,16 @@ class Topology:
         if old is None:
             return False
         mine = (old.version, old.uid)
-        if (version, uid) < mine or ((version, uid) == mine and raw == raw_record(old)):
+        if (version, uid) < mine or ((version, uid) == mine and raw == self._raw_of(old)):
             self._stale += 1
             return True
         return False
+
+    def _raw_of(self, entry: PeerEntry) -> list[Any]:
+        held = self._held_raw.get(entry.name)
+        if held is None or held[0] is not entry:
+            held = self._held_raw[entry.name] = (entry, raw_record(entry))
+        return held[1]
 
     def _answer_record_about_us(self, record: PeerEntry) -> bool:
         """A record naming us that is not ours and not older: bump above it. True if bumped."""
@@ -438,14 +449,21 @@ class Topology:
 
 def _discovery_address(conn: ConnectionSummary, port: int) -> str | None:
     """``ip:port`` (``[ip]:port`` for IPv6) to dial for ``conn``; None unless an IP literal."""
-    host, sep, remote_port = conn.remote_addr.rpartition(":")
+    return _dial_address(conn.remote_addr, conn.outbound, port)
+
+
+@functools.lru_cache(maxsize=8192)
+def _dial_address(remote_addr: str, outbound: bool, port: int) -> str | None:
+    """:func:`_discovery_address` of one address (cached: every peer's topology holds the
+    same few addresses, asked for on each change)."""
+    host, sep, remote_port = remote_addr.rpartition(":")
     if not sep:
         return None
     try:
         ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
     except ValueError:
         return None
-    if not conn.outbound:
+    if not outbound:
         remote_port = str(port)
     elif not remote_port.isdigit() or not 0 < int(remote_port) < 65536:
         return None
