@@ -253,6 +253,7 @@ class GossipRouter:
         self._next_round = now + interval
         self._channels: dict[str, GossipChannel] = {}
         self._outboxes: dict[PeerName, _Outbox] = {}
+        self._waiting: set[PeerName] = set()  # neighbours whose outbox is not empty
         self._routes = Routes.empty(ourself)
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._sender: PeerName | None = None
@@ -288,6 +289,7 @@ class GossipRouter:
         self._routes = routes
         for gone in set(self._outboxes) - neighbours:
             self._counts["dropped_neighbour_gone"] += len(self._outboxes.pop(gone))
+            self._waiting.discard(gone)
         for new in sorted(neighbours - set(self._outboxes)):
             self._outboxes[new] = _Outbox()
             for name in sorted(self._channels):
@@ -418,12 +420,14 @@ class GossipRouter:
         for (name, src), data in box.relays.items():
             out.extend(BroadcastOut(name, src, p) for p in data.encode())
         self._outboxes[neighbour] = _Outbox()
+        self._waiting.discard(neighbour)
         self._counts["messages_sent"] += len(out)
         return out
 
     def pending(self) -> frozenset[PeerName]:
-        """Neighbours with output waiting to be pulled."""
-        return frozenset(n for n, box in self._outboxes.items() if box)
+        """Neighbours with output waiting to be pulled (kept as items are queued: this is
+        asked after every message, so it must not walk every neighbour)."""
+        return frozenset(self._waiting)
 
     def statistics(self) -> GossipStatistics:
         """Frozen counters."""
@@ -450,6 +454,7 @@ class GossipRouter:
             return False
         assert box is not None
         box.raw.append(event)
+        self._waiting.add(neighbour)
         return True
 
     def _enqueue_gossip(self, neighbour: PeerName, channel: str, data: GossipData,
@@ -461,6 +466,7 @@ class GossipRouter:
         assert box is not None
         pending = box.gossip.get(key)
         box.gossip[key] = data if pending is None else pending.merge(data)
+        self._waiting.add(neighbour)
         return True
 
     def _enqueue_relay(
@@ -473,6 +479,7 @@ class GossipRouter:
         assert box is not None
         pending = box.relays.get(key)
         box.relays[key] = data if pending is None else pending.merge(data)
+        self._waiting.add(neighbour)
         return True
 
     def _room(self, box: _Outbox | None, *, merging: bool) -> bool:

@@ -7,6 +7,8 @@ import random
 from collections.abc import Callable, Iterable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.errors import BrokenError, DecodeError, LocalProtocolError, RemoteProtocolError
 from router.mesh.gossip import (
@@ -304,6 +306,29 @@ def test_queue_bound_and_neighbour_gone() -> None:
     r1.set_routes(r1.routes, frozenset())
     assert r1.statistics().dropped_neighbour_gone == 2
     assert r1.messages_to_send() == []
+
+
+@given(st.lists(st.tuples(st.sampled_from(["update", "unicast", "pull", "routes", "tick"]),
+                          st.integers(2, 6)), max_size=60))
+def test_pending_is_exactly_the_neighbours_with_output(ops: list[tuple[str, int]]) -> None:
+    router = GossipRouter(_n(1), now=0.0, interval=30.0, max_queue_per_neighbour=3)
+    channel = router.register(CHANNEL, WordGossiper("w"))
+    neighbours: frozenset[PeerName] = frozenset()
+    now = 0.0
+    for op, i in ops:
+        if op == "update":
+            channel.gossip_update(Words({str(i)}))
+        elif op == "unicast":
+            channel.send_unicast(_n(i), b"x")
+        elif op == "pull":
+            router.messages_for(_n(i))
+        elif op == "routes":
+            neighbours = neighbours ^ {_n(i)}
+            router.set_routes(compute_routes(_n(1), {}), neighbours)
+        else:
+            now += 31.0
+            router.handle_timer(now)
+        assert router.pending() == {n for n, box in router._outboxes.items() if box}
 
 
 def test_registration_rules_and_deadline() -> None:
