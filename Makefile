@@ -4,6 +4,7 @@
 #   make bench   data-plane benchmarks, ratios to kernel baselines, then bench-ipam (bench/results/)
 #   make bench-ipam  IPAM allocations/s through the HTTP API and 3-peer consensus time
 #   make bench-api   /status latency of the control API while 200 slow clients hold connections
+#   make bench-scale  the mesh control plane at N = 100, 300, 1000 peers in the simulation
 #   make lint    ruff + mypy --strict on router/ and cli/
 
 SHELL := /bin/bash
@@ -17,8 +18,10 @@ BENCH_ARGS ?=
 # bench-ipam's own flags; `make bench BENCH_ARGS=--quick` makes it quick too
 BENCH_IPAM_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 BENCH_API_ARGS ?= $(filter --quick,$(BENCH_ARGS))
+# e.g. BENCH_SCALE_ARGS="--sizes 50,100" (bench/scale.py)
+BENCH_SCALE_ARGS ?=
 
-.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api clean
+.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api bench-scale clean
 
 setup: .stamp-apt .stamp-venv build cni
 
@@ -83,6 +86,9 @@ bench-ipam: setup
 
 bench-api: setup
 	$(PY) -m bench.api_soak $(BENCH_API_ARGS)
+
+bench-scale: setup
+	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) build .stamp-* router/*.so _fastpath/*.c _fastpath/*.html

@@ -60,6 +60,7 @@ class FakeStream:
             raise trio.BrokenResourceError("connection reset by peer")
         pipe.chunks.append(bytes(data))
         pipe.size += len(data)
+        pipe.net.tcp_bytes += len(data)
         pipe.lot.unpark_all()
         await trio.lowlevel.checkpoint()
 
@@ -212,6 +213,8 @@ class FakeNetwork:
         self._isolated: set[str] = set()
         self.pipes: weakref.WeakSet[_Pipe] = weakref.WeakSet()
         self.udp_dropped = 0
+        self.tcp_bytes = 0  # written to every fake TCP connection (the control plane)
+        self.udp_bytes = 0  # datagrams delivered (sleeve heartbeats in a simulation)
 
     def host(self, ip: str) -> FakeHost:
         if ip not in self.hosts:
@@ -248,6 +251,7 @@ class FakeNetwork:
         if sock is None:
             self.udp_dropped += 1
             return
+        self.udp_bytes += len(data)
         sock.deliver(data, src)
 
     def _wake_all(self) -> None:
