@@ -5,20 +5,21 @@
 #   make bench-ipam  IPAM allocations/s through the HTTP API and 3-peer consensus time
 #   make bench-api   /status latency of the control API while 200 slow clients hold connections
 #   make lint    ruff + mypy --strict on router/ and cli/
+#   make image   the container image (Containerfile) from a debootstrap'd Debian base
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libsodium-dev libssl-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping \
-  golang-go containernetworking-plugins
+  golang-go containernetworking-plugins podman runc debootstrap
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # bench-ipam's own flags; `make bench BENCH_ARGS=--quick` makes it quick too
 BENCH_IPAM_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 BENCH_API_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 
-.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api clean
+.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api image clean
 
 setup: .stamp-apt .stamp-venv build cni
 
@@ -54,6 +55,17 @@ build/cni/weave-net: .stamp-apt $(wildcard cni/*.go) cni/go.mod
 	$(CNI_GO) vet .
 	$(CNI_GO) build -trimpath -ldflags=-s -o $(CURDIR)/build/cni/weave-net .
 	ln -sf weave-net build/cni/weave-ipam
+
+# The container image (docs/install.md): base rootfs by debootstrap (once), imported into
+# podman, the Python wheels downloaded here (pip runs offline in the build), then the build.
+IMAGE ?= localhost/weave-router:latest
+IMAGE_BASE := localhost/weave-router-base:bookworm
+PODMAN := CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/image/containers.conf} podman
+image: .stamp-apt .stamp-venv
+	@test -f build/images/base.tar || { mkdir -p build/images && image/base.sh build/images/base.tar; }
+	@$(PODMAN) image exists $(IMAGE_BASE) || $(PODMAN) import build/images/base.tar $(IMAGE_BASE)
+	$(PY) image/wheelhouse.py build/wheelhouse
+	$(PODMAN) build --network host --pull=never --build-arg BASE=$(IMAGE_BASE) -t $(IMAGE) .
 
 demo: setup
 	$(PY) -m tests.demo
