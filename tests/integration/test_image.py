@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from router.testing.netns import BareContainer, Host, Mesh, wait_until
 from tests.integration.image_helpers import IMAGE_BUILD_TIMEOUT, Podman, ensure_image
 
 pytestmark = pytest.mark.integration
+MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "weave-router.yaml"
 MakeMesh = Callable[..., Mesh]
 PASSWORD = "image-test-password"
 RANGE = "10.44.0.0/16"
@@ -131,6 +133,19 @@ def pair(podman: Podman, image: str,
             podman.run("rm", "-f", "-t", "5", router.name, check=False, timeout=60)
 
 
+def _kubelet_probe(host: Host) -> None:
+    """The DaemonSet's readiness probe, as a kubelet on the node sends it: 200."""
+    (daemonset,) = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+    (weave,) = daemonset["spec"]["template"]["spec"]["containers"]
+    get = weave["readinessProbe"]["httpGet"]
+    script = ("import http.client, sys; c = http.client.HTTPConnection(sys.argv[1], "
+              "int(sys.argv[2]), timeout=5); c.request('GET', sys.argv[3], headers="
+              "{'User-Agent': 'kube-probe/1.30', 'Accept': '*/*'}); print(c.getresponse().status)")
+    out = host.run(["python3", "-c", script, get["host"], str(get["port"]), get["path"]],
+                   timeout=15).stdout
+    assert out.strip() == "200", out
+
+
 @pytest.mark.timeout(IMAGE_BUILD_TIMEOUT + 300)  # the first run builds the image
 def test_two_router_containers_connect_hosts_and_keep_their_identity(
         pair: tuple[Mesh, RouterContainer, RouterContainer]) -> None:
@@ -140,6 +155,7 @@ def test_two_router_containers_connect_hosts_and_keep_their_identity(
     for router in (r1, r2):
         lines = router.wait_established(1)
         assert "encrypted" in lines and "sleeve" in lines, lines
+    _kubelet_probe(r1.host)
     c1, c2 = mesh.add_bare_container(r1.host), mesh.add_bare_container(r2.host)
     addr1, addr2 = r1.attach(c1), r2.attach(c2)
     assert c2.addresses("ethwe") == [f"{addr2}/16"]
