@@ -25,7 +25,8 @@ import yaml
 from router.testing.netns import BareContainer, Host, Mesh, wait_until
 from tests.integration.image_helpers import IMAGE_BUILD_TIMEOUT, Podman, ensure_image
 
-pytestmark = pytest.mark.integration
+# The test that first needs the image builds it (when the cache misses): give it the time.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(IMAGE_BUILD_TIMEOUT + 300)]
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "weave-router.yaml"
 MakeMesh = Callable[..., Mesh]
 PASSWORD = "image-test-password"
@@ -146,7 +147,6 @@ def _kubelet_probe(host: Host) -> None:
     assert out.strip() == "200", out
 
 
-@pytest.mark.timeout(IMAGE_BUILD_TIMEOUT + 300)  # the first run builds the image
 def test_two_router_containers_connect_hosts_and_keep_their_identity(
         pair: tuple[Mesh, RouterContainer, RouterContainer]) -> None:
     mesh, r1, r2 = pair
