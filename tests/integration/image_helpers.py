@@ -81,6 +81,9 @@ def cached(kind: str, key: str, make: Callable[[Path], None]) -> tuple[Path, boo
     with locked(base / ".lock"):
         if entry.is_dir():
             return entry, False
+        for stale in base.glob(".*-*"):  # an interrupted build's (we hold the lock)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
         try:
             make(work)
