@@ -6,13 +6,14 @@
 #   make bench-api   /status latency of the control API while 200 slow clients hold connections
 #   make bench-scale  the mesh control plane at N = 100, 300, 1000 peers in the simulation
 #   make lint    ruff + mypy --strict on router/ and cli/
+#   make image   the container image (Containerfile) from a debootstrap'd Debian base
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libsodium-dev libssl-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping \
-  golang-go containernetworking-plugins
+  golang-go containernetworking-plugins podman runc debootstrap
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # bench-ipam's own flags; `make bench BENCH_ARGS=--quick` makes it quick too
@@ -21,7 +22,7 @@ BENCH_API_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 # e.g. BENCH_SCALE_ARGS="--sizes 50,100" (bench/scale.py)
 BENCH_SCALE_ARGS ?=
 
-.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api bench-scale clean
+.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api bench-scale image clean
 
 setup: .stamp-apt .stamp-venv build cni
 
@@ -58,6 +59,17 @@ build/cni/weave-net: .stamp-apt $(wildcard cni/*.go) cni/go.mod
 	$(CNI_GO) build -trimpath -ldflags=-s -o $(CURDIR)/build/cni/weave-net .
 	ln -sf weave-net build/cni/weave-ipam
 
+# The container image (docs/install.md): base rootfs by debootstrap (once), imported into
+# podman, the Python wheels downloaded here (pip runs offline in the build), then the build.
+IMAGE ?= localhost/weave-router:latest
+IMAGE_BASE := localhost/weave-router-base:bookworm
+PODMAN := CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/image/containers.conf} podman
+image: .stamp-apt .stamp-venv
+	@test -f build/images/base.tar || { mkdir -p build/images && image/base.sh build/images/base.tar; }
+	@$(PODMAN) image exists $(IMAGE_BASE) || $(PODMAN) import build/images/base.tar $(IMAGE_BASE)
+	$(PY) image/wheelhouse.py build/wheelhouse
+	$(PODMAN) build --network host --pull=never --build-arg BASE=$(IMAGE_BASE) -t $(IMAGE) .
+
 demo: setup
 	$(PY) -m tests.demo
 
@@ -91,4 +103,4 @@ bench-scale: setup
 	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
 clean:
-	rm -rf $(VENV) build .stamp-* router/*.so _fastpath/*.c _fastpath/*.html
+	rm -rf $(VENV) build .stamp-* router/*.so router/wire/*.so _fastpath/*.c _fastpath/*.html _wire/*.c

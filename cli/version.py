@@ -9,11 +9,16 @@
     dataplane reference (pure Python), ciphers aes256gcm secretbox
     libsodium 1.0.18 (/lib/x86_64-linux-gnu/libsodium.so.23)
     OpenSSL 3.0.19 27 Jan 2026 (/lib/x86_64-linux-gnu/libcrypto.so.3)
+    extension /usr/local/lib/python3.11/site-packages/router/_fastpath.cpython-311-....so
+    encryption offers aes256gcm secretbox (this CPU has AES and PCLMULQDQ)
 
 The library lines name the libsodium and libcrypto the compiled data plane was linked
 against: found in this process's memory map once the extension is loaded, and asked for
 their version (``sodium_version_string``, ``OpenSSL_version``). Without the extension,
-its line says why and the library lines are left out.
+its line says why and the library and extension lines are left out. The extension line
+is the file that was loaded (which install this is: a checkout, a wheel, an image); the
+last line is what a router with a password offers its peers on this machine (AES-256-GCM
+only with AES in hardware, ``router/crypto/ciphers.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 import trio
 
 from router import __version__
+from router.crypto.ciphers import hardware_aes, offered
 from router.dataplane.backend import load_backend
 from router.errors import ConfigError
 
@@ -74,6 +80,7 @@ def version_lines() -> list[str]:
     """Every line of ``weave-router version``."""
     lines = [f"{PROG} {__version__}", f"python {platform.python_version()}",
              f"trio {trio.__version__}"]
+    extension: list[str] = []
     try:
         native = load_backend("native")
     except ConfigError as exc:
@@ -81,6 +88,10 @@ def version_lines() -> list[str]:
     else:
         lines.append("dataplane native (compiled router._fastpath), ciphers "
                      + " ".join(native.CIPHERS))
+        extension.append(f"extension {getattr(native, '__file__', '?')}")
     reference = load_backend("reference")
     lines.append("dataplane reference (pure Python), ciphers " + " ".join(reference.CIPHERS))
-    return lines + library_lines(_mapped_libraries())
+    cpu = ("this CPU has AES and PCLMULQDQ" if hardware_aes()
+           else "no AES in this CPU's hardware: AES-256-GCM not offered")
+    return [*lines, *library_lines(_mapped_libraries()), *extension,
+            f"encryption offers {' '.join(offered())} ({cpu})"]

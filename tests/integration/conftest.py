@@ -1,7 +1,8 @@
 """Fixtures of the integration tests: hosts in network namespaces running real routers.
 
-* ``make_mesh(n_hosts, mtu=None)`` builds a fresh :class:`~router.testing.netns.Mesh` for
-  one test (torn down after it, even when it fails);
+* ``make_mesh(n_hosts, mtu=None, router_bin=None)`` builds a fresh
+  :class:`~router.testing.netns.Mesh` (of the ``weave-router`` at ``router_bin``, default
+  this venv's) for one test (torn down after it, even when it fails);
 * ``running_mesh`` is one shared 4-host mesh for tests that only look: routers on
   host1..host3 (host2 and host3 launched with host1's address) in a full mesh, host4 without
   a router (a bystander for bad launches and misbehaving clients).
@@ -12,6 +13,7 @@ When a test fails, the router log of every host it used is attached to its repor
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +27,9 @@ class MeshFactory:
     def __init__(self) -> None:
         self.meshes: list[Mesh] = []
 
-    def __call__(self, n_hosts: int = 3, mtu: int | None = None) -> Mesh:
-        mesh = Mesh.build(n_hosts=n_hosts, mtu=mtu)
+    def __call__(self, n_hosts: int = 3, mtu: int | None = None, *,
+                 router_bin: Path | None = None) -> Mesh:
+        mesh = Mesh.build(n_hosts=n_hosts, mtu=mtu, router_bin=router_bin)
         self.meshes.append(mesh)
         return mesh
 

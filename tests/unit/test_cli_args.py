@@ -43,6 +43,8 @@ from router.config import (
     MeshTimings,
     RouterConfig,
 )
+from router.crypto.ciphers import hardware_aes
+from router.dataplane.backend import load_backend
 from router.errors import ConfigError
 from router.mesh.names import PeerName
 
@@ -186,6 +188,11 @@ def test_version_prints_the_version_of_each_part(capsys: pytest.CaptureFixture[s
     assert lines[4] == "dataplane reference (pure Python), ciphers aes256gcm secretbox"
     assert re.fullmatch(r"libsodium \d+\.\d+\.\d+ \(/\S+libsodium\S+\)", lines[5]), lines
     assert re.fullmatch(r"OpenSSL \d+\.\d+\.\d+.* \(/\S+libcrypto\S+\)", lines[6]), lines
+    assert lines[7] == f"extension {getattr(load_backend('native'), '__file__', None)}"
+    assert lines[8] == ("encryption offers aes256gcm secretbox (this CPU has AES and PCLMULQDQ)"
+                        if hardware_aes() else "encryption offers secretbox (no AES in this "
+                        "CPU's hardware: AES-256-GCM not offered)")
+    assert len(lines) == 9
 
 
 @pytest.mark.parametrize("argv", [
