@@ -13,6 +13,7 @@ type addRequest struct {
 	Result      *result   `json:"result,omitempty"`
 	Hairpin     bool      `json:"hairpin"`
 	Timeout     float64   `json:"timeout,omitempty"`
+	Args        string    `json:"args,omitempty"` // CNI_ARGS, recorded (K8S_POD_NAME...)
 }
 
 type keyRequest struct {
@@ -62,7 +63,7 @@ func netAdd(e env, c *netConf) (interface{}, *cniError) {
 		return nil, err
 	}
 	req := addRequest{ContainerID: e.ContainerID, Ifname: e.Ifname, Netns: e.Netns,
-		Hairpin: c.HairpinMode, Timeout: c.Timeout}
+		Hairpin: c.HairpinMode, Timeout: c.Timeout, Args: e.Args}
 	var ipamDNS *dns
 	if c.weaveIPAM() {
 		req.IPAM = &c.ipam

@@ -23,6 +23,7 @@ from router.kernel.port import AddRoute, NetnsState, Op, Route, Scope
 HOST_VETH_PREFIX = "vethwecn"
 DEFAULT_TIMEOUT = 10.0  # seconds an ADD waits for IPAM before "try again later"
 MAX_TIMEOUT = 300.0
+MAX_ARGS_LENGTH = 4096  # CNI_ARGS kept in the record
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
 
 # The spec's well-known error codes (CNI spec, "Error" section).
@@ -88,6 +89,7 @@ class AddRequest:
     hairpin: bool = False
     multicast_route: bool = True
     timeout: float = DEFAULT_TIMEOUT
+    args: tuple[tuple[str, str], ...] = ()  # CNI_ARGS (K8S_POD_NAME=...), as given
 
     @property
     def key(self) -> str:
@@ -104,10 +106,12 @@ class Record:
     weave_ipam: bool
     cidrs: list[str] = field(default_factory=list)
     inode: int | None = None  # of the namespace at ADD: a path reused later is another one
+    args: dict[str, str] = field(default_factory=dict)  # CNI_ARGS at ADD (K8S_POD_NAME...)
 
     def to_json(self) -> dict[str, object]:
         return {"containerId": self.container_id, "ifname": self.ifname, "netns": self.netns,
-                "weaveIpam": self.weave_ipam, "cidrs": self.cidrs, "inode": self.inode}
+                "weaveIpam": self.weave_ipam, "cidrs": self.cidrs, "inode": self.inode,
+                "args": self.args}
 
     @classmethod
     def from_json(cls, raw: object) -> Record | None:
@@ -119,8 +123,10 @@ class Record:
                 and isinstance(cidrs, list)):
             return None
         inode = raw.get("inode")
+        args = raw.get("args")
         return cls(cid, ifname, netns, bool(raw.get("weaveIpam", True)),
-                   [str(c) for c in cidrs], inode if isinstance(inode, int) else None)
+                   [str(c) for c in cidrs], inode if isinstance(inode, int) else None,
+                   {str(k): str(v) for k, v in args.items()} if isinstance(args, dict) else {})
 
 
 def attachment_key(container_id: str, ifname: str) -> str:
@@ -199,7 +205,7 @@ def parse_add(data: dict[str, object]) -> AddRequest:
     common = {"container_id": cid, "ifname": ifname, "netns": netns,
               "hairpin": bool(data.get("hairpin", False)),
               "multicast_route": bool(data.get("multicastRoute", True)),
-              "timeout": float(timeout)}
+              "timeout": float(timeout), "args": parse_cni_args(data.get("args"))}
     if result is not None:  # a delegated IPAM plugin's result
         if not isinstance(result, dict):
             raise CniError(INVALID_CONFIG, "the IPAM result is not a JSON object")
@@ -215,6 +221,17 @@ def parse_add(data: dict[str, object]) -> AddRequest:
     return AddRequest(weave_ipam=True, subnet=subnet, gateway=gateway,
                       routes=tuple(_route_spec(x) for x in _list(cfg, "routes")),
                       **common)  # type: ignore[arg-type]
+
+
+def parse_cni_args(raw: object) -> tuple[tuple[str, str], ...]:
+    """``CNI_ARGS`` (``K1=V1;K2=V2``, as libcni joins them) as pairs; pieces without ``=``
+    are dropped (the spec leaves their meaning to the plugin, and we use none)."""
+    if not isinstance(raw, str) or not raw:
+        return ()
+    if len(raw) > MAX_ARGS_LENGTH:
+        raise CniError(INVALID_ENV, f"CNI_ARGS is longer than {MAX_ARGS_LENGTH} characters")
+    pairs = (piece.partition("=") for piece in raw.split(";"))
+    return tuple((k, v) for k, eq, v in pairs if eq and k)
 
 
 def _list(data: dict[str, object], name: str) -> list[object]:

@@ -109,7 +109,8 @@ class CniService:
                 self._free(request.container_id)
             raise
         self._remember(Record(request.container_id, request.ifname, path, request.weave_ipam,
-                              [str(ip.address) for ip in ips], _inode(path)))
+                              [str(ip.address) for ip in ips], _inode(path),
+                              dict(request.args)))
         log.info("CNI ADD %s %s: %s", request.container_id, request.ifname,
                  " ".join(str(ip.address) for ip in ips))
         return result
