@@ -4,7 +4,7 @@
 POST    /cni/add             JSON ``{containerId, ifname, netns, ipam | result, hairpin,
                              multicastRoute, timeout, args}`` -> the CNI 1.0 result
 POST    /cni/del             ``{containerId, ifname, netns}`` (netns may be empty)
-POST    /cni/check           ``{containerId, ifname, netns}``
+POST    /cni/check           ``{containerId, ifname, netns, prevResult, prevIps}``
 POST    /cni/status          ``{ipam: bool}``: 200 when the plugin can add containers
 POST    /cni/gc              ``{valid: [{containerId, ifname}]}`` -> ``{released: [...]}``
 POST    /cni/ipam/add        the ``weave-ipam`` mode: allocate only -> ``{ips, routes}``
@@ -120,7 +120,13 @@ async def _del(service: CniService, control: RouterControl,
 async def _check(service: CniService, control: RouterControl,
                  data: dict[str, object]) -> dict[str, object]:
     cid, ifname = container_key(data)
-    await service.check(cid, ifname, str(data.get("netns") or ""))
+    prev = None
+    if data.get("prevResult"):
+        raw = data.get("prevIps") or []
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise CniError(INVALID_CONFIG, "prevResult's ips are not a list of addresses")
+        prev = [str(x) for x in raw]
+    await service.check(cid, ifname, str(data.get("netns") or ""), prev)
     return {}
 
 
