@@ -17,6 +17,8 @@ import errno
 import ipaddress
 import logging
 import math
+import os
+import time
 from collections.abc import Callable, Collection, Sequence
 
 import trio
@@ -47,7 +49,13 @@ from router.containers.service import live_netns_inodes
 from router.errors import ClosedError, ConfigError, KernelError
 from router.ipam import NotFoundError
 from router.ipam.service import IpamService
-from router.kernel.plumbing import BRIDGE_NAME, MULTICAST_NET, attach_plan, detach_plan
+from router.kernel.plumbing import (
+    BRIDGE_NAME,
+    MULTICAST_NET,
+    attach_plan,
+    detach_plan,
+    multicast_route_via,
+)
 from router.kernel.port import (
     DeleteLink,
     KernelPort,
@@ -64,6 +72,7 @@ log = logging.getLogger("weave-router.cni")
 
 REGISTRY_KEY = "cni_attachments"
 SYSFS_NET = "/sys/class/net"
+HOST_VIEW_TTL = 1.0  # seconds a host snapshot serves ADDs (a bridge change shows after it)
 
 
 class CniService:
@@ -78,6 +87,7 @@ class CniService:
         self._kernel = kernel
         self._liveness = liveness if liveness is not None else live_netns_inodes
         self._touched: set[str] = set()  # keys ADDed or DELeted since a check began
+        self._host_cache: tuple[float, NetnsState] | None = None  # see _host_view
         self._store = store
         self._ipam = ipam
         self._bridge = bridge
@@ -273,27 +283,50 @@ class CniService:
 
     async def _plumb(self, request: AddRequest, path: str,
                      ips: list[IpSpec]) -> dict[str, object]:
+        """One snapshot of each namespace, one plan (veth, addresses, multicast route,
+        routes), then hairpin mode and the host end's MAC through sysfs: the kernel port
+        does one request at a time, and a snapshot of a host with many pods costs more
+        than the plumbing itself."""
         veth = host_veth(request.container_id, request.ifname)
-        host = await self._snapshot(None)
+        host = await self._host_view(veth)
         target = await self._snapshot(path)
         # one multicast route per namespace: a second interface leaves the first's
         multicast = request.multicast_route and not any(
             r.dst == MULTICAST_NET and r.ifname != request.ifname for r in target.routes)
+        existing = target.link(request.ifname)
+        mac = existing.mac if existing is not None else random_mac()
         plan = attach_plan(host, target, host_veth=veth, cidrs=[ip.address for ip in ips],
                            bridge=self._bridge, ifname=request.ifname,
-                           multicast_route=multicast)
-        await self._execute(plan.ops, plan.rollback)
+                           multicast_route=multicast,
+                           mac=None if existing is not None else mac)
         bridge_ip = bridge_gateway(host, self._bridge, ips[0].address)
         routes = routes_for(request, ips, bridge_ip)
-        target = await self._snapshot(path)
-        ops = route_ops(routes, ips, request.ifname, path, target.routes)
-        await self._execute(tuple(ops), ())
-        await trio.to_thread.run_sync(self._set_hairpin, veth, request.hairpin)
-        host = await self._snapshot(None)
-        host_link, link = host.link(veth), target.link(request.ifname)
+        # the routes there once the plan ran: the snapshot's (connected routes are the
+        # kernel's, never listed) and the multicast route
+        after = target.routes + ((multicast_route_via(request.ifname),) if multicast else ())
+        ops = route_ops(routes, ips, request.ifname, path, after)
+        try:
+            await self._execute((*plan.ops, *ops), plan.rollback)
+        except CniError:
+            self._host_cache = None  # perhaps it misled us: look afresh next time
+            raise
+        host_mac = await trio.to_thread.run_sync(self._set_hairpin, veth, request.hairpin)
         return add_result(dataclasses.replace(request, multicast_route=multicast),
-                          host_mac=host_link.mac if host_link else "",
-                          container_mac=link.mac if link else "", ips=ips, routes=routes)
+                          host_mac=host_mac, container_mac=mac, ips=ips, routes=routes)
+
+    async def _host_view(self, veth: str) -> NetnsState:
+        """The host namespace as ADD needs it (the bridge, its MTU and addresses, whether
+        ``veth`` is left over): a snapshot at most HOST_VIEW_TTL old whose knowledge of
+        ``veth`` sysfs confirms, else a fresh one. A snapshot of a host with many pods
+        takes longer than plumbing one (the kernel port does one request at a time)."""
+        now = time.monotonic()
+        if self._host_cache is not None and now - self._host_cache[0] < HOST_VIEW_TTL:
+            host = self._host_cache[1]
+            if os.path.exists(f"{self._sysfs}/{veth}") == (host.link(veth) is not None):
+                return host
+        host = await self._snapshot(None)
+        self._host_cache = (now, host)
+        return host
 
     async def _unplumb(self, path: str, ifname: str) -> bool:
         """Delete ``ifname`` in the namespace at ``path``; False if no namespace is there
@@ -335,14 +368,20 @@ class CniService:
         except KernelError as exc:
             raise CniError(IO_FAILURE, f"plumbing the container failed: {exc}") from None
 
-    def _set_hairpin(self, veth: str, on: bool) -> None:
-        """Hairpin mode on the bridge port (a container reaches itself via a service IP)."""
+    def _set_hairpin(self, veth: str, on: bool) -> str:
+        """Hairpin mode on the bridge port (a container reaches itself via a service IP);
+        the port's MAC address (empty if unreadable)."""
         path = f"{self._sysfs}/{veth}/brport/hairpin_mode"
         try:
             with open(path, "w", encoding="ascii") as f:
                 f.write("1" if on else "0")
         except OSError as exc:
             raise CniError(IO_FAILURE, f"cannot set hairpin mode on {veth}: {exc}") from None
+        try:
+            with open(f"{self._sysfs}/{veth}/address", encoding="ascii") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
 
     def _weave_ipam(self) -> IpamService:
         if self._ipam is None:
@@ -381,6 +420,13 @@ def _inode(path: str) -> int | None:
         return netns_inode(path)
     except ConfigError:
         return None
+
+
+def random_mac() -> str:
+    """A random, locally administered unicast MAC for a container's interface."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
 
 
 def _netns_path(netns: str) -> str:
