@@ -260,3 +260,42 @@ def test_ctr_run_cni_with_a_containerd_of_its_own(
         assert proc.returncode in (0, 137), out
     assert attachments(h1) == []
     assert ipam_holds(h1, cid) == ""
+
+
+# --- as a new user tries it ----------------------------------------------------------------
+
+
+def test_podman_with_the_router_stopped_a_wrong_conflist_and_rm_while_down(
+        make_mesh: MakeMesh, tmp_path: Path, cni_dirs: tuple[Path, Path],
+        image: Path) -> None:
+    """The router stopped: podman says so and nothing is left; a wrong conflist: podman
+    shows the plugin's message; a container removed while the router is down (podman's
+    DEL fails) gets its address back when the router returns."""
+    mesh = make_mesh(1)
+    [h1] = mesh.hosts
+    bin_dir, conf_dir = cni_dirs
+    with podman_on(h1, tmp_path, cni_dirs, image) as podman:
+        run = podman.run("run", "-d", "--name", "c", "--network", "weave", IMAGE,
+                         "sleep", "600", check=False, timeout=90)
+        assert run.returncode != 0
+        assert "weave-router is not running" in run.stderr, run.stderr
+        assert podman.run("ps", "-q").stdout.strip() == ""
+        h1.launch()
+        h1.wait_ready()
+        wrong = json.loads((conf_dir / "10-weave.conflist").read_text())
+        wrong["name"] = "wrong"
+        wrong["plugins"][0]["ipam"] = {"subnet": "10.32.0.0/33"}
+        (conf_dir / "20-wrong.conflist").write_text(json.dumps(wrong))
+        run = podman.run("run", "--rm", "--network", "wrong", IMAGE, "true", check=False,
+                         timeout=90)
+        assert run.returncode != 0 and "ipam.subnet" in run.stderr, run.stderr
+        podman.run("rm", "--force", "--all", "--time", "0")  # what the failed run left
+        podman.run("run", "-d", "--name", "c", "--network", "weave", IMAGE, "sleep", "600",
+                   timeout=90)
+        cid, cidr = check_plumbed(podman, "c", h1)
+        h1.stop_router()
+        podman.run("rm", "--force", "--time", "0", "c")  # its DEL fails: router down
+        h1.launch()
+        h1.wait_ready()
+        assert ipam_holds(h1, cid) == ""  # released before the router answered
+        assert attachments(h1) == []
