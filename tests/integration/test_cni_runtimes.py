@@ -273,7 +273,7 @@ def test_podman_with_the_router_stopped_a_wrong_conflist_and_rm_while_down(
     DEL fails) gets its address back when the router returns."""
     mesh = make_mesh(1)
     [h1] = mesh.hosts
-    bin_dir, conf_dir = cni_dirs
+    _, conf_dir = cni_dirs
     with podman_on(h1, tmp_path, cni_dirs, image) as podman:
         run = podman.run("run", "-d", "--name", "c", "--network", "weave", IMAGE,
                          "sleep", "600", check=False, timeout=90)
