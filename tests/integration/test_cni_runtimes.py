@@ -292,7 +292,7 @@ def test_podman_with_the_router_stopped_a_wrong_conflist_and_rm_while_down(
         podman.run("rm", "--force", "--all", "--time", "0")  # what the failed run left
         podman.run("run", "-d", "--name", "c", "--network", "weave", IMAGE, "sleep", "600",
                    timeout=90)
-        cid, cidr = check_plumbed(podman, "c", h1)
+        cid, _ = check_plumbed(podman, "c", h1)
         h1.stop_router()
         podman.run("rm", "--force", "--time", "0", "c")  # its DEL fails: router down
         h1.launch()
