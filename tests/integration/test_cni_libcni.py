@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ import pytest
 from router.testing.netns import BareContainer, Host, Mesh
 
 pytestmark = pytest.mark.integration
-MakeMesh = Callable[..., Mesh]
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = ROOT / "build" / "cni"
@@ -51,13 +50,21 @@ def built() -> None:
                    check=True, timeout=300, capture_output=True)
 
 
+@pytest.fixture(scope="module")
+def shared_mesh() -> Iterator[Mesh]:
+    with Mesh.build(n_hosts=1) as mesh:
+        mesh.hosts[0].launch()
+        mesh.hosts[0].wait_ready()
+        yield mesh
+
+
 @pytest.fixture
-def host1(make_mesh: MakeMesh) -> Iterator[Host]:
-    mesh = make_mesh(1)
-    [h1] = mesh.hosts
-    h1.launch()
-    h1.wait_ready()
+def host1(shared_mesh: Mesh) -> Iterator[Host]:
+    """One host shared by the module's tests (each DELs what it ADDed: checked)."""
+    [h1] = shared_mesh.hosts
     yield h1
+    out = h1.run(["curl", "-sf", "http://127.0.0.1:6784/cni/attachments"]).stdout
+    assert json.loads(out) == [], "a test left CNI attachments"
 
 
 class Driver:

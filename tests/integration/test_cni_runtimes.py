@@ -66,13 +66,22 @@ def cni_dirs(tmp_path: Path) -> tuple[Path, Path]:
     return bin_dir, conf_dir
 
 
+@pytest.fixture(scope="module")
+def shared_mesh() -> Iterator[Mesh]:
+    """Two hosts with routers, shared by the tests that leave no container behind (each
+    has podmen of its own and checks its host holds no attachment when it is done)."""
+    with Mesh.build(n_hosts=2) as mesh:
+        mesh.launch_star()
+        mesh.wait_full_mesh()
+        yield mesh
+
+
 @pytest.fixture
-def two_hosts(make_mesh: MakeMesh) -> tuple[Host, Host]:
-    mesh = make_mesh(2)
-    mesh.launch_star()
-    mesh.wait_full_mesh()
-    h1, h2 = mesh.hosts
-    return h1, h2
+def two_hosts(shared_mesh: Mesh) -> Iterator[tuple[Host, Host]]:
+    h1, h2 = shared_mesh.hosts
+    yield h1, h2
+    for host in (h1, h2):  # what a test left would mislead the next
+        assert attachments(host) == [], f"{host.nickname} kept CNI attachments"
 
 
 def podman_on(host: Host, tmp_path: Path, cni_dirs: tuple[Path, Path],
