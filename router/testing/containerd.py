@@ -11,7 +11,8 @@ machine's own stay untouched)::
     with Containerd(host) as ctd:
         ctd.ctr("run", "--rm", "--cni", "--rootfs", rootfs, "c1", "sh", cni_conf_dir=...)
 
-:meth:`Containerd.close` kills what is left of its tasks, stops containerd (SIGTERM,
+containerd 1.6 still puts its shims' sockets in ``/run/containerd/s`` (a fixed path);
+they go when the shims exit. :meth:`Containerd.close` kills what is left of its tasks, stops containerd (SIGTERM,
 then SIGKILL) and removes its directory.
 """
 
@@ -48,6 +49,8 @@ class Containerd:
             'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
             "[grpc]\n"
             f'  address = "{self.address}"\n'
+            '[plugins."io.containerd.internal.v1.opt"]\n'
+            f'  path = "{self.dir / "opt"}"\n'
         )
         self._log = open(self.dir / "containerd.log", "w")  # noqa: SIM115 (closed in close)
         self.proc = subprocess.Popen(self._in_netns(["containerd", "--config", str(self.config)]),
@@ -92,6 +95,11 @@ class Containerd:
         script = " && ".join([*mounts, 'exec "$@"'])
         return self._in_netns(["unshare", "--mount", "--propagation", "private",
                                "sh", "-c", script, "ctr", *ctr])
+
+    def io_args(self) -> list[str]:
+        """Flags for ``ctr run`` (``--fifo-dir`` also for ``ctr tasks exec``) keeping its
+        FIFOs and runc's state in this containerd's directory, not /run/containerd."""
+        return ["--fifo-dir", str(self.dir / "fifo"), "--runc-root", str(self.dir / "runc")]
 
     def run(self, *args: str, check: bool = True,
             timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -239,7 +239,8 @@ def test_ctr_run_cni_with_a_containerd_of_its_own(
     with Containerd(h1) as ctd:
         # in the foreground, as a user runs it: ctr does ADD after creating the task
         # (CNI_NETNS=/proc/PID/ns/net) and DEL with an empty CNI_NETNS once it exits
-        argv = ctd.ctr("run", "--rm", "--cni", "--rootfs", str(rootfs), "wr-ctr",
+        argv = ctd.ctr("run", *ctd.io_args(), "--rm", "--cni", "--rootfs", str(rootfs),
+                       "wr-ctr",
                        "/bin/sh", "-c", "sleep 1000", cni_conf_dir=conf_dir,
                        cni_bin_dir=bin_dir)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -256,7 +257,8 @@ def test_ctr_run_cni_with_a_containerd_of_its_own(
             assert cid == "default-wr-ctr"  # ctr's namespace-id
             assert re.fullmatch(r"/proc/\d+/ns/net", str(record["netns"])), record
             assert ipam_holds(h1, cid) == cidr
-            exec_ = ctd.run("tasks", "exec", "--exec-id", "probe", "wr-ctr", "/bin/sh",
+            exec_ = ctd.run("tasks", "exec", "--fifo-dir", str(ctd.dir / "fifo"),
+                            "--exec-id", "probe", "wr-ctr", "/bin/sh",
                             "-c", f"ip route; ping -c 1 -W 5 "
                                   f"{ipaddress.IPv4Interface(peer).ip}", timeout=30)
             assert f"{MULTICAST} dev eth0" in exec_.stdout, exec_.stdout
