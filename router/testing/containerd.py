@@ -12,8 +12,8 @@ machine's own stay untouched)::
         ctd.ctr("run", "--rm", "--cni", "--rootfs", rootfs, "c1", "sh", cni_conf_dir=...)
 
 containerd 1.6 still puts its shims' sockets in ``/run/containerd/s`` (a fixed path);
-they go when the shims exit. :meth:`Containerd.close` kills what is left of its tasks, stops containerd (SIGTERM,
-then SIGKILL) and removes its directory.
+they go when the shims exit. :meth:`Containerd.close` kills what is left of its tasks,
+stops containerd (SIGTERM, then SIGKILL) and removes its directory.
 """
 
 from __future__ import annotations
