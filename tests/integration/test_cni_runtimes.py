@@ -38,6 +38,7 @@ IMAGES = ROOT / "build" / "images"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 RANGE = ipaddress.IPv4Network("10.32.0.0/12")
 MULTICAST = "224.0.0.0/4"
+LIBCNI_CACHE = Path("/var/lib/cni/results")  # podman's libcni caches ADD results there
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -305,7 +306,10 @@ def test_podman_with_the_router_stopped_a_wrong_conflist_and_rm_while_down(
                    timeout=90)
         cid, _ = check_plumbed(podman, "c", h1)
         h1.stop_router()
-        podman.run("rm", "--force", "--time", "0", "c")  # its DEL fails: router down
+        try:
+            podman.run("rm", "--force", "--time", "0", "c")  # its DEL fails: router down
+        finally:  # so libcni keeps its cached result of the ADD (machine-wide): drop it
+            LIBCNI_CACHE.joinpath(f"weave-{cid}-eth0").unlink(missing_ok=True)
         h1.launch()
         h1.wait_ready()
         assert ipam_holds(h1, cid) == ""  # released before the router answered
