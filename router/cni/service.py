@@ -142,6 +142,8 @@ class CniService:
                 and (r.inode not in live if r.inode is not None else _inode(r.netns) is None)}
         released = []
         for key, record in gone.items():
+            if key in self._touched:  # added again while a delegated DEL ran
+                continue
             if not await self._release(record):
                 continue  # the delegated plugin's DEL failed: try again at the next check
             released.append(key)
