@@ -3,9 +3,10 @@
 The plugin (``cni/delegate.go``) runs the delegated IPAM plugin (e.g. ``host-local``)
 for ADD, DEL and CHECK itself. A pod removed while the router was down gets no DEL from
 any runtime, so ADD records the plugin's name, ``CNI_PATH`` and config
-(:class:`~router.cni.model.Delegate`), and the router runs ``DEL`` once it finds the
-pod gone, as libcni would: ``CNI_COMMAND=DEL``, the container id and interface, an
-empty ``CNI_NETNS`` (the namespace is gone), the config on stdin.
+(:class:`~router.cni.model.Delegate`), and the router (``CniService``, the driver)
+runs ``DEL`` once it finds the pod gone, as libcni would: ``CNI_COMMAND=DEL``, the
+container id and interface, an empty ``CNI_NETNS`` (the namespace is gone), the config
+on stdin. This module is sans-IO but for ``os.stat``: which plugin, what environment.
 
 Because the request that named the plugin came over the control API, the router runs
 only what a plugin directory holds: the name (no ``/``) is looked up in ``CNI_PATH``,
@@ -15,15 +16,10 @@ writable by no one else, as ``/opt/cni/bin`` and ``/usr/lib/cni`` are.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 
-import trio
-
 from router.cni.model import Delegate
-
-log = logging.getLogger("weave-router.cni")
 
 DEL_TIMEOUT = 10.0  # seconds a delegated DEL may take
 
@@ -65,22 +61,10 @@ def del_environment(delegate: Delegate, container_id: str, ifname: str) -> dict[
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
 
 
-async def run_del(delegate: Delegate, container_id: str, ifname: str) -> None:
-    """Run the delegated plugin's DEL; DelegateError when it cannot be run or fails."""
-    path = find_plugin(delegate)
-    with trio.move_on_after(DEL_TIMEOUT) as scope:
-        try:
-            proc = await trio.run_process(
-                [path], stdin=delegate.conf.encode(), capture_stdout=True,
-                capture_stderr=True, check=False,
-                env=del_environment(delegate, container_id, ifname))
-        except OSError as exc:
-            raise DelegateError(f"cannot run {path}: {exc}") from None
-    if scope.cancelled_caught:
-        raise DelegateError(f"{path} DEL did not finish within {DEL_TIMEOUT:g}s")
-    if proc.returncode != 0:
-        out = (proc.stdout or proc.stderr).decode(errors="replace").strip()
-        raise DelegateError(f"{path} DEL exited {proc.returncode}: {out[:500]}")
+def del_failure(path: str, returncode: int, stdout: bytes, stderr: bytes) -> DelegateError:
+    """The error of a DEL that exited ``returncode`` (its error object or stderr, cut)."""
+    out = (stdout or stderr).decode(errors="replace").strip()
+    return DelegateError(f"{path} DEL exited {returncode}: {out[:500]}")
 
 
-__all__ = ["DEL_TIMEOUT", "DelegateError", "del_environment", "find_plugin", "run_del"]
+__all__ = ["DEL_TIMEOUT", "DelegateError", "del_environment", "del_failure", "find_plugin"]

@@ -23,7 +23,13 @@ from collections.abc import Callable, Collection, Sequence
 
 import trio
 
-from router.cni.delegate import DelegateError, run_del
+from router.cni.delegate import (
+    DEL_TIMEOUT,
+    DelegateError,
+    del_environment,
+    del_failure,
+    find_plugin,
+)
 from router.cni.model import (
     CHECK_FAILED,
     INVALID_CONFIG,
@@ -33,6 +39,7 @@ from router.cni.model import (
     UNKNOWN_CONTAINER,
     AddRequest,
     CniError,
+    Delegate,
     IpSpec,
     Record,
     add_result,
@@ -414,6 +421,24 @@ class CniService:
 
     def attachments(self) -> list[Record]:
         return list(self._registry().values())
+
+
+async def run_del(delegate: Delegate, container_id: str, ifname: str) -> None:
+    """Run the delegated IPAM plugin's DEL (:mod:`router.cni.delegate`); DelegateError
+    when it cannot be run, fails, or takes longer than DEL_TIMEOUT."""
+    path = find_plugin(delegate)
+    with trio.move_on_after(DEL_TIMEOUT) as scope:
+        try:
+            proc = await trio.run_process(
+                [path], stdin=delegate.conf.encode(), capture_stdout=True,
+                capture_stderr=True, check=False,
+                env=del_environment(delegate, container_id, ifname))
+        except OSError as exc:
+            raise DelegateError(f"cannot run {path}: {exc}") from None
+    if scope.cancelled_caught:
+        raise DelegateError(f"{path} DEL did not finish within {DEL_TIMEOUT:g}s")
+    if proc.returncode != 0:
+        raise del_failure(path, proc.returncode, proc.stdout, proc.stderr)
 
 
 def _inode(path: str) -> int | None:

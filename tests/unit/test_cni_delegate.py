@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from router.cni.delegate import DelegateError, del_environment, find_plugin, run_del
+from router.cni.delegate import DelegateError, del_environment, find_plugin
 from router.cni.model import Delegate
+from router.cni.service import run_del
 
 
 def plugin(directory: Path, name: str, body: str = "#!/bin/sh\nexit 0\n",
