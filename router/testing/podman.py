@@ -5,7 +5,8 @@ Each :class:`Podman` keeps everything under one directory (``root``,
 ``tmp`` and its ``containers.conf``), so two instances (two tests, two engineers, the
 CNI tests and an image build) never share state:
 
-* storage driver ``vfs`` (nothing mounted on the host), file locks under ``tmp``
+* storage driver ``vfs`` by default (nothing mounted on the host; ``overlay`` is
+  faster for big images but mounts), file locks under ``tmp``
   (``lock_type = "file"``: podman's default shared-memory locks are one segment per
   machine, and a fresh ``tmp`` makes podman free *every* lock in it),
 * ``runc`` (crun fails on this machine's hybrid cgroups), ``cgroupfs``, file events,
@@ -96,8 +97,10 @@ class Podman:
 
     def __init__(self, state_dir: Path, *, namespace: Namespace | None = None,
                  cni_plugin_dirs: Sequence[Path] = (), network_config_dir: Path | None = None,
-                 runtime: str = "runc", env: Mapping[str, str] | None = None) -> None:
+                 runtime: str = "runc", storage_driver: str = "vfs",
+                 env: Mapping[str, str] | None = None) -> None:
         self.dir = state_dir
+        self.storage_driver = storage_driver
         self.namespace = namespace
         self.conf = state_dir / "containers.conf"
         self.network_config_dir = network_config_dir
@@ -113,7 +116,7 @@ class Podman:
     def argv(self, *args: str) -> list[str]:
         podman = ["podman", "--root", str(self.dir / "root"),
                   "--runroot", str(self.runroot), "--tmpdir", str(self.dir / "tmp"),
-                  "--storage-driver", "vfs", *args]
+                  "--storage-driver", self.storage_driver, *args]
         if self.namespace is None:
             return podman
         # nsenter, not `ip netns exec`: that one runs podman in a mount namespace of its own

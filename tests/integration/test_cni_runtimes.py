@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from router.cni.model import host_veth
 from router.testing.containerd import Containerd
 from router.testing.netns import Host, Mesh
 from router.testing.podman import IMAGE, Podman, busybox_image, busybox_rootfs
@@ -310,6 +311,12 @@ def test_podman_with_the_router_stopped_a_wrong_conflist_and_rm_while_down(
             podman.run("rm", "--force", "--time", "0", "c")  # its DEL fails: router down
         finally:  # so libcni keeps its cached result of the ADD (machine-wide): drop it
             LIBCNI_CACHE.joinpath(f"weave-{cid}-eth0").unlink(missing_ok=True)
+        veth = host_veth(cid, "eth0")  # goes once the kernel destroyed the namespace
+
+        def destroyed() -> tuple[bool, str]:
+            return veth not in h1.links(), f"{veth} still in {h1.name}"
+
+        h1.wait("the container's namespace to be destroyed", destroyed, timeout=30.0)
         h1.launch()
         h1.wait_ready()
         assert ipam_holds(h1, cid) == ""  # released before the router answered
