@@ -5,6 +5,7 @@
 #   make bench-ipam  IPAM allocations/s through the HTTP API and 3-peer consensus time
 #   make bench-api   /status latency of the control API while 200 slow clients hold connections
 #   make bench-scale  the mesh control plane at N = 100, 300, 1000 peers in the simulation
+#   make bench-cni   CNI ADD/DEL p50/p99 over 100 pods, weave-net against bridge + host-local
 #   make lint    ruff + mypy --strict on router/ and cli/
 #   make image   the container image (Containerfile) from a debootstrap'd Debian base
 
@@ -13,7 +14,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libsodium-dev libssl-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping \
-  golang-go containernetworking-plugins podman runc debootstrap
+  golang-go containernetworking-plugins podman runc debootstrap containerd busybox-static \
+  golang-github-appc-cni-dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # bench-ipam's own flags; `make bench BENCH_ARGS=--quick` makes it quick too
@@ -22,7 +24,8 @@ BENCH_API_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 # e.g. BENCH_SCALE_ARGS="--sizes 50,100" (bench/scale.py)
 BENCH_SCALE_ARGS ?=
 
-.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api bench-scale image clean
+.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api bench-scale \
+  bench-cni image clean
 
 setup: .stamp-apt .stamp-venv build cni
 
@@ -101,6 +104,9 @@ bench-api: setup
 
 bench-scale: setup
 	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
+
+bench-cni: setup
+	$(PY) -m bench.cni $(BENCH_CNI_ARGS)
 
 clean:
 	rm -rf $(VENV) build .stamp-* router/*.so router/wire/*.so _fastpath/*.c _fastpath/*.html _wire/*.c

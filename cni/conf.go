@@ -20,6 +20,7 @@ type netConf struct {
 	ValidAttachments []attachment    `json:"cni.dev/valid-attachments"`
 	IsGateway        bool            `json:"isGateway"` // Weave's plugin refuses these two
 	IPMasq           bool            `json:"ipMasq"`
+	PrevResult       *result         `json:"prevResult"` // CHECK (and DEL): ADD's result
 
 	ipam ipamConf // IPAM decoded
 	raw  []byte   // the config as given, for a delegated IPAM plugin

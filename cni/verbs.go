@@ -6,19 +6,54 @@ import (
 
 // The router's request bodies (router/control/cni_api.py).
 type addRequest struct {
-	ContainerID string    `json:"containerId"`
-	Ifname      string    `json:"ifname"`
-	Netns       string    `json:"netns"`
-	IPAM        *ipamConf `json:"ipam,omitempty"`
-	Result      *result   `json:"result,omitempty"`
-	Hairpin     bool      `json:"hairpin"`
-	Timeout     float64   `json:"timeout,omitempty"`
+	ContainerID string        `json:"containerId"`
+	Ifname      string        `json:"ifname"`
+	Netns       string        `json:"netns"`
+	IPAM        *ipamConf     `json:"ipam,omitempty"`
+	Result      *result       `json:"result,omitempty"`
+	Hairpin     bool          `json:"hairpin"`
+	Timeout     float64       `json:"timeout,omitempty"`
+	Args        string        `json:"args,omitempty"` // CNI_ARGS, recorded (K8S_POD_NAME...)
+	Delegate    *delegateInfo `json:"delegate,omitempty"`
+}
+
+// delegateInfo lets the router run the delegated IPAM plugin's DEL itself for a pod that
+// vanished while it was down (no runtime will send that DEL): the plugin's name, the
+// CNI_PATH to find it in and the config it was given.
+type delegateInfo struct {
+	Type    string `json:"type"`
+	CNIPath string `json:"cniPath"`
+	Conf    string `json:"conf"`
 }
 
 type keyRequest struct {
 	ContainerID string `json:"containerId"`
 	Ifname      string `json:"ifname"`
 	Netns       string `json:"netns"`
+}
+
+// checkRequest is CHECK's: with the addresses prevResult gave the container's interface
+type checkRequest struct {
+	keyRequest
+	PrevIPs []string `json:"prevIps,omitempty"`
+	Prev    bool     `json:"prevResult"`
+}
+
+// prevIPs are the addresses prevResult put on ifname: those of an interface of that name
+// inside a sandbox, and those naming no interface.
+func prevIPs(prev *result, ifname string) []string {
+	var ips []string
+	for _, ip := range prev.IPs {
+		if ip.Interface != nil {
+			i := *ip.Interface
+			if i < 0 || i >= len(prev.Interfaces) || prev.Interfaces[i].Name != ifname ||
+				prev.Interfaces[i].Sandbox == "" {
+				continue
+			}
+		}
+		ips = append(ips, ip.Address)
+	}
+	return ips
 }
 
 type validAttachment struct {
@@ -62,7 +97,7 @@ func netAdd(e env, c *netConf) (interface{}, *cniError) {
 		return nil, err
 	}
 	req := addRequest{ContainerID: e.ContainerID, Ifname: e.Ifname, Netns: e.Netns,
-		Hairpin: c.HairpinMode, Timeout: c.Timeout}
+		Hairpin: c.HairpinMode, Timeout: c.Timeout, Args: e.Args}
 	var ipamDNS *dns
 	if c.weaveIPAM() {
 		req.IPAM = &c.ipam
@@ -72,6 +107,7 @@ func netAdd(e env, c *netConf) (interface{}, *cniError) {
 			return nil, err
 		}
 		req.Result, ipamDNS = delegated, delegated.DNS
+		req.Delegate = &delegateInfo{Type: c.ipam.Type, CNIPath: e.Path, Conf: string(c.raw)}
 	}
 	var res result
 	if err := c.client().post("/cni/add", req, &res); err != nil {
@@ -105,7 +141,11 @@ func netCheck(e env, c *netConf) *cniError {
 	if err := e.require(true); err != nil {
 		return err
 	}
-	req := keyRequest{ContainerID: e.ContainerID, Ifname: e.Ifname, Netns: e.Netns}
+	req := checkRequest{keyRequest: keyRequest{ContainerID: e.ContainerID, Ifname: e.Ifname,
+		Netns: e.Netns}}
+	if c.PrevResult != nil {
+		req.Prev, req.PrevIPs = true, prevIPs(c.PrevResult, e.Ifname)
+	}
 	if err := c.client().post("/cni/check", req, nil); err != nil {
 		return err
 	}

@@ -23,6 +23,8 @@ from router.kernel.port import AddRoute, NetnsState, Op, Route, Scope
 HOST_VETH_PREFIX = "vethwecn"
 DEFAULT_TIMEOUT = 10.0  # seconds an ADD waits for IPAM before "try again later"
 MAX_TIMEOUT = 300.0
+MAX_ARGS_LENGTH = 4096  # CNI_ARGS kept in the record
+MAX_DELEGATE_CONF = 65536  # a delegated IPAM plugin's config kept in the record
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
 
 # The spec's well-known error codes (CNI spec, "Error" section).
@@ -74,6 +76,31 @@ class IpSpec:
 
 
 @dataclass(frozen=True)
+class Delegate:
+    """A delegated IPAM plugin as ADD ran it: its name (``ipam.type``), the ``CNI_PATH``
+    it was found in and the network config it was given, so the router can run its DEL
+    for a pod that vanished while the router was down."""
+
+    type: str
+    cni_path: str
+    conf: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "cniPath": self.cni_path, "conf": self.conf}
+
+    @classmethod
+    def from_json(cls, raw: object) -> Delegate | None:
+        if not isinstance(raw, dict):
+            return None
+        kind, path, conf = raw.get("type"), raw.get("cniPath"), raw.get("conf")
+        if not (isinstance(kind, str) and isinstance(path, str) and isinstance(conf, str)):
+            return None
+        if not kind or "/" in kind or kind in (".", "..") or len(conf) > MAX_DELEGATE_CONF:
+            return None
+        return cls(kind, path, conf)
+
+
+@dataclass(frozen=True)
 class AddRequest:
     """``POST /cni/add`` (and the ``key``/``netns`` of DEL and CHECK)."""
 
@@ -88,6 +115,8 @@ class AddRequest:
     hairpin: bool = False
     multicast_route: bool = True
     timeout: float = DEFAULT_TIMEOUT
+    args: tuple[tuple[str, str], ...] = ()  # CNI_ARGS (K8S_POD_NAME=...), as given
+    delegate: Delegate | None = None  # the delegated IPAM plugin (``ips`` are its)
 
     @property
     def key(self) -> str:
@@ -104,10 +133,17 @@ class Record:
     weave_ipam: bool
     cidrs: list[str] = field(default_factory=list)
     inode: int | None = None  # of the namespace at ADD: a path reused later is another one
+    args: dict[str, str] = field(default_factory=dict)  # CNI_ARGS at ADD (K8S_POD_NAME...)
+    delegate: Delegate | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"containerId": self.container_id, "ifname": self.ifname, "netns": self.netns,
-                "weaveIpam": self.weave_ipam, "cidrs": self.cidrs, "inode": self.inode}
+        out: dict[str, object] = {
+            "containerId": self.container_id, "ifname": self.ifname, "netns": self.netns,
+            "weaveIpam": self.weave_ipam, "cidrs": self.cidrs, "inode": self.inode,
+            "args": self.args}
+        if self.delegate is not None:
+            out["delegate"] = self.delegate.to_json()
+        return out
 
     @classmethod
     def from_json(cls, raw: object) -> Record | None:
@@ -119,8 +155,11 @@ class Record:
                 and isinstance(cidrs, list)):
             return None
         inode = raw.get("inode")
+        args = raw.get("args")
         return cls(cid, ifname, netns, bool(raw.get("weaveIpam", True)),
-                   [str(c) for c in cidrs], inode if isinstance(inode, int) else None)
+                   [str(c) for c in cidrs], inode if isinstance(inode, int) else None,
+                   {str(k): str(v) for k, v in args.items()} if isinstance(args, dict) else {},
+                   Delegate.from_json(raw.get("delegate")))
 
 
 def attachment_key(container_id: str, ifname: str) -> str:
@@ -199,14 +238,19 @@ def parse_add(data: dict[str, object]) -> AddRequest:
     common = {"container_id": cid, "ifname": ifname, "netns": netns,
               "hairpin": bool(data.get("hairpin", False)),
               "multicast_route": bool(data.get("multicastRoute", True)),
-              "timeout": float(timeout)}
+              "timeout": float(timeout), "args": parse_cni_args(data.get("args"))}
     if result is not None:  # a delegated IPAM plugin's result
         if not isinstance(result, dict):
             raise CniError(INVALID_CONFIG, "the IPAM result is not a JSON object")
         ips = tuple(_ip_spec(x) for x in _list(result, "ips"))
         if not ips:
             raise CniError(INVALID_CONFIG, "the IPAM plugin gave no IPv4 address")
-        return AddRequest(weave_ipam=False, ips=ips,
+        delegate = data.get("delegate")
+        parsed = Delegate.from_json(delegate)
+        if delegate is not None and parsed is None:
+            raise CniError(INVALID_CONFIG, "the delegated IPAM plugin's record (delegate) "
+                           "is not {type, cniPath, conf}, or its config is too long")
+        return AddRequest(weave_ipam=False, ips=ips, delegate=parsed,
                           routes=tuple(_route_spec(x) for x in _list(result, "routes")),
                           **common)  # type: ignore[arg-type]
     cfg = ipam if isinstance(ipam, dict) else {}
@@ -215,6 +259,17 @@ def parse_add(data: dict[str, object]) -> AddRequest:
     return AddRequest(weave_ipam=True, subnet=subnet, gateway=gateway,
                       routes=tuple(_route_spec(x) for x in _list(cfg, "routes")),
                       **common)  # type: ignore[arg-type]
+
+
+def parse_cni_args(raw: object) -> tuple[tuple[str, str], ...]:
+    """``CNI_ARGS`` (``K1=V1;K2=V2``, as libcni joins them) as pairs; pieces without ``=``
+    are dropped (the spec leaves their meaning to the plugin, and we use none)."""
+    if not isinstance(raw, str) or not raw:
+        return ()
+    if len(raw) > MAX_ARGS_LENGTH:
+        raise CniError(INVALID_ENV, f"CNI_ARGS is longer than {MAX_ARGS_LENGTH} characters")
+    pairs = (piece.partition("=") for piece in raw.split(";"))
+    return tuple((k, v) for k, eq, v in pairs if eq and k)
 
 
 def _list(data: dict[str, object], name: str) -> list[object]:

@@ -14,12 +14,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import ipaddress
 import logging
 import math
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Collection, Sequence
 
 import trio
 
+from router.cni.delegate import (
+    DEL_TIMEOUT,
+    DelegateError,
+    del_environment,
+    del_failure,
+    find_plugin,
+)
 from router.cni.model import (
     CHECK_FAILED,
     INVALID_CONFIG,
@@ -29,6 +39,7 @@ from router.cni.model import (
     UNKNOWN_CONTAINER,
     AddRequest,
     CniError,
+    Delegate,
     IpSpec,
     Record,
     add_result,
@@ -41,11 +52,19 @@ from router.cni.model import (
     route_ops,
     routes_for,
 )
+from router.containers.service import live_netns_inodes
 from router.errors import ClosedError, ConfigError, KernelError
 from router.ipam import NotFoundError
 from router.ipam.service import IpamService
-from router.kernel.plumbing import BRIDGE_NAME, MULTICAST_NET, attach_plan, detach_plan
+from router.kernel.plumbing import (
+    BRIDGE_NAME,
+    MULTICAST_NET,
+    attach_plan,
+    detach_plan,
+    multicast_route_via,
+)
 from router.kernel.port import (
+    DeleteLink,
     KernelPort,
     NetnsState,
     Op,
@@ -60,14 +79,22 @@ log = logging.getLogger("weave-router.cni")
 
 REGISTRY_KEY = "cni_attachments"
 SYSFS_NET = "/sys/class/net"
+HOST_VIEW_TTL = 1.0  # seconds a host snapshot serves ADDs (a bridge change shows after it)
 
 
 class CniService:
     """What the ``/cni/*`` endpoints do; one per router with a kernel."""
 
     def __init__(self, kernel: KernelPort, store: Store, ipam: IpamService | None, *,
-                 bridge: str = BRIDGE_NAME, sysfs: str = SYSFS_NET) -> None:
+                 bridge: str = BRIDGE_NAME, sysfs: str = SYSFS_NET,
+                 liveness: Callable[[Collection[int], Sequence[str]], set[int]] | None = None,
+                 ) -> None:
+        """``liveness``: which namespace inodes still exist (default
+        :func:`~router.containers.service.live_netns_inodes`)."""
         self._kernel = kernel
+        self._liveness = liveness if liveness is not None else live_netns_inodes
+        self._touched: set[str] = set()  # keys ADDed or DELeted since a check began
+        self._host_cache: tuple[float, NetnsState] | None = None  # see _host_view
         self._store = store
         self._ipam = ipam
         self._bridge = bridge
@@ -77,27 +104,79 @@ class CniService:
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Release the attachments whose namespace vanished (while the router was down,
         too) now, then every ``check_interval`` seconds."""
-        self.release_vanished()
+        await self.release_vanished()
         task_status.started()
         while not math.isinf(check_interval):
             await trio.sleep(check_interval)
-            self.release_vanished()
+            await self.release_vanished()
 
-    def release_vanished(self) -> list[str]:
-        """Forget (and free the weave addresses of) attachments whose namespace is gone:
-        its path no longer opens, or names another namespace now. Their keys."""
-        gone = {k: r for k, r in self._registry().items() if _vanished(r)}
-        for record in gone.values():
-            if record.weave_ipam:
-                self._free(record.container_id)
-            log.info("CNI container %s (%s) is gone: released %s", record.container_id,
-                     record.ifname, " ".join(record.cidrs) or "nothing")
-        self._forget(set(gone))
-        return sorted(gone)
+    async def release_vanished(self) -> list[str]:
+        """Forget attachments whose namespace no longer exists anywhere on this host, and
+        give their addresses back (weave IPAM's, or the delegated plugin's DEL). Their keys.
+
+        As :meth:`ContainersService.release_vanished
+        <router.containers.service.ContainersService.release_vanished>`: an attachment
+        whose host veth still exists is alive (a veth dies with either namespace); the
+        others are looked for by namespace inode (:func:`live_netns_inodes`: bind mounts
+        of every mount namespace, every process's namespace and open files), so a pod
+        whose recorded path went away (``/proc/PID/ns/net`` of an exited PID) but whose
+        namespace another process holds keeps its address. When in doubt (the kernel or
+        ``/proc`` unreadable) nothing is released. An ADD or DEL of the same attachment
+        while the (threaded) look runs wins.
+        """
+        registry = self._registry()
+        if not registry:
+            return []
+        self._touched.clear()
+        try:
+            host = await self._kernel.snapshot()
+        except KernelError as exc:
+            log.warning("cannot tell which CNI containers are gone (%s); keeping them", exc)
+            return []
+        veths = {link.name for link in host.links}
+        suspects = {k: r for k, r in registry.items()
+                    if host_veth(r.container_id, r.ifname) not in veths}
+        if not suspects:
+            return []
+        inodes = {r.inode for r in suspects.values() if r.inode is not None}
+        paths = [r.netns for r in registry.values()]
+        try:
+            live = await trio.to_thread.run_sync(self._liveness, inodes, paths)
+        except OSError as exc:
+            log.warning("cannot tell which CNI containers are gone (%s); keeping them", exc)
+            return []
+        gone = {k: r for k, r in suspects.items() if k not in self._touched
+                and (r.inode not in live if r.inode is not None else _inode(r.netns) is None)}
+        released = []
+        for key, record in gone.items():
+            if key in self._touched:  # added again while a delegated DEL ran
+                continue
+            if not await self._release(record):
+                continue  # the delegated plugin's DEL failed: try again at the next check
+            released.append(key)
+        self._forget(set(released))
+        return sorted(released)
+
+    async def _release(self, record: Record) -> bool:
+        """Give back the addresses of a vanished attachment; False to keep its record."""
+        if record.weave_ipam:
+            self._free(record.container_id)
+        elif record.delegate is not None:
+            try:
+                await run_del(record.delegate, record.container_id, record.ifname)
+            except DelegateError as exc:
+                log.warning("CNI container %s (%s) is gone, but its addresses %s stay "
+                            "allocated: %s", record.container_id, record.ifname,
+                            " ".join(record.cidrs), exc)
+                return False
+        log.info("CNI container %s (%s) is gone: released %s", record.container_id,
+                 record.ifname, " ".join(record.cidrs) or "nothing")
+        return True
 
     # -- verbs ------------------------------------------------------------------------------
 
     async def add(self, request: AddRequest) -> dict[str, object]:
+        self._touched.add(request.key)
         path = _netns_path(request.netns)
         ips = await self._addresses(request)
         try:
@@ -109,7 +188,8 @@ class CniService:
                 self._free(request.container_id)
             raise
         self._remember(Record(request.container_id, request.ifname, path, request.weave_ipam,
-                              [str(ip.address) for ip in ips], _inode(path)))
+                              [str(ip.address) for ip in ips], _inode(path),
+                              dict(request.args), request.delegate))
         log.info("CNI ADD %s %s: %s", request.container_id, request.ifname,
                  " ".join(str(ip.address) for ip in ips))
         return result
@@ -129,16 +209,20 @@ class CniService:
 
     async def delete(self, container_id: str, ifname: str, netns: str) -> None:
         """Remove the interface (if the namespace is still there) and free the addresses."""
+        self._touched.add(attachment_key(container_id, ifname))
         record = self._registry().get(attachment_key(container_id, ifname))
         path = netns or (record.netns if record is not None else "")
-        if path:
-            await self._unplumb(path, ifname)
+        if not (path and await self._unplumb(path, ifname)):
+            await self._unplumb_host_end(host_veth(container_id, ifname))
         if record is None or record.weave_ipam:
             self._free(container_id)
         self._forget({attachment_key(container_id, ifname)})
         log.info("CNI DEL %s %s", container_id, ifname)
 
-    async def check(self, container_id: str, ifname: str, netns: str) -> None:
+    async def check(self, container_id: str, ifname: str, netns: str,
+                    prev_ips: list[str] | None = None) -> None:
+        """The interface and addresses are as ADD left them; with ``prev_ips`` (the
+        addresses of the runtime's prevResult for ``ifname``) they are those, too."""
         record = self._registry().get(attachment_key(container_id, ifname))
         if record is None:
             raise CniError(UNKNOWN_CONTAINER, f"container {container_id} ({ifname}) was "
@@ -151,6 +235,16 @@ class CniService:
         missing = [c for c in record.cidrs if c not in have]
         if missing:
             raise CniError(CHECK_FAILED, f"{ifname} lacks its address {' '.join(missing)}")
+        if prev_ips is not None:
+            if not prev_ips:
+                raise CniError(CHECK_FAILED, f"prevResult gives {ifname} no address")
+            try:
+                prev = {str(ipaddress.IPv4Interface(c)) for c in prev_ips}
+            except ValueError as exc:
+                raise CniError(INVALID_CONFIG, f"prevResult: {exc}") from None
+            if prev != set(record.cidrs):
+                raise CniError(CHECK_FAILED, f"prevResult's addresses {' '.join(sorted(prev))} "
+                               f"are not those ADD gave {ifname}: {' '.join(record.cidrs)}")
         if record.weave_ipam:
             held = {str(c) for c in self._weave_ipam().lookup(container_id)}
             lost = [c for c in record.cidrs if c not in held]
@@ -198,39 +292,78 @@ class CniService:
 
     async def _plumb(self, request: AddRequest, path: str,
                      ips: list[IpSpec]) -> dict[str, object]:
+        """One snapshot of each namespace, one plan (veth, addresses, multicast route,
+        routes), then hairpin mode and the host end's MAC through sysfs: the kernel port
+        does one request at a time, and a snapshot of a host with many pods costs more
+        than the plumbing itself."""
         veth = host_veth(request.container_id, request.ifname)
-        host = await self._snapshot(None)
+        host = await self._host_view(veth)
         target = await self._snapshot(path)
         # one multicast route per namespace: a second interface leaves the first's
         multicast = request.multicast_route and not any(
             r.dst == MULTICAST_NET and r.ifname != request.ifname for r in target.routes)
+        existing = target.link(request.ifname)
+        mac = existing.mac if existing is not None else random_mac()
         plan = attach_plan(host, target, host_veth=veth, cidrs=[ip.address for ip in ips],
                            bridge=self._bridge, ifname=request.ifname,
-                           multicast_route=multicast)
-        await self._execute(plan.ops, plan.rollback)
+                           multicast_route=multicast,
+                           mac=None if existing is not None else mac)
         bridge_ip = bridge_gateway(host, self._bridge, ips[0].address)
         routes = routes_for(request, ips, bridge_ip)
-        target = await self._snapshot(path)
-        ops = route_ops(routes, ips, request.ifname, path, target.routes)
-        await self._execute(tuple(ops), ())
-        await trio.to_thread.run_sync(self._set_hairpin, veth, request.hairpin)
-        host = await self._snapshot(None)
-        host_link, link = host.link(veth), target.link(request.ifname)
+        # the routes there once the plan ran: the snapshot's (connected routes are the
+        # kernel's, never listed) and the multicast route
+        after = target.routes + ((multicast_route_via(request.ifname),) if multicast else ())
+        ops = route_ops(routes, ips, request.ifname, path, after)
+        try:
+            await self._execute((*plan.ops, *ops), plan.rollback)
+        except CniError:
+            self._host_cache = None  # perhaps it misled us: look afresh next time
+            raise
+        host_mac = await trio.to_thread.run_sync(self._set_hairpin, veth, request.hairpin)
         return add_result(dataclasses.replace(request, multicast_route=multicast),
-                          host_mac=host_link.mac if host_link else "",
-                          container_mac=link.mac if link else "", ips=ips, routes=routes)
+                          host_mac=host_mac, container_mac=mac, ips=ips, routes=routes)
 
-    async def _unplumb(self, path: str, ifname: str) -> None:
+    async def _host_view(self, veth: str) -> NetnsState:
+        """The host namespace as ADD needs it (the bridge, its MTU and addresses, whether
+        ``veth`` is left over): a snapshot at most HOST_VIEW_TTL old whose knowledge of
+        ``veth`` sysfs confirms, else a fresh one. A snapshot of a host with many pods
+        takes longer than plumbing one (the kernel port does one request at a time)."""
+        now = time.monotonic()
+        if self._host_cache is not None and now - self._host_cache[0] < HOST_VIEW_TTL:
+            host = self._host_cache[1]
+            if os.path.exists(f"{self._sysfs}/{veth}") == (host.link(veth) is not None):
+                return host
+        host = await self._snapshot(None)
+        self._host_cache = (now, host)
+        return host
+
+    async def _unplumb(self, path: str, ifname: str) -> bool:
+        """Delete ``ifname`` in the namespace at ``path``; False if no namespace is there
+        (gone, and the veth with it, or living on under another path)."""
         try:
             netns_inode(path)
         except ConfigError:
-            return  # the namespace is gone, and the veth with it
+            return False
         try:
             state = await self._kernel.snapshot(path)
             await execute(self._kernel, detach_plan(state, ifname=ifname))
         except KernelError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
                 raise CniError(IO_FAILURE, f"cannot remove {ifname}: {exc}") from None
+        return True
+
+    async def _unplumb_host_end(self, veth: str) -> None:
+        """Delete our host end of the veth if it is still there: the namespace lives on
+        under another path than the one recorded (``/proc/PID/ns/net`` of an exited
+        PID), and deleting one end of a veth deletes both."""
+        host = await self._snapshot(None)
+        if host.link(veth) is None:
+            return
+        try:
+            await execute(self._kernel, Plan(ops=(DeleteLink(veth, None),)))
+        except KernelError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                raise CniError(IO_FAILURE, f"cannot remove {veth}: {exc}") from None
 
     async def _snapshot(self, path: str | None) -> NetnsState:
         try:
@@ -244,14 +377,20 @@ class CniService:
         except KernelError as exc:
             raise CniError(IO_FAILURE, f"plumbing the container failed: {exc}") from None
 
-    def _set_hairpin(self, veth: str, on: bool) -> None:
-        """Hairpin mode on the bridge port (a container reaches itself via a service IP)."""
+    def _set_hairpin(self, veth: str, on: bool) -> str:
+        """Hairpin mode on the bridge port (a container reaches itself via a service IP);
+        the port's MAC address (empty if unreadable)."""
         path = f"{self._sysfs}/{veth}/brport/hairpin_mode"
         try:
             with open(path, "w", encoding="ascii") as f:
                 f.write("1" if on else "0")
         except OSError as exc:
             raise CniError(IO_FAILURE, f"cannot set hairpin mode on {veth}: {exc}") from None
+        try:
+            with open(f"{self._sysfs}/{veth}/address", encoding="ascii") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
 
     def _weave_ipam(self) -> IpamService:
         if self._ipam is None:
@@ -284,9 +423,22 @@ class CniService:
         return list(self._registry().values())
 
 
-def _vanished(record: Record) -> bool:
-    now = _inode(record.netns)
-    return now is None or (record.inode is not None and now != record.inode)
+async def run_del(delegate: Delegate, container_id: str, ifname: str) -> None:
+    """Run the delegated IPAM plugin's DEL (:mod:`router.cni.delegate`); DelegateError
+    when it cannot be run, fails, or takes longer than DEL_TIMEOUT."""
+    path = find_plugin(delegate)
+    with trio.move_on_after(DEL_TIMEOUT) as scope:
+        try:
+            proc = await trio.run_process(
+                [path], stdin=delegate.conf.encode(), capture_stdout=True,
+                capture_stderr=True, check=False,
+                env=del_environment(delegate, container_id, ifname))
+        except OSError as exc:
+            raise DelegateError(f"cannot run {path}: {exc}") from None
+    if scope.cancelled_caught:
+        raise DelegateError(f"{path} DEL did not finish within {DEL_TIMEOUT:g}s")
+    if proc.returncode != 0:
+        raise del_failure(path, proc.returncode, proc.stdout, proc.stderr)
 
 
 def _inode(path: str) -> int | None:
@@ -295,6 +447,13 @@ def _inode(path: str) -> int | None:
         return netns_inode(path)
     except ConfigError:
         return None
+
+
+def random_mac() -> str:
+    """A random, locally administered unicast MAC for a container's interface."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
 
 
 def _netns_path(netns: str) -> str:

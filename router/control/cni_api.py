@@ -2,14 +2,15 @@
 
 ======  ===================  ==========================================================
 POST    /cni/add             JSON ``{containerId, ifname, netns, ipam | result, hairpin,
-                             multicastRoute, timeout}`` -> the CNI 1.0 result
+                             multicastRoute, timeout, args}`` -> the CNI 1.0 result
 POST    /cni/del             ``{containerId, ifname, netns}`` (netns may be empty)
-POST    /cni/check           ``{containerId, ifname, netns}``
+POST    /cni/check           ``{containerId, ifname, netns, prevResult, prevIps}``
 POST    /cni/status          ``{ipam: bool}``: 200 when the plugin can add containers
 POST    /cni/gc              ``{valid: [{containerId, ifname}]}`` -> ``{released: [...]}``
 POST    /cni/ipam/add        the ``weave-ipam`` mode: allocate only -> ``{ips, routes}``
 POST    /cni/ipam/del        ``{containerId}``: free its addresses
 POST    /cni/ipam/check      ``{containerId}``: 200 if IPAM holds an address for it
+GET     /cni/attachments     the recorded attachments (with ``CNI_ARGS`` as ``args``)
 ======  ===================  ==========================================================
 
 Successes answer 200 with a JSON object (``{}`` for DEL, CHECK, STATUS); failures answer
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("weave-router.cni")
 
 PREFIX = "/cni/"
+ATTACHMENTS = "/cni/attachments"
 CniHandler = Callable[[CniService, "RouterControl", dict[str, object]],
                       Awaitable[dict[str, object]]]
 
@@ -65,6 +67,8 @@ async def handle_cni(control: RouterControl, request: Request) -> Reply | None:
     """Serve ``request`` if its path is a CNI one; None otherwise. Never raises."""
     if not request.path.startswith(PREFIX):
         return None
+    if request.path == ATTACHMENTS:
+        return _attachments(control, request)
     handler = ROUTES.get(request.path)
     if handler is None:
         return api.error(404, f"no such path: {request.path}")
@@ -83,6 +87,17 @@ async def handle_cni(control: RouterControl, request: Request) -> Reply | None:
         err = CniError(IO_FAILURE, f"weave-router failed serving {request.path}: {exc}",
                        "see the router's log")
         return _json(500, err.to_json())
+
+
+def _attachments(control: RouterControl, request: Request) -> Reply:
+    """``GET /cni/attachments``: what the router recorded of each ADD (the container id,
+    interface, namespace, addresses, which IPAM, and ``CNI_ARGS`` such as K8S_POD_NAME)."""
+    if request.method != "GET":
+        return api.Reply(405, f"method {request.method} not allowed on {request.path} "
+                         "(use GET)\n", allow="GET")
+    service: CniService | None = getattr(control, "cni", None)
+    records = service.attachments() if service is not None else []
+    return _json(200, [r.to_json() for r in records])
 
 
 def _ready(control: RouterControl) -> bool:
@@ -105,7 +120,13 @@ async def _del(service: CniService, control: RouterControl,
 async def _check(service: CniService, control: RouterControl,
                  data: dict[str, object]) -> dict[str, object]:
     cid, ifname = container_key(data)
-    await service.check(cid, ifname, str(data.get("netns") or ""))
+    prev = None
+    if data.get("prevResult"):
+        raw = data.get("prevIps") or []
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise CniError(INVALID_CONFIG, "prevResult's ips are not a list of addresses")
+        prev = [str(x) for x in raw]
+    await service.check(cid, ifname, str(data.get("netns") or ""), prev)
     return {}
 
 

@@ -284,18 +284,78 @@ def test_a_router_restart_keeps_the_pod_and_its_address(host1: Host) -> None:
     assert ipam_holds(host1, c.name) == "" and "eth0" not in c.links()
 
 
+def delete_netns(host: Host, c: BareContainer, host_veth: str) -> None:
+    """``ip netns del`` the pod and wait until the kernel has destroyed its namespace
+    (its veth's host end goes with it: the kernel does that asynchronously, seconds
+    later on a loaded machine, and until then the router rightly counts it alive)."""
+    subprocess.run(["ip", "netns", "del", c.name], check=True, timeout=10)
+
+    def gone() -> tuple[bool, str]:
+        return host_veth not in host.links(), f"{host_veth} still in {host.name}"
+
+    host.wait(f"{c.name}'s namespace to be destroyed", gone, timeout=30.0)
+
+
 def test_a_pod_gone_while_the_router_was_down_gets_its_address_back(host1: Host) -> None:
     c, kept = bare(host1), bare(host1)
-    add(host1, c)
+    veth = add(host1, c)["interfaces"][0]["name"]
     [ip] = add(host1, kept)["ips"]
     host1.stop_router()
-    subprocess.run(["ip", "netns", "del", c.name], check=True, timeout=10)
+    delete_netns(host1, c, veth)
     host1.launch()
     host1.wait_ready()
     assert ipam_holds(host1, c.name) == ""  # released before the router answered
     assert ipam_holds(host1, kept.name) == ip["address"]
     assert cni(host1, "CHECK", conf(), container=kept.name, netns=netns_path(kept)) \
         == (0, None)
+
+
+def test_a_delegated_pod_gone_while_the_router_was_down_gets_its_lease_back(
+        host1: Host, tmp_path: Path) -> None:
+    """The router runs host-local's DEL itself (no runtime will): the lease file goes."""
+    data_dir = tmp_path / "host-local"
+    config = conf(ipam={"type": "host-local", "dataDir": str(data_dir),
+                        "ranges": [[{"subnet": "10.99.0.0/24"}]]})
+    env = {"CNI_PATH": f"{PLUGIN_DIR}:{HOST_LOCAL_DIR}"}
+    c, kept = bare(host1), bare(host1)
+    veths = []
+    for x in (c, kept):
+        rc, out = cni(host1, "ADD", config, container=x.name, netns=netns_path(x), env=env)
+        assert rc == 0, out
+        veths.append(out["interfaces"][0]["name"])
+    leases = sorted(p.name for p in (data_dir / "weave").iterdir() if p.name[0].isdigit())
+    assert len(leases) == 2
+    host1.stop_router()
+    delete_netns(host1, c, veths[0])
+    host1.launch()
+    host1.wait_ready()
+    left = {p.name: p.read_text().split()[0]
+            for p in (data_dir / "weave").iterdir() if p.name[0].isdigit()}
+    assert list(left.values()) == [kept.name], left
+    assert cni(host1, "CHECK", config, container=kept.name, netns=netns_path(kept),
+               env=env) == (0, None)
+
+
+def test_a_pod_whose_recorded_path_went_away_but_namespace_lives_keeps_it(
+        host1: Host) -> None:
+    """ADD named the namespace by ``/proc/PID/ns/net`` (as containerd does); the process
+    exits but the namespace lives on (held by its ``ip netns`` mount): not vanished."""
+    c = bare(host1)
+    sleeper = c.popen(["sleep", "600"])
+    rc, out = cni(host1, "ADD", conf(), container=c.name,
+                  netns=f"/proc/{sleeper.pid}/ns/net")
+    assert rc == 0, out
+    [ip] = out["ips"]
+    sleeper.kill()
+    sleeper.wait()
+    host1.stop_router()
+    host1.launch()
+    host1.wait_ready()
+    assert ipam_holds(host1, c.name) == ip["address"]
+    assert c.addresses("eth0") == [ip["address"]]
+    # DEL with an empty CNI_NETNS: the recorded path is gone, the host end goes instead
+    assert cni(host1, "DEL", conf(), container=c.name, netns="") == (0, None)
+    assert ipam_holds(host1, c.name) == "" and "eth0" not in c.links()
 
 
 def test_a_pod_gone_while_the_router_runs_is_released_by_the_check(make_mesh: MakeMesh

@@ -21,6 +21,7 @@ from router.cni.model import (
     dump_registry,
     host_veth,
     parse_add,
+    parse_cni_args,
     parse_registry,
     route_ops,
     routes_for,
@@ -135,3 +136,16 @@ def test_gateway_outside_the_subnet_gets_a_link_route_first() -> None:
         AddRoute(Route(ipaddress.IPv4Network("10.99.0.1/32"), "eth0", scope=Scope.LINK), NS),
         AddRoute(Route(ipaddress.IPv4Network("0.0.0.0/0"), "eth0", gw), NS),
     ]
+
+
+def test_cni_args_are_kept_as_pairs_and_recorded() -> None:
+    raw = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;junk;=x;K=a=b"
+    assert parse_cni_args(raw) == (("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", "shop"),
+                                   ("K8S_POD_NAME", "web-0"), ("K", "a=b"))
+    assert parse_cni_args("") == () and parse_cni_args(None) == ()
+    with pytest.raises(CniError) as err:
+        parse_cni_args("K=" + "x" * 5000)
+    assert err.value.code == 4
+    req = parse_add({"containerId": "abc", "ifname": "eth0", "netns": NS,
+                     "args": "K8S_POD_NAME=web-0"})
+    assert req.args == (("K8S_POD_NAME", "web-0"),)
