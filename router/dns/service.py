@@ -52,6 +52,7 @@ STORE_KEY = "dns_entries"  # JSON [[hostname, container_id, address], ...]: ours
 EXPIRE_INTERVAL = 60.0  # seconds between tombstone sweeps
 MAX_UDP = 65535  # bytes
 EXTERNAL_ID = "weave:extern"  # Weave's container id of dns-add -h without a container
+IP_PKTINFO = 8  # Linux <linux/in.h> (not in every Python's socket module)
 
 Register = Callable[[str, Gossiper], GossipChannel]
 
@@ -232,9 +233,12 @@ class DnsService:
         sock = trio.socket.socket(socket.AF_INET, kind)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self._bind_device is not None:  # replies leave by the bridge (docs/dns.md)
+            if self._bind_device is not None and kind == socket.SOCK_STREAM:
+                # Containers' connections only; SYN-ACKs leave by the bridge (docs/dns.md)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                                 self._bind_device.encode())
+            elif self._bind_device is not None:  # answers leave where the query came in
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             await sock.bind((host, port))
         except OSError as exc:
             sock.close()
@@ -249,9 +253,14 @@ class DnsService:
             self.entries.expire(int(self._clock()))
 
     async def _serve_udp(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        pktinfo = self._bind_device is not None
         while True:
             try:
-                data, client = await sock.recvfrom(MAX_UDP)
+                if pktinfo:
+                    data, ancillary, _, client = await sock.recvmsg(MAX_UDP, _CMSG_SPACE)
+                    client = _Client(client, _ingress(ancillary))
+                else:
+                    data, client = await sock.recvfrom(MAX_UDP)
             except OSError:  # an ICMP error from an earlier send: nothing to do
                 continue
             self._counts["queries_udp"] += 1
@@ -345,8 +354,33 @@ _COUNTERS = ("queries_udp", "queries_tcp", "answered", "forwarded", "forward_fai
              "busy", "dropped", "tcp_refused", "gossip_received")
 
 
+@dataclass(frozen=True)
+class _Client:
+    """A UDP client and the in_pktinfo of its query (answered by the same interface)."""
+
+    address: Any
+    pktinfo: bytes | None
+
+
+_CMSG_SPACE = socket.CMSG_SPACE(12)  # struct in_pktinfo
+
+
+def _ingress(ancillary: list[tuple[int, int, bytes]]) -> bytes | None:
+    """in_pktinfo for the answer: the query's interface and its destination address, so
+    the kernel sends it out there (on-link) even without a route back (docs/dns.md)."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return data[0:4] + data[8:12] + bytes(4)
+    return None
+
+
 async def _send_udp(sock: trio.socket.SocketType, data: bytes, client: Any) -> None:
     try:
+        if isinstance(client, _Client):
+            cmsg = [] if client.pktinfo is None else [
+                (socket.IPPROTO_IP, IP_PKTINFO, client.pktinfo)]
+            await sock.sendmsg([data], cmsg, 0, client.address)
+            return
         await sock.sendto(data, client)
     except OSError as exc:  # the client's address is unreachable: its loss
         log.debug("DNS answer to %s not sent: %s", client, exc)

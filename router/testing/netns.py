@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from router.dns.hooks import remove_resolv_conf
 from router.testing.namespace import (
     TERM_GRACE,
     CommandError,
@@ -397,6 +398,7 @@ class Mesh:
             run_parallel(*(ns.kill_all for ns in spaces))
         for name in [ns.name for ns in spaces] + [self.lan]:
             _ip("netns", "del", name, check=False)
+            remove_resolv_conf(name)  # what attach wrote for weaveDNS, if detach did not
         shutil.rmtree(self.run_dir, ignore_errors=True)
         left = namespaces_with_prefix(self.prefix)
         if left:
