@@ -58,7 +58,7 @@ def split(args: Sequence[str], hostname: str | None) -> tuple[list[ipaddress.IPv
         raise ConfigError(f"-h {hostname}: not a host name (like foo.weave.local)")
     words = list(args)
     container = None
-    if not _is_ip(words[-1]):
+    if not _looks_like_ip(words[-1]):
         container = words.pop()
     elif hostname is None:
         raise ConfigError("give a CONTAINER, or -h FQDN for addresses of no container")
@@ -68,6 +68,11 @@ def split(args: Sequence[str], hostname: str | None) -> tuple[list[ipaddress.IPv
             raise ConfigError(f"{word!r} is not an IPv4 address")
         ips.append(ipaddress.IPv4Address(word))
     return ips, container
+
+
+def _looks_like_ip(text: str) -> bool:
+    """Digits and dots (a mistyped address is an error, not a container name)."""
+    return bool(text) and all(c.isdigit() or c == "." for c in text)
 
 
 def _is_ip(text: str) -> bool:
