@@ -4,6 +4,7 @@
 #   make bench   data-plane benchmarks, ratios to kernel baselines, then bench-ipam (bench/results/)
 #   make bench-ipam  IPAM allocations/s through the HTTP API and 3-peer consensus time
 #   make bench-api   /status latency of the control API while 200 slow clients hold connections
+#   make bench-dns   weaveDNS vs dnsmasq (dnsperf): qps ratio, p99 at 10,000 qps, RSS with 10,000 names
 #   make lint    ruff + mypy --strict on router/ and cli/
 
 SHELL := /bin/bash
@@ -18,7 +19,7 @@ BENCH_ARGS ?=
 BENCH_IPAM_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 BENCH_API_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 
-.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api clean
+.PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api bench-dns clean
 
 setup: .stamp-apt .stamp-venv build cni
 
@@ -83,6 +84,9 @@ bench-ipam: setup
 
 bench-api: setup
 	$(PY) -m bench.api_soak $(BENCH_API_ARGS)
+
+bench-dns: setup
+	$(PY) -m bench.dns
 
 clean:
 	rm -rf $(VENV) build .stamp-* router/*.so _fastpath/*.c _fastpath/*.html

@@ -90,6 +90,7 @@ class Entries:
         self._by_key: dict[Key, Entry] = {}
         self._by_name: dict[str, dict[Key, Entry]] = {}  # lowercased hostname -> entries
         self._by_address: dict[ipaddress.IPv4Address, dict[Key, Entry]] = {}
+        self._ours: dict[Key, Entry] = {}  # our live entries
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -116,7 +117,7 @@ class Entries:
         tombstoned entries, to gossip. The hostname matches case-insensitively."""
         wanted = None if hostname is None else fqdn(hostname).lower()
         changed = []
-        for entry in list(self._by_key.values()):
+        for entry in list(self._ours.values()):
             if (entry.origin != self.ourself or not entry.live
                     or (wanted is not None and entry.hostname.lower() != wanted)
                     or (container_id is not None and entry.container_id != container_id)
@@ -218,18 +219,26 @@ class Entries:
                 if e.live and (e.origin == self.ourself or visible(e.origin))]
 
     def ours(self) -> list[Entry]:
-        """Our live entries."""
-        return [e for e in self.all() if e.origin == self.ourself and e.live]
+        """Our live entries (in no particular order)."""
+        return list(self._ours.values())
+
+    def count_ours(self) -> int:
+        return len(self._ours)
 
     # -- indexes --------------------------------------------------------------------------
 
     def _put(self, entry: Entry) -> None:
         self._by_key[entry.key] = entry
+        if entry.origin == self.ourself and entry.live:
+            self._ours[entry.key] = entry
+        else:
+            self._ours.pop(entry.key, None)
         self._by_name.setdefault(entry.hostname.lower(), {})[entry.key] = entry
         self._by_address.setdefault(entry.address, {})[entry.key] = entry
 
     def _drop(self, key: Key) -> None:
         entry = self._by_key.pop(key)
+        self._ours.pop(key, None)
         for index, at in ((self._by_name, entry.hostname.lower()),
                           (self._by_address, entry.address)):
             bucket = index[at]  # type: ignore[index]

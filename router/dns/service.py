@@ -50,6 +50,7 @@ log = logging.getLogger("weave-router.dns")
 CHANNEL = "dns"
 STORE_KEY = "dns_entries"  # JSON [[hostname, container_id, address], ...]: ours, live
 EXPIRE_INTERVAL = 60.0  # seconds between tombstone sweeps
+MAX_PERSISTED = 800  # our entries kept in the store (~64 KiB, the store's value limit)
 MAX_UDP = 65535  # bytes
 EXTERNAL_ID = "weave:extern"  # Weave's container id of dns-add -h without a container
 IP_PKTINFO = 8  # Linux <linux/in.h> (not in every Python's socket module)
@@ -92,6 +93,7 @@ class DnsService:
         self._tcp_clients = 0
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self.bound: tuple[str, int] | None = None
+        self._over_limit = False
         self._channel = register(CHANNEL, self)
         self._restore()
 
@@ -146,7 +148,14 @@ class DnsService:
     def _persist(self) -> None:
         if self._store is None:
             return
-        rows = [[e.hostname, e.container_id, str(e.address)] for e in self.entries.ours()]
+        if self.entries.count_ours() > MAX_PERSISTED:
+            if not self._over_limit:
+                log.warning("more than %d DNS entries of ours: the ones added from now on are "
+                            "not kept for a restart", MAX_PERSISTED)
+            self._over_limit = True
+            return
+        self._over_limit = False
+        rows = sorted([e.hostname, e.container_id, str(e.address)] for e in self.entries.ours())
         try:
             self._store.set_meta(STORE_KEY, json.dumps(rows))
         except (StoreError, LocalProtocolError) as exc:
