@@ -147,8 +147,14 @@ def test_stopped_peers_names_vanish_and_return(world: World) -> None:
     world.h3.router("stop")
     world.h3.wait_stopped()
     wait_answer(watcher, c3.name, [], timeout=20)
-    world.launch(world.h3, world.h1.ip)  # registers its containers again
+    world.launch(world.h3, world.h1.ip)  # registers its containers again (from its store)
     wait_answer(watcher, c3.name, [ip3], timeout=30)
+    world.h3.wait_routes(2)
+    # Its own view holds the entry live: it re-registered it rather than tombstoning the
+    # copy the others kept (which it would do for an entry it did not know).
+    ours = [line.split() for line in world.h3.status("dns").splitlines()]
+    assert [c3.name, ip3] in [line[:2] for line in ours], ours
+    wait_answer(watcher, c3.name, [ip3])
 
 
 def test_upstream_forwarding_and_servfail(world: World) -> None:
