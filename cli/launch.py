@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 
+from cli import dns_flags
 from cli.client import (
     ENV_SOCKET,
     ApiClient,
@@ -121,6 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"MTU of the bridge and containers (default {DEFAULT_MTU}) [{ENV_MTU}]")
     add("--dataplane", metavar="NAME", choices=BACKENDS,
         help="'native' (default) or 'reference', the pure-Python twin (~100x slower)")
+    dns_flags.add_arguments(parser)
     add("--db-path", metavar="PATH", help=f"database file (default {DEFAULT_DB_PATH})")
     add("--log-file", metavar="PATH",
         help=f"log file (default {DEFAULT_LOG_FILE}; stderr with --foreground)")
@@ -362,6 +364,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConf
         http_addr=default_http_addr(args.http_addr, env.get(ENV_HTTP_ADDR)),
         mtu=_mtu(args.mtu, env),
         dataplane=args.dataplane or "native",
+        dns=dns_flags.build(args),
         **_ipam(args),  # type: ignore[arg-type]
     )
 
@@ -374,7 +377,7 @@ def config_to_argv(config: RouterConfig) -> list[str]:
             "--log-level", config.log_level, "--mtu", str(config.mtu),
             "--dataplane", config.dataplane,
             "--ipalloc-range", "" if config.ipalloc_range is None else str(config.ipalloc_range),
-            "--ipalloc-init", config.ipalloc_init]
+            "--ipalloc-init", config.ipalloc_init, *dns_flags.to_argv(config.dns)]
     if config.ipalloc_default_subnet is not None:
         argv += ["--ipalloc-default-subnet", str(config.ipalloc_default_subnet)]
     if config.http_addr is not None:

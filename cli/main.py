@@ -5,23 +5,28 @@ Commands of this milestone (cli.md has the contract)::
     weave-router launch [options] [PEER ...]
     weave-router stop
     weave-router reset
-    weave-router status [targets|connections|peers]
+    weave-router status [targets|connections|peers|ipam|dns]
     weave-router report [-f TEMPLATE]
     weave-router connect [--replace] [PEER ...]
     weave-router forget PEER ...
-    weave-router attach [ADDR ...] [-h FQDN] [--no-multicast-route] CONTAINER
+    weave-router attach [ADDR ...] [-h FQDN] [--without-dns] [--no-multicast-route] CONTAINER
     weave-router detach [ADDR ...] CONTAINER
     weave-router ps [CONTAINER ...]
     weave-router prime
     weave-router rmpeer PEER_ID ...
+    weave-router dns-add [IP ...] CONTAINER [-h FQDN] | dns-add IP ... -h FQDN
+    weave-router dns-remove [IP ...] CONTAINER [-h FQDN] | dns-remove IP ... -h FQDN
+    weave-router dns-lookup NAME
+    weave-router dns-args
     weave-router setup-cni [--cni-bin-dir DIR] [--cni-conf-dir DIR]
     weave-router version
     weave-router help [COMMAND]
 
-``-h`` is Weave's hostname flag on ``attach`` (``--help`` is the help there); DNS is not in
-this version, so the name travels in the attach request and is reported as not
-registered. Weave's commands this version lacks (``expose``, ``dns-add``, ``launch-proxy``
-...: :data:`cli.missing.MISSING`) say so in one line and exit 1.
+``-h`` is Weave's hostname flag on ``attach`` and ``dns-*`` (``--help`` is the help there):
+the name registered in weaveDNS (default: the container's ``ip netns`` name in the domain;
+``--without-dns``: none). The DNS commands are in ``cli/dns.py``. Weave's commands this
+version lacks (``expose``, ``launch-proxy`` ...: :data:`cli.missing.MISSING`) say so in one
+line and exit 1.
 
 Every command but ``launch`` and ``version`` talks to the router's API: over its unix
 socket (``--socket``, ``WEAVE_SOCKET``; ``/run/weave-router/weave.sock`` if it exists) or
@@ -34,6 +39,7 @@ error (unknown flag, bad value), reported as one line ``weave-router: error: ...
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -42,6 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from cli import dns as dns_cli
 from cli import launch, setup_cni
 from cli.client import (
     ApiClient,
@@ -50,7 +57,7 @@ from cli.client import (
     choose_api,
     is_hostname,
 )
-from cli.missing import MISSING, STATUS_DNS, missing_command
+from cli.missing import MISSING, missing_command
 from cli.template import Template, TemplateError
 from router.config import DEFAULT_DB_PATH
 from router.containers.addresses import parse_addrs
@@ -95,8 +102,8 @@ def _add_hostname(parser: argparse.ArgumentParser) -> None:
     """Weave's ``-h FQDN``; ``--help`` stays the help (the parser has ``add_help=False``)."""
     parser.add_argument("--help", action="help", help="show this help message and exit")
     parser.add_argument("-h", dest="hostname", metavar="FQDN", type=_hostname,
-                        help="the container's DNS name (recorded; DNS is not in this "
-                             "version, so it is not registered)")
+                        help="the container's DNS name (default: NAME.weave.local. for "
+                             "an `ip netns` NAME)")
 
 
 def _add_container_commands(commands: argparse._SubParsersAction[_Parser]
@@ -105,6 +112,8 @@ def _add_container_commands(commands: argparse._SubParsersAction[_Parser]
     attach = commands.add_parser("attach", help="put a container on the weave network",
                                  add_help=False)
     _add_hostname(attach)
+    attach.add_argument("--without-dns", action="store_true",
+                        help="register no DNS name for the container")
     attach.add_argument("--no-multicast-route", action="store_true",
                         help="do not route 224.0.0.0/4 via ethwe")
     attach.add_argument("args", nargs="+", metavar="[ADDR ...] CONTAINER",
@@ -136,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http_addr(reset)
     status = commands.add_parser("status", help="show the router's status")
     status.add_argument("view", nargs="?", choices=STATUS_VIEWS, metavar="VIEW",
-                        help="targets, connections, peers or ipam (dns: not in this version)")
+                        help="targets, connections, peers, ipam or dns")
     _add_http_addr(status)
     report = commands.add_parser("report", help="the JSON report")
     report.add_argument("-f", "--format", metavar="TEMPLATE",
@@ -150,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("peers", nargs="+", metavar="PEER", help="HOST[:PORT]")
     _add_http_addr(forget)
     _add_container_commands(commands)
+    dns_cli.add_commands(commands, _add_http_addr)
     _add_http_addr(commands.add_parser("prime", help="wait until this peer can allocate"))
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
@@ -264,8 +274,6 @@ def _wait_stopped(client: ApiClient) -> int:
 
 def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``status [VIEW]``: print the router's text layout."""
-    if args.view == "dns":
-        raise CommandError(f"{PROG}: {STATUS_DNS}")
     path = "/status" if args.view is None else f"/status/{args.view}"
     sys.stdout.write(_call(_client(args, env), "GET", path).body)
     return 0
@@ -327,14 +335,12 @@ def cmd_attach(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         fields.append(("multicast_route", "false"))
     if args.hostname is not None:
         fields.append(("fqdn", args.hostname))
+    if args.without_dns:
+        fields.append(("dns", "false"))
     client = _client(args, env)
     client.timeout = None  # an allocation waits for IPAM consensus, as in Weave
     line = _call(client, "POST", "/attach", fields).body.split()
     print(" ".join(cidr.split("/")[0] for cidr in line[2:]))
-    if args.hostname is not None:
-        print(f"{PROG}: -h {args.hostname}: not registered: DNS is not in this version "
-              "(the name was passed to the router, which records it in its log)",
-              file=sys.stderr)
     return 0
 
 
@@ -400,6 +406,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "prime": cmd_prime,
     "rmpeer": cmd_rmpeer,
     "setup-cni": setup_cni.run,
+    **{name: functools.partial(lambda fn, a, e: fn(a, _client(a, e), _call), fn)
+       for name, fn in (("dns-add", dns_cli.dns_add), ("dns-remove", dns_cli.dns_remove),
+                        ("dns-lookup", dns_cli.dns_lookup), ("dns-args", dns_cli.dns_args))},
     "version": cmd_version,
 }
 
@@ -444,7 +453,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return COMMANDS[args.command](args, env)
     except ConfigError as exc:
         return _error(f"{PROG}: error: {exc}", 2)
-    except CommandError as exc:
+    except (CommandError, dns_cli.DnsCommandError) as exc:
         return _error(str(exc), 1)
     except KeyboardInterrupt:
         return _error(f"{PROG}: interrupted", 130)

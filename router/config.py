@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from router.dns.config import DnsConfig
 from router.mesh.names import PeerName
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -81,6 +82,7 @@ class RouterConfig:
     # --ipalloc-init as given (``consensus[=N]``, ``seed=NAME,...``, ``observer``; parsed by
     # router.ipam.parse_init_mode); --init-peer-count N is stored as ``consensus=N``.
     ipalloc_init: str = "consensus"
+    dns: DnsConfig | None = field(default_factory=DnsConfig)  # None: --no-dns
 
 
 def default_api_socket(db_path: Path) -> Path:

@@ -46,13 +46,17 @@ import trio
 from router import __version__, resume
 from router.cni.service import CniService
 from router.config import PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION, RouterConfig
-from router.containers.service import CHECK_INTERVAL, Attached, ContainersService
+from router.containers.addresses import parse_addrs
+from router.containers.service import CHECK_INTERVAL, Attached, ContainersService, ipam_ident
 from router.control.api import serve_api
 from router.dataplane.service import DataplaneService
+from router.dns.hooks import ContainerDns, prepare_bridge
+from router.dns.service import DnsService
 from router.errors import ConfigError, KernelError
 from router.ipam.service import IpamService, allocator_config
 from router.kernel.netlink import open_netlink_port
-from router.kernel.plumbing import reset_plan
+from router.kernel.netns import resolve_netns
+from router.kernel.plumbing import BRIDGE_NAME, reset_plan
 from router.kernel.port import DeleteLink, KernelPort, execute
 from router.kernel.route_overlap import check_range_free
 from router.mesh.names import PeerName, random_short_id, random_uid
@@ -128,10 +132,18 @@ class Router:
                 on_output=self.mesh.flush_gossip, rng=rng,
             )
             self.mesh.on_routes_changed(self.ipam.notify_peers_changed)
+        self.dns: DnsService | None = None  # --no-dns: None
+        if config.dns is not None:
+            self.dns = DnsService(
+                config.dns, ourself=name, register=self.mesh.register_gossiper,
+                visible=self._reachable, store=store, on_output=self.mesh.flush_gossip,
+                bind_device=BRIDGE_NAME if config.dns.on_bridge else None, rng=rng)
+        self._dns_hooks = None if self.dns is None else ContainerDns(self.dns, kernel)
         self.containers = (None if kernel is None else
                            ContainersService(kernel, store, self.ipam,
                                              universe=config.ipalloc_range,
-                                             check_interval=container_check_interval()))
+                                             check_interval=container_check_interval(),
+                                             on_released=self._containers_vanished))
         self.cni = None if kernel is None else CniService(kernel, store, self.ipam)
 
     def _initial_targets(self) -> list[str]:
@@ -183,6 +195,10 @@ class Router:
                     if self.cni is not None:  # and those of vanished CNI attachments
                         await nursery.start(functools.partial(
                             self.cni.run, check_interval=container_check_interval()))
+                    if self.dns is not None and self._kernel is not None:  # sims: gossip only
+                        if self.dns.config.on_bridge:  # the bridge exists: the sleeve made it
+                            await prepare_bridge(self._kernel)
+                        await nursery.start(self.dns.run)
                     task_status.started()
         finally:
             stopped.set()
@@ -212,7 +228,8 @@ class Router:
         )
         dataplane = None if self.dataplane is None else dict(self.dataplane.statistics())
         return Status(ready=self.ready, router=router, dataplane=dataplane,
-                      ipam=None if self.ipam is None else self.ipam.statistics())
+                      ipam=None if self.ipam is None else self.ipam.statistics(),
+                      dns=None if self.dns is None else self.dns.statistics())
 
     def _ipam_peers(self) -> dict[PeerName, str]:
         """The peers IPAM can reach now, with their nicknames."""
@@ -234,13 +251,40 @@ class Router:
         self.reset_requested = True
         self._stop.set()
 
-    async def attach(self, container: str, addrs: list[str], *,
-                     multicast_route: bool) -> Attached:
-        return await self._containers().attach(container, addrs,
-                                               multicast_route=multicast_route)
+    def _reachable(self, peer: PeerName) -> bool:
+        """Whether ``peer`` is in the mesh now (weaveDNS hides the entries of others)."""
+        return peer in self.mesh.gossip.routes.unicast_all
+
+    async def attach(self, container: str, addrs: list[str], *, multicast_route: bool,
+                     hostname: str | None = None, with_dns: bool = True) -> Attached:
+        """Attach; then register ``hostname`` (default: the netns name) in weaveDNS."""
+        hooks = self._dns_hooks
+        fqdn = None if hooks is None else hooks.name_for(container, hostname, with_dns)
+        attached = await self._containers().attach(container, addrs,
+                                                   multicast_route=multicast_route)
+        if hooks is not None:
+            path = resolve_netns(container)
+            await hooks.attached(container, path, ipam_ident(path), fqdn,
+                                 [c.ip for c in attached.attachment.cidrs
+                                  if isinstance(c.ip, ipaddress.IPv4Address)])
+        return attached
 
     async def detach(self, container: str, addrs: list[str]) -> Attached | None:
-        return await self._containers().detach(container, addrs)
+        ident = ipam_ident(resolve_netns(container))
+        left = await self._containers().detach(container, addrs)
+        if self._dns_hooks is not None:
+            gone = None if left is None else [a.ip for a in parse_addrs(addrs).cidrs]
+            self._dns_hooks.detached(container, ident, gone)
+        return left
+
+    def _containers_vanished(self, idents: list[str], names: dict[str, str]) -> None:
+        if self._dns_hooks is not None:
+            self._dns_hooks.vanished(idents, names)
+
+    def dns_container_id(self, container: str) -> str:
+        """The id weaveDNS files an attached container's names under (ConfigError if it
+        is not attached)."""
+        return self._containers().attached_ident(container)
 
     async def ps(self, containers: Sequence[str] = ()) -> list[Attached]:
         return await self._containers().ps(containers)

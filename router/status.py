@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from router.dns.service import DnsStatistics
     from router.ipam import IpamStatistics
 
 CONNECTION_STATES = ("connecting", "retrying", "failed", "pending", "established")
@@ -90,3 +91,4 @@ class Status:
     # ``router.dataplane.backend.Statistics``; None without a data plane (simulations).
     dataplane: Mapping[str, object] | None = None
     ipam: IpamStatistics | None = None  # None: no IPAM (simulations without it)
+    dns: DnsStatistics | None = None  # None: --no-dns

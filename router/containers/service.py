@@ -94,10 +94,14 @@ class ContainersService:
     def __init__(self, kernel: KernelPort, store: Store, ipam: IpamService | None, *,
                  universe: ipaddress.IPv4Network | None,
                  check_interval: float = CHECK_INTERVAL,
-                 liveness: Liveness | None = None) -> None:
+                 liveness: Liveness | None = None,
+                 on_released: Callable[[list[str], dict[str, str]], None] | None = None
+                 ) -> None:
         """``universe``: the allocation range (``--ipalloc-range``); ``check_interval``:
         seconds between checks for vanished containers (inf: only at start and on ``ps``);
-        ``liveness``: which namespace inodes still exist (default :func:`live_netns_inodes`).
+        ``liveness``: which namespace inodes still exist (default :func:`live_netns_inodes`);
+        ``on_released``: told the idents of vanished containers (and ident -> container
+        name) after their addresses were released (weaveDNS removes their names).
         ``ipam`` and ``universe`` None: IPAM is disabled (``--ipalloc-range ''``), so
         attach takes explicit addresses only.
         """
@@ -107,6 +111,7 @@ class ContainersService:
         self._universe = universe
         self._check_interval = check_interval
         self._liveness = liveness if liveness is not None else live_netns_inodes
+        self._on_released = on_released
         self._touched: set[str] = set()  # idents attach used since the last check began
         self._released = 0
 
@@ -167,7 +172,16 @@ class ContainersService:
             log.info("container %s is gone: released %s", names.get(ident, ident),
                      " ".join(str(c) for c in cidrs))
         self._forget_idents(set(released))
+        if released and self._on_released is not None:
+            self._on_released(released, names)
         return released
+
+    def attached_ident(self, container: str) -> str:
+        """The IPAM ident of an attached container; ConfigError if it is not attached."""
+        ident = ipam_ident(resolve_netns(container))
+        if not any(e.ident == ident for e in self._registry().values()):
+            raise ConfigError(f"{container} is not attached")
+        return ident
 
     def statistics(self) -> dict[str, int]:
         """Counters: addresses released because their container vanished."""

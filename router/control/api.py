@@ -4,13 +4,14 @@ Every CLI command but ``launch --foreground`` is a client of this. Routes (paths
 
 ======  ==============================  =========================================
 GET     /status                         text layout of ``status`` (503 until ready)
-GET     /status/targets|connections|peers  the other ``status`` layouts (503 until ready)
+GET     /status/targets|connections|peers|ipam|dns  the other layouts (503 until ready)
 GET     /report                         the JSON report (application/json)
 GET     /report?format=TEMPLATE         that Go text/template rendered against it (text)
 GET     /ps[?container=C...]            attached containers (C: name, path or PID)
 POST    /connect                        form ``peer=A&peer=B&replace=true``
 POST    /forget                         form ``peer=A&peer=B``
 POST    /stop                           our addition: answer 200, then stop gracefully
+PUT/DELETE/GET /name...                 weaveDNS entries (``router/dns/api.py``)
 ======  ==============================  =========================================
 
 Errors are a status code and a one-line ``text/plain`` body naming the problem: 400 for a
@@ -50,6 +51,8 @@ from router.control.report import build_report, render_report
 from router.control.server import Server, ServerLimits
 from router.control.template import Template, TemplateError
 from router.control.unix_socket import bind_unix_socket, remove_unix_socket
+from router.dns.api import handle_dns
+from router.dns.service import DnsService
 from router.errors import ClosedError, ConfigError
 from router.ipam.service import IpamService
 from router.status import Status
@@ -90,9 +93,10 @@ class RouterControl(Protocol):
         """Stop, then remove the bridge, devices and data (returns at once)."""
         ...
 
-    async def attach(self, container: str, addrs: list[str], *,
-                     multicast_route: bool) -> Attached:
-        """Attach a container (ConfigError for a bad container or address)."""
+    async def attach(self, container: str, addrs: list[str], *, multicast_route: bool,
+                     hostname: str | None = None, with_dns: bool = True) -> Attached:
+        """Attach a container (ConfigError for a bad container or address, or a hostname
+        outside the DNS domain); register ``hostname`` (default: its netns name)."""
         ...
 
     async def detach(self, container: str, addrs: list[str]) -> Attached | None:
@@ -101,6 +105,15 @@ class RouterControl(Protocol):
 
     async def ps(self, containers: Sequence[str] = ()) -> list[Attached]:
         """The attached containers (only ``containers``, in that form, if given)."""
+        ...
+
+    @property
+    def dns(self) -> DnsService | None:
+        """weaveDNS behind /name, /domain, /dns-address (None: --no-dns, they answer 503)."""
+        ...
+
+    def dns_container_id(self, container: str) -> str:
+        """The id an attached container's names are filed under (ConfigError if not)."""
         ...
 
 
@@ -217,14 +230,14 @@ def _container(fields: dict[str, list[str]]) -> str:
 
 async def _attach(control: RouterControl, request: Request) -> Reply:
     fields = parse_form(request.body,
-                        frozenset({"container", "addr", "multicast_route", "fqdn"}))
+                        frozenset({"container", "addr", "multicast_route", "fqdn", "dns"}))
     multicast = fields.get("multicast_route", ["true"])
     container = _container(fields)
+    fqdn = fields.get("fqdn", [None])[0]  # attach -h; dns=false: --without-dns
+    with_dns = _parse_bool("dns", fields.get("dns", ["true"]))
     attached = await control.attach(container, fields.get("addr", []),
-                                    multicast_route=_parse_bool("multicast_route", multicast))
-    for fqdn in fields.get("fqdn", [])[:1]:  # attach -h: kept for DNS, which is not here yet
-        log.info("attach %s: hostname %r not registered: DNS is not in this version",
-                 container, fqdn[:255])
+                                    multicast_route=_parse_bool("multicast_route", multicast),
+                                    hostname=fqdn or None, with_dns=with_dns)
     return Reply(200, attached.line() + "\n")
 
 
@@ -267,6 +280,8 @@ async def dispatch(control: RouterControl, request: Request) -> Reply:
         reply = await ipam_api.handle_ipam(control.ipam, request)
         if reply is None:
             reply = await cni_api.handle_cni(control, request)
+        if reply is None:
+            reply = await handle_dns(control, request)
     except Exception:
         log.exception("control API: %s %s failed", request.method, request.path)
         return error(500, f"internal error serving {request.method} {request.path} (see the log)")

@@ -1,4 +1,4 @@
-"""Weave's text layouts for ``status``, ``status targets|connections|peers|ipam``.
+"""Weave's text layouts for ``status``, ``status targets|connections|peers|ipam|dns``.
 
 Pure functions from a :class:`~router.status.Status` snapshot to text (every line ends
 with ``\\n``, no trailing blanks). The layouts are Weave Net's, so scripts that read
@@ -20,6 +20,15 @@ with ``\\n``, no trailing blanks). The layouts are Weave Net's, so scripts that 
              Status: ready
               Range: 10.32.0.0/12
       DefaultSubnet: 10.32.0.0/12
+
+            Service: dns                       (unless --no-dns; after a blank line)
+             Domain: weave.local.
+           Upstream: 192.0.2.53, 192.0.2.54    (or none)
+                TTL: 1
+            Entries: 3
+
+    status dns          name (domain cut off) 12 wide, address 15, container id 12 right
+    c1           10.32.0.1       23913da5e322 7a:77:72:00:00:01
 
     status targets      one target per line
 
@@ -50,6 +59,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from router.dns.service import DnsStatistics
 from router.ipam import IpamStatistics
 from router.status import CONNECTION_STATES, ConnectionStatus, RouterStatus, Status
 
@@ -135,7 +145,37 @@ def render_status(status: Status) -> str:
         _field("Peers", _peers_summary(router)),
         _field("TrustedSubnets", subnets),
         *(ipam_section(ipam) if ipam is not None else []),
+        *(dns_section(status.dns) if status.dns is not None else []),
     ])
+
+
+def dns_section(dns: DnsStatistics) -> list[str]:
+    """The ``Service: dns`` lines of ``status`` (preceded by a blank line)."""
+    return [
+        "",
+        _field("Service", "dns"),
+        _field("Domain", dns.domain),
+        _field("Upstream", ", ".join(dns.upstream) or "none"),
+        _field("TTL", dns.ttl),
+        _field("Entries", len(dns.entries)),
+    ]
+
+
+def render_dns(status: Status) -> str:
+    """``status dns``: Weave's ``%-12s %-15s %12.12s %s`` (name without the domain,
+    address, container id, origin), live entries of reachable peers."""
+    dns = status.dns
+    if dns is None:
+        return ""
+    suffix = "." + dns.domain
+    lines = []
+    for entry in dns.entries:
+        name = entry.hostname
+        if name.lower().endswith(suffix):
+            name = name[:-len(suffix)]
+        lines.append(f"{name:<12} {entry.address!s:<15} {entry.container_id:>12.12} "
+                     f"{entry.origin}")
+    return _lines(lines)
 
 
 def render_targets(status: Status) -> str:
@@ -233,4 +273,5 @@ VIEWS = {
     "connections": render_connections,
     "peers": render_peers,
     "ipam": render_ipam,
+    "dns": render_dns,
 }

@@ -33,8 +33,10 @@ keep working::
 (via ODP)``), "" without a data plane. Left out, as nothing here has that data:
 ``Router.CaptureStats`` (Weave's pcap counters; ours are under OverlayDiagnostics),
 ``Router.MACs`` (the MAC table lives in the compiled data plane, which lists only its
-size, ``OverlayDiagnostics.sleeve.macs``) and ``DNS`` (no DNS server yet: absent, as in
-Weave's report with ``--no-dns``). ``IPAM`` is absent without IPAM, as in Weave.
+size, ``OverlayDiagnostics.sleeve.macs``). ``DNS`` is Weave's ``{"Domain", "Upstream":
+[ip, ...] | null, "Address": "ip:port", "TTL", "Entries": [{"Hostname", "Origin",
+"ContainerID", "Address", "Version", "Tombstone"}] | null}``, absent with ``--no-dns``
+as in Weave; ``IPAM`` is absent without IPAM, as in Weave.
 
 The tree is typed for Go (``router/control/govalues.py``): maps are ``GoMap``, slices
 Go leaves nil are ``NilSlice`` (JSON ``null``), so templates print what Weave prints.
@@ -57,6 +59,8 @@ from router.control.govalues import (
     to_json,
 )
 from router.control.layouts import connection_info
+from router.dns.api import entry_fields
+from router.dns.service import DnsStatistics
 from router.ipam import IpamStatistics
 from router.kernel.plumbing import TAP_NAME
 from router.mesh.names import PeerName
@@ -153,7 +157,20 @@ def build_report(status: Status) -> dict[str, object]:
     }
     if status.ipam is not None:
         report["IPAM"] = GoPointer(_ipam(status.ipam))
+    if status.dns is not None:
+        report["DNS"] = GoPointer(_dns(status.dns))
     return report
+
+
+def _dns(dns: DnsStatistics) -> dict[str, object]:
+    """Weave's DNS section: every entry, tombstones included (``Tombstone`` > 0)."""
+    return {
+        "Domain": dns.domain,
+        "Upstream": nil_if_empty(list(dns.upstream)),
+        "Address": dns.address,
+        "TTL": dns.ttl,
+        "Entries": nil_if_empty([entry_fields(e) for e in dns.all_entries]),
+    }
 
 
 def _ipam(ipam: IpamStatistics) -> dict[str, object]:

@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from router.dns.hooks import NETNS_ETC_DIR, remove_resolv_conf
 from router.testing.namespace import (
     TERM_GRACE,
     CommandError,
@@ -397,6 +398,8 @@ class Mesh:
             run_parallel(*(ns.kill_all for ns in spaces))
         for name in [ns.name for ns in spaces] + [self.lan]:
             _ip("netns", "del", name, check=False)
+        for etc in NETNS_ETC_DIR.glob(f"{self.prefix}-*"):  # what attach wrote for weaveDNS
+            remove_resolv_conf(etc.name)  # (ours only), for namespaces tests made themselves
         shutil.rmtree(self.run_dir, ignore_errors=True)
         left = namespaces_with_prefix(self.prefix)
         if left:

@@ -17,7 +17,6 @@ Shape = dict[str, set[str]]
 
 # Keys of Weave's report this router leaves out, and why.
 ABSENT: dict[str, str] = {
-    ".DNS": "no DNS server yet; Weave leaves DNS out too when launched with --no-dns",
     ".Router.CaptureStats": "pcap counters; ours are under OverlayDiagnostics.sleeve",
     ".Router.MACs": "the MAC table is in the compiled data plane, which gives only its size"
                     " (OverlayDiagnostics.sleeve.macs)",
@@ -34,6 +33,7 @@ OURS: dict[str, str] = {
 RICHER: dict[str, str] = {
     ".Router.OverlayDiagnostics.sleeve": "Weave's sleeve says null; ours are its counters",
     ".IPAM.Paxos": "Weave's too is an object while awaiting consensus (captures: null)",
+    ".DNS.Upstream": "Weave's too lists the resolv.conf servers (captures: none there, null)",
 }
 
 

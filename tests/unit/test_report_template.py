@@ -71,7 +71,9 @@ async def _sim_reports(tmp: Path) -> list[object]:
                                  show=sim.mesh_summary)
             first = sim.routers[ips[0]].router
             assert first is not None
-            await first.ipam.allocate("c1")
+            address = await first.ipam.allocate("c1")
+            assert first.dns is not None
+            first.dns.add("c1.weave.local.", "c1", [address.ip])
             await trio.sleep(30)  # the failed dial is retried; gossip settles
             reports += [json.loads(render_report(r.status())) for r in sim.routers.values()]
             await sim.stop(ips[2])
