@@ -12,7 +12,8 @@ starts only once the earlier ones are serving):
 4. mesh        bind TCP ``--port``, start the connection maker and gossip; then IPAM's
                timer, and the containers' check that releases the addresses of
                containers that vanished (once now, then every 30 s)
-5. control     bind the HTTP API on ``--socket`` (root only) and ``--http-addr``
+5. control     bind the HTTP API on ``--socket`` (root only) and ``--http-addr``, then
+               /metrics and /status on ``--metrics-addr`` (``router/metrics/``)
 6. ready       ``/status`` answers 200, systemd gets ``READY=1``
 
 Shutdown runs the other way round: the API stops answering, the mesh closes every
@@ -57,6 +58,8 @@ from router.kernel.port import DeleteLink, KernelPort, execute
 from router.kernel.route_overlap import check_range_free
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
+from router.metrics.collector import RouterCollector
+from router.metrics.service import serve_metrics
 from router.network.service import ListenError, Network, TrioNetwork
 from router.overlay.sleeve.service import SleeveService
 from router.status import RouterStatus, Status
@@ -132,6 +135,8 @@ class Router:
                                              universe=config.ipalloc_range,
                                              check_interval=container_check_interval()))
         self.cni = None if kernel is None else CniService(kernel, store, self.ipam)
+        # /metrics; DNS and fastdp add their gauges with ``self.metrics.add_source``.
+        self.metrics = RouterCollector(self.snapshot)
 
     def _initial_targets(self) -> list[str]:
         """``--resume`` takes the persisted targets; otherwise the command line's replace them."""
@@ -151,6 +156,12 @@ class Router:
                         serve_api, self, host, port, socket_path=self.config.api_socket))
                 except OSError as exc:
                     raise ListenError(host, port, "HTTP API", exc) from exc
+            if self.config.metrics_addr is not None:
+                host, port = self.config.metrics_addr
+                try:
+                    await nursery.start(serve_metrics, self.metrics, self.snapshot, host, port)
+                except OSError as exc:
+                    raise ListenError(host, port, "metrics", exc) from exc
             self.ready = True
             log.info("ready: %s(%s) listening on %s:%d", self.name, self.nickname,
                      self.config.mesh.host, self.config.mesh.port)
