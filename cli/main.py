@@ -20,7 +20,7 @@ Commands of this milestone (cli.md has the contract)::
 
 ``-h`` is Weave's hostname flag on ``attach`` (``--help`` is the help there); DNS is not in
 this version, so the name travels in the attach request and is reported as not
-registered. Weave's commands this version lacks (``expose``, ``dns-add``, ``launch-proxy``
+registered. Weave's commands this version lacks (``dns-add``, ``launch-proxy``
 ...: :data:`cli.missing.MISSING`) say so in one line and exit 1.
 
 Every command but ``launch`` and ``version`` talks to the router's API: over its unix
@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from cli import launch, setup_cni
+from cli import expose, launch, setup_cni
 from cli.client import (
     ApiClient,
     ApiResponse,
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("peers", nargs="+", metavar="PEER", help="HOST[:PORT]")
     _add_http_addr(forget)
     _add_container_commands(commands)
+    expose.add_commands(commands, _add_http_addr, _add_hostname)
     _add_http_addr(commands.add_parser("prime", help="wait until this peer can allocate"))
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
@@ -397,6 +398,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "attach": cmd_attach,
     "detach": cmd_detach,
     "ps": cmd_ps,
+    "expose": expose.cmd_expose,
+    "hide": expose.cmd_hide,
     "prime": cmd_prime,
     "rmpeer": cmd_rmpeer,
     "setup-cni": setup_cni.run,

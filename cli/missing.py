@@ -12,12 +12,6 @@ _NO_DNS = "weaveDNS is not in this version of weave-router"
 
 # command -> (what it is, in the help list; the line printed after "weave-router: COMMAND: ")
 MISSING: dict[str, tuple[str, str]] = {
-    "expose": ("give this host an address on the weave network",
-               "gives this host an address on the weave network (Weave's `weave expose`); "
-               "not in this version of weave-router"),
-    "hide": ("take this host's weave address away",
-             "takes away the address `expose` gave this host; not in this version of "
-             "weave-router"),
     "dns-add": ("add a DNS name", f"adds a name to weaveDNS; {_NO_DNS}"),
     "dns-remove": ("remove a DNS name", f"removes a name from weaveDNS; {_NO_DNS}"),
     "dns-lookup": ("look a DNS name up", f"looks a name up in weaveDNS; {_NO_DNS}"),

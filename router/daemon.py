@@ -51,6 +51,8 @@ from router.containers.service import CHECK_INTERVAL, Attached, ContainersServic
 from router.control.api import serve_api
 from router.dataplane.service import DataplaneService
 from router.errors import ConfigError, KernelError
+from router.host.rules import TABLE
+from router.host.service import HostService, default_nft
 from router.ipam.service import IpamService, allocator_config
 from router.kernel.netlink import open_netlink_port
 from router.kernel.plumbing import reset_plan
@@ -135,6 +137,12 @@ class Router:
                                              universe=config.ipalloc_range,
                                              check_interval=container_check_interval()))
         self.cni = None if kernel is None else CniService(kernel, store, self.ipam)
+        self.host_access: HostService | None = None  # expose/hide, the router's nft table
+        if kernel is not None:
+            nft, problem = default_nft()
+            self.host_access = HostService(kernel, nft, store, self.ipam,
+                                           port=config.mesh.port,
+                                           universe=config.ipalloc_range, nft_problem=problem)
         # /metrics; DNS and fastdp add their gauges with ``self.metrics.add_source``.
         self.metrics = RouterCollector(self.snapshot)
 
@@ -175,6 +183,8 @@ class Router:
             await stopped.wait()
             if self.reset_requested and self._kernel is not None:
                 # Before the API goes: `reset` returns once the router stops answering.
+                if self.host_access is not None:
+                    await self.host_access.remove_table()
                 await reset_host(self._kernel)
             nursery.cancel_scope.cancel()
 
@@ -185,6 +195,8 @@ class Router:
             with scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.sleeve.run)
+                    if self.host_access is not None:  # the bridge exists: protect it
+                        await nursery.start(self.host_access.run)
                     await nursery.start(self.mesh.run)
                     if self.ipam is not None:
                         await nursery.start(self.ipam.run)
@@ -253,7 +265,10 @@ class Router:
         return await self._containers().detach(container, addrs)
 
     async def ps(self, containers: Sequence[str] = ()) -> list[Attached]:
-        return await self._containers().ps(containers)
+        found = await self._containers().ps(containers)
+        exposed = None if containers or self.host_access is None else \
+            await self.host_access.ps_entry()
+        return found if exposed is None else [*found, exposed]  # weave:expose, as Weave
 
     def _containers(self) -> ContainersService:
         if self.containers is None:
@@ -368,6 +383,9 @@ def reset_offline(db_path: Path) -> tuple[list[str], bool]:
     The links deleted, and whether a database was removed."""
 
     async def plumbing() -> list[str]:
+        nft, _ = default_nft()
+        if nft is not None and await nft.delete_table(TABLE):
+            log.info("reset: removed nftables table %s", TABLE)
         async with open_netlink_port() as kernel:
             return await reset_host(kernel)
 
