@@ -18,7 +18,8 @@ starts only once the earlier ones are serving):
 
 Shutdown runs the other way round: the API stops answering, the mesh closes every
 connection (peers see EOF at once, not a timeout), the data plane's threads stop, the
-UDP socket closes, the netlink port and then the store close last. The bridge stays, so
+UDP socket closes, the sleeve port's conntrack entries are cleared, the netlink port and
+then the store close last. The bridge stays, so
 containers on this host keep talking. ``docs/concurrency.md`` draws the nursery tree.
 
 A failed start is one log line naming what failed and the OS error (``cannot listen on
@@ -51,8 +52,9 @@ from router.containers.service import CHECK_INTERVAL, Attached, ContainersServic
 from router.control.api import serve_api
 from router.dataplane.service import DataplaneService
 from router.errors import ConfigError, KernelError
+from router.host.notify import STATUS_INTERVAL, notify_message
 from router.host.rules import TABLE
-from router.host.service import HostService, default_nft
+from router.host.service import HostService, clear_conntrack, default_nft
 from router.ipam.service import IpamService, allocator_config
 from router.kernel.netlink import open_netlink_port
 from router.kernel.plumbing import reset_plan
@@ -181,6 +183,9 @@ class Router:
                 await self.ipam.reset_handover()  # while the mesh can still carry it
             services.cancel()
             await stopped.wait()
+            if self._kernel is not None:  # nothing of ours sends on the sleeve port now
+                with trio.CancelScope(shield=True):
+                    await clear_conntrack(self.config.mesh.port)
             if self.reset_requested and self._kernel is not None:
                 # Before the API goes: `reset` returns once the router stops answering.
                 if self.host_access is not None:
@@ -398,7 +403,20 @@ async def _serve_until_stopped(router: Router) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, router)
             await nursery.start(_serve, router, nursery.cancel_scope)
-            notify_systemd("READY=1")
+            notify_systemd(notify_message(router.snapshot(), ready=True))
+            if os.environ.get("NOTIFY_SOCKET"):
+                nursery.start_soon(_status_to_systemd, router)
+
+
+async def _status_to_systemd(router: Router) -> None:
+    """``STATUS=3 peers, 2 established, IPAM ready`` for ``systemctl status``, as it changes."""
+    sent = ""
+    while True:
+        await trio.sleep(STATUS_INTERVAL)
+        message = notify_message(router.snapshot())
+        if message != sent and router.ready:
+            notify_systemd(message)
+            sent = message
 
 
 async def _serve(router: Router, scope: trio.CancelScope, *,

@@ -19,6 +19,8 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
+import shutil
 from collections.abc import Sequence
 
 import trio
@@ -39,6 +41,7 @@ log = logging.getLogger("weave-router.host")
 EXPOSE_IDENT = "weave:expose"  # Weave's IPAM ident (and ps name) for the host's addresses
 META_KEY = "expose"  # store meta: {"CIDR": masquerade, ...}
 CHECK_INTERVAL = 1.0  # seconds between reads of our table (a flush is undone this fast)
+_DELETED = re.compile(r"(\d+) flow entries have been deleted")
 
 
 class HostService:
@@ -219,3 +222,25 @@ def default_nft() -> tuple[NftPort | None, str]:
         return NftCli(), ""
     except KernelError as exc:
         return None, str(exc)
+
+
+async def clear_conntrack(port: int) -> int:
+    """Delete the conntrack entries of the sleeve's UDP ports (``port``, ``port + 1``) in
+    this namespace, as ``stop`` does (weave#1042, #1171: a stale entry, e.g. one made
+    while nothing listened or before a NAT rule changed, keeps a peer's datagrams going
+    the wrong way after a restart). The count deleted; 0 without ``conntrack`` (logged)."""
+    binary = shutil.which("conntrack")
+    if binary is None:
+        log.info("conntrack not found: stale entries of UDP %d-%d are not cleared",
+                 port, port + 1)
+        return 0
+    deleted = 0
+    for udp in (port, port + 1):
+        with trio.move_on_after(5.0):
+            proc = await trio.run_process([binary, "-D", "-p", "udp", "--dport", str(udp)],
+                                          capture_stdout=True, capture_stderr=True,
+                                          check=False)
+            found = _DELETED.search(proc.stderr.decode(errors="replace"))
+            deleted += int(found.group(1)) if found else 0
+    log.info("cleared %d conntrack entries of UDP %d-%d", deleted, port, port + 1)
+    return deleted
