@@ -16,7 +16,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libsodium-dev libssl-dev pkg-config iproute2 iperf3 tcpdump ethtool procps iputils-ping \
   golang-go containernetworking-plugins podman runc debootstrap containerd busybox-static \
-  golang-github-appc-cni-dev dnsutils dnsmasq-base dnsperf
+  golang-github-appc-cni-dev dnsutils dnsmasq-base dnsperf prometheus nftables systemd conntrack
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # bench-ipam's own flags; `make bench BENCH_ARGS=--quick` makes it quick too

@@ -41,6 +41,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from cli import dns_flags
+from cli import metrics_flags
 from cli.client import (
     ENV_SOCKET,
     ApiClient,
@@ -108,6 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--conn-limit", metavar="N", help=f"most connections (default {DEFAULT_CONN_LIMIT})")
     add("--http-addr", metavar="HOST:PORT",
         help=f"control API address (127.0.0.1:6784) [{ENV_HTTP_ADDR}]")
+    add("--metrics-addr", "--status-addr", dest="metrics_addr", metavar="HOST:PORT",
+        help=metrics_flags.HELP)
     add("--socket", metavar="PATH",
         help="control API unix socket, root only (default /run/weave-router/weave.sock, or "
              f"<db-path without suffix>.sock with --db-path; '' for none) [{ENV_SOCKET}]")
@@ -362,6 +365,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConf
         log_file=_file(args.log_file, "--log-file", None if args.foreground else DEFAULT_LOG_FILE),
         log_level=_log_level(args.log_level),
         http_addr=default_http_addr(args.http_addr, env.get(ENV_HTTP_ADDR)),
+        metrics_addr=metrics_flags.metrics_addr(args.metrics_addr, env),
         mtu=_mtu(args.mtu, env),
         dataplane=args.dataplane or "native",
         dns=dns_flags.build(args),
@@ -383,6 +387,8 @@ def config_to_argv(config: RouterConfig) -> list[str]:
     if config.http_addr is not None:
         argv += ["--http-addr", format_addr(config.http_addr)]
     argv += ["--socket", "" if config.api_socket is None else str(config.api_socket)]
+    argv += ["--metrics-addr",
+             "" if config.metrics_addr is None else format_addr(config.metrics_addr)]
     if mesh.name is not None:
         argv += ["--name", str(mesh.name)]
     if mesh.trusted_subnets:

@@ -22,11 +22,11 @@ Commands of this milestone (cli.md has the contract)::
     weave-router version
     weave-router help [COMMAND]
 
-``-h`` is Weave's hostname flag on ``attach`` and ``dns-*`` (``--help`` is the help there):
-the name registered in weaveDNS (default: the container's ``ip netns`` name in the domain;
-``--without-dns``: none). The DNS commands are in ``cli/dns.py``. Weave's commands this
-version lacks (``expose``, ``launch-proxy`` ...: :data:`cli.missing.MISSING`) say so in one
-line and exit 1.
+``-h`` is Weave's hostname flag on ``attach``, ``expose`` and ``dns-*`` (``--help`` is the
+help there): the name registered in weaveDNS (default: the container's ``ip netns`` name in
+the domain; ``--without-dns``: none). The DNS commands are in ``cli/dns.py``, ``expose`` and
+``hide`` in ``cli/expose.py``. Weave's commands this version lacks (``launch-proxy`` ...:
+:data:`cli.missing.MISSING`) say so in one line and exit 1.
 
 Every command but ``launch`` and ``version`` talks to the router's API: over its unix
 socket (``--socket``, ``WEAVE_SOCKET``; ``/run/weave-router/weave.sock`` if it exists) or
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from cli import dns as dns_cli
-from cli import launch, setup_cni
+from cli import expose, launch, setup_cni
 from cli.client import (
     ApiClient,
     ApiResponse,
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http_addr(forget)
     _add_container_commands(commands)
     dns_cli.add_commands(commands, _add_http_addr)
+    expose.add_commands(commands, _add_http_addr, _add_hostname)
     _add_http_addr(commands.add_parser("prime", help="wait until this peer can allocate"))
     rmpeer = commands.add_parser("rmpeer", help="take over the address space of dead peers")
     rmpeer.add_argument("peers", nargs="+", metavar="PEER_ID", help="peer name or nickname")
@@ -403,6 +404,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "attach": cmd_attach,
     "detach": cmd_detach,
     "ps": cmd_ps,
+    "expose": expose.cmd_expose,
+    "hide": expose.cmd_hide,
     "prime": cmd_prime,
     "rmpeer": cmd_rmpeer,
     "setup-cni": setup_cni.run,

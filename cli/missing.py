@@ -11,12 +11,6 @@ PROG = "weave-router"
 
 # command -> (what it is, in the help list; the line printed after "weave-router: COMMAND: ")
 MISSING: dict[str, tuple[str, str]] = {
-    "expose": ("give this host an address on the weave network",
-               "gives this host an address on the weave network (Weave's `weave expose`); "
-               "not in this version of weave-router"),
-    "hide": ("take this host's weave address away",
-             "takes away the address `expose` gave this host; not in this version of "
-             "weave-router"),
     "setup": ("download Weave's images",
               "downloads Weave's Docker images; weave-router has no images: not applicable "
               "(install it with `make setup`)"),

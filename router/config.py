@@ -18,6 +18,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_PORT = 6783
 DEFAULT_HTTP_ADDR = ("127.0.0.1", 6784)
+DEFAULT_METRICS_ADDR = ("127.0.0.1", 6782)  # /metrics and /status (Weave's status port)
 DEFAULT_DB_PATH = Path("/var/lib/weave-router/weave.db")
 DEFAULT_API_SOCKET = Path("/run/weave-router/weave.sock")  # the CLI's first choice
 DEFAULT_LOG_FILE = Path("/var/log/weave-router.log")
@@ -74,6 +75,7 @@ class RouterConfig:
     log_level: str = "info"
     http_addr: tuple[str, int] | None = DEFAULT_HTTP_ADDR  # None: no API (simulations)
     api_socket: Path | None = None  # the API's unix socket (--socket); None: none
+    metrics_addr: tuple[str, int] | None = DEFAULT_METRICS_ADDR  # --metrics-addr; None: none
     mtu: int = DEFAULT_MTU  # bytes: the bridge's and every container's ethwe MTU (--mtu)
     dataplane: str = "native"  # "reference": the pure-Python twin, ~100x slower (by name only)
     # --ipalloc-range; None: ``--ipalloc-range ''``, the router runs without IPAM (Weave's)

@@ -12,12 +12,14 @@ starts only once the earlier ones are serving):
 4. mesh        bind TCP ``--port``, start the connection maker and gossip; then IPAM's
                timer, and the containers' check that releases the addresses of
                containers that vanished (once now, then every 30 s)
-5. control     bind the HTTP API on ``--socket`` (root only) and ``--http-addr``
+5. control     bind the HTTP API on ``--socket`` (root only) and ``--http-addr``, then
+               /metrics and /status on ``--metrics-addr`` (``router/metrics/``)
 6. ready       ``/status`` answers 200, systemd gets ``READY=1``
 
 Shutdown runs the other way round: the API stops answering, the mesh closes every
 connection (peers see EOF at once, not a timeout), the data plane's threads stop, the
-UDP socket closes, the netlink port and then the store close last. The bridge stays, so
+UDP socket closes, the sleeve port's conntrack entries are cleared, the netlink port and
+then the store close last. The bridge stays, so
 containers on this host keep talking. ``docs/concurrency.md`` draws the nursery tree.
 
 A failed start is one log line naming what failed and the OS error (``cannot listen on
@@ -53,6 +55,9 @@ from router.dataplane.service import DataplaneService
 from router.dns.hooks import ContainerDns, prepare_bridge
 from router.dns.service import DnsService
 from router.errors import ConfigError, KernelError
+from router.host.notify import STATUS_INTERVAL, notify_message
+from router.host.rules import TABLE
+from router.host.service import HostService, clear_conntrack, default_nft
 from router.ipam.service import IpamService, allocator_config
 from router.kernel.netlink import open_netlink_port
 from router.kernel.netns import resolve_netns
@@ -61,6 +66,8 @@ from router.kernel.port import DeleteLink, KernelPort, execute
 from router.kernel.route_overlap import check_range_free
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
+from router.metrics.collector import RouterCollector
+from router.metrics.service import serve_metrics
 from router.network.service import ListenError, Network, TrioNetwork
 from router.overlay.sleeve.service import SleeveService
 from router.status import RouterStatus, Status
@@ -145,6 +152,14 @@ class Router:
                                              check_interval=container_check_interval(),
                                              on_released=self._containers_vanished))
         self.cni = None if kernel is None else CniService(kernel, store, self.ipam)
+        self.host_access: HostService | None = None  # expose/hide, the router's nft table
+        if kernel is not None:
+            nft, problem = default_nft()
+            self.host_access = HostService(kernel, nft, store, self.ipam,
+                                           port=config.mesh.port,
+                                           universe=config.ipalloc_range, nft_problem=problem)
+        # /metrics; DNS and fastdp add their gauges with ``self.metrics.add_source``.
+        self.metrics = RouterCollector(self.snapshot)
 
     def _initial_targets(self) -> list[str]:
         """``--resume`` takes the persisted targets; otherwise the command line's replace them."""
@@ -164,6 +179,12 @@ class Router:
                         serve_api, self, host, port, socket_path=self.config.api_socket))
                 except OSError as exc:
                     raise ListenError(host, port, "HTTP API", exc) from exc
+            if self.config.metrics_addr is not None:
+                host, port = self.config.metrics_addr
+                try:
+                    await nursery.start(serve_metrics, self.metrics, self.snapshot, host, port)
+                except OSError as exc:
+                    raise ListenError(host, port, "metrics", exc) from exc
             self.ready = True
             log.info("ready: %s(%s) listening on %s:%d", self.name, self.nickname,
                      self.config.mesh.host, self.config.mesh.port)
@@ -175,8 +196,13 @@ class Router:
                 await self.ipam.reset_handover()  # while the mesh can still carry it
             services.cancel()
             await stopped.wait()
+            if self._kernel is not None:  # nothing of ours sends on the sleeve port now
+                with trio.CancelScope(shield=True):
+                    await clear_conntrack(self.config.mesh.port)
             if self.reset_requested and self._kernel is not None:
                 # Before the API goes: `reset` returns once the router stops answering.
+                if self.host_access is not None:
+                    await self.host_access.remove_table()
                 await reset_host(self._kernel)
             nursery.cancel_scope.cancel()
 
@@ -187,6 +213,8 @@ class Router:
             with scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.sleeve.run)
+                    if self.host_access is not None:  # the bridge exists: protect it
+                        await nursery.start(self.host_access.run)
                     await nursery.start(self.mesh.run)
                     if self.ipam is not None:
                         await nursery.start(self.ipam.run)
@@ -287,7 +315,10 @@ class Router:
         return self._containers().attached_ident(container)
 
     async def ps(self, containers: Sequence[str] = ()) -> list[Attached]:
-        return await self._containers().ps(containers)
+        found = await self._containers().ps(containers)
+        exposed = None if containers or self.host_access is None else \
+            await self.host_access.ps_entry()
+        return found if exposed is None else [*found, exposed]  # weave:expose, as Weave
 
     def _containers(self) -> ContainersService:
         if self.containers is None:
@@ -402,6 +433,9 @@ def reset_offline(db_path: Path) -> tuple[list[str], bool]:
     The links deleted, and whether a database was removed."""
 
     async def plumbing() -> list[str]:
+        nft, _ = default_nft()
+        if nft is not None and await nft.delete_table(TABLE):
+            log.info("reset: removed nftables table %s", TABLE)
         async with open_netlink_port() as kernel:
             return await reset_host(kernel)
 
@@ -414,7 +448,20 @@ async def _serve_until_stopped(router: Router) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, router)
             await nursery.start(_serve, router, nursery.cancel_scope)
-            notify_systemd("READY=1")
+            notify_systemd(notify_message(router.snapshot(), ready=True))
+            if os.environ.get("NOTIFY_SOCKET"):
+                nursery.start_soon(_status_to_systemd, router)
+
+
+async def _status_to_systemd(router: Router) -> None:
+    """``STATUS=3 peers, 2 established, IPAM ready`` for ``systemctl status``, as it changes."""
+    sent = ""
+    while True:
+        await trio.sleep(STATUS_INTERVAL)
+        message = notify_message(router.snapshot())
+        if message != sent and router.ready:
+            notify_systemd(message)
+            sent = message
 
 
 async def _serve(router: Router, scope: trio.CancelScope, *,

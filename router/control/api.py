@@ -12,6 +12,7 @@ POST    /connect                        form ``peer=A&peer=B&replace=true``
 POST    /forget                         form ``peer=A&peer=B``
 POST    /stop                           our addition: answer 200, then stop gracefully
 PUT/DELETE/GET /name...                 weaveDNS entries (``router/dns/api.py``)
+POST    /expose, /hide                  the host's addresses on the bridge (expose_api.py)
 ======  ==============================  =========================================
 
 Errors are a status code and a one-line ``text/plain`` body naming the problem: 400 for a
@@ -42,7 +43,7 @@ from typing import Protocol
 import trio
 
 from router.containers.service import Attached
-from router.control import cni_api, ipam_api
+from router.control import cni_api, expose_api, ipam_api
 from router.control.admission import LaneLimit
 from router.control.connection import Bounds
 from router.control.http import JSON, TEXT, Reply, Request, error
@@ -270,6 +271,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/attach": {"POST": _attach},
     "/detach": {"POST": _detach},
     "/ps": {"GET": _ps},
+    "/expose": {"POST": expose_api.expose},  # expose_api.py
+    "/hide": {"POST": expose_api.hide},
     **{("/status/" + view).rstrip("/"): {"GET": _status_handler(view)} for view in VIEWS},
 }
 

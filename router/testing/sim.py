@@ -72,7 +72,8 @@ class Sim:
         """
         mesh_config = replace(MeshConfig(), nickname=ip, peers=peers, timings=self.timings)
         mesh_config = replace(mesh_config, **mesh)  # type: ignore[arg-type]
-        config = RouterConfig(mesh=mesh_config, db_path=self.tmp / f"{ip}.db", http_addr=None)
+        config = RouterConfig(mesh=mesh_config, db_path=self.tmp / f"{ip}.db", http_addr=None,
+                              metrics_addr=None)
         config = replace(config, **(router_options or {}))  # type: ignore[arg-type]
         store = Store.open(config.db_path)
         sim_router = SimRouter(ip=ip, config=config, store=store)

@@ -1,7 +1,8 @@
 """The architecture's house rules, checked on the source tree.
 
 * Only drivers await: trio, sockets and pyroute2 are imported only by ``service.py``,
-  ``daemon.py``, ``kernel/netlink.py``, ``control/``, ``network/`` and ``testing/``.
+  ``daemon.py``, ``kernel/netlink.py``, ``kernel/nft_cli.py`` (the nft binary),
+  ``control/``, ``network/`` and ``testing/``.
 * Sans-IO cores never read a clock: time comes in as ``now``.
 * Only ``router/dataplane/backend.py`` imports the compiled extension.
 """
@@ -27,7 +28,7 @@ def _sources() -> list[Path]:
 def _is_driver(path: Path) -> bool:
     rel = path.relative_to(ROUTER)
     return (path.name in DRIVER_FILES or rel.parts[0] in DRIVER_DIRS
-            or rel.as_posix() == "kernel/netlink.py")
+            or rel.as_posix() in ("kernel/netlink.py", "kernel/nft_cli.py"))
 
 
 def _imports(tree: ast.AST) -> set[str]:

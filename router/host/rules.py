@@ -1,0 +1,128 @@
+"""The router's nftables table (``inet weave-router``), as nft JSON, from what it protects
+and what is exposed. Pure: :func:`table_commands` is the whole table, rebuilt each time.
+
+::
+
+    chain input        hook input, priority filter
+      iifname "weave" tcp dport PORT drop                containers cannot reach the
+      iifname "weave" udp dport PORT-PORT+1 drop         router's ports through the bridge
+    chain forward      hook forward, priority filter
+      iifname "weave" oifname "weave" accept             bridged (br_netfilter) traffic
+      oifname "weave" ip daddr NET accept                per exposed network: in ...
+      iifname "weave" ip saddr NET accept                ... and out
+      oifname "weave" ct state established,related accept
+      iifname "weave" drop                               nothing else is forwarded to or
+      oifname "weave" drop                               from the bridge
+    chain postrouting  hook postrouting, priority srcnat (per network exposed with masquerade)
+      ip saddr NET ip daddr 224.0.0.0/4 return           multicast stays as it is
+      ip saddr NET ip daddr != NET oifname != "weave" masquerade   containers -> outside
+      ip saddr != NET ip daddr NET oifname "weave" masquerade      outside/host -> containers
+
+Every rule carries a comment ``weave-router:<what>`` so the service can tell by reading
+the table back whether someone removed rules (``nft flush ruleset``) and put them back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router.kernel.nft import Command, TableRef
+
+TABLE = TableRef("inet", "weave-router")
+MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
+_PRIORITY_FILTER = 0
+_PRIORITY_SRCNAT = 100
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """An address of the host on the bridge, and whether its network is masqueraded."""
+
+    cidr: ipaddress.IPv4Interface
+    masquerade: bool = True
+
+
+@dataclass(frozen=True)
+class HostRules:
+    """What the table is made of."""
+
+    bridge: str  # "weave"
+    port: int  # the router's TCP port; UDP port and port + 1 (sleeve, fastdp)
+    exposures: tuple[Exposure, ...] = ()
+
+
+def _meta(key: str, op: str, value: object) -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
+
+
+def _field(protocol: str, field: str, op: str, value: object) -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": field}},
+                      "right": value}}
+
+
+def _net(net: ipaddress.IPv4Network) -> dict[str, Any]:
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _chain(name: str, kind: str, hook: str, prio: int) -> Command:
+    return {"add": {"chain": {**TABLE.json(), "table": TABLE.name, "name": name,
+                              "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}}
+
+
+def _rule(chain: str, what: str, *expr: Mapping[str, Any]) -> Command:
+    return {"add": {"rule": {"family": TABLE.family, "table": TABLE.name, "chain": chain,
+                             "comment": f"weave-router:{what}", "expr": list(expr)}}}
+
+
+def networks(exposures: Iterable[Exposure], *, masquerade: bool | None = None
+             ) -> list[ipaddress.IPv4Network]:
+    """The exposed networks (only those with/without masquerade if given), once each."""
+    return list(dict.fromkeys(e.cidr.network for e in exposures
+                              if masquerade is None or e.masquerade == masquerade))
+
+
+def table_commands(rules: HostRules) -> list[Command]:
+    """The adds that make the whole table (for ``NftPort.replace_table``)."""
+    bridge, port = rules.bridge, rules.port
+    commands = [
+        _chain("input", "filter", "input", _PRIORITY_FILTER),
+        _rule("input", "router-tcp", _meta("iifname", "==", bridge),
+              _field("tcp", "dport", "==", port), {"drop": None}),
+        _rule("input", "router-udp", _meta("iifname", "==", bridge),
+              _field("udp", "dport", "==", {"range": [port, port + 1]}), {"drop": None}),
+        _chain("forward", "filter", "forward", _PRIORITY_FILTER),
+        _rule("forward", "bridged", _meta("iifname", "==", bridge),
+              _meta("oifname", "==", bridge), {"accept": None}),
+    ]
+    for net in networks(rules.exposures):
+        commands += [
+            _rule("forward", f"expose-in-{net}", _meta("oifname", "==", bridge),
+                  _field("ip", "daddr", "==", _net(net)), {"accept": None}),
+            _rule("forward", f"expose-out-{net}", _meta("iifname", "==", bridge),
+                  _field("ip", "saddr", "==", _net(net)), {"accept": None}),
+        ]
+    commands += [
+        _rule("forward", "replies", _meta("oifname", "==", bridge),
+              {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                         "right": ["established", "related"]}}, {"accept": None}),
+        _rule("forward", "from-bridge", _meta("iifname", "==", bridge), {"drop": None}),
+        _rule("forward", "to-bridge", _meta("oifname", "==", bridge), {"drop": None}),
+        _chain("postrouting", "nat", "postrouting", _PRIORITY_SRCNAT),
+    ]
+    for net in networks(rules.exposures, masquerade=True):
+        commands += [
+            _rule("postrouting", f"multicast-{net}", _field("ip", "saddr", "==", _net(net)),
+                  _field("ip", "daddr", "==", _net(MULTICAST)), {"return": None}),
+            _rule("postrouting", f"masquerade-out-{net}",
+                  _field("ip", "saddr", "==", _net(net)),
+                  _field("ip", "daddr", "!=", _net(net)),
+                  _meta("oifname", "!=", bridge), {"masquerade": None}),
+            _rule("postrouting", f"masquerade-in-{net}",
+                  _field("ip", "saddr", "!=", _net(net)),
+                  _field("ip", "daddr", "==", _net(net)),
+                  _meta("oifname", "==", bridge), {"masquerade": None}),
+        ]
+    return commands
