@@ -40,8 +40,7 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 
-from cli import dns_flags
-from cli import metrics_flags
+from cli import dns_flags, metrics_flags
 from cli.client import (
     ENV_SOCKET,
     ApiClient,
