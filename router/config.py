@@ -75,6 +75,7 @@ class RouterConfig:
     api_socket: Path | None = None  # the API's unix socket (--socket); None: none
     mtu: int = DEFAULT_MTU  # bytes: the bridge's and every container's ethwe MTU (--mtu)
     dataplane: str = "native"  # "reference": the pure-Python twin, ~100x slower (by name only)
+    no_fastdp: bool = False  # --no-fastdp / WEAVE_NO_FASTDP: every peer on sleeve (docs/fastdp.md)
     # --ipalloc-range; None: ``--ipalloc-range ''``, the router runs without IPAM (Weave's)
     ipalloc_range: ipaddress.IPv4Network | None = DEFAULT_IPALLOC_RANGE
     ipalloc_default_subnet: ipaddress.IPv4Network | None = None  # None: the whole range

@@ -27,6 +27,7 @@ A failed start is one log line naming what failed and the OS error (``cannot lis
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -51,14 +52,19 @@ from router.control.api import serve_api
 from router.dataplane.service import DataplaneService
 from router.errors import ConfigError, KernelError
 from router.ipam.service import IpamService, allocator_config
+from router.kernel.bridge_filter import nft_binary
 from router.kernel.netlink import open_netlink_port
 from router.kernel.plumbing import reset_plan
-from router.kernel.port import DeleteLink, KernelPort, execute
+from router.kernel.port import DeleteLink, KernelPort, NetnsState, OverlayPort, execute
 from router.kernel.route_overlap import check_range_free
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
 from router.network.service import ListenError, Network, TrioNetwork
+from router.overlay.fastdp.plan import LocalConfig
+from router.overlay.fastdp.service import FastdpService, install_filter, remove_filter
+from router.overlay.service import OverlayService
 from router.overlay.sleeve.service import SleeveService
+from router.overlay.switch import OverlaySwitch
 from router.status import RouterStatus, Status
 from router.store import Store, StoreError
 
@@ -95,8 +101,9 @@ class Router:
 
     def __init__(self, config: RouterConfig, store: Store, *, network: Network,
                  name: PeerName, kernel: KernelPort | None = None, uid: int | None = None,
-                 rng: random.Random | None = None) -> None:
-        """``kernel`` None: no bridge, no data plane, no containers (simulations)."""
+                 rng: random.Random | None = None, overlay: OverlayPort | None = None) -> None:
+        """``kernel`` None: no bridge, no data plane, no containers (simulations);
+        ``overlay`` None: no fastdp (the netlink port is both)."""
         self.config = config
         self.store = store
         self.name = name
@@ -111,11 +118,25 @@ class Router:
                                            backend=config.dataplane))
 
         self._kernel = kernel
+        self._overlay = overlay
         self.sleeve = SleeveService(network, config.mesh, name=name, dataplane=self.dataplane)
+        # fastdp (docs/fastdp.md): offered unless --no-fastdp, a password or no nft; the
+        # device's local address is read from the kernel when the router starts.
+        self.fastdp: OverlayService | None = None
+        offer: LocalConfig | None = None
+        if self.dataplane is not None:
+            off = fastdp_off_reason(config) or ("" if overlay is not None else "no overlay port")
+            if not off:
+                offer = LocalConfig(local=ipaddress.IPv4Address(0), mtu=config.mtu,
+                                    port=config.mesh.port + 1, peer_name=str(name))
+            self.fastdp = OverlayService(OverlaySwitch(fastdp_enabled=not config.no_fastdp),
+                                       ourself=name, config=offer, service=None,
+                                       dataplane=self.dataplane, reason_off=off)
+            self.sleeve.watch_connections(self.fastdp)
         self.mesh = MeshService(
             config.mesh, network=network, sleeve=self.sleeve, name=name,
             nickname=self.nickname, uid=self.uid, short_id=random_short_id(),
-            targets=targets, save_targets=store.save_targets, rng=rng,
+            targets=targets, save_targets=store.save_targets, rng=rng, fastdp=offer,
         )
         # ``--ipalloc-range ''``: no IPAM at all, as in Weave (no /ip, no ipam status).
         self.ipam: IpamService | None = None
@@ -174,6 +195,9 @@ class Router:
             with scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.sleeve.run)
+                    if self.fastdp is not None:  # after the bridge, before any peer
+                        await self._start_fastdp(self.fastdp)
+                        await nursery.start(self.fastdp.run)
                     await nursery.start(self.mesh.run)
                     if self.ipam is not None:
                         await nursery.start(self.ipam.run)
@@ -185,6 +209,28 @@ class Router:
                     task_status.started()
         finally:
             stopped.set()
+
+    async def _start_fastdp(self, runner: OverlayService) -> None:
+        """The device's local address, the bridge filter, then the service (no nft, or a
+        filter refused: fastdp off, said in the log and the report)."""
+        offer = runner.config
+        if offer is None or self._kernel is None or self._overlay is None:
+            return
+        local = underlay_address(await self._kernel.snapshot(), self.config.mesh.host)
+        if local is None:
+            runner.disable("no IPv4 address on this host for the VXLAN device")
+            return
+        config = LocalConfig(local=local, mtu=offer.mtu, port=offer.port,
+                             peer_name=offer.peer_name)
+        try:
+            await install_filter(config.name, config.tap)
+        except KernelError as exc:
+            runner.disable(f"bridge filter: {exc}")
+            log.error("fastdp off: %s", exc)
+            return
+        runner.enable(config, FastdpService(self._overlay, config))
+        log.info("fastdp: %s on %s (local %s, VNI %#x, UDP %d, mtu %d)", config.name,
+                 config.bridge, local, config.vni, config.port, config.mtu)
 
     # The RouterControl protocol of router/control/api.py.
 
@@ -211,7 +257,8 @@ class Router:
         )
         dataplane = None if self.dataplane is None else dict(self.dataplane.statistics())
         return Status(ready=self.ready, router=router, dataplane=dataplane,
-                      ipam=None if self.ipam is None else self.ipam.statistics())
+                      ipam=None if self.ipam is None else self.ipam.statistics(),
+                      fastdp=None if self.fastdp is None else self.fastdp.statistics())
 
     def _ipam_peers(self) -> dict[PeerName, str]:
         """The peers IPAM can reach now, with their nicknames."""
@@ -248,6 +295,34 @@ class Router:
         if self.containers is None:
             raise ConfigError("this router runs without a data plane: no containers")
         return self.containers
+
+
+def fastdp_off_reason(config: RouterConfig) -> str:
+    """Why this router offers no fastdp ("" when it does)."""
+    if config.no_fastdp:
+        return "--no-fastdp"
+    if config.mesh.password is not None:
+        return ("--password: this kernel has no ESP or WireGuard, so encrypted traffic "
+                "stays on the sleeve")
+    if nft_binary() is None:
+        return "no nft binary for the bridge filter (install nftables)"
+    return ""
+
+
+def underlay_address(host: NetnsState, listen: str) -> ipaddress.IPv4Address | None:
+    """The address fastdp's VXLAN device sends from: ``--host`` if it names one, else the
+    first IPv4 address of a link outside the bridge (not loopback)."""
+    with contextlib.suppress(ValueError):
+        wanted = ipaddress.IPv4Address(listen)
+        if not wanted.is_unspecified:
+            return wanted
+    enslaved = {link.name for link in host.links if link.master is not None}
+    for address in host.addresses:
+        ip = address.cidr.ip
+        if (isinstance(ip, ipaddress.IPv4Address) and not ip.is_loopback
+                and address.ifname not in enslaved and address.ifname != "weave"):
+            return ip
+    return None
 
 
 def container_check_interval(env: Mapping[str, str] | None = None) -> float:
@@ -315,7 +390,8 @@ async def _main(config: RouterConfig, store: Store, name: PeerName,
                 peer_filter: _PeerFilter) -> bool:
     """Run the router; True when it was asked to reset (its data is then removed)."""
     async with open_netlink_port() as kernel:
-        router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel)
+        router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel,
+                        overlay=kernel)
         problem = resume.record_or_warn(store, config)  # IPAM took up its data first
         if problem is not None:
             log.warning("%s", problem)
@@ -334,10 +410,16 @@ async def check_host_routes(ipalloc_range: ipaddress.IPv4Network) -> None:
 
 
 async def reset_host(kernel: KernelPort) -> list[str]:
-    """Delete the bridge and every device of ours (containers lose ``ethwe``); the names
-    of the links deleted."""
-    plan = reset_plan(await kernel.snapshot())
+    """Delete the bridge and every device of ours (containers lose ``ethwe``), fastdp's
+    VXLAN device (its FDB entries go with it) and its bridge filter; the names of the
+    links deleted."""
+    snapshot = await kernel.snapshot()
+    vxlans = [link.name for link in snapshot.links
+              if link.kind == "vxlan" and link.master == "weave"]
+    plan = reset_plan(snapshot, names=vxlans)
     await execute(kernel, plan)
+    if await remove_filter():
+        log.info("reset: removed the fastdp bridge filter")
     removed = [op.name for op in plan.ops if isinstance(op, DeleteLink)]
     log.info("reset: removed %s", ", ".join(removed) or "nothing (no bridge or devices)")
     return removed

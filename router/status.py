@@ -90,3 +90,6 @@ class Status:
     # ``router.dataplane.backend.Statistics``; None without a data plane (simulations).
     dataplane: Mapping[str, object] | None = None
     ipam: IpamStatistics | None = None  # None: no IPAM (simulations without it)
+    # fastdp's state and per-peer overlay (router.overlay.service.statistics); None
+    # without a data plane.
+    fastdp: Mapping[str, object] | None = None
