@@ -185,6 +185,7 @@ def test_no_fastdp_and_password_stay_on_sleeve(make_mesh: MeshFactory) -> None:
     assert reason == "no fastdp offered", reason
     text = h3.status("connections")
     assert "established encrypted   sleeve" in text, text
+    assert "FastDP: disabled (--password: this kernel has no ESP or WireGuard" in h3.status()
     assert VXLAN not in h3.links()
     fastdp = _fastdp(h4)
     assert "no ESP or WireGuard" in str(fastdp["disabled_reason"])
