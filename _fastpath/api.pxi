@@ -8,7 +8,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from router.errors import LocalProtocolError
 
 DROP_REASONS = ("no_route", "auth", "replay", "too_big", "queue_full", "malformed", "ttl",
-                "reassembly", "local_dst", "loop", "tap_write", "send", "source")
+                "reassembly", "local_dst", "loop", "tap_write", "send", "source",
+                "kernel_peer")
 UPCALL_CONTROL = UPCALL_CONTROL_KIND
 UPCALL_UNKNOWN_CONN = UPCALL_UNKNOWN_CONN_KIND
 UPCALL_HEARTBEAT = UPCALL_HEARTBEAT_KIND
@@ -354,6 +355,26 @@ cdef class Dataplane:
             pthread_rwlock_wrlock(&self.dp.lock)
             self.dp.heartbeat_mac = m
             pthread_rwlock_unlock(&self.dp.lock)
+
+    def set_kernel_peers(self, names):
+        """The origins whose frames the kernel (fastdp's VXLAN device) delivers here: their
+        frames arriving over the sleeve are still relayed, but not delivered into the TAP
+        (a kernel_peer drop), so no frame reaches a container twice."""
+        cdef list sorted_names = sorted({_name(n, "kernel peer") for n in names})
+        cdef Py_ssize_t n = len(sorted_names), j
+        if n > MAX_PEERS:
+            raise LocalProtocolError(f"{n} kernel peers, more than {MAX_PEERS}")
+        cdef uint64_t *tmp = <uint64_t *>malloc((n + 1) * sizeof(uint64_t))
+        if tmp == NULL:
+            raise MemoryError()
+        for j in range(n):
+            tmp[j] = sorted_names[j]
+        with nogil:
+            pthread_rwlock_wrlock(&self.dp.lock)
+            memcpy(self.dp.kernel_peers, tmp, n * sizeof(uint64_t))
+            self.dp.n_kernel_peers = <int32_t>n
+            pthread_rwlock_unlock(&self.dp.lock)
+        free(tmp)
 
     def write_tap(self, frame):
         """Write an Ethernet frame (no vnet header) into the TAP; any thread may call it.

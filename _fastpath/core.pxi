@@ -21,7 +21,8 @@
 #      (auth), accept
 #   5. per element: for us -> learn the source MAC, deliver to the TAP; for another
 #      peer -> relay to its next hop; broadcast -> relay along the origin's tree (not
-#      back to where it came from) and deliver
+#      back to where it came from) and deliver; an origin the kernel delivers from
+#      (set_kernel_peers: on fastdp with us) is relayed but not delivered (kernel_peer)
 
 cdef enum:
     SINK_COLLECT = 0               # Python's batch call: copy out
@@ -258,6 +259,9 @@ cdef void handle_element(DP *dp, Encoder *e, Sink *s, int32_t from_peer, uint8_t
         return
     if not frame[6] & 1:
         mac_learn(dp, fp_get48(frame + 6), src, now)
+    if dp.n_kernel_peers and is_kernel_peer(dp, src):
+        drop(dp, DROP_KERNEL_PEER)     # the kernel's VXLAN device delivered it already
+        return
     sink_deliver(dp, s, elem, elen)
 
 

@@ -70,6 +70,8 @@ cdef struct Reasm:
 cdef struct DP:
     uint64_t ourself
     uint64_t heartbeat_mac         # frames to it with ETH_P_HEARTBEAT go up; 0: none
+    uint64_t *kernel_peers         # sorted: origins the kernel delivers (set_kernel_peers)
+    int32_t n_kernel_peers
     uint64_t key_gen               # bumped for every session key set (under the write lock)
     double mac_expiry
     double reasm_timeout
@@ -117,7 +119,9 @@ cdef DP *dp_new(uint64_t ourself, double mac_expiry, double reasm_timeout) noexc
     dp.pool = <int32_t *>malloc(MAX_BCAST_POOL * sizeof(int32_t))
     dp.macs = <MacEntry *>calloc(MAC_SLOTS, sizeof(MacEntry))
     dp.reasm = <Reasm *>calloc(REASM_SLOTS, sizeof(Reasm))
-    if not (dp.peers and dp.by_name and dp.by_conn and dp.pool and dp.macs and dp.reasm):
+    dp.kernel_peers = <uint64_t *>calloc(MAX_PEERS, sizeof(uint64_t))
+    if not (dp.peers and dp.by_name and dp.by_conn and dp.pool and dp.macs and dp.reasm
+            and dp.kernel_peers):
         dp_free(dp)
         return NULL
     fp_rwlock_init(&dp.lock)
@@ -142,6 +146,7 @@ cdef void dp_free(DP *dp) noexcept nogil:
     free(dp.pool)
     free(dp.macs)
     free(dp.reasm)
+    free(dp.kernel_peers)
     pthread_rwlock_destroy(&dp.lock)
     pthread_mutex_destroy(&dp.mac_lock)
     free(dp)
@@ -187,6 +192,20 @@ cdef inline int32_t find_conn(const DP *dp, uint64_t conn_id) noexcept nogil:
         if i < 0 or dp.peers[i].conn_id == conn_id:
             return i
         h = (h + 1) & (INDEX_SLOTS - 1)
+
+
+cdef inline bint is_kernel_peer(const DP *dp, uint64_t name) noexcept nogil:
+    """Is ``name`` one of the origins the kernel delivers (binary search)?"""
+    cdef int32_t lo = 0, hi = dp.n_kernel_peers - 1, mid
+    while lo <= hi:
+        mid = (lo + hi) >> 1
+        if dp.kernel_peers[mid] == name:
+            return True
+        if dp.kernel_peers[mid] < name:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return False
 
 
 cdef inline int32_t route_hop(const DP *dp, uint64_t dest) noexcept nogil:

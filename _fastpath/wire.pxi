@@ -77,6 +77,7 @@ cdef enum:
     DROP_TAP_WRITE
     DROP_SEND
     DROP_SOURCE                    # plain session: not from the peer's address and port
+    DROP_KERNEL_PEER               # from a peer the kernel (fastdp) delivers: not twice
     N_DROPS
 
 cdef enum:

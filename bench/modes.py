@@ -1,4 +1,4 @@
-"""The four ways the benchmark connects a container on host1 to a container on host2.
+"""The five ways the benchmark connects a container on host1 to a container on host2.
 
 Every mode starts from a fresh two-host :class:`~router.testing.netns.Mesh` (host1 and
 host2 on one underlay bridge, eth0 MTU 1500) and returns the :class:`Pair` to measure:
@@ -20,6 +20,10 @@ host2 on one underlay bridge, eth0 MTU 1500) and returns the :class:`Pair` to me
   The connection must show ``established ... sleeve``.
 * ``sleeve-encrypted``: the same with ``--password``; the connection must show
   ``encrypted``.
+* ``fastdp``: ``weave-router launch --mtu <underlay - 50>`` on both hosts (the container
+  MTU of ``vxlan``, so the two compare like for like): the router's own kernel VXLAN
+  device (``vxlan-6784``) carries the traffic; the connection must show ``established
+  fastdp``. The routers' CPU is what the control plane costs while the kernel forwards.
 """
 
 from __future__ import annotations
@@ -151,16 +155,16 @@ def _delete_namespace(ns: Namespace) -> None:
     _root_ip("netns", "del", ns.name)
 
 
-def _sleeve_line(host: Host, encrypted: bool) -> ConnectionLine:
-    """Wait for the one connection to be ``established`` over the sleeve (and encrypted
+def _sleeve_line(host: Host, encrypted: bool, overlay: str = "sleeve") -> ConnectionLine:
+    """Wait for the one connection to be ``established`` over ``overlay`` (and encrypted
     exactly when asked); return its line."""
     def accept(lines: list[ConnectionLine]) -> bool:
         if len(lines) != 1 or lines[0].state != "established":
             return False
         words = lines[0].text.split()
-        return "sleeve" in words and ("encrypted" in words) == encrypted
+        return overlay in words and ("encrypted" in words) == encrypted
 
-    want = "1 established sleeve connection" + (", encrypted" if encrypted else "")
+    want = f"1 established {overlay} connection" + (", encrypted" if encrypted else "")
     return host.wait_connections(accept, want, timeout=ESTABLISH_TIMEOUT)[0]
 
 
@@ -195,12 +199,33 @@ def setup_sleeve_encrypted(mesh: Mesh, stack: contextlib.ExitStack) -> Pair:
     return _setup_sleeve(mesh, stack, encrypted=True)
 
 
+def setup_fastdp(mesh: Mesh, stack: contextlib.ExitStack) -> Pair:
+    """weave-router on both hosts, fastdp at the hand-made VXLAN's container MTU."""
+    h1, h2 = mesh.hosts[:2]
+    if not _cli_has(h1, "launch", word="--no-fastdp"):
+        raise ModeUnavailable("this weave-router has no fastdp (no --no-fastdp flag)")
+    flags = ["--mtu", str(link_mtu(h1, "eth0") - VXLAN_OVERHEAD)]
+    h1.launch(*flags)
+    h2.launch(*flags, h1.ip)
+    lines = [_sleeve_line(h, False, overlay="fastdp") for h in (h1, h2)]
+    containers = [_bare_namespace(mesh, stack, i) for i in (1, 2)]
+    for host, cont, addr in zip((h1, h2), containers, OVERLAY_ADDRS, strict=True):
+        host.router("attach", f"ip:{addr}/{OVERLAY_PREFIX}", cont.name, timeout=30.0)
+    return Pair(containers[0], containers[1], OVERLAY_ADDRS[1],
+                "weave-router fastdp (kernel VXLAN vxlan-6784 programmed by the router)",
+                link_mtu(containers[0], "ethwe"),
+                {"launch_flags": " ".join(flags),
+                 "connection_host1": lines[0].text, "connection_host2": lines[1].text},
+                (h1, h2))
+
+
 MODES: dict[str, Mode] = {
     m.name: m for m in (
         Mode("underlay", setup_underlay),
         Mode("vxlan", setup_vxlan),
         Mode("sleeve", setup_sleeve),
         Mode("sleeve-encrypted", setup_sleeve_encrypted),
+        Mode("fastdp", setup_fastdp),
     )
 }
 BASELINE = "vxlan"  # throughput ratios are to this mode

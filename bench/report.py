@@ -136,6 +136,19 @@ def targets(results: dict[str, ModeResult]) -> list[Target]:
         out.append(Target(f"{mode} 4-stream throughput / {BASELINE}", mode, d.ratio_4, floor))
         out.append(Target(f"{mode} added ping avg vs {LATENCY_BASELINE} (ms)", mode,
                           d.added_avg_ms, 0.3, below=True))
+    if "fastdp" in results:  # the issue: >= 0.95 of kernel VXLAN, RTT within 10%, CPU < 5%
+        d = derive(results, "fastdp")
+        base = derive(results, BASELINE) if BASELINE in results else None
+        out.append(Target(f"fastdp 1-stream throughput / {BASELINE}", "fastdp", d.ratio_1, 0.95))
+        out.append(Target(f"fastdp 4-stream throughput / {BASELINE}", "fastdp", d.ratio_4, 0.95))
+        rtt = (None if base is None or d.added_avg_ms is None or base.added_avg_ms is None
+               else d.added_avg_ms - base.added_avg_ms)
+        limit = 0.1 * abs(base.added_avg_ms) if base and base.added_avg_ms else 0.0
+        out.append(Target(f"fastdp added ping avg over {BASELINE}'s (ms)", "fastdp", rtt,
+                          max(limit, 0.005), below=True))
+        cpu = results["fastdp"].router_cpu(1)
+        out.append(Target("fastdp router CPU, 1 stream (% of a core)", "fastdp", cpu, 5.0,
+                          below=True))
     return out
 
 

@@ -1,7 +1,7 @@
 """``make bench``: container-to-container TCP throughput and ping latency, per overlay mode.
 
 1. **Set up** every mode asked for (``bench/modes.py``: underlay, vxlan, sleeve,
-   sleeve-encrypted), each on its own two hosts in network namespaces
+   sleeve-encrypted, fastdp), each on its own two hosts in network namespaces
    (``router/testing/netns.py``): connect a container on each host the mode's way, wait
    until the server container answers pings, send 10 warm-up pings, start ``iperf3 -s``.
 2. **Measure in rounds** (``--rounds``, default 3): each round visits every mode in turn
@@ -24,7 +24,7 @@ interrupted. Missed targets do not change it: this is a benchmark, not a test.
 
 Usage (root; from the repository root)::
 
-    .venv/bin/python -m bench.run [--modes underlay,vxlan,sleeve,sleeve-encrypted]
+    .venv/bin/python -m bench.run [--modes underlay,vxlan,sleeve,sleeve-encrypted,fastdp]
                                   [--rounds 3] [--duration 5] [--pings 200] [--quick]
                                   [--profile] [--output DIR]
 """

@@ -73,6 +73,7 @@ ENV_PORT = "WEAVE_PORT"
 ENV_HTTP_ADDR = "WEAVE_HTTP_ADDR"
 ENV_MTU = "WEAVE_MTU"
 ENV_TIMINGS = "WEAVE_ROUTER_TIMINGS"  # NAME=SECONDS,...: the mesh's timers (docs/cli.md)
+ENV_NO_FASTDP = "WEAVE_NO_FASTDP"  # any non-empty value: as --no-fastdp
 MIN_MTU, MAX_MTU = 576, 65535  # bytes: IPv4's minimum datagram size; the largest frame
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_CONN_LIMIT = 200
@@ -122,6 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--init-peer-count", metavar="N", help="same as --ipalloc-init consensus=N")
     add("--mtu", metavar="BYTES",
         help=f"MTU of the bridge and containers (default {DEFAULT_MTU}) [{ENV_MTU}]")
+    add("--no-fastdp", action="store_true",
+        help=f"keep traffic on the sleeve: no kernel VXLAN (fastdp) [{ENV_NO_FASTDP}]")
     add("--dataplane", metavar="NAME", choices=BACKENDS,
         help="'native' (default) or 'reference', the pure-Python twin (~100x slower)")
     dns_flags.add_arguments(parser)
@@ -368,6 +371,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RouterConf
         mtu=_mtu(args.mtu, env),
         dataplane=args.dataplane or "native",
         dns=dns_flags.build(args),
+        no_fastdp=bool(getattr(args, "no_fastdp", False) or env.get(ENV_NO_FASTDP)),
         **_ipam(args),  # type: ignore[arg-type]
     )
 
@@ -396,6 +400,8 @@ def config_to_argv(config: RouterConfig) -> list[str]:
         argv.append("--resume")
     if not mesh.discovery:
         argv.append("--no-discovery")
+    if config.no_fastdp:
+        argv.append("--no-fastdp")
     if config.log_file is not None:
         argv += ["--log-file", str(config.log_file)]
     return [*argv, "--", *mesh.peers]

@@ -66,6 +66,10 @@ class Dataplane:
         """Frames from the TAP of ethertype 0x88B5 to ``mac`` become UPCALL_HEARTBEAT
         upcalls (source ("", 0), the Ethernet frame) from get_upcalls(), at most 128
         waiting (more: queue_full drops), instead of being forwarded; None: none."""
+    def set_kernel_peers(self, names: Iterable[int]) -> None:
+        """Origins the kernel (fastdp's VXLAN device) delivers here: their frames that
+        arrive over the sleeve are relayed as usual but not delivered into the TAP (a
+        ``kernel_peer`` drop), so no frame reaches a container twice."""
     def write_tap(self, frame: bytes) -> bool:
         """Write an Ethernet frame into the TAP (any thread); False if the TAP refused
         it (a tap_write drop). Not running: kept for take_local(), zero vnet header."""

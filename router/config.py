@@ -78,6 +78,7 @@ class RouterConfig:
     metrics_addr: tuple[str, int] | None = DEFAULT_METRICS_ADDR  # --metrics-addr; None: none
     mtu: int = DEFAULT_MTU  # bytes: the bridge's and every container's ethwe MTU (--mtu)
     dataplane: str = "native"  # "reference": the pure-Python twin, ~100x slower (by name only)
+    no_fastdp: bool = False  # --no-fastdp / WEAVE_NO_FASTDP: every peer on sleeve (docs/fastdp.md)
     # --ipalloc-range; None: ``--ipalloc-range ''``, the router runs without IPAM (Weave's)
     ipalloc_range: ipaddress.IPv4Network | None = DEFAULT_IPALLOC_RANGE
     ipalloc_default_subnet: ipaddress.IPv4Network | None = None  # None: the whole range

@@ -29,6 +29,7 @@ A failed start is one log line naming what failed and the OS error (``cannot lis
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -59,17 +60,22 @@ from router.host.notify import STATUS_INTERVAL, notify_message
 from router.host.rules import TABLE
 from router.host.service import HostService, clear_conntrack, default_nft
 from router.ipam.service import IpamService, allocator_config
+from router.kernel.bridge_filter import nft_binary
 from router.kernel.netlink import open_netlink_port
 from router.kernel.netns import resolve_netns
 from router.kernel.plumbing import BRIDGE_NAME, reset_plan
-from router.kernel.port import DeleteLink, KernelPort, execute
+from router.kernel.port import DeleteLink, KernelPort, NetnsState, OverlayPort, execute
 from router.kernel.route_overlap import check_range_free
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
 from router.metrics.collector import RouterCollector
 from router.metrics.service import serve_metrics
 from router.network.service import ListenError, Network, TrioNetwork
+from router.overlay.fastdp.plan import LocalConfig
+from router.overlay.fastdp.service import FastdpService, install_filter, remove_filter
+from router.overlay.service import OverlayService
 from router.overlay.sleeve.service import SleeveService
+from router.overlay.switch import OverlaySwitch
 from router.status import RouterStatus, Status
 from router.store import Store, StoreError
 
@@ -107,8 +113,9 @@ class Router:
 
     def __init__(self, config: RouterConfig, store: Store, *, network: Network,
                  name: PeerName, kernel: KernelPort | None = None, uid: int | None = None,
-                 rng: random.Random | None = None) -> None:
-        """``kernel`` None: no bridge, no data plane, no containers (simulations)."""
+                 rng: random.Random | None = None, overlay: OverlayPort | None = None) -> None:
+        """``kernel`` None: no bridge, no data plane, no containers (simulations);
+        ``overlay`` None: no fastdp (the netlink port is both)."""
         self.config = config
         self.store = store
         self.name = name
@@ -123,11 +130,25 @@ class Router:
                                            backend=config.dataplane))
 
         self._kernel = kernel
+        self._overlay = overlay
         self.sleeve = SleeveService(network, config.mesh, name=name, dataplane=self.dataplane)
+        # fastdp (docs/fastdp.md): offered unless --no-fastdp, a password or no nft; the
+        # device's local address is read from the kernel when the router starts.
+        self.fastdp: OverlayService | None = None
+        offer: LocalConfig | None = None
+        if self.dataplane is not None:
+            off = fastdp_off_reason(config) or ("" if overlay is not None else "no overlay port")
+            if not off:
+                offer = LocalConfig(local=ipaddress.IPv4Address(0), mtu=config.mtu,
+                                    port=config.mesh.port + 1, peer_name=str(name))
+            self.fastdp = OverlayService(OverlaySwitch(fastdp_enabled=not config.no_fastdp),
+                                       ourself=name, config=offer, service=None,
+                                       dataplane=self.dataplane, reason_off=off)
+            self.sleeve.watch_connections(self.fastdp)
         self.mesh = MeshService(
             config.mesh, network=network, sleeve=self.sleeve, name=name,
             nickname=self.nickname, uid=self.uid, short_id=random_short_id(rng),
-            targets=targets, save_targets=store.save_targets, rng=rng,
+            targets=targets, save_targets=store.save_targets, rng=rng, fastdp=offer,
         )
         # ``--ipalloc-range ''``: no IPAM at all, as in Weave (no /ip, no ipam status).
         self.ipam: IpamService | None = None
@@ -215,6 +236,9 @@ class Router:
                     await nursery.start(self.sleeve.run)
                     if self.host_access is not None:  # the bridge exists: protect it
                         await nursery.start(self.host_access.run)
+                    if self.fastdp is not None:  # after the bridge, before any peer
+                        await self._start_fastdp(self.fastdp)
+                        await nursery.start(self.fastdp.run)
                     await nursery.start(self.mesh.run)
                     if self.ipam is not None:
                         await nursery.start(self.ipam.run)
@@ -230,6 +254,28 @@ class Router:
                     task_status.started()
         finally:
             stopped.set()
+
+    async def _start_fastdp(self, runner: OverlayService) -> None:
+        """The device's local address, the bridge filter, then the service (no nft, or a
+        filter refused: fastdp off, said in the log and the report)."""
+        offer = runner.config
+        if offer is None or self._kernel is None or self._overlay is None:
+            return
+        local = underlay_address(await self._kernel.snapshot(), self.config.mesh.host)
+        if local is None:
+            runner.disable("no IPv4 address on this host for the VXLAN device")
+            return
+        config = LocalConfig(local=local, mtu=offer.mtu, port=offer.port,
+                             peer_name=offer.peer_name)
+        try:
+            await install_filter(config.name, config.tap)
+        except KernelError as exc:
+            runner.disable(f"bridge filter: {exc}")
+            log.error("fastdp off: %s", exc)
+            return
+        runner.enable(config, FastdpService(self._overlay, config))
+        log.info("fastdp: %s on %s (local %s, VNI %#x, UDP %d, mtu %d)", config.name,
+                 config.bridge, local, config.vni, config.port, config.mtu)
 
     # The RouterControl protocol of router/control/api.py.
 
@@ -257,7 +303,8 @@ class Router:
         dataplane = None if self.dataplane is None else dict(self.dataplane.statistics())
         return Status(ready=self.ready, router=router, dataplane=dataplane,
                       ipam=None if self.ipam is None else self.ipam.statistics(),
-                      dns=None if self.dns is None else self.dns.statistics())
+                      dns=None if self.dns is None else self.dns.statistics(),
+                      fastdp=None if self.fastdp is None else self.fastdp.statistics())
 
     def _ipam_peers(self) -> dict[PeerName, str]:
         """The peers IPAM can reach now, with their nicknames."""
@@ -326,6 +373,34 @@ class Router:
         return self.containers
 
 
+def fastdp_off_reason(config: RouterConfig) -> str:
+    """Why this router offers no fastdp ("" when it does)."""
+    if config.no_fastdp:
+        return "--no-fastdp"
+    if config.mesh.password is not None:
+        return ("--password: this kernel has no ESP or WireGuard, so encrypted traffic "
+                "stays on the sleeve")
+    if nft_binary() is None:
+        return "no nft binary for the bridge filter (install nftables)"
+    return ""
+
+
+def underlay_address(host: NetnsState, listen: str) -> ipaddress.IPv4Address | None:
+    """The address fastdp's VXLAN device sends from: ``--host`` if it names one, else the
+    first IPv4 address of a link outside the bridge (not loopback)."""
+    with contextlib.suppress(ValueError):
+        wanted = ipaddress.IPv4Address(listen)
+        if not wanted.is_unspecified:
+            return wanted
+    enslaved = {link.name for link in host.links if link.master is not None}
+    for address in host.addresses:
+        ip = address.cidr.ip
+        if (isinstance(ip, ipaddress.IPv4Address) and not ip.is_loopback
+                and address.ifname not in enslaved and address.ifname != "weave"):
+            return ip
+    return None
+
+
 def container_check_interval(env: Mapping[str, str] | None = None) -> float:
     """Seconds between checks for vanished containers: ``WEAVE_CONTAINER_CHECK_INTERVAL``
     if set (tests shorten it), else 30. ConfigError naming the variable if malformed."""
@@ -391,7 +466,8 @@ async def _main(config: RouterConfig, store: Store, name: PeerName,
                 peer_filter: _PeerFilter) -> bool:
     """Run the router; True when it was asked to reset (its data is then removed)."""
     async with open_netlink_port() as kernel:
-        router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel)
+        router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel,
+                        overlay=kernel)
         problem = resume.record_or_warn(store, config)  # IPAM took up its data first
         if problem is not None:
             log.warning("%s", problem)
@@ -410,10 +486,16 @@ async def check_host_routes(ipalloc_range: ipaddress.IPv4Network) -> None:
 
 
 async def reset_host(kernel: KernelPort) -> list[str]:
-    """Delete the bridge and every device of ours (containers lose ``ethwe``); the names
-    of the links deleted."""
-    plan = reset_plan(await kernel.snapshot())
+    """Delete the bridge and every device of ours (containers lose ``ethwe``), fastdp's
+    VXLAN device (its FDB entries go with it) and its bridge filter; the names of the
+    links deleted."""
+    snapshot = await kernel.snapshot()
+    vxlans = [link.name for link in snapshot.links
+              if link.kind == "vxlan" and link.master == "weave"]
+    plan = reset_plan(snapshot, names=vxlans)
     await execute(kernel, plan)
+    if await remove_filter():
+        log.info("reset: removed the fastdp bridge filter")
     removed = [op.name for op in plan.ops if isinstance(op, DeleteLink)]
     log.info("reset: removed %s", ", ".join(removed) or "nothing (no bridge or devices)")
     return removed

@@ -92,3 +92,6 @@ class Status:
     dataplane: Mapping[str, object] | None = None
     ipam: IpamStatistics | None = None  # None: no IPAM (simulations without it)
     dns: DnsStatistics | None = None  # None: --no-dns
+    # fastdp's state and per-peer overlay (router.overlay.service.statistics); None
+    # without a data plane.
+    fastdp: Mapping[str, object] | None = None

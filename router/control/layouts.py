@@ -15,6 +15,7 @@ with ``\\n``, no trailing blanks). The layouts are Weave Net's, so scripts that 
         Connections: 2 (2 established)
               Peers: 3 (with 6 established connections)
      TrustedSubnets: none
+             FastDP: enabled (2 of 2 peers)    (ours; "disabled (--no-fastdp)" etc.)
 
             Service: ipam                      (only when IPAM runs; after a blank line)
              Status: ready
@@ -57,7 +58,7 @@ failed ones followed by ``, retry: <time>`` (or ``never``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from router.dns.service import DnsStatistics
 from router.ipam import IpamStatistics
@@ -144,6 +145,8 @@ def render_status(status: Status) -> str:
         _field("Connections", _connections_summary(router)),
         _field("Peers", _peers_summary(router)),
         _field("TrustedSubnets", subnets),
+        *([_field("FastDP", fastdp_summary(status.fastdp))] if status.fastdp is not None
+          else []),
         *(ipam_section(ipam) if ipam is not None else []),
         *(dns_section(status.dns) if status.dns is not None else []),
     ])
@@ -176,6 +179,15 @@ def render_dns(status: Status) -> str:
         lines.append(f"{name:<12} {entry.address!s:<15} {entry.container_id:>12.12} "
                      f"{entry.origin}")
     return _lines(lines)
+
+
+def fastdp_summary(fastdp: Mapping[str, object]) -> str:
+    """Ours (Weave has no such line): ``enabled (1 of 2 peers)`` or ``disabled (WHY)``."""
+    if not fastdp.get("enabled"):
+        return f"disabled ({fastdp.get('disabled_reason') or 'not offered'})"
+    peers = fastdp.get("peers")
+    total = len(peers) if isinstance(peers, Mapping) else 0
+    return f"enabled ({fastdp.get('peers_on_fastdp', 0)} of {total} peers)"
 
 
 def render_targets(status: Status) -> str:

@@ -18,7 +18,10 @@ keep working::
                 "Connections": [{"Address", "Outbound", "State", "Info",
                                  "Attrs": {"encrypted"?, "mtu": 1376, "name": "sleeve"} | null}],
                 "TerminationCount": 0, "Targets": ["192.168.48.14"] | null,
-                "OverlayDiagnostics": {"sleeve": {our data plane counters} | null},
+                "OverlayDiagnostics": {"sleeve": {our data plane counters} | null,
+                                       "fastdp": {ours: enabled, disabled_reason, mtu,
+                                                  peers: {NAME: {overlay, reason, since,
+                                                                 address}}, counters}},
                 "TrustedSubnets": [], "Interface": "vethwe-pcap (via TAP)" | "",
                 "ConnLimit": 200},                                    <- ours
      "IPAM": {"Paxos": {"Elector", "KnownNodes", "Quorum"} | null, "Range",
@@ -114,7 +117,8 @@ def _connection(conn: ConnectionStatus, *, password_set: bool) -> dict[str, obje
     }
 
 
-def _router(router: RouterStatus, dataplane: Mapping[str, object] | None) -> dict[str, object]:
+def _router(router: RouterStatus, dataplane: Mapping[str, object] | None,
+            fastdp: Mapping[str, object] | None = None) -> dict[str, object]:
     return {
         "Protocol": router.protocol,
         "ProtocolMinVersion": router.protocol_min_version,
@@ -138,7 +142,8 @@ def _router(router: RouterStatus, dataplane: Mapping[str, object] | None) -> dic
         "TerminationCount": router.counters.get("connection_terminations", 0),
         "Targets": nil_if_empty(router.targets),
         "OverlayDiagnostics": GoMap(
-            {"sleeve": None if dataplane is None else _sleeve(dataplane)}),
+            {"sleeve": None if dataplane is None else _sleeve(dataplane),
+             **({} if fastdp is None else {"fastdp": _gomap(fastdp)})}),
         "TrustedSubnets": list(router.trusted_subnets),
         "Interface": "" if dataplane is None else f"{TAP_NAME} (via TAP)",
         "ConnLimit": router.conn_limit,
@@ -153,7 +158,7 @@ def build_report(status: Status) -> dict[str, object]:
         "VersionCheck": GoStringer({"Enabled": False, "Success": False, "NewVersion": "",
                                     "NextCheckAt": GoTime(NEVER, NEVER_TEXT)},
                                    "version check update disabled"),  # as Weave's String()
-        "Router": GoPointer(_router(status.router, status.dataplane)),
+        "Router": GoPointer(_router(status.router, status.dataplane, status.fastdp)),
     }
     if status.ipam is not None:
         report["IPAM"] = GoPointer(_ipam(status.ipam))
@@ -202,6 +207,11 @@ def _ipam(ipam: IpamStatistics) -> dict[str, object]:
             for share in ipam.shares
         ],
     }
+
+
+def _gomap(value: Mapping[str, object]) -> GoMap:
+    """A nested mapping as Go maps (fastdp's diagnostics: our own field names)."""
+    return GoMap({k: _gomap(v) if isinstance(v, Mapping) else v for k, v in value.items()})
 
 
 def _sleeve(stats: Mapping[str, object]) -> GoMap:

@@ -67,7 +67,8 @@ __all__ = [
 THREADED = False
 CIPHERS = PREFERENCE  # the ciphers set_peer takes (router.crypto.ciphers)
 DROP_REASONS = ("no_route", "auth", "replay", "too_big", "queue_full", "malformed", "ttl",
-                "reassembly", "local_dst", "loop", "tap_write", "send", "source")
+                "reassembly", "local_dst", "loop", "tap_write", "send", "source",
+                "kernel_peer")
 UPCALL_CONTROL = 1  # a non-frame packet (heartbeat) for the sleeve demux
 UPCALL_UNKNOWN_CONN = 2  # frames for a connection id the data plane does not know
 UPCALL_HEARTBEAT = 3  # a fastdp heartbeat frame from the TAP (no vnet header)
@@ -153,6 +154,7 @@ class Dataplane:
              "mac_table_full", "icmp_frag_needed"), 0)
         self._local: list[bytes] = []
         self._heartbeat_mac = b""  # frames to it with HEARTBEAT_ETHERTYPE go up
+        self._kernel_peers: frozenset[int] = frozenset()  # origins fastdp delivers
         self._heartbeats: list[Upcall] = []  # waiting for get_upcalls()
 
     @property
@@ -269,6 +271,13 @@ class Dataplane:
         """Frames from the TAP of ethertype 0x88B5 to ``mac`` go up (see the stub)."""
         m = 0 if mac is None else mac_arg(mac)
         self._heartbeat_mac = m.to_bytes(6, "big") if m else b""  # 0: none, as native
+
+    def set_kernel_peers(self, names: Iterable[int]) -> None:
+        """Origins the kernel delivers: relayed, not delivered (see the stub)."""
+        peers = frozenset(peer_name_arg(n, "kernel peer") for n in names)
+        if len(peers) > MAX_PEERS:
+            raise LocalProtocolError(f"{len(peers)} kernel peers, more than {MAX_PEERS}")
+        self._kernel_peers = peers
 
     def write_tap(self, frame: bytes) -> bool:
         """No TAP here: the frame (zero vnet header) waits for take_local()."""
@@ -625,6 +634,9 @@ class Dataplane:
         if not element[VNET_HEADER_SIZE + 6] & 1:
             mac = int.from_bytes(element[VNET_HEADER_SIZE + 6:VNET_HEADER_SIZE + 12], "big")
             self._learn(mac, src, now)
+        if src in self._kernel_peers:
+            self._drops["kernel_peer"] += 1  # the kernel's VXLAN device delivered it
+            return
         self._delivered.append(swap_vnet(element, VNET_WIRE, VNET_HOST))
         self._totals["frames_delivered"] += 1
 

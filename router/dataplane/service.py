@@ -11,7 +11,10 @@ Stages:
 3. **tables**   the sleeve sets a peer's session (address, key, path MTU) once its UDP path
    is established and removes it when the connection goes; the mesh sets routes.
 4. **upcalls**  datagrams that are not frames (heartbeats) come back through a bounded
-   native queue, drained here on a worker thread and handed to the sleeve's demux.
+   native queue, drained here on a worker thread and handed to the sleeve's demux;
+   fastdp heartbeat frames read from the TAP (``set_heartbeats``) go to fastdp's runner.
+5. **fastdp**   ``write_tap`` injects fastdp heartbeats into the TAP; ``set_kernel_peers``
+   names the peers the kernel delivers from, whose sleeve frames are then not delivered.
 
 With the ``reference`` backend (asked for by name only) there are no native threads:
 a trio task pumps the TAP and the socket through ``egress``/``ingress`` in Python, about
@@ -44,6 +47,7 @@ UPCALL_BATCH = 256
 READ_SIZE = 65536 + 64  # a TAP element: vnet header + GSO super-frame
 
 ControlSink = Callable[[bytes, Address, float], None]
+HeartbeatSink = Callable[[bytes], None]  # a fastdp heartbeat frame read from the TAP
 
 
 class DataplaneService:
@@ -56,18 +60,22 @@ class DataplaneService:
         self._backend_name = backend
         self._backend = load_backend(backend)  # ConfigError if the extension is missing
         self._dp: DataplaneLike = self._backend.Dataplane(int(name))
+        self._on_heartbeat: HeartbeatSink | None = None
+        self._tap_fd: int | None = None  # reference backend: write_tap's frames go here
 
     async def run(self, udp_fd: int, on_control: ControlSink, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Plumb, start the pipeline on ``udp_fd``, feed control datagrams to ``on_control``."""
         await execute(self._kernel, bridge_plan(await self._kernel.snapshot(), mtu=self._mtu))
         tap = await self._kernel.open_tap(TAP_NAME)
+        self._tap_fd = tap.fileno()
         try:
             await execute(self._kernel, tap_plan(await self._kernel.snapshot(), mtu=self._mtu))
             with contextlib.ExitStack() as stack:
                 await self._serve(tap, udp_fd, on_control, stack, task_status)
         finally:
             self._dp.stop()
+            self._tap_fd = None
             tap.close()
 
     async def _serve(self, tap: TapDevice, udp_fd: int, on_control: ControlSink,
@@ -109,10 +117,38 @@ class DataplaneService:
     def statistics(self) -> Statistics:
         return self._dp.statistics()
 
+    # ------------------------------------------------------------------ fastdp
+
+    def set_heartbeats(self, mac: bytes | None, sink: HeartbeatSink | None) -> None:
+        """Frames of ethertype 0x88B5 to ``mac`` from the TAP go to ``sink`` (on the trio
+        thread) instead of over the sleeve; None: none."""
+        self._dp.set_heartbeat_mac(mac)
+        self._on_heartbeat = sink
+
+    def set_kernel_peers(self, names: Iterable[PeerName]) -> None:
+        """The peers on fastdp with us: the kernel delivers their frames, so their frames
+        arriving over the sleeve are relayed but not delivered (no frame twice)."""
+        self._dp.set_kernel_peers([int(n) for n in names])
+
+    def write_tap(self, frame: bytes) -> bool:
+        """Write an Ethernet frame into the TAP (a fastdp heartbeat): the bridge switches
+        it as it would a container's. False if it was not written."""
+        ok = self._dp.write_tap(frame)
+        if not self._backend.THREADED:  # no threads: the frames wait in take_local()
+            for local in self._dp.take_local():
+                if self._tap_fd is None:
+                    return False
+                try:
+                    os.write(self._tap_fd, local)
+                except OSError:
+                    return False
+        return ok
+
     # ------------------------------------------------------------------ loops
 
     async def _drain_upcalls(self, on_control: ControlSink) -> None:
         control = self._backend.UPCALL_CONTROL
+        heartbeat = self._backend.UPCALL_HEARTBEAT
         while True:
             upcalls = await trio.to_thread.run_sync(
                 self._dp.get_upcalls, UPCALL_WAIT, UPCALL_BATCH, abandon_on_cancel=True)
@@ -120,6 +156,8 @@ class DataplaneService:
             for kind, addr, data in upcalls:
                 if kind == control:
                     on_control(data, addr, now)
+                elif kind == heartbeat and self._on_heartbeat is not None:
+                    self._on_heartbeat(data)
 
     async def _timers(self) -> None:
         """Reference backend only: expire partial frames and old MACs (native threads
@@ -142,6 +180,7 @@ class DataplaneService:
                 _sendto(sock, datagram, addr)
             for frame in self._dp.take_local():  # ICMP "fragmentation needed"
                 os.write(tap_fd, frame)
+            self._heartbeats_from_reference()
 
     async def _pump_udp(self, tap_fd: int, sock: socket.socket, on_control: ControlSink) -> None:
         """Reference backend only: received datagrams through ``ingress`` in Python."""
@@ -162,6 +201,15 @@ class DataplaneService:
             for kind, src, raw in upcalls:
                 if kind == control:
                     on_control(raw, src, now)
+
+
+    def _heartbeats_from_reference(self) -> None:
+        """Reference backend only: heartbeats egress() passed up wait in get_upcalls()."""
+        if self._on_heartbeat is None:
+            return
+        for kind, _addr, data in self._dp.get_upcalls(0.0):
+            if kind == self._backend.UPCALL_HEARTBEAT:
+                self._on_heartbeat(data)
 
 
 def _sendto(sock: socket.socket, datagram: bytes, addr: Address) -> None:

@@ -193,6 +193,14 @@ class FakeKernel:
         self._bump(snapshots=1)
         return frozenset(self._find(netns, ifname, f"pinned macs of {ifname}").pinned)
 
+    async def forget_learned(self, ifname: str, *, netns: str | None = None) -> int:
+        """See :meth:`router.kernel.port.OverlayPort.forget_learned`: a fake bridge learns
+        nothing, so there is nothing to forget (ENODEV if no such link)."""
+        self._check_open()
+        self._bump(snapshots=1)
+        self._find(netns, ifname, f"learned macs of {ifname}")
+        return 0
+
     async def open_tap(self, name: str, *, netns: str | None = None) -> FakeTap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""
         self._check_open()

@@ -402,6 +402,29 @@ def _read_pins(w: _Worker, ifname: str, netns: str | None) -> frozenset[str]:
         raise kernel_error(exc.code, f"pinned macs of {ifname}") from None
 
 
+NUD_PERMANENT = 0x80  # a "local" bridge entry (the port's own address)
+
+
+def _forget_learned(w: _Worker, ifname: str, netns: str | None) -> int:
+    try:
+        with w.batch() as ipr:
+            sock = ipr(netns)
+            index = _index(sock, ifname, f"learned macs of {ifname}")
+            learned = [msg.get_attr("NDA_LLADDR") for msg in sock.fdb("dump", ifindex=index)
+                       if msg["ifindex"] == index and msg.get_attr("NDA_MASTER")
+                       and not msg["state"] & (NUD_NOARP | NUD_PERMANENT)]
+            for mac in learned:
+                try:
+                    sock.neigh("del", ifindex=index, lladdr=mac, family=AF_BRIDGE,
+                               flags=NTF_MASTER)
+                except NetlinkError as exc:
+                    if exc.code != errno.ENOENT:  # it aged out meanwhile
+                        raise
+            return len(learned)
+    except NetlinkError as exc:
+        raise kernel_error(exc.code, f"learned macs of {ifname}") from None
+
+
 def _read_vxlan(w: _Worker, name: str, netns: str | None) -> VxlanDevice | None:
     try:
         with w.batch() as ipr:
@@ -488,6 +511,12 @@ class NetlinkPort:
         macs = await self._run(lambda: _read_pins(self._w(), ifname, netns))
         self._bump(snapshots=1)
         return macs
+
+    async def forget_learned(self, ifname: str, *, netns: str | None = None) -> int:
+        """See :meth:`router.kernel.port.OverlayPort.forget_learned`."""
+        count = await self._run(lambda: _forget_learned(self._w(), ifname, netns))
+        self._bump(snapshots=1)
+        return count
 
     async def open_tap(self, name: str, *, netns: str | None = None) -> tapdev.Tap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""

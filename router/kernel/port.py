@@ -538,6 +538,13 @@ class OverlayPort(Protocol):
         """The MACs pinned (:class:`PinMac`) to bridge port ``ifname``; ENODEV if no such link."""
         ...
 
+    async def forget_learned(self, ifname: str, *, netns: str | None = None) -> int:
+        """Delete the MACs the bridge learned on its port ``ifname`` (not the pinned ones),
+        so frames to them are flooded until it learns them again; how many. ENODEV if no
+        such link. fastdp calls it when a peer changes overlay: a MAC learned behind the
+        VXLAN device (or the TAP) would otherwise keep its frames on the old path."""
+        ...
+
     async def apply(self, ops: Sequence[OverlayOp]) -> None:
         """Run ``ops`` in order; at the first failure raise KernelError (earlier ops stay)."""
         ...

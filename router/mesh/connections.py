@@ -224,14 +224,14 @@ def _targets(conn: LiveConnection) -> set[str]:
 
 
 def connection_status(conn: LiveConnection, *, established: bool, mtu: int,
-                      password: bool) -> ConnectionStatus:
+                      password: bool, overlay: str = "sleeve") -> ConnectionStatus:
     """The ``status connections`` line of a live connection; ``mtu`` is Weave's ``mtu=``
     (what a container fits), shown once established; ``encrypted`` only with a password."""
     return ConnectionStatus(
         outbound=conn.outbound,
         address=conn.target if conn.target else conn.address,
         state="established" if established else "pending",
-        overlay="sleeve",
+        overlay=overlay,
         encrypted=conn.result.encrypted if password else None,
         peer_name=str(conn.remote),
         peer_nickname=conn.result.remote_nickname,

@@ -538,7 +538,8 @@ class MeshService:
 
     def statistics(self) -> MeshStatistics:
         """The mesh's part of ``status`` and the report."""
-        overlay = OverlayView(self._sleeve.established, self._sleeve.overlay_mtu)
+        overlay = OverlayView(self._sleeve.established, self._sleeve.overlay_mtu,
+                              self._sleeve.overlay_name)
         return mesh_statistics(
             self._conns, overlay, maker=self._maker, topology=self.topology,
             routes=self._routes, counters=self._counters,

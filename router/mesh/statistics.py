@@ -39,6 +39,7 @@ class OverlayView:
 
     established: Callable[[int], bool]
     mtu: Callable[[int], int]  # Weave's mtu=: what a container fits; 0 until established
+    name: Callable[[int], str] = lambda _conn_id: "sleeve"  # "fastdp" or "sleeve"
 
 
 def mesh_statistics(
@@ -49,7 +50,8 @@ def mesh_statistics(
     """The snapshot: live connections first, then the targets not connected (sorted)."""
     lines = [
         connection_status(conn, established=overlay.established(conn.result.conn_id),
-                          mtu=overlay.mtu(conn.result.conn_id), password=password)
+                          mtu=overlay.mtu(conn.result.conn_id), password=password,
+                          overlay=overlay.name(conn.result.conn_id))
         for conn in connections
     ]
     lines += maker.target_statuses(now, wall_now=wall_now)

@@ -24,6 +24,8 @@ ABSENT: dict[str, str] = {
 # Keys only ours has (our additions, under names Weave does not use).
 OURS: dict[str, str] = {
     ".Router.ConnLimit": "--conn-limit",
+    ".Router.OverlayDiagnostics.fastdp": "fastdp's state and each peer's overlay and reason"
+                                         " (docs/fastdp.md; Go's is its ODP datapath's)",
     ".IPAM.Status": "the Status: line of status ipam",
     ".IPAM.IPs": "weave_ips{state} of /metrics",
     ".IPAM.UnreachablePeers": "peers of the ring not reachable now",

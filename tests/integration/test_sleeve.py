@@ -56,6 +56,7 @@ PASSWORD = "sleeve-s3cret"
 PATTERN = b"weave-plain-text"
 TRANSFER_BYTES = 20 << 20
 BUILD_TIMEOUT = 60.0  # seconds a test waits for its mesh to be built
+SLEEVE = ("--no-fastdp",)  # these scenarios test the sleeve (fastdp: test_fastdp_router.py)
 
 
 def container_ip(n: int) -> str:
@@ -85,7 +86,7 @@ def _attach_one_per_host(mesh: Mesh, *, in_range: bool = True) -> None:
 
 def _full_mesh(*launch_args: str) -> Callable[[Mesh], None]:
     def setup(mesh: Mesh) -> None:
-        mesh.launch_star(*launch_args)
+        mesh.launch_star(*SLEEVE, *launch_args)
         mesh.wait_full_mesh(timeout=30)
         mesh.wait_routes(timeout=30)
         _attach_one_per_host(mesh)
@@ -102,9 +103,9 @@ def _wrong_password(mesh: Mesh) -> None:
 def _chain(mesh: Mesh) -> None:
     """host1 <- host2 <- host3, without discovery: host3 only knows host2."""
     h1, h2, h3 = mesh.hosts
-    h1.launch("--no-discovery")
-    run_parallel(lambda: h2.launch("--no-discovery", h1.ip),
-                 lambda: h3.launch("--no-discovery", h2.ip))
+    h1.launch(*SLEEVE, "--no-discovery")
+    run_parallel(lambda: h2.launch(*SLEEVE, "--no-discovery", h1.ip),
+                 lambda: h3.launch(*SLEEVE, "--no-discovery", h2.ip))
     run_parallel(lambda: h1.wait_established(1, timeout=30),
                  lambda: h2.wait_established(2, timeout=30),
                  lambda: h3.wait_established(1, timeout=30))

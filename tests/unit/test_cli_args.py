@@ -498,3 +498,12 @@ def test_rmpeer_and_attach_name_what_is_wrong(capsys: pytest.CaptureFixture[str]
     assert code == 2
     assert err == "weave-router: error: address 'ip:banana' is not an IPv4 address with a " \
                   "prefix length, like ip:10.32.1.1/12\n"
+
+
+def test_no_fastdp_from_the_flag_or_the_environment() -> None:
+    assert config().no_fastdp is False
+    assert config("--no-fastdp").no_fastdp is True
+    assert config(env={"WEAVE_NO_FASTDP": "1"}).no_fastdp is True
+    assert config(env={"WEAVE_NO_FASTDP": ""}).no_fastdp is False
+    assert "--no-fastdp" in config_to_argv(config("--no-fastdp"))
+    assert "--no-fastdp" not in config_to_argv(config())

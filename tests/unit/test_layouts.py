@@ -223,3 +223,13 @@ def test_ipam_shares_unreachable_and_small_percentages() -> None:
     assert ("7a:77:72:00:00:03(wrw-h3)               131072 IPs (12.5% of total) "
             "- unreachable!\n") in lines
     assert "7a:77:72:00:00:04(h4)                     1024 IPs (00.1% of total) \n" in lines
+
+
+def test_status_says_whether_fastdp_runs_and_why_not() -> None:
+    on = {"enabled": True, "peers_on_fastdp": 1, "peers": {H2: {}, H3: {}}}
+    off = {"enabled": False, "disabled_reason": "--password: this kernel has no ESP or "
+           "WireGuard, so encrypted traffic stays on the sleeve", "peers": {}}
+    assert render_status(replace(sample_status(), fastdp=on)).endswith(
+        " TrustedSubnets: none\n         FastDP: enabled (1 of 2 peers)\n")
+    text = render_status(replace(sample_status(), fastdp=off))
+    assert "         FastDP: disabled (--password: this kernel has no ESP or WireGuard" in text

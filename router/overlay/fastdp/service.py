@@ -6,7 +6,10 @@ through an :class:`~router.kernel.port.OverlayPort`. Its loop, one pass at a tim
 1. read the device (``port.vxlan``) and the heartbeat pins (``port.pinned_macs``);
 2. diff it against the plan's desired state for the current peers and MACs;
 3. apply the operations in order (``port.apply``);
-4. wait until :meth:`FastdpService.set_peers`, :meth:`FastdpService.set_macs` or
+4. if the fastdp peers changed, make the bridge forget the MACs it learned on the VXLAN
+   device and the TAP (``port.forget_learned``): a MAC learned behind the old path would
+   keep its frames there (the kernel ages it only after 300 s);
+5. wait until :meth:`FastdpService.set_peers`, :meth:`FastdpService.set_macs` or
    :meth:`FastdpService.set_heartbeats` change the inputs, or ``resync`` seconds pass: the
    periodic pass re-creates what someone else deleted or changed (``ip link del
    vxlan-6784``, ``bridge fdb del ...``).
@@ -27,11 +30,13 @@ from dataclasses import dataclass, replace
 import trio
 
 from router.errors import KernelError
+from router.kernel.bridge_filter import TABLE, filter_script, nft_binary, removal_script
 from router.kernel.port import OverlayPort
 from router.overlay.fastdp.plan import LocalConfig, desired, diff, pin_ports, teardown
 
 RESYNC_INTERVAL = 10.0  # seconds between passes when nothing changes
 RETRY_INTERVAL = 1.0  # seconds before the next pass after a kernel failure
+NFT_TIMEOUT = 10.0  # seconds for the nft binary to apply the bridge filter
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,14 @@ class FastdpService:
         self._heartbeats: dict[str, ipaddress.IPv4Address] = {}
         self._changed = trio.Event()
         self._stats = FastdpStatistics()
+        self._forget = False  # the fastdp peers changed: forget learned MACs after a pass
 
     def set_peers(self, peers: Mapping[str, ipaddress.IPv4Address]) -> None:
-        """The peers now on fastdp (name -> underlay IP); applied on the next pass, soon."""
+        """The peers now on fastdp (name -> underlay IP); applied on the next pass, soon.
+        When the set changes, the bridge forgets the MACs it learned behind the VXLAN
+        device and the TAP, so their frames take the new path at once."""
+        if dict(peers) != self._peers:
+            self._forget = True
         self._peers = dict(peers)
         self._changed.set()
 
@@ -100,6 +110,10 @@ class FastdpService:
             pinned = {port: await self._pins(port) for port in pin_ports(self._config)}
             ops = diff(want, have, pinned)
             await self._port.apply(ops)
+            if self._forget:
+                for port in pin_ports(self._config):
+                    await self._forget_learned(port)
+                self._forget = False
         except KernelError as exc:
             s = self._stats
             self._stats = replace(s, passes=s.passes + 1, errors=s.errors + 1,
@@ -119,6 +133,13 @@ class FastdpService:
                 raise
             return frozenset()  # no device yet: nothing pinned
 
+    async def _forget_learned(self, port: str) -> None:
+        try:
+            await self._port.forget_learned(port, netns=self._config.netns)
+        except KernelError as exc:
+            if exc.errno != errno.ENODEV:  # no TAP (yet): nothing learned on it
+                raise
+
     async def remove(self) -> None:
         """Delete fastdp's FDB entries and device (``reset``); KernelError if refused."""
         have = await self._port.vxlan(self._config.name, netns=self._config.netns)
@@ -128,3 +149,38 @@ class FastdpService:
     def statistics(self) -> FastdpStatistics:
         """A frozen snapshot of the counters."""
         return self._stats
+
+
+async def _nft(script: str, what: str) -> None:
+    binary = nft_binary()
+    if binary is None:
+        raise KernelError(errno.ENOENT, f"{what}: no nft binary (install nftables)")
+    try:
+        with trio.fail_after(NFT_TIMEOUT):
+            proc = await trio.run_process([binary, "-f", "-"], stdin=script.encode(),
+                                          capture_stdout=True, capture_stderr=True,
+                                          check=False)
+    except trio.TooSlowError:
+        raise KernelError(errno.ETIMEDOUT, f"{what}: nft did not answer") from None
+    except OSError as exc:
+        raise KernelError(exc.errno or errno.EIO, f"{what}: {exc}") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise KernelError(errno.EINVAL,
+                          f"{what}: nft failed: {detail[-1] if detail else proc.returncode}")
+
+
+async def install_filter(vxlan: str, tap: str) -> None:
+    """Create (or replace) the table in this process's namespace; KernelError if refused."""
+    await _nft(filter_script(vxlan, tap), f"bridge filter {TABLE}")
+
+
+async def remove_filter() -> bool:
+    """Delete the table (``reset``); False if there was none or nft is missing."""
+    if nft_binary() is None:
+        return False
+    try:
+        await _nft(removal_script(), f"removing bridge filter {TABLE}")
+    except KernelError:
+        return False
+    return True

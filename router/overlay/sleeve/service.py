@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,6 +73,22 @@ class PathEvents(Protocol):
     def on_failed(self, conn_id: int, reason: str) -> None: ...
 
 
+class ConnectionWatcher(Protocol):
+    """Who else wants to know about connections (fastdp: ``router.overlay.service``)."""
+
+    def connection_added(self, result: HandshakeResult, remote_ip: str) -> None: ...
+
+    def connection_removed(self, peer: PeerName) -> None: ...
+
+    def overlay_name(self, peer: PeerName) -> str | None: ...  # None: the sleeve's
+
+    def overlay_mtu(self, peer: PeerName) -> int | None: ...  # None: the sleeve's
+
+    def kernel_peers(self) -> frozenset[PeerName]: ...  # the kernel carries our frames
+
+    def on_kernel_peers_changed(self, listener: Callable[[], None]) -> None: ...
+
+
 @dataclass(eq=False)
 class _Path:
     path: HeartbeatPath
@@ -96,6 +113,14 @@ class SleeveService:
         self._demux = SleeveDemux()
         self._paths: dict[int, _Path] = {}
         self._wake = trio.Event()
+        self._watcher: ConnectionWatcher | None = None
+        self._routes: Routes | None = None
+
+    def watch_connections(self, watcher: ConnectionWatcher) -> None:
+        """Tell ``watcher`` of every connection added and removed (fastdp's runner); its
+        choice of overlay is what ``status connections`` shows."""
+        self._watcher = watcher
+        watcher.on_kernel_peers_changed(self._program_routes)
 
     def features(self) -> dict[str, int | str | bool]:
         """What the handshake offers the peer about this overlay."""
@@ -142,6 +167,8 @@ class SleeveService:
                                             probes=peer_answers_probes(remote))
         if result.overlay_key is not None:
             log.info("sleeve to %s: frames sealed with %s", result.remote_name, cipher)
+        if self._watcher is not None:
+            self._watcher.connection_added(result, remote_ip)
         self._wake.set()
 
     def remove_connection(self, conn_id: int) -> None:
@@ -149,11 +176,29 @@ class SleeveService:
         entry = self._paths.pop(conn_id, None)
         if entry is not None and entry.established and self._dataplane is not None:
             self._dataplane.remove_peer(entry.path.remote)
+        if entry is not None and self._watcher is not None:
+            self._watcher.connection_removed(entry.path.remote)
 
     def set_routes(self, routes: Routes) -> None:
         """Frames follow the mesh's routes over established connections."""
-        if self._dataplane is not None:
-            self._dataplane.set_routes(routes.unicast, routes.broadcast)
+        self._routes = routes
+        self._program_routes()
+
+    def _program_routes(self) -> None:
+        """The routes into the data plane; our own broadcasts skip the peers the kernel
+        carries them to (fastdp) that pass them on to no one (no route goes through them):
+        the kernel's copy is their only one. A fastdp peer that relays still gets the
+        sleeve's copy, relays it and does not deliver it (``set_kernel_peers``)."""
+        routes = self._routes
+        if self._dataplane is None or routes is None:
+            return
+        broadcast = dict(routes.broadcast)
+        kernel = self._watcher.kernel_peers() if self._watcher is not None else frozenset()
+        if kernel and self._name in broadcast:
+            relays = {hop for dest, hop in routes.unicast.items() if dest != hop}
+            broadcast[self._name] = frozenset(
+                hop for hop in broadcast[self._name] if hop not in kernel or hop in relays)
+        self._dataplane.set_routes(routes.unicast, broadcast)
 
     def path_mtu(self, conn_id: int) -> int:
         """The underlay path MTU to this connection's peer, as verified by probes (the
@@ -167,7 +212,19 @@ class SleeveService:
         entry = self._paths.get(conn_id)
         if entry is None or not entry.established:
             return 0
+        if self._watcher is not None:
+            mtu = self._watcher.overlay_mtu(entry.path.remote)
+            if mtu is not None:
+                return mtu
         return overlay_mtu(entry.path_mtu, encrypted=entry.key is not None)
+
+    def overlay_name(self, conn_id: int) -> str:
+        """``fastdp`` or ``sleeve``: which overlay carries this connection's traffic."""
+        entry = self._paths.get(conn_id)
+        name = None
+        if entry is not None and self._watcher is not None:
+            name = self._watcher.overlay_name(entry.path.remote)
+        return name or "sleeve"
 
     def receive_control(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         """A non-frame datagram (a heartbeat) handed up by the data plane."""
