@@ -291,6 +291,8 @@ def test_relay_host_carries_a_pair_that_is_not_connected(make_mesh: MeshFactory)
     mesh.wait_routes(timeout=30)
     containers = _attach(mesh)
     _wait_overlay(h2, "fastdp", 2, timeout=30)
+    for h in (h1, h3):  # both ends of each pair: until then a frame can take the old path
+        _wait_overlay(h, "fastdp", 1, timeout=30)
     _pings(containers[0], container_ip(3))
     _pings(containers[2], container_ip(1))
     outputs = _broadcast_once_each(containers)
