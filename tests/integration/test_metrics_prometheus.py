@@ -83,7 +83,8 @@ def test_prometheus_scrapes_weave_metrics_as_a_mesh_forms(make_mesh: MakeMesh) -
     assert established is None, raw  # no connections yet: no series (as Weave)
     h2.launch(h1.ip)
     h3.launch(h1.ip)
-    wait_value(h1, 'sum(weave_connections{state="established",type="sleeve"})', 2.0)
+    # fastdp is the default overlay (docs/fastdp.md): both connections end up there
+    wait_value(h1, 'sum(weave_connections{state="established",type="fastdp"})', 2.0)
     wait_value(h1, 'weave_ips{state="local-used"}', 0.0)
     container = mesh.add_bare_container(h1)
     container.attach()
