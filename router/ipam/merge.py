@@ -20,7 +20,12 @@ new token: of the range it falls in):
 2. **Gifts come from the giver, and only what the giver was given.** If the incoming
    entry makes *us* the owner (a donation, a ``reset`` hand-over), it is taken only
    when the author is prev and prev's ownership of that range is *confirmed* (see
-   custody below). Otherwise the token is left as it is in our ring.
+   custody below). Otherwise the token is left as it is in our ring. A gift outside the
+   ranges we asked the author for (``MergeInput.solicited``: a ``reset`` hand-over, or
+   a liar's gift of its own range) is taken but held like an ``rmpeer`` takeover
+   (:attr:`MergeOutput.unsolicited` -> :attr:`Ring.taken`): the allocator does not
+   allocate from it while the giver is reachable, and it is given up to a greater
+   claim while we hold nothing there, so a range given to two peers ends with one owner.
 3. **Third parties** (neither side is us): the greater entry wins, as in Weave, and
    the change of owner is recorded in the range's custody.
 
