@@ -160,6 +160,7 @@ class Allocator:
         self._gossip_queued = False
         self._unsaved = Unsaved()
         self._closed = False
+        self._state_cache: tuple[tuple[int, tuple[tuple[PeerName, str], ...]], bytes] | None = None
         self._requests = Fulfiller(
             ring=self._ring, space=self._space, held=self._held, peers=self._peers,
             unsaved=self._unsaved, counts=self._counts, send=self._send,
@@ -353,9 +354,13 @@ class Allocator:
         msg = decode_payload_untrusted(payload, self.ourself)
         if msg.kind == "state":
             self._receive_state(src, msg, via)
+            if src == via and via is not None:  # its answer to our space requests, if any
+                self._requests.space_requests.answered(via)
         elif msg.kind == "space-request":
             self._donate(src, msg.start, msg.end, verified=src == via)
         else:
+            if src == via and via is not None:
+                self._requests.space_requests.answered(via)
             self._requests.denied(src, msg.start, msg.end)
 
     def on_gossip_broadcast(
@@ -436,12 +441,16 @@ class Allocator:
             self._requests.retry(self._now, ask_again=True)
 
     def state_payload(self) -> bytes:
-        """Our state as a ``"state"`` payload (free counts refreshed first)."""
-        if not self._ring.empty():
-            self._ring.report_free(self._space.num_free)
-        paxos = self._election.to_wire() if self._ring.empty() else None
-        ring = None if self._ring.empty() else self._ring.to_wire()
-        return encode_state(self._peers.nicknames(), ring, paxos)
+        """Our state as a ``"state"`` payload (free counts refreshed first); with a ring,
+        encoded once per ring revision and set of nicknames."""
+        nicknames = self._peers.nicknames()
+        if self._ring.empty():
+            return encode_state(nicknames, None, self._election.to_wire())
+        self._ring.report_free(self._space.num_free)
+        key = (self._ring.revision, tuple(nicknames))
+        if self._state_cache is None or self._state_cache[0] != key:
+            self._state_cache = (key, encode_state(nicknames, self._ring.to_wire(), None))
+        return self._state_cache[1]
 
     # -- status ---------------------------------------------------------------------------
 
@@ -536,9 +545,11 @@ class Allocator:
         return False
 
     def _merge(self, other: Ring, via: PeerName | None) -> bool:
+        asked = sorted(self._requests.space_requests.outstanding.get(via, ())) if via else []
         try:
             result = self._ring.merge(
-                other, self._space.has_allocations, author=via, reachable=self._peers.reachable
+                other, self._space.has_allocations, author=via,
+                reachable=self._peers.reachable, solicited=asked,
             )
         except DifferentSeedsError as exc:
             raise RemoteProtocolError(

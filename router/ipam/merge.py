@@ -3,11 +3,11 @@
 Gossip carries whole rings, relayed by every peer, so an entry cannot be traced to the
 peer that wrote it; what is known is the *author*: the neighbour whose connection (an
 authenticated mesh connection) delivered the ring. The rules below make sure that,
-whatever a peer sends, an honest peer never gives up a range it allocates from and never
-starts allocating from a range another honest peer allocates from. For a token both
-rings know, nothing happens unless the incoming entry is greater (``Entry.key``); then,
-with *prev* the owner of that token's range in our ring (for a new token: of the range
-it falls in):
+whatever a peer sends, an honest peer never gives up a range it allocates from and,
+while a range's owner X is reachable, never starts allocating from X's range. For a
+token both rings know, nothing happens unless the incoming entry is greater
+(``Entry.key``); then, with *prev* the owner of that token's range in our ring (for a
+new token: of the range it falls in):
 
 1. **Ours stays ours.** If prev is ourself, the incoming entry is not taken: we
    *re-assert* ours with the version above it (a new token inside our range is added as
@@ -17,13 +17,41 @@ it falls in):
    hold no allocations in it: the peer that still lives wins. If we do hold allocations
    there, both peers allocated from it (``rmpeer`` of a peer that was only cut off) and no
    answer is safe: the merge is refused (:class:`~router.ipam.ring.RingConflictError`).
-2. **Gifts come from the giver.** If the incoming entry makes *us* the owner (a donation,
-   a ``reset`` hand-over), it is taken only when the author is prev and prev's entry is
-   not *suspect* (see 3). Otherwise the token is left as it is in our ring.
-3. **Third parties** (neither side is us): the greater entry wins, as in Weave. An entry
-   that hands a range to its own author while the old owner is reachable (what a
-   ``rmpeer`` of a live peer, or a peer grabbing space, looks like) is taken but marked
-   suspect: it cannot then be given on to us.
+2. **Gifts come from the giver, and only what the giver was given.** If the incoming
+   entry makes *us* the owner (a donation, a ``reset`` hand-over), it is taken only
+   when the author is prev and prev's ownership of that range is *confirmed* (see
+   custody below). Otherwise the token is left as it is in our ring. A gift outside the
+   ranges we asked the author for (``MergeInput.solicited``: a ``reset`` hand-over, or
+   a liar's gift of its own range) is taken but held like an ``rmpeer`` takeover
+   (:attr:`MergeOutput.unsolicited` -> :attr:`Ring.taken`): the allocator does not
+   allocate from it while the giver is reachable, and it is given up to a greater
+   claim while we hold nothing there, so a range given to two peers ends with one owner.
+3. **Third parties** (neither side is us): the greater entry wins, as in Weave, and
+   the change of owner is recorded in the range's custody.
+
+**Custody.** For every token owned by another peer we keep (in memory) the set of
+earlier owners that have not yet confirmed they let the range go: *unconfirmed
+owners*. An honest peer allocates in a range only while its own ring names it the
+owner, so a ring delivered by peer P's own connection in which P owns nothing of a
+range is P's word that it does not allocate there. The set changes so:
+
+* an owner change that reaches us through anyone but the previous owner, while that
+  previous owner is reachable, adds the previous owner (a relayed change, a grab, a
+  lie, ``rmpeer --force`` of a live peer); a change delivered by the previous owner
+  itself, or of an owner we do not reach (``rmpeer`` of a dead peer), adds nobody;
+* a ring whose author owns nothing in the range removes the author (it confirms);
+* the new owner is removed (an earlier owner taking the range back need not confirm
+  anything; the owner it took it from must, as for any relayed change); version
+  bumps of the current owner change nothing: the set stays until confirmed;
+* the set is inherited by new tokens inside the range and by the next owner.
+
+A range whose set is not empty is never given to us (rule 2): so a liar that tells Y
+"X's range is Z's" and Z "X's range is Y's" cannot have Z's honest gossip make Y an
+owner while X lives: X is an unconfirmed owner of that range at Y, and X never confirms
+(its own ring keeps naming X). Relayed space is still given on once its earlier owners
+were heard directly (in a full mesh at the next gossip from them); a peer that hears an
+earlier owner only through others (a line A-B-C: C hears A only through B) is not given
+that space by B, because B could be lying about A.
 
 Versions: incoming versions at or above :data:`VERSION_LIMIT` are refused (the author's
 fault); our own bumps saturate below it, so a re-assertion that cannot outrank an entry
@@ -40,6 +68,8 @@ from router.ipam.ring_entry import VERSION_LIMIT, Entry, bumped
 from router.mesh.names import PeerName
 
 HasAllocations = Callable[[int, int], bool]
+Custody = dict[int, frozenset[PeerName]]  # token -> its unconfirmed earlier owners
+NOBODY: frozenset[PeerName] = frozenset()
 
 
 @dataclass
@@ -50,9 +80,10 @@ class MergeInput:
     end: int
     mine: Sequence[Entry]
     taken: Mapping[int, PeerName]  # token -> the peer we took that range from (rmpeer)
-    suspect: Set[int]
+    custody: Mapping[int, frozenset[PeerName]]  # token -> unconfirmed earlier owners
     author: PeerName | None
     reachable: Set[PeerName]
+    solicited: Sequence[tuple[int, int]] = ()  # ranges we asked the author for
 
 
 @dataclass
@@ -63,8 +94,8 @@ class MergeOutput:
     reasserted: bool = False
     refused_gifts: int = 0
     yielded: set[int] = field(default_factory=set)  # taken tokens given back
-    suspect: set[int] = field(default_factory=set)
-    cleared: set[int] = field(default_factory=set)  # tokens no longer suspect
+    custody: Custody = field(default_factory=dict)  # of every token after the merge
+    unsolicited: dict[int, PeerName] = field(default_factory=dict)  # gifts: token -> giver
     conflict: int | None = None  # a token we took over and allocated in, claimed back
 
 
@@ -75,7 +106,8 @@ def merge_entries(ours: MergeInput, theirs: Sequence[Entry], *,
     tokens = [e.token for e in ours.mine]
     their_next = {e.token: (theirs[i + 1].token if i + 1 < len(theirs) else ours.end)
                   for i, e in enumerate(theirs)}
-    out = MergeOutput([])
+    before = _confirmed(ours, tokens, theirs)
+    out = MergeOutput([], custody=dict(before))
     merged = dict(mine)
     for entry in theirs:
         current = mine.get(entry.token)
@@ -83,24 +115,43 @@ def merge_entries(ours: MergeInput, theirs: Sequence[Entry], *,
             continue
         prev = current if current is not None else _covering(ours.mine, tokens, entry.token)
         end = min(their_next[entry.token], _next(tokens, entry.token, ours.end))
-        chosen = _decide(ours, entry, prev, current, (has_allocations, end), out)
+        unconfirmed = before.get(prev.token, NOBODY)
+        chosen = _decide(ours, entry, prev, current, (has_allocations, end, unconfirmed), out)
         if chosen is not None:
             merged[entry.token] = chosen
     out.entries = [merged[t] for t in sorted(merged)]
+    out.custody = {t: out.custody[t] for t in merged if out.custody.get(t)}
     return out
 
 
+def _confirmed(ours: MergeInput, tokens: list[int], theirs: Sequence[Entry]) -> Custody:
+    """Our custody with the author removed wherever its own ring owns nothing."""
+    author, custody = ours.author, dict(ours.custody)
+    if author is None or not any(author in peers for peers in custody.values()):
+        return custody
+    claimed = [(e.token, theirs[i + 1].token if i + 1 < len(theirs) else ours.end)
+               for i, e in enumerate(theirs) if e.peer == author]
+    for token, peers in custody.items():
+        if author in peers:
+            end = _next(tokens, token, ours.end)
+            if not any(lo < end and token < hi for lo, hi in claimed):
+                custody[token] = peers - {author}
+    return custody
+
+
 def _decide(ours: MergeInput, entry: Entry, prev: Entry, current: Entry | None,
-            ctx: tuple[HasAllocations, int], out: MergeOutput) -> Entry | None:
-    """The entry to keep at ``entry.token`` (None: leave our ring as it is there)."""
-    has_allocations, end = ctx
+            ctx: tuple[HasAllocations, int, frozenset[PeerName]],
+            out: MergeOutput) -> Entry | None:
+    """The entry to keep at ``entry.token`` (None: leave our ring as it is there);
+    ``ctx``: our allocations, the end of the incoming range, prev's unconfirmed owners."""
+    has_allocations, end, unconfirmed = ctx
     if prev.peer == ours.ourself:
         if entry.peer != ours.ourself and prev.token in ours.taken:
             if has_allocations(entry.token, end):
                 out.conflict = entry.token  # both peers allocated there: no safe answer
                 return None
             out.yielded.add(prev.token)
-            out.cleared.add(entry.token)
+            out.custody.pop(entry.token, None)
             return entry
         version = bumped(entry.version)
         if version == entry.version:  # cannot outrank it: keep ours as it is
@@ -110,16 +161,24 @@ def _decide(ours: MergeInput, entry: Entry, prev: Entry, current: Entry | None,
             return Entry(entry.token, ours.ourself, version, 0)
         return replace(current, version=version)
     if entry.peer == ours.ourself:
-        if ours.author != prev.peer or prev.token in ours.suspect:
+        if ours.author != prev.peer or unconfirmed:
             out.refused_gifts += 1
             return None
-        out.cleared.add(entry.token)
+        out.custody.pop(entry.token, None)
+        if not any(lo <= entry.token < hi for lo, hi in ours.solicited):
+            out.unsolicited[entry.token] = prev.peer  # held like an rmpeer of a live peer
         return entry
-    if entry.peer == ours.author != prev.peer and prev.peer in ours.reachable:
-        out.suspect.add(entry.token)
-    else:
-        out.cleared.add(entry.token)
+    out.custody[entry.token] = _custody_after(ours, entry, prev, unconfirmed)
     return entry
+
+
+def _custody_after(ours: MergeInput, entry: Entry, prev: Entry,
+                   unconfirmed: frozenset[PeerName]) -> frozenset[PeerName]:
+    """The unconfirmed earlier owners once ``entry`` replaces ``prev`` (see module doc)."""
+    if (entry.peer != prev.peer and ours.author != prev.peer
+            and prev.peer in ours.reachable):
+        unconfirmed = unconfirmed | {prev.peer}
+    return unconfirmed - {entry.peer}  # the owner need not confirm it let go
 
 
 def _covering(entries: Sequence[Entry], tokens: list[int], token: int) -> Entry:
@@ -131,4 +190,4 @@ def _next(tokens: list[int], token: int, end: int) -> int:
     return tokens[i] if i < len(tokens) else end
 
 
-__all__ = ["VERSION_LIMIT", "MergeInput", "MergeOutput", "merge_entries"]
+__all__ = ["NOBODY", "VERSION_LIMIT", "Custody", "MergeInput", "MergeOutput", "merge_entries"]

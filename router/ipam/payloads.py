@@ -61,8 +61,27 @@ def space_message(kind: str, start: int, end: int) -> bytes:
     return cbor.encode({"v": FORMAT_VERSION, "k": kind, "start": start, "end": end})
 
 
+_DECODED: dict[tuple[bytes, PeerName], IpamMessage] = {}
+_DECODED_MAX = 64  # recent payloads: every neighbour gossips the same ring
+
+
 def decode_payload_untrusted(payload: bytes, ourself: PeerName) -> IpamMessage:
-    """Decode an ``"ipam"`` payload; DecodeError if it is malformed."""
+    """Decode an ``"ipam"`` payload; DecodeError if it is malformed.
+
+    A payload decoded recently is answered from a small cache (the result is immutable
+    to its users: a decoded ring is only read by merges); malformed ones are not cached.
+    """
+    key = (payload, ourself)
+    msg = _DECODED.get(key)
+    if msg is None:
+        msg = _decode(payload, ourself)
+        if len(_DECODED) >= _DECODED_MAX:
+            del _DECODED[next(iter(_DECODED))]
+        _DECODED[key] = msg
+    return msg
+
+
+def _decode(payload: bytes, ourself: PeerName) -> IpamMessage:
     raw = cbor.decode_untrusted(payload, max_size=MAX_FRAME_SIZE)
     if not isinstance(raw, dict) or raw.get("v") != FORMAT_VERSION:
         raise DecodeError("ipam: expected a map with version 1")

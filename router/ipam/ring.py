@@ -15,7 +15,8 @@ Rules:
   ``(version, free, peer)`` is a candidate, and :mod:`router.ipam.merge` decides whether
   it is taken, from who delivered the ring (the authenticated ``author``): a range of
   ours is never taken away (we re-assert it above the incoming version), a range becomes
-  ours only when its owner delivers that, and versions at or above
+  ours only when its owner delivers that and its earlier owners confirmed they let it
+  go (custody; :meth:`unconfirmed`), and versions at or above
   :data:`VERSION_LIMIT` are refused (:class:`RingVersionError`; nothing is merged).
 * Rings over different ranges, or seeded by different peers, never merge:
   :class:`DifferentRangeError`, :class:`DifferentSeedsError`.
@@ -46,7 +47,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from router.errors import BrokenError, DecodeError, LocalProtocolError, RemoteProtocolError
-from router.ipam.merge import MergeInput, merge_entries
+from router.ipam.merge import NOBODY, Custody, MergeInput, merge_entries
 from router.ipam.ring_entry import MAX_VERSION, VERSION_LIMIT, Entry, bumped
 from router.mesh.names import NAME_BITS, PeerName
 from router.wire import cbor
@@ -126,7 +127,10 @@ class Ring:
         # in memory only (see router.ipam.merge): ranges we took over by rmpeer, by token,
         # with the peer we took them from; tokens whose owner took them from a live peer
         self.taken: dict[int, PeerName] = {}
-        self._suspect: set[int] = set()
+        self._custody: Custody = {}  # token -> unconfirmed earlier owners (merge.py)
+        # bumped by every change of the entries or seeds: callers cache encodings by it
+        self.revision = 0
+        self._encoded: tuple[int, bytes] | None = None
         problem = _entries_problem(start, end, self._entries)
         if problem:
             raise LocalProtocolError(f"bad ring entries: {problem}")
@@ -182,6 +186,14 @@ class Ring:
                 out.append((start, end))
         return out
 
+    def unconfirmed(self, addr: int) -> frozenset[PeerName]:
+        """Earlier owners of ``addr``'s range that have not confirmed they let it go
+        (:mod:`router.ipam.merge`); while any are left it is never given to us."""
+        if not self._entries or not self.contains(addr):
+            return NOBODY
+        i = bisect.bisect_right(self._entries, addr, key=lambda e: e.token) - 1
+        return self._custody.get(self._entries[i].token, NOBODY)
+
     def peers(self) -> frozenset[PeerName]:
         """Every peer owning at least one range."""
         return frozenset(e.peer for e in self._entries)
@@ -224,6 +236,7 @@ class Ring:
                 size = self._next_token(i) - entry.token
                 self._entries[i] = Entry(entry.token, peer, bumped(entry.version), size)
                 self.taken.pop(entry.token, None)
+                self._custody.pop(entry.token, None)
         self._check()
 
     def _split_at(self, token: int) -> None:
@@ -252,6 +265,8 @@ class Ring:
             if count != entry.free:
                 self._entries[i] = replace(entry, version=bumped(entry.version), free=count)
                 changed = True
+        if changed:
+            self.revision += 1
         return changed
 
     def transfer(self, from_peer: PeerName, to_peer: PeerName) -> list[Range]:
@@ -263,6 +278,7 @@ class Ring:
                     entry, peer=to_peer, version=bumped(entry.version, TRANSFER_VERSION_BUMP)
                 )
                 moved.append((start, end))
+                self._custody.pop(entry.token, None)
                 if to_peer == self.ourself:
                     self.taken[entry.token] = from_peer
                 else:
@@ -302,11 +318,13 @@ class Ring:
         *,
         author: PeerName | None = None,
         reachable: Set[PeerName] = frozenset(),
+        solicited: Sequence[Range] = (),
     ) -> MergeResult:
         """Merge ``other``, delivered by neighbour ``author``, into this ring.
 
         See the module doc and :mod:`router.ipam.merge` (who may change which entry);
-        ``reachable``: the peers we reach now. RemoteProtocolError (nothing merged) for
+        ``reachable``: the peers we reach now; ``solicited``: the ranges we asked
+        ``author`` for (this ring is its answer). RemoteProtocolError (nothing merged) for
         another range or seeds, or versions at or above :data:`VERSION_LIMIT`.
         """
         if (other.start, other.end) != (self.start, self.end):
@@ -321,8 +339,12 @@ class Ring:
                 )
         if not self._entries:  # nothing is ours yet: a new ring is taken as it is
             return self._adopt(other)
-        view = MergeInput(self.ourself, self.end, self._entries, self.taken, self._suspect,
-                          author, reachable)
+        if other._entries == self._entries and not any(
+            author in peers for peers in self._custody.values()
+        ):  # the commonest gossip: our own ring back, nothing to confirm
+            return MergeResult(changed=False, moved=False)
+        view = MergeInput(self.ourself, self.end, self._entries, self.taken, self._custody,
+                          author, reachable, solicited)
         out = merge_entries(view, other._entries, has_allocations=has_allocations)
         if out.conflict is not None:
             raise RingConflictError(self._conflict_message(other, out.conflict))
@@ -338,8 +360,10 @@ class Ring:
         self._entries = new._entries
         for token in out.yielded:
             self.taken.pop(token, None)
-        self._suspect = (self._suspect - out.cleared) | out.suspect
-        self._check()
+        self.taken.update(out.unsolicited)
+        self._custody = out.custody
+        if changed:
+            self._check()
         return MergeResult(changed=changed, moved=moved, reasserted=out.reasserted,
                            refused_gifts=out.refused_gifts)
 
@@ -373,6 +397,7 @@ class Ring:
         )
 
     def _check(self) -> None:
+        self.revision += 1
         problem = _entries_problem(self.start, self.end, self._entries)
         if problem:
             raise BrokenError(f"ring invariant broken: {problem}")
@@ -389,8 +414,10 @@ class Ring:
         }
 
     def encode(self) -> bytes:
-        """The ring as CBOR (for persistence)."""
-        return cbor.encode(self.to_wire())
+        """The ring as CBOR (for persistence); encoded once per :attr:`revision`."""
+        if self._encoded is None or self._encoded[0] != self.revision:
+            self._encoded = (self.revision, cbor.encode(self.to_wire()))
+        return self._encoded[1]
 
     @classmethod
     def from_wire(cls, raw: Any, ourself: PeerName) -> Ring:

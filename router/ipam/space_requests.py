@@ -34,6 +34,9 @@ class SpaceRequests:
         self._counts = counts
         self._rng = rng
         self._asked: set[tuple[PeerName, int, int]] = set()
+        # not cleared by clear(): what each peer was asked and has not answered yet; a
+        # donation is taken as solicited only inside one of these (router.ipam.merge)
+        self.outstanding: dict[PeerName, set[Range]] = {}
 
     def clear(self) -> None:
         """Forget what was asked: the next attempt asks again."""
@@ -54,8 +57,14 @@ class SpaceRequests:
         if (dst, start, end) in self._asked:
             return None
         self._asked.add((dst, start, end))
+        self.outstanding.setdefault(dst, set()).add((start, end))
         self._counts["space_requests_sent"] += 1
         return Unicast(dst, space_message("space-request", start, end))
+
+
+    def answered(self, peer: PeerName) -> list[Range]:
+        """``peer`` answered (its ring, or a denial): the ranges we had asked it for."""
+        return sorted(self.outstanding.pop(peer, ()))
 
 
 def donation(space: Space, universe: Range, start: int, end: int) -> Range | None:
