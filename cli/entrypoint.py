@@ -68,6 +68,8 @@ LAUNCH_FLAGS = (
     Variable("NICKNAME", "peer nickname (default HOSTNAME)", "--nickname"),
     Variable("TRUSTED_SUBNETS", "CIDR,...: peers there may skip encryption",
              "--trusted-subnets"),
+    Variable("WEAVE_METRICS_ADDR", "/metrics and /status address (127.0.0.1:6782)",
+             "--metrics-addr"),
 )
 VARIABLES = (
     Variable("WEAVE_PASSWORD", "encrypt the mesh with this password (e.g. from a Secret)"),
@@ -75,6 +77,8 @@ VARIABLES = (
     Variable("WEAVE_PORT", "TCP and UDP port for peers (6783)"),
     Variable("WEAVE_HTTP_ADDR", "control API address (127.0.0.1:6784); install-cni: the "
              "plugin's routerAddr"),
+    Variable("WEAVE_STATUS_ADDR", "the same, when WEAVE_METRICS_ADDR is unset ('' for none)"),
+    Variable("WEAVE_NO_FASTDP", "any value: keep traffic on the sleeve (no kernel VXLAN)"),
     *LAUNCH_FLAGS,
     Variable("HOSTNAME", "the nickname when NICKNAME is unset (Weave's DaemonSet: the node)"),
     Variable("PEERS", "peers to connect to: HOST[:PORT] separated by spaces or commas"),
@@ -89,10 +93,8 @@ DOCUMENTED = frozenset(v.name for v in VARIABLES)
 # feature to be off, or None; why it is refused).
 UNSUPPORTED: dict[str, tuple[str | None, str]] = {
     "EXPECT_NPC": ("0", "network policy (weave-npc) is not in this version; set it to 0"),
-    "WEAVE_EXPOSE_IP": (None, "`weave expose` is not in this version"),
-    "WEAVE_METRICS_ADDR": (None, "Prometheus metrics are not in this version"),
-    "WEAVE_STATUS_ADDR": (None, "no separate status address: WEAVE_HTTP_ADDR serves /status"),
-    "NO_MASQ_LOCAL": ("0", "masquerading rules are not in this version"),
+    "WEAVE_EXPOSE_IP": (None, "not done at start: run `weave-router expose ip:CIDR`"),
+    "NO_MASQ_LOCAL": ("0", "this version has no NodePort masquerading rules"),
     "IPTABLES_BACKEND": (None, "this version writes no iptables rules"),
 }
 

@@ -31,6 +31,7 @@ def test_no_environment_launches_with_weave_s_defaults() -> None:
     ("CONN_LIMIT", "30", "--conn-limit"),
     ("NICKNAME", "node-7", "--nickname"),
     ("TRUSTED_SUBNETS", "192.168.0.0/16,10.1.0.0/16", "--trusted-subnets"),
+    ("WEAVE_METRICS_ADDR", "0.0.0.0:6782", "--metrics-addr"),
 ])
 def test_each_launch_variable_becomes_its_flag_and_is_accepted(
         name: str, value: str, flag: str) -> None:
@@ -40,11 +41,14 @@ def test_each_launch_variable_becomes_its_flag_and_is_accepted(
 
 def test_variables_read_by_launch_itself_pass_through_and_are_checked() -> None:
     env = {"WEAVE_PASSWORD": "s3cret", "WEAVE_MTU": "1400", "WEAVE_PORT": "6790",
-           "WEAVE_HTTP_ADDR": "127.0.0.1:6799", "CHECKPOINT_DISABLE": "1"}
+           "WEAVE_HTTP_ADDR": "127.0.0.1:6799", "CHECKPOINT_DISABLE": "1",
+           "WEAVE_STATUS_ADDR": "0.0.0.0:6782", "WEAVE_NO_FASTDP": "1"}
     assert launch_argv(env) == []
     check_launch([], env)
     with pytest.raises(ConfigError, match="WEAVE_MTU"):
         check_launch([], {"WEAVE_MTU": "9"})
+    with pytest.raises(ConfigError, match="WEAVE_STATUS_ADDR"):
+        check_launch([], {"WEAVE_STATUS_ADDR": "nowhere"})
 
 
 def test_peers_are_split_on_spaces_and_commas_and_come_last() -> None:
