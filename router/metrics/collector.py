@@ -82,6 +82,8 @@ class RouterCollector(Collector):
             yield from ipam_metrics(status)
         if status.dataplane is not None:
             yield from dataplane_metrics(status.dataplane)
+        if status.dns is not None:  # Go counts the live entries it would answer with
+            yield dns_entries_metric(len(status.dns.entries))
         for source in self._sources:
             yield from source()
 

@@ -4,6 +4,7 @@ server over real HTTP on 127.0.0.1 (slow clients, wrong paths, a port in use).""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 from dataclasses import replace
@@ -13,7 +14,10 @@ import trio
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from router.dns.entries import Entry
+from router.dns.service import DnsStatistics
 from router.ipam import IpamStatistics, PeerShare
+from router.mesh.names import PeerName
 from router.metrics.collector import RouterCollector, dns_entries_metric, flows_metric
 from router.metrics.service import make_registry, serve_metrics
 from router.status import ConnectionStatus, Status
@@ -114,8 +118,18 @@ def test_connections_as_go_weave_prints_them() -> None:
                    if k[0] == "weave_connections"}
 
 
+DNS_ENTRY = Entry("c1.weave.local.", PeerName(1), "c1", ipaddress.IPv4Address("10.32.0.1"))
+
+
+def test_dns_entries_are_the_live_entries() -> None:
+    dns = DnsStatistics(domain="weave.local.", address="169.254.255.53:53", upstream=(),
+                        ttl=1, entries=(DNS_ENTRY, DNS_ENTRY), all_entries=(DNS_ENTRY,) * 3)
+    assert _samples(_scrape(_status(dns=dns)))[("weave_dns_entries", ())] == 2
+    assert ("weave_dns_entries", ()) not in _samples(_scrape(_status(dns=None)))
+
+
 def test_no_ipam_no_dataplane_only_the_router_family() -> None:
-    text = _scrape(replace(_status(), ipam=None, dataplane=None))
+    text = _scrape(replace(_status(), ipam=None, dataplane=None, dns=None))
     names = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("weave")}
     assert names == {"weave_connections", "weave_connection_terminations", "weave_mesh_events"}
 
