@@ -33,7 +33,7 @@ from router.ipam import NotFoundError
 from router.ipam.service import IpamService
 from router.kernel.nft import NftPort, commands_view
 from router.kernel.plumbing import BRIDGE_NAME, Attachment
-from router.kernel.port import AddAddress, DeleteAddress, KernelPort, is_link_local
+from router.kernel.port import AddAddress, DeleteAddress, KernelPort
 from router.store import Store
 
 log = logging.getLogger("weave-router.host")
@@ -181,9 +181,10 @@ class HostService:
             log.warning("ignoring a malformed %r record in the database", META_KEY)
             saved = {}
         host = await self._kernel.snapshot()
+        # 169.254.0.0/16 is not exposure's: weaveDNS listens there (docs/dns.md)
         self._exposures = {
             c: saved.get(c, True) for c in host.addresses_of(self._bridge)
-            if isinstance(c, ipaddress.IPv4Interface) and not is_link_local(c)}
+            if isinstance(c, ipaddress.IPv4Interface) and not c.ip.is_link_local}
 
     def _save(self) -> None:
         self._store.set_meta(META_KEY, json.dumps({str(c): m for c, m in

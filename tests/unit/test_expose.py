@@ -18,7 +18,7 @@ from router.host.service import EXPOSE_IDENT, HostService
 from router.kernel.fake import FakeKernel
 from router.kernel.nft import commands_view, parse_listing, replace_batch
 from router.kernel.nft_fake import FakeNft
-from router.kernel.port import AddBridge, SetUp
+from router.kernel.port import AddAddress, AddBridge, SetUp
 from router.store import Store
 
 E1 = ipaddress.IPv4Interface("10.32.0.1/12")
@@ -135,6 +135,16 @@ async def test_masquerade_flags_survive_a_restart(store: Store) -> None:
         second = _service(kernel, nft, store)  # the bridge kept the address
         await nursery.start(second.run)
         assert second.exposed() == (Exposure(E1, False),)
+        nursery.cancel_scope.cancel()
+
+
+async def test_weavedns_address_on_the_bridge_is_not_an_exposure(store: Store) -> None:
+    kernel, nft = await _kernel(), FakeNft()
+    await kernel.apply([AddAddress("weave", ipaddress.IPv4Interface("169.254.255.53/32"))])
+    async with trio.open_nursery() as nursery:
+        service = _service(kernel, nft, store)  # a restart: exposures read from the bridge
+        await nursery.start(service.run)
+        assert service.exposed() == () and await service.ps_entry() is None
         nursery.cancel_scope.cancel()
 
 
