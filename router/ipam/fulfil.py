@@ -168,6 +168,11 @@ class Fulfiller:
         if owner is None:
             return False  # wait for the ring
         if owner == self._ring.ourself:
+            if not self._space.owns(addr):
+                # ours in the ring but held back (taken by rmpeer --force, or a gift we did
+                # not ask for, while the peer it came from is reachable): wait, as for
+                # allocations, until it is usable or goes back
+                return False
             if not self._space.claim(addr):  # pragma: no cover - ours and not held means free
                 raise BrokenError(f"address {ip} is ours, unheld and not free")
             self._record(ident, request.cidr, request.is_container)

@@ -60,7 +60,8 @@ TIMINGS = {"WEAVE_ROUTER_TIMINGS": f"udp_heartbeat_slow={HEARTBEAT_INTERVAL},"
 def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Mesh, bool]]:
     with Mesh.build(n_hosts=3) as mesh:
         h1, h2, _ = mesh.hosts
-        args = ("--password", PASSWORD) if request.param else ()
+        # the sleeve's datagrams are what is forged (fastdp: test_fastdp_router.py)
+        args = ("--no-fastdp", *(("--password", PASSWORD) if request.param else ()))
         h1.launch(*args, env=TIMINGS)
         h2.launch(*args, h1.ip, env=TIMINGS)
         h1.wait_established(1, timeout=30)

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from router.errors import ClosedError, DecodeError, LocalProtocolError, RemoteProtocolError
@@ -793,6 +793,9 @@ _steps = st.lists(
 
 @settings(max_examples=100, deadline=None)
 @given(st.booleans(), _steps, st.integers(0, 1000))
+# a claim of an address in a range the ring gives us but that is held back from our space
+# (hypothesis found it: the claim raised BrokenError instead of waiting)
+@example(False, [("alloc", D, 0), ("claim", B, 155), ("restart", D, 0)], 0)
 def test_never_one_address_for_two_containers_and_never_a_lost_one(
     seeded: bool, steps: list[tuple[str, PeerName, int]], seed: int
 ) -> None:
