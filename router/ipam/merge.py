@@ -19,10 +19,8 @@ new token: of the range it falls in):
    answer is safe: the merge is refused (:class:`~router.ipam.ring.RingConflictError`).
 2. **Gifts come from the giver, and only what the giver was given.** If the incoming
    entry makes *us* the owner (a donation, a ``reset`` hand-over), it is taken only
-   when the author is prev (or prev is unreachable: the author took the range over by
-   ``rmpeer`` and gives it on in the same ring, two steps rule 3 and this rule would
-   take one at a time) and prev's ownership of that range is *confirmed* (see custody
-   below). Otherwise the token is left as it is in our ring. A gift outside the
+   when the author is prev and prev's ownership of that range is *confirmed* (see
+   custody below). Otherwise the token is left as it is in our ring. A gift outside the
    ranges we asked the author for (``MergeInput.solicited``: a ``reset`` hand-over, or
    a liar's gift of its own range) is taken but held like an ``rmpeer`` takeover
    (:attr:`MergeOutput.unsolicited` -> :attr:`Ring.taken`): the allocator does not
@@ -163,12 +161,7 @@ def _decide(ours: MergeInput, entry: Entry, prev: Entry, current: Entry | None,
             return Entry(entry.token, ours.ourself, version, 0)
         return replace(current, version=version)
     if entry.peer == ours.ourself:
-        # From prev itself; or from a peer that took over the range of an unreachable prev
-        # (``rmpeer``) and gives it on in the same ring: both steps are ones we would take
-        # one at a time (rule 3 lets anyone take an unreachable peer's range).
-        giver = ours.author == prev.peer or (ours.author is not None
-                                             and prev.peer not in ours.reachable)
-        if not giver or unconfirmed:
+        if ours.author != prev.peer or unconfirmed:
             out.refused_gifts += 1
             return None
         out.custody.pop(entry.token, None)
