@@ -205,7 +205,7 @@ def test_the_entry_point_lists_its_variables_and_refuses_unsupported_ones(
     proc = podman.run("run", "--rm", "-e", "WEAVE_EXPOSE_IP=10.44.0.1", image, check=False)
     assert proc.returncode == 2, proc
     assert proc.stderr == ("weave-router-entrypoint: error: WEAVE_EXPOSE_IP=10.44.0.1: "
-                           "`weave expose` is not in this version\n"), proc.stderr
+                           "not done at start: run `weave-router expose ip:CIDR`\n"), proc.stderr
     proc = podman.run("run", "--rm", "-e", "CONN_LIMIT=lots", image, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith(
         "weave-router-entrypoint: error: CONN_LIMIT (--conn-limit): "), proc.stderr
