@@ -84,9 +84,7 @@ async def _measure(n: int, steady: float, seed: int, tmp: Path) -> Figures:
         try:
             ips = _ips(n)
             options = {"ipalloc_range": None}
-            await sim.add(ips[0], router_options=options)
-            for ip in ips[1:]:
-                await sim.add(ip, peers=(ips[0],), router_options=options)
+            await sim.add_star(ips, router_options=options)
             virtual, wall = await _until(sim, sim.full_mesh, "a full mesh at start")
             converge_bytes = sim.net.tcp_bytes
 

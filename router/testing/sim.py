@@ -17,7 +17,7 @@ Router settings other than the mesh's (``--ipalloc-init``, ``--ipalloc-range``) 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -80,6 +80,16 @@ class Sim:
         self.routers[ip] = sim_router
         await self.start(ip)
         return sim_router
+
+    async def add_star(self, ips: Sequence[str], *,
+                       router_options: Mapping[str, object] | None = None,
+                       **mesh: object) -> None:
+        """Add a router at each of ``ips``, every one but the first with the first as its
+        one target (how every mesh simulation here starts); options as for :meth:`add`."""
+        # ``mesh`` holds MeshConfig fields other than ``peers`` (mypy cannot tell)
+        await self.add(ips[0], router_options=router_options, **mesh)  # type: ignore[arg-type]
+        for ip in ips[1:]:
+            await self.add(ip, peers=(ips[0],), router_options=router_options, **mesh)
 
     async def start(self, ip: str) -> None:
         """(Re)start the router at ``ip`` with a fresh UID, as a relaunch would.

@@ -272,9 +272,7 @@ async def _run(tmp_path: Path, kinds: tuple[str, ...]) -> None:
     async with trio.open_nursery() as nursery:
         sim = Sim(nursery, tmp_path, seed=9, timings=TIMINGS)
         try:
-            await sim.add(ips[0], router_options=options)
-            for ip in ips[1:]:
-                await sim.add(ip, peers=(ips[0],), router_options=options)
+            await sim.add_star(ips, router_options=options)
             await sim.wait_until(sim.full_mesh, timeout=120, what="a full mesh",
                                  show=sim.mesh_summary)
             honest, liar_node = [sim.routers[ip] for ip in ips[:-1]], sim.routers[ips[-1]]

@@ -278,9 +278,7 @@ async def test_thirty_routers_ten_thousand_allocations_partitions_restarts_and_d
     async with trio.open_nursery() as nursery:
         sim = Sim(nursery, tmp_path, seed=5, timings=TIMINGS)
         try:
-            await sim.add(ips[0], router_options=options)
-            for ip in ips[1:]:
-                await sim.add(ip, peers=(ips[0],), router_options=options)
+            await sim.add_star(ips, router_options=options)
             await sim.wait_until(sim.full_mesh, timeout=120, what=f"a full mesh of {N}",
                                  show=sim.mesh_summary)
             work = Workload(sim, nursery)

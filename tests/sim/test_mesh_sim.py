@@ -16,9 +16,7 @@ def _ips(n: int) -> list[str]:
 
 async def _start(sim: Sim, n: int) -> list[str]:
     ips = _ips(n)
-    await sim.add(ips[0])
-    for ip in ips[1:]:
-        await sim.add(ip, peers=(ips[0],))
+    await sim.add_star(ips)
     return ips
 
 

@@ -19,7 +19,7 @@ from router.ipam.ring import MAX_VERSION, VERSION_LIMIT, Ring, RingVersionError
 from router.ipam.ring_entry import Entry
 from router.mesh.names import PeerName
 from tests.unit.test_ipam_allocator import NICK, A, B, C, D, Mesh
-from tests.unit.test_ipam_hostile import LIAR, _lie
+from tests.unit.test_ipam_hostile import LIAR, _lie, _mesh
 
 X, Y, Z, L = (PeerName(n) for n in (1, 2, 3, 4))
 EVERYONE = frozenset({X, Y, Z, L})
@@ -120,15 +120,6 @@ def test_an_unsolicited_gift_is_held_until_its_giver_is_gone() -> None:
 
 
 # -- whole allocators: the honest protocols keep working ---------------------------------------
-
-
-def _mesh(*names: PeerName) -> Mesh:
-    mesh = Mesh()
-    for name in names:
-        mesh.add(name, Seed(tuple(n for n in names if n != LIAR)))
-    mesh.connect(*names)
-    mesh.settle()
-    return mesh
 
 
 def _own(mesh: Mesh) -> dict[PeerName, list[tuple[int, int]]]:

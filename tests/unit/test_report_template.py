@@ -62,9 +62,7 @@ async def _sim_reports(tmp: Path) -> list[object]:
         try:
             opts = {"ipalloc_init": "consensus=3"}
             ips = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
-            await sim.add(ips[0], password=b"pw", router_options=opts)
-            for ip in ips[1:]:
-                await sim.add(ip, peers=(ips[0],), password=b"pw", router_options=opts)
+            await sim.add_star(ips, password=b"pw", router_options=opts)
             await sim.add("10.0.0.4", peers=("10.0.0.99",), router_options=opts)
             trio_mesh = [sim.routers[ip] for ip in ips]
             await sim.wait_until(lambda: sim.full_mesh(trio_mesh), timeout=60, what="a mesh",
