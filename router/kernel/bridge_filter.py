@@ -8,45 +8,48 @@ peer flooded into the TAP would go on over the sleeve, and back). Only fastdp he
 a heartbeat from any other port (a container forging one) is dropped before the TAP.
 
 Kept in one nftables table of the bridge family, ``weave-fastdp``, replaced whole on every
-apply (idempotent) and deleted by ``reset`` (``router/overlay/fastdp/service.py`` runs
-``nft``: :func:`install_filter`, :func:`remove_filter`). It is written by the ``nft`` binary
-(Debian's ``nftables`` package): nftables has no stable Python binding here, and this
-table changes only when fastdp starts or is reset, never per packet.
+apply (idempotent) and deleted by ``reset``. The table is nft JSON (:mod:`router.kernel.nft`)
+applied through the same port as the host's table (``kernel/nft_cli.py``, the ``nft``
+binary: nftables has no stable Python binding here); it changes only when fastdp starts
+or is reset, never per packet.
 """
 
 from __future__ import annotations
 
 import shutil
 
-TABLE = "weave-fastdp"
-FAMILY = "bridge"
+from router.kernel.nft import Command, TableRef
+
+TABLE = TableRef("bridge", "weave-fastdp")
 HEARTBEAT_ETHERTYPE = 0x88B5
 
 
-def filter_script(vxlan: str, tap: str) -> str:
-    """The nft script that (re)creates the table for these two bridge ports."""
-    ethertype = f"0x{HEARTBEAT_ETHERTYPE:04x}"
-    return "\n".join([
-        f"table {FAMILY} {TABLE}",  # so that the delete below never fails
-        f"delete table {FAMILY} {TABLE}",
-        f"table {FAMILY} {TABLE} {{",
-        "  chain forward {",
-        "    type filter hook forward priority 0; policy accept;",
-        f'    iifname "{vxlan}" oifname "{tap}" ether type != {ethertype} drop',
-        f'    iifname "{tap}" oifname "{vxlan}" ether type != {ethertype} drop',
-        f'    iifname != "{vxlan}" oifname "{tap}" ether type {ethertype} drop',
-        "  }",
-        "}",
-        "",
-    ])
+def filter_commands(vxlan: str, tap: str) -> list[Command]:
+    """The table's chain and rules for these two bridge ports (for ``replace_table``)."""
+    ref = {"family": TABLE.family, "table": TABLE.name}
+
+    def rule(iif: tuple[str, str], oif: str, ether_op: str) -> Command:
+        return {"add": {"rule": {**ref, "chain": "forward", "expr": [
+            _meta("iifname", *iif), _meta("oifname", "==", oif),
+            {"match": {"op": ether_op,
+                       "left": {"payload": {"protocol": "ether", "field": "type"}},
+                       "right": HEARTBEAT_ETHERTYPE}},
+            {"drop": None}]}}}
+
+    return [
+        {"add": {"chain": {**ref, "name": "forward", "type": "filter", "hook": "forward",
+                           "prio": 0, "policy": "accept"}}},
+        rule(("==", vxlan), tap, "!="),  # nothing but heartbeats from the VXLAN to the TAP
+        rule(("==", tap), vxlan, "!="),  # ... and from the TAP to the VXLAN
+        rule(("!=", vxlan), tap, "=="),  # a heartbeat into the TAP comes from the VXLAN only
+    ]
+
+
+def _meta(key: str, op: str, value: str) -> Command:
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
 
 
 def nft_binary() -> str | None:
     """Where ``nft`` is, or None."""
     return shutil.which("nft") or next(
         (p for p in ("/usr/sbin/nft", "/sbin/nft") if shutil.which(p)), None)
-
-
-def removal_script() -> str:
-    """The nft script that deletes the table (and succeeds when there is none)."""
-    return f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"

@@ -30,13 +30,13 @@ from dataclasses import dataclass, replace
 import trio
 
 from router.errors import KernelError
-from router.kernel.bridge_filter import TABLE, filter_script, nft_binary, removal_script
+from router.kernel.bridge_filter import TABLE, filter_commands, nft_binary
+from router.kernel.nft_cli import NftCli
 from router.kernel.port import OverlayPort
 from router.overlay.fastdp.plan import LocalConfig, desired, diff, pin_ports, teardown
 
 RESYNC_INTERVAL = 10.0  # seconds between passes when nothing changes
 RETRY_INTERVAL = 1.0  # seconds before the next pass after a kernel failure
-NFT_TIMEOUT = 10.0  # seconds for the nft binary to apply the bridge filter
 
 
 @dataclass(frozen=True)
@@ -151,36 +151,22 @@ class FastdpService:
         return self._stats
 
 
-async def _nft(script: str, what: str) -> None:
+def _nft() -> NftCli:
+    """The ``nft`` binary as the shared nftables port; KernelError(ENOENT) if missing."""
     binary = nft_binary()
     if binary is None:
-        raise KernelError(errno.ENOENT, f"{what}: no nft binary (install nftables)")
-    try:
-        with trio.fail_after(NFT_TIMEOUT):
-            proc = await trio.run_process([binary, "-f", "-"], stdin=script.encode(),
-                                          capture_stdout=True, capture_stderr=True,
-                                          check=False)
-    except trio.TooSlowError:
-        raise KernelError(errno.ETIMEDOUT, f"{what}: nft did not answer") from None
-    except OSError as exc:
-        raise KernelError(exc.errno or errno.EIO, f"{what}: {exc}") from None
-    if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise KernelError(errno.EINVAL,
-                          f"{what}: nft failed: {detail[-1] if detail else proc.returncode}")
+        raise KernelError(errno.ENOENT, "no nft binary (install nftables)")
+    return NftCli(binary)
 
 
 async def install_filter(vxlan: str, tap: str) -> None:
     """Create (or replace) the table in this process's namespace; KernelError if refused."""
-    await _nft(filter_script(vxlan, tap), f"bridge filter {TABLE}")
+    await _nft().replace_table(TABLE, filter_commands(vxlan, tap))
 
 
 async def remove_filter() -> bool:
     """Delete the table (``reset``); False if there was none or nft is missing."""
-    if nft_binary() is None:
-        return False
     try:
-        await _nft(removal_script(), f"removing bridge filter {TABLE}")
+        return await _nft().delete_table(TABLE)
     except KernelError:
         return False
-    return True
