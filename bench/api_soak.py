@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import commit_id, machine_info
+from router.testing import as_user
 from router.testing.netns import CommandError, Host, Mesh
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,9 +50,14 @@ RESULTS = REPO / "bench" / "results"
 MAX_SLOW = 1000
 MAX_SECONDS = 300.0  # the holders give up after this, whatever happens
 TARGET_P99_MS = 100.0
-NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
-DAEMON = ["setpriv", "--reuid", "daemon", "--regid", "daemon", "--clear-groups"]
-CLIENTS = [sys.executable, "-m", "router.testing.slow_clients"]
+CLIENTS = "router.testing.slow_clients"
+
+
+def _clients(user: str | None, *args: str) -> list[str]:
+    """slow_clients ARGS, as root or as ``user`` (router/testing/as_user.py)."""
+    if user is None:
+        return [sys.executable, "-m", CLIENTS, *args]
+    return as_user.argv(user, CLIENTS, *args)
 ENV = {"PYTHONPATH": str(REPO)}
 
 
@@ -72,9 +78,9 @@ def _probe(host: Host, path: str, count: int) -> dict[str, Any]:
     sock = str(host.db_path.with_suffix(".sock"))
     where = {"unix (root)": ["--unix", sock], "tcp (root)": ["--tcp", "127.0.0.1:6784"],
              "tcp (daemon)": ["--tcp", "127.0.0.1:6784"]}[path]
-    user = DAEMON if path == "tcp (daemon)" else []
+    user = "daemon" if path == "tcp (daemon)" else None
     try:
-        proc = host.run([*user, *CLIENTS, "probe", *where, "--count", str(count)], env=ENV,
+        proc = host.run(_clients(user, "probe", *where, "--count", str(count)), env=ENV,
                         timeout=60 + count * 0.5)
         result = dict(json.loads(proc.stdout))
     except (CommandError, ValueError) as exc:  # counted as failures, the run goes on
@@ -105,9 +111,9 @@ def _measure(host: Host, count: int) -> dict[str, Any]:
 def _holders(host: Host, slow: int, storm: int) -> list[subprocess.Popen[str]]:
     half = slow // 2
     procs = []
-    for user, n, m in ((NOBODY, slow - half, storm), ([], half, 0)):
-        argv = [*user, *CLIENTS, "hold", "--slow", str(n), "--storm", str(m), "--trickle", "1",
-                "--seconds", str(MAX_SECONDS)]
+    for user, n, m in (("nobody", slow - half, storm), (None, half, 0)):
+        argv = _clients(user, "hold", "--slow", str(n), "--storm", str(m), "--trickle", "1",
+                        "--seconds", str(MAX_SECONDS))
         proc = host.popen(argv, stdin=subprocess.PIPE, env=ENV)
         procs.append(proc)
         assert proc.stdout is not None

@@ -13,19 +13,20 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from router.testing import as_user
 from router.testing.netns import Host, Mesh
 
 pytestmark = pytest.mark.integration
 MakeMesh = Callable[..., Mesh]
-NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
 DAEMON = ["setpriv", "--reuid", "daemon", "--regid", "daemon", "--clear-groups"]
 
 
 def _holder(host: Host, *, as_nobody: bool, slow: int, storm: int) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "router.testing.slow_clients", "hold", "--slow", str(slow),
-            "--storm", str(storm), "--trickle", "1", "--seconds", "120"]
-    proc = host.popen([*NOBODY, *argv] if as_nobody else argv, stdin=subprocess.PIPE,
-                      env={"PYTHONPATH": os.getcwd()})
+    args = ("hold", "--slow", str(slow), "--storm", str(storm), "--trickle", "1",
+            "--seconds", "120")
+    argv = (as_user.argv("nobody", "router.testing.slow_clients", *args) if as_nobody
+            else [sys.executable, "-m", "router.testing.slow_clients", *args])
+    proc = host.popen(argv, stdin=subprocess.PIPE, env={"PYTHONPATH": os.getcwd()})
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert json.loads(line or "{}").get("ready") is True, (line, proc.stderr)
@@ -68,8 +69,8 @@ def test_cli_and_status_answer_while_200_slow_clients_hold_connections(
         curl = host.run([*DAEMON, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                          "127.0.0.1:6784/status"], check=False, timeout=30)
         assert curl.stdout == "200", curl
-    denied = host.run([*NOBODY, *host.router_argv("status", "--socket", str(sock))],
-                      check=False, timeout=30)
+    denied = host.run(as_user.argv("nobody", "cli.main", "status", "--socket", str(sock)),
+                      check=False, timeout=30, env={"PYTHONPATH": os.getcwd()})
     assert denied.returncode == 1 and "permission denied" in denied.stderr, denied
     counts = [_finish(proc) for proc in holders]
     # The slow clients were really there: dropped or answered 408, and back again.
