@@ -1,6 +1,6 @@
 """Hostile and measuring clients of the control API, for ``bench/api_soak.py`` and the
 integration tests. Run inside a host's namespace (``ip netns exec``), optionally as
-another user (``setpriv``); each mode prints one JSON object on stdout.
+another user (``router/testing/as_user.py``); each mode prints one JSON object on stdout.
 
 * ``hold``: ``--slow N`` slowloris connections (a partial request head, then one byte
   every ``--trickle`` seconds; when the router drops one, it reconnects at once) and
