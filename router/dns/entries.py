@@ -91,6 +91,7 @@ class Entries:
         self._by_name: dict[str, dict[Key, Entry]] = {}  # lowercased hostname -> entries
         self._by_address: dict[ipaddress.IPv4Address, dict[Key, Entry]] = {}
         self._ours: dict[Key, Entry] = {}  # our live entries
+        self.generation = 0  # bumped by every change: answers cached before it are stale
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -228,6 +229,7 @@ class Entries:
     # -- indexes --------------------------------------------------------------------------
 
     def _put(self, entry: Entry) -> None:
+        self.generation += 1
         self._by_key[entry.key] = entry
         if entry.origin == self.ourself and entry.live:
             self._ours[entry.key] = entry
@@ -237,6 +239,7 @@ class Entries:
         self._by_address.setdefault(entry.address, {})[entry.key] = entry
 
     def _drop(self, key: Key) -> None:
+        self.generation += 1
         entry = self._by_key.pop(key)
         self._ours.pop(key, None)
         for index, at in ((self._by_name, entry.hostname.lower()),

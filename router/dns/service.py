@@ -38,7 +38,8 @@ from typing import Any
 
 import trio
 
-from router.dns.answer import FORWARD, answer, servfail, zone
+from router.dns.answer import FORWARD, servfail, zone
+from router.dns.cache import AnswerCache
 from router.dns.config import DnsConfig
 from router.dns.entries import DnsGossip, Entries, Entry, decode_gossip_untrusted, fqdn
 from router.dns.upstream import ResolvConf, Server
@@ -91,6 +92,7 @@ class DnsService:
         self._clock = wall_clock
         self._rng = rng if rng is not None else random.Random()
         self._zone = zone(config.domain, config.ttl, self.entries, visible)
+        self._answers = AnswerCache()
         self._upstream = ResolvConf(config.resolv_conf, config.address)
         self._in_flight = 0
         self._tcp_clients = 0
@@ -213,7 +215,7 @@ class DnsService:
             entries=tuple(self.entries.visible(self._visible)),
             all_entries=tuple(self.entries.all()),
             counters={**self._counts, "in_flight": self._in_flight,
-                      "tcp_clients": self._tcp_clients},
+                      "tcp_clients": self._tcp_clients, "cached_answers": self._answers.hits},
         )
 
     # -- serving ----------------------------------------------------------------------------
@@ -293,7 +295,7 @@ class DnsService:
     def _udp_query(self, raw: socket.socket, sock: trio.socket.SocketType, data: bytes,
                    client: Any, nursery: trio.Nursery) -> None:
         self._counts["queries_udp"] += 1
-        out = answer(data, self._zone, tcp=False, rng=self._rng)
+        out = self._answers.answer(data, self._zone, tcp=False, rng=self._rng)
         if out is FORWARD:
             if self._in_flight < self.config.max_in_flight:
                 self._in_flight += 1
@@ -364,7 +366,7 @@ class DnsService:
                     if idle.cancelled_caught or query is None:
                         return
                     self._counts["queries_tcp"] += 1
-                    out = answer(query, self._zone, tcp=True, rng=self._rng)
+                    out = self._answers.answer(query, self._zone, tcp=True, rng=self._rng)
                     if out is FORWARD:
                         if self._in_flight >= self.config.max_in_flight:
                             self._counts["busy"] += 1
