@@ -3,7 +3,8 @@ namespaces: host1 runs a router, c1 is attached to it, ``out`` is a namespace ro
 through host1 (10.99.0.0/24 on a veth), standing for the world outside.
 
 1. the table ``inet weave-router`` is there from the start; host1 cannot reach c1;
-2. ``expose``: host1 reaches c1 and c1 reaches host1, but not the router's port 6783;
+2. ``expose``: host1 reaches c1 and c1 reaches host1, but not the router's ports (6783
+   TCP, 6783-6784 UDP: another UDP port is reached, the router's are not);
    ``ps`` lists ``weave:expose``; c1's traffic to ``out`` arrives masqueraded as host1,
    and ``out`` reaches c1 through host1 (routing to the subnet through an exposing host);
 3. ``nft flush ruleset``: the table is back within seconds;
@@ -30,6 +31,8 @@ TABLE = ["inet", "weave-router"]
 SERVER = ("import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
           "socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); "
           "print('up', flush=True); c, a = s.accept(); print(a[0], flush=True)")
+SEND_UDP = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.bind(('', int(sys.argv[3]))); s.sendto(b'x' * 64, (sys.argv[1], int(sys.argv[2])))")
 CONNECT = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), "
            "timeout=float(sys.argv[3])); print('connected')")
 
@@ -46,6 +49,16 @@ def pings(src: Namespace, ip: str) -> bool:
 def connects(src: Namespace, ip: str, port: int, timeout: float = 1.0) -> bool:
     proc = src.run(["python3", "-c", CONNECT, ip, str(port), str(timeout)], check=False)
     return proc.returncode == 0
+
+
+def udp_accepted(host: Host, src: Namespace, src_ip: str, ip: str, port: int) -> bool:
+    """Whether ``host`` took a UDP datagram from ``src`` to ``ip:port``: a datagram the
+    input hook drops never has its conntrack entry confirmed, so it is not listed."""
+    sport = 40000 + port % 1000
+    src.run(["python3", "-c", SEND_UDP, ip, str(port), str(sport)])
+    proc = host.run(["conntrack", "-L", "-p", "udp", "--orig-src", src_ip, "--orig-dst", ip,
+                     "--dport", str(port), "--sport", str(sport)], check=False)
+    return f"dport={port}" in proc.stdout
 
 
 def peer_seen(server_ns: Namespace, client_ns: Namespace, ip: str, port: int) -> str:
@@ -89,6 +102,10 @@ def test_expose_hide_masquerade_flush_and_reset(make_mesh: MakeMesh) -> None:
     assert f"{exposed}/12" in h1.addresses("weave")
     assert pings(h1, c1_ip) and pings(c1, exposed)
     assert not connects(c1, exposed, 6783), "a container opened the router's port"
+    c1_addr = c1_ip.split("/")[0]
+    assert udp_accepted(h1, c1, c1_addr, exposed, 6790), "the conntrack check sees nothing"
+    for port in (6783, 6784):
+        assert not udp_accepted(h1, c1, c1_addr, exposed, port), f"a container reached UDP {port}"
     assert any(line.startswith("weave:expose ") and f"{exposed}/12" in line
                for line in h1.router("ps").stdout.splitlines())
 
