@@ -66,6 +66,7 @@ from router.kernel.netns import resolve_netns
 from router.kernel.plumbing import BRIDGE_NAME, reset_plan
 from router.kernel.port import DeleteLink, KernelPort, NetnsState, OverlayPort, execute
 from router.kernel.route_overlap import check_range_free
+from router.kernel.vxlan_guard import install_guard, remove_guard
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
 from router.metrics.collector import RouterCollector
@@ -132,8 +133,10 @@ class Router:
         self._kernel = kernel
         self._overlay = overlay
         self.sleeve = SleeveService(network, config.mesh, name=name, dataplane=self.dataplane)
-        # fastdp (docs/fastdp.md): offered unless --no-fastdp, a password or no nft; the
-        # device's local address is read from the kernel when the router starts.
+        # fastdp (docs/fastdp.md): offered unless --no-fastdp, a password without
+        # --trusted-subnets or no nft (with a password, only connections trusted at both
+        # ends leave the encrypted sleeve); the device's local address is read from the
+        # kernel when the router starts.
         self.fastdp: OverlayService | None = None
         offer: LocalConfig | None = None
         if self.dataplane is not None:
@@ -273,9 +276,33 @@ class Router:
             runner.disable(f"bridge filter: {exc}")
             log.error("fastdp off: %s", exc)
             return
+        problem = await self._vxlan_guard(config.port)
+        if problem:
+            runner.disable(f"VXLAN guard: {problem}")
+            log.error("fastdp off: VXLAN guard: %s", problem)
+            return
         runner.enable(config, FastdpService(self._overlay, config))
         log.info("fastdp: %s on %s (local %s, VNI %#x, UDP %d, mtu %d)", config.name,
                  config.bridge, local, config.vni, config.port, config.mtu)
+
+    async def _vxlan_guard(self, port: int) -> str:
+        """With a password: only the trusted subnets may send to the VXLAN port
+        (``kernel/vxlan_guard.py``); without one, a guard left by an earlier run goes.
+        What went wrong ("" if nothing): a password without its guard runs no fastdp."""
+        nft, problem = default_nft()
+        try:
+            if self.config.mesh.password is None:
+                if nft is not None and await remove_guard(nft):
+                    log.info("fastdp: removed the VXLAN guard of an earlier run")
+                return ""
+            if nft is None:
+                return problem
+            await install_guard(nft, port, self.config.mesh.trusted_subnets)
+        except KernelError as exc:
+            return str(exc)
+        log.info("fastdp: VXLAN guard on UDP %d: only %s may send", port,
+                 ", ".join(str(n) for n in self.config.mesh.trusted_subnets))
+        return ""
 
     # The RouterControl protocol of router/control/api.py.
 
@@ -377,9 +404,9 @@ def fastdp_off_reason(config: RouterConfig) -> str:
     """Why this router offers no fastdp ("" when it does)."""
     if config.no_fastdp:
         return "--no-fastdp"
-    if config.mesh.password is not None:
+    if config.mesh.password is not None and not config.mesh.trusted_subnets:
         return ("--password: this kernel has no ESP or WireGuard, so encrypted traffic "
-                "stays on the sleeve")
+                "stays on the sleeve (fastdp needs --trusted-subnets with a password)")
     if nft_binary() is None:
         return "no nft binary for the bridge filter (install nftables)"
     return ""
@@ -496,6 +523,10 @@ async def reset_host(kernel: KernelPort) -> list[str]:
     await execute(kernel, plan)
     if await remove_filter():
         log.info("reset: removed the fastdp bridge filter")
+    nft, _ = default_nft()
+    with contextlib.suppress(KernelError):
+        if nft is not None and await remove_guard(nft):
+            log.info("reset: removed the fastdp VXLAN guard")
     removed = [op.name for op in plan.ops if isinstance(op, DeleteLink)]
     log.info("reset: removed %s", ", ".join(removed) or "nothing (no bridge or devices)")
     return removed

@@ -21,6 +21,10 @@ A thin trio driver that joins the sans-IO pieces:
 Before the service starts, the bridge filter (``router/kernel/bridge_filter.py``) keeps
 frames from crossing between the TAP and the VXLAN device; without it (no ``nft``)
 fastdp is not offered and every peer stays on sleeve.
+With ``--password`` (and ``--trusted-subnets``: without them no device is made) only
+connections trusted at both ends are not ``overlay_encrypted`` and so may leave the
+sleeve; the others stay there ("encryption required"), and the daemon's VXLAN guard
+(``router/kernel/vxlan_guard.py``) keeps untrusted hosts out of the VXLAN port.
 """
 
 from __future__ import annotations
@@ -85,7 +89,8 @@ def _utc(wall: float) -> str:
 
 class OverlayService:
     """See the module docstring. ``config`` None: fastdp off (``--no-fastdp``, a
-    password, no nft): the switch still runs, so ``report`` says why per peer."""
+    password without ``--trusted-subnets``, no nft): the switch still runs, so
+    ``report`` says why per peer."""
 
     def __init__(self, switch: OverlaySwitch, *, ourself: PeerName,
                  config: LocalConfig | None, service: FastdpService | None,
