@@ -14,6 +14,44 @@ UPCALL_CONTROL = UPCALL_CONTROL_KIND
 UPCALL_UNKNOWN_CONN = UPCALL_UNKNOWN_CONN_KIND
 UPCALL_HEARTBEAT = UPCALL_HEARTBEAT_KIND
 HEARTBEAT_ETHERTYPE = ETH_P_HEARTBEAT
+
+
+def wire_constants():
+    """The sleeve format's numbers as compiled (the enums of wire.pxi and icmp.pxi), under
+    their names in router.wire.sleeve (packet types as TYPE_<name>); the crypto sizes the
+    format relies on under router.crypto's names. tests/unit/test_sleeve_wire.py compares
+    them with the Python values."""
+    return {
+        "VERSION": VERSION,
+        "TYPE_HEARTBEAT": TYPE_HEARTBEAT,
+        "TYPE_FRAMES": TYPE_FRAMES,
+        "TYPE_FRAGMENT": TYPE_FRAGMENT,
+        "HEADER_SIZE": HEADER_SIZE,
+        "MAC_SIZE": MAC_SIZE,
+        "BOUND_SIZE": BOUND_SIZE,
+        "SEALED_OVERHEAD": SEAL_OVERHEAD,
+        "FRAME_COUNTER_BASE": FRAME_COUNTER_BASE,
+        "BODY_SIZE": BODY_HEADER,
+        "FLAG_BROADCAST": FLAG_BROADCAST,
+        "INITIAL_TTL": INITIAL_TTL,
+        "RECORD_HEADER_SIZE": RECORD_HEADER,
+        "VNET_HEADER_SIZE": META_SIZE,
+        "ETH_HEADER_SIZE": ETH_HEADER,
+        "MIN_FRAME": MIN_FRAME,
+        "MAX_FRAME_SIZE": MAX_FRAME,
+        "MAX_ELEMENT_SIZE": MAX_ELEMENT,
+        "MAX_PAYLOAD": MAX_PAYLOAD,
+        "FRAG_HEADER_SIZE": FRAG_HEADER,
+        "MAX_FRAGMENTS": MAX_FRAGMENTS,
+        "MIN_DATAGRAM": MIN_DATAGRAM,
+        "MAX_DATAGRAM": MAX_DATAGRAM,
+        "KEY_SIZE": KEY_SIZE,
+        "NONCE_SIZE": NONCE_SIZE,
+        "GCM_NONCE_SIZE": GCM_NONCE_SIZE,
+        "PLAIN_CONFIRM": PLAIN_CONFIRM,
+    }
+
+
 _PEER_COUNTERS = ("frames_out", "bytes_out", "datagrams_out", "frames_in", "bytes_in",
                   "datagrams_in")
 

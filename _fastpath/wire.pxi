@@ -11,6 +11,10 @@
 #   fragment (8)        payload length (4) | fragment size (2) | index (1) | count (1)
 #   data                payload bytes [index * size, ...), where the payload is
 #                       [MAC (16) | sealed: 01 03 00 00 |] flags ttl src dst (14) | vnet | frame
+#
+# The Python copy of these numbers is router/wire/sleeve.py; wire_constants() (api.pxi)
+# exports the compiled ones under its names and tests/unit/test_sleeve_wire.py compares
+# them, so change both together.
 
 cdef enum:
     VERSION = 1

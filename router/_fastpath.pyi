@@ -23,6 +23,11 @@ MIN_DATAGRAM_SIZE: int  # 512: smallest max_datagram of a peer
 MAX_DATAGRAM_SIZE: int  # 65507: largest UDP payload
 TTL: int  # 16: hops a frame may take
 
+def wire_constants() -> dict[str, int]:
+    """The sleeve format's numbers as compiled, under their names in router.wire.sleeve
+    (packet types as TYPE_<name>; KEY_SIZE, NONCE_SIZE, GCM_NONCE_SIZE, PLAIN_CONFIRM
+    under router.crypto's)."""
+
 class Dataplane:
     """The sleeve data plane of one router: tables, batch functions and threads."""
 

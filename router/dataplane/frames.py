@@ -1,7 +1,8 @@
 """The sleeve frames format in Python, for the reference data plane
-(``router/dataplane/reference.py``): sizes, the vnet header check, records, and the
-argument checks both backends share (the compiled twin is ``_fastpath/wire.pxi``).
-Layout: ``docs/wire-format.md``, "Sleeve frames"."""
+(``router/dataplane/reference.py``): the vnet header check, records, and the argument
+checks both backends share (the compiled twin is ``_fastpath/wire.pxi``). The format's
+sizes and numbers live in :mod:`router.wire.sleeve`. Layout: ``docs/wire-format.md``,
+"Sleeve frames"."""
 
 from __future__ import annotations
 
@@ -11,15 +12,8 @@ import sys
 
 from router.dataplane.backend import Address
 from router.errors import LocalProtocolError
+from router.wire.sleeve import BODY, MIN_FRAME, RECORD_HEADER_SIZE, VNET_HEADER_SIZE
 
-VNET_HEADER_SIZE = 10
-HEADER = 20
-SEALED = 20  # MAC + bound header copy
-BODY = struct.Struct(">BB6s6s")  # flags, ttl, source, destination
-FRAG = struct.Struct(">IHBB")  # payload length, fragment size, index, count
-FRAGMENT = 3  # sleeve packet type of a fragment
-FLAG_BROADCAST = 2
-MIN_FRAME = 14
 VNET_WIRE, VNET_HOST = struct.Struct("<BBHHHH"), struct.Struct("=BBHHHH")
 
 
@@ -66,13 +60,14 @@ def split_records(body: bytes) -> list[bytes] | None:
     records: list[bytes] = []
     pos = BODY.size
     while pos < len(body):
-        if len(body) - pos < 2 + VNET_HEADER_SIZE:
+        if len(body) - pos < RECORD_HEADER_SIZE + VNET_HEADER_SIZE:
             return None
         (flen,) = struct.unpack_from(">H", body, pos)
-        end = pos + 2 + VNET_HEADER_SIZE + flen
-        if flen < MIN_FRAME or end > len(body) or not vnet_ok(body[pos + 2:], flen):
+        start = pos + RECORD_HEADER_SIZE
+        end = start + VNET_HEADER_SIZE + flen
+        if flen < MIN_FRAME or end > len(body) or not vnet_ok(body[start:], flen):
             return None
-        records.append(body[pos + 2:end])
+        records.append(body[start:end])
         pos = end
     return records or None
 

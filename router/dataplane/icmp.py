@@ -2,7 +2,8 @@
 ``_fastpath/icmp.pxi``; the layout of the reply is documented there).
 
 A container's unicast IPv4 packet with DF set, not GSO, not a fragment, not an ICMP
-error and from a unicast source, longer than :func:`overlay_mtu` of its next hop, is
+error and from a unicast source, longer than :func:`overlay_mtu` of its next hop
+(:func:`router.wire.sleeve.frame_mtu` of its ``max_datagram``), is
 answered with ICMP type 3 code 4 carrying that MTU, as a router on the path would
 (RFC 792, RFC 1191); the data plane writes the reply into the local TAP and drops the
 packet. Anything else that is too big is carried in pieces.
@@ -12,21 +13,14 @@ from __future__ import annotations
 
 import struct
 
-from router.dataplane.frames import BODY, HEADER, MIN_FRAME, SEALED, VNET_HEADER_SIZE
+from router.wire.sleeve import ETH_HEADER_SIZE as ETH_HEADER
+from router.wire.sleeve import VNET_HEADER_SIZE as VNET_HEADER
+from router.wire.sleeve import frame_mtu as overlay_mtu
 
 __all__ = ["frag_needed", "inet_checksum", "overlay_mtu"]
 
-VNET_HEADER = VNET_HEADER_SIZE
-ETH_HEADER = MIN_FRAME  # an Ethernet header, the smallest frame
-RECORD_HEADER = 2  # the frame length before each record
 ICMP_QUOTE = 8  # payload bytes quoted after the refused packet's IP header
 _ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
-
-
-def overlay_mtu(max_datagram: int, encrypted: bool) -> int:
-    """The largest IP packet a frame carries in one datagram of ``max_datagram`` bytes."""
-    return (max_datagram - HEADER - (SEALED if encrypted else 0) - BODY.size
-            - RECORD_HEADER - VNET_HEADER - ETH_HEADER)
 
 
 def inet_checksum(data: bytes) -> int:

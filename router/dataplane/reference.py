@@ -4,12 +4,13 @@ Everything the compiled data plane does per packet, written for clarity: the sle
 frames format (``docs/wire-format.md``, "Sleeve frames"), packing, fragmentation and
 reassembly, the MAC table, routing and relaying, replay windows, sealing with the agreed
 cipher (:class:`router.crypto.ciphers.FrameCipher`) and ICMP "fragmentation needed"
-(:mod:`router.dataplane.icmp`); the format's constants and record codec live in
-:mod:`router.dataplane.frames`. ``tests/fastpath/`` runs one suite against both and compares outputs
-byte for byte. The twin is sans-IO: ``start()`` is refused (``THREADED`` is False) and a
-driver pumps frames through :meth:`Dataplane.egress` / :meth:`Dataplane.ingress`.
-Select it with ``load_backend("reference")`` (``router/dataplane/backend.py``); it is
-about 100 times slower than the extension.
+(:mod:`router.dataplane.icmp`); the format's constants and size arithmetic live in
+:mod:`router.wire.sleeve`, its record codec in :mod:`router.dataplane.frames`.
+``tests/fastpath/`` runs one suite against both and compares outputs byte for byte.
+The twin is sans-IO: ``start()`` is refused (``THREADED`` is False) and a driver pumps
+frames through :meth:`Dataplane.egress` / :meth:`Dataplane.ingress`. Select it with
+``load_backend("reference")`` (``router/dataplane/backend.py``); it is about 100 times
+slower than the extension.
 """
 
 from __future__ import annotations
@@ -24,14 +25,6 @@ from router.crypto.keys import KEY_SIZE
 from router.crypto.nonces import PlainReplayWindow, ReplayWindow
 from router.dataplane.backend import Address, Datagram, PeerCounters, Statistics, Upcall
 from router.dataplane.frames import (
-    BODY,
-    FLAG_BROADCAST,
-    FRAG,
-    FRAGMENT,
-    HEADER,
-    MIN_FRAME,
-    SEALED,
-    VNET_HEADER_SIZE,
     VNET_HOST,
     VNET_WIRE,
     address_arg,
@@ -43,9 +36,28 @@ from router.dataplane.frames import (
     swap_vnet,
     vnet_ok,
 )
-from router.dataplane.icmp import frag_needed, overlay_mtu
+from router.dataplane.icmp import frag_needed
 from router.errors import DecodeError, LocalProtocolError
-from router.overlay.sleeve.packet import PacketType
+from router.wire.sleeve import (
+    BODY,
+    FLAG_BROADCAST,
+    FRAG,
+    FRAME_COUNTER_BASE,
+    HEADER,
+    HEADER_SIZE,
+    INITIAL_TTL,
+    MAX_DATAGRAM,
+    MAX_ELEMENT_SIZE,
+    MAX_FRAGMENTS,
+    MAX_FRAME_SIZE,
+    MIN_DATAGRAM,
+    MIN_FRAME,
+    SEALED_OVERHEAD,
+    VERSION,
+    VNET_HEADER_SIZE,
+    PacketType,
+    frame_mtu,
+)
 
 __all__ = [
     "CIPHERS",
@@ -75,22 +87,16 @@ UPCALL_HEARTBEAT = 3  # a fastdp heartbeat frame from the TAP (no vnet header)
 HEARTBEAT_ETHERTYPE = 0x88B5  # router/overlay/fastdp/heartbeat.py
 HEARTBEAT_UPCALL_LIMIT = 128  # heartbeat upcalls waiting at most (half the native queue)
 _HEARTBEAT_TYPE = HEARTBEAT_ETHERTYPE.to_bytes(2, "big")
-MAX_FRAME_SIZE = 65553  # 64 KiB IP packet + Ethernet header + one 802.1Q tag
-MAX_ELEMENT_SIZE = VNET_HEADER_SIZE + MAX_FRAME_SIZE
-MIN_DATAGRAM_SIZE = 512
-MAX_DATAGRAM_SIZE = 65507
-TTL = 16
+MIN_DATAGRAM_SIZE = MIN_DATAGRAM  # the backend API's names for router.wire.sleeve's
+MAX_DATAGRAM_SIZE = MAX_DATAGRAM
+TTL = INITIAL_TTL
 MAX_PEERS = 4096
 MAX_BCAST_POOL = 65536
 MAX_MACS = 8192
 MAC_SWEEP_INTERVAL = 60.0  # seconds
 REASM_SLOTS = 64
 REASM_PER_PEER = 8  # reassembly slots one neighbour may hold
-MAX_FRAGMENTS = 255
 RETIRED_SESSIONS = 256  # removed sessions whose counters are remembered
-#: Frames count from 2**63: the connection's heartbeats (sealed by Python with the same
-#: key, transport and direction) count from 0, so no nonce is ever used twice.
-FRAME_COUNTER_BASE = 1 << 63
 
 
 @dataclass(eq=False)
@@ -379,7 +385,7 @@ class Dataplane:
                 self._drops["no_route"] += 1
             else:
                 session = self._sessions[hop]
-                reply = frag_needed(element, overlay_mtu(session.max_datagram,
+                reply = frag_needed(element, frame_mtu(session.max_datagram,
                                                          session.key is not None))
                 if reply is None:
                     self._emit(hop, 0, TTL, self._ourself, dest, element)
@@ -400,7 +406,7 @@ class Dataplane:
 
     def _emit(self, hop: int, flags: int, ttl: int, src: int, dst: int, element: bytes) -> None:
         session = self._sessions[hop]
-        base = HEADER + (SEALED if session.key is not None else 0)
+        base = HEADER_SIZE + (SEALED_OVERHEAD if session.key is not None else 0)
         cap = session.max_datagram
         size = 2 + len(element)  # the record: frame length, then the element
         header = BODY.pack(flags, ttl, src.to_bytes(6, "big"), dst.to_bytes(6, "big"))
@@ -420,14 +426,14 @@ class Dataplane:
 
     def _fragment_out(self, session: _Session, body: bytes) -> None:
         """Seal one body (header + element) once; send its payload as fragments."""
-        fsize = session.max_datagram - HEADER - FRAG.size
-        length = len(body) + (SEALED if session.key is not None else 0)
+        fsize = session.max_datagram - HEADER_SIZE - FRAG.size
+        length = len(body) + (SEALED_OVERHEAD if session.key is not None else 0)
         count = -(-length // fsize)
         if count > MAX_FRAGMENTS:
             self._drops["too_big"] += 1
             return
         counter, session.send_counter = session.send_counter, session.send_counter + 1
-        header = struct.pack(">BBHQQ", 1, FRAGMENT, 0, session.conn_id, counter)
+        header = HEADER.pack(VERSION, PacketType.FRAGMENT, 0, session.conn_id, counter)
         payload = body
         if session.key is not None:
             payload = session.key.seal(session.high, counter, header[:4] + body)
@@ -446,7 +452,7 @@ class Dataplane:
     def _close(self, hop: int, body: bytes) -> None:
         session = self._sessions[hop]
         counter, session.send_counter = session.send_counter, session.send_counter + 1
-        header = struct.pack(">BBHQQ", 1, PacketType.FRAMES, 0, session.conn_id, counter)
+        header = HEADER.pack(VERSION, PacketType.FRAMES, 0, session.conn_id, counter)
         datagram = header + (body if session.key is None
                              else session.key.seal(session.high, counter, header[:4] + body))
         self._outs.append((session.addr, datagram))
@@ -462,14 +468,14 @@ class Dataplane:
     # ---- ingress --------------------------------------------------------------------------
 
     def _ingress_one(self, addr: Address, data: bytes, now: float) -> None:
-        if (len(data) < HEADER or len(data) > MAX_DATAGRAM_SIZE or data[0] != 1
+        if (len(data) < HEADER_SIZE or len(data) > MAX_DATAGRAM_SIZE or data[0] != VERSION
                 or data[2:4] != b"\0\0"):
             self._drops["malformed"] += 1
             return
         if data[1] == PacketType.HEARTBEAT:
             self._upcall(UPCALL_CONTROL, addr, data)
             return
-        if data[1] not in (PacketType.FRAMES, FRAGMENT):
+        if data[1] not in (PacketType.FRAMES, PacketType.FRAGMENT):
             self._drops["malformed"] += 1
             return
         conn_id, counter = struct.unpack_from(">QQ", data, 4)
@@ -482,12 +488,12 @@ class Dataplane:
             self._drops["source"] += 1  # no MAC: the peer's address and port vouch for it
         elif not session.replay.check(counter):
             self._drops["replay"] += 1
-        elif data[1] == FRAGMENT:
+        elif data[1] == PacketType.FRAGMENT:
             self._fragment_in(peer, data, counter, now)
-        elif session.key is not None and len(data) < HEADER + SEALED:
+        elif session.key is not None and len(data) < HEADER_SIZE + SEALED_OVERHEAD:
             self._drops["malformed"] += 1
         else:
-            body = self._unseal(session, data[:4], data[HEADER:], counter)
+            body = self._unseal(session, data[:4], data[HEADER_SIZE:], counter)
             if body is None:
                 return
             session.replay.accept(counter)
@@ -541,13 +547,13 @@ class Dataplane:
             self._element(peer, body[:BODY.size], element, now)
 
     def _fragment_in(self, peer: int, data: bytes, counter: int, now: float) -> None:
-        if len(data) <= HEADER + FRAG.size:
+        if len(data) <= HEADER_SIZE + FRAG.size:
             self._drops["malformed"] += 1
             return
         session = self._sessions[peer]
-        extra = SEALED if session.key is not None else 0
-        length, fsize, index, count = FRAG.unpack_from(data, HEADER)
-        part = data[HEADER + FRAG.size:]
+        extra = SEALED_OVERHEAD if session.key is not None else 0
+        length, fsize, index, count = FRAG.unpack_from(data, HEADER_SIZE)
+        part = data[HEADER_SIZE + FRAG.size:]
         if (not extra + BODY.size + VNET_HEADER_SIZE + MIN_FRAME <= length
                 <= extra + BODY.size + MAX_ELEMENT_SIZE
                 or fsize == 0 or count != -(-length // fsize) or index >= count
@@ -581,9 +587,10 @@ class Dataplane:
             return
         session.replay.accept(r.counter)
         session.counters["datagrams_in"] += r.count
-        session.counters["bytes_in"] += r.length + r.count * (HEADER + FRAG.size)
+        session.counters["bytes_in"] += r.length + r.count * (HEADER_SIZE + FRAG.size)
         reason = self._body_reason(body)
-        if reason is None and not vnet_ok(body[BODY.size:], len(body) - BODY.size - 10):
+        if reason is None and not vnet_ok(body[BODY.size:],
+                                          len(body) - BODY.size - VNET_HEADER_SIZE):
             reason = "malformed"
         if reason is not None:
             self._drops[reason] += 1

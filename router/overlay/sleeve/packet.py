@@ -35,7 +35,9 @@ A plain heartbeat is 32 bytes (52 sealed); a probe or ack at least 36 (56 sealed
 kind above 2, a reserved byte or padding not zero, a size of 0, a record cut short, an
 ack with padding, or a probe whose size is not its datagram's length is refused.
 
-Datagrams are at most :data:`MAX_DATAGRAM` bytes (the IPv4 UDP payload limit).
+Datagrams are at most :data:`MAX_DATAGRAM` bytes (the IPv4 UDP payload limit). The
+format's numbers (sizes, version, types, ``FRAME_COUNTER_BASE``) live in
+:mod:`router.wire.sleeve`; this module re-exports the ones its callers use.
 ``decode_*_untrusted`` raise only :class:`~router.errors.DecodeError`.
 """
 
@@ -45,10 +47,22 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from router.crypto.keys import MAC_SIZE, SessionKey
+from router.crypto.keys import SessionKey
 from router.crypto.nonces import MAX_COUNTER, Transport, make_nonce
 from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import PeerName
+from router.wire.sleeve import (
+    BOUND_SIZE,
+    FRAME_COUNTER_BASE,
+    HEADER_SIZE,
+    HEARTBEAT_BODY_SIZE,
+    MAX_DATAGRAM,
+    PMTU_RECORD_SIZE,
+    SEALED_OVERHEAD,
+    VERSION,
+    PacketType,
+)
+from router.wire.sleeve import HEADER as _HEADER
 
 __all__ = [
     "FRAME_COUNTER_BASE",
@@ -74,29 +88,8 @@ __all__ = [
     "probe_min_size",
 ]
 
-VERSION = 1
-HEADER_SIZE = 20  # bytes
-_BOUND_SIZE = 4  # header bytes repeated inside the sealed box
-SEALED_OVERHEAD = MAC_SIZE + _BOUND_SIZE  # 20 bytes more than unencrypted
-HEARTBEAT_BODY_SIZE = 12  # two peer names, before padding
-PMTU_RECORD_SIZE = 4  # kind, reserved, size: after the names in probes and acks
-MAX_DATAGRAM = 65507  # 65535 - 20 (IPv4) - 8 (UDP)
-_HEADER = struct.Struct(">BBHQQ")
 _NAMES = struct.Struct(">6s6s")
 _RECORD = struct.Struct(">BBH")
-
-
-class PacketType(IntEnum):
-    """Byte 1 of the header."""
-
-    HEARTBEAT = 1
-    FRAMES = 2  # carried by the data plane (router._fastpath), never decoded here
-    FRAGMENT = 3  # a piece of a large frame, ditto
-
-
-# Frames share a connection's key and nonce space with heartbeats: the data plane counts
-# frames from 2**63 up, heartbeats count from 0 and must stay below it.
-FRAME_COUNTER_BASE = 1 << 63
 
 
 _TYPES = frozenset(int(t) for t in PacketType)
@@ -187,9 +180,9 @@ def open_packet_untrusted(
     if len(payload) < SEALED_OVERHEAD:
         raise DecodeError(f"sealed sleeve payload of {len(payload)} bytes is truncated")
     plain = key.open(make_nonce(Transport.UDP, sender_high, header.counter), payload)
-    if plain[:_BOUND_SIZE] != bytes(data[:_BOUND_SIZE]):
+    if plain[:BOUND_SIZE] != bytes(data[:BOUND_SIZE]):
         raise DecodeError("sleeve header does not match its sealed copy")
-    return header, plain[_BOUND_SIZE:]
+    return header, plain[BOUND_SIZE:]
 
 
 def heartbeat_min_size(encrypted: bool) -> int:

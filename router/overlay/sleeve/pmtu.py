@@ -25,8 +25,9 @@ first search ends, :attr:`PathMtuProber.path_mtu` is the estimate (traffic flows
 back towards the estimate, is followed; :meth:`PathMtuProber.restart` starts one at once,
 with a new estimate if the driver has one (a send failed with EMSGSIZE, the route changed).
 
-:func:`overlay_mtu` turns a path MTU into what ``status connections`` shows as ``mtu=N``
-(as Weave does): the largest IP packet a container can send over the path in one datagram.
+:func:`overlay_mtu` (from :mod:`router.wire.sleeve`, where the sleeve's sizes live) turns
+a path MTU into what ``status connections`` shows as ``mtu=N`` (as Weave does): the
+largest IP packet a container can send over the path in one datagram.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from router.dataplane.icmp import overlay_mtu as frame_mtu
 from router.errors import LocalProtocolError
+from router.wire.sleeve import IPV4_UDP_OVERHEAD, MAX_IP_DATAGRAM, overlay_mtu
 
 __all__ = [
     "FEATURE",
@@ -51,21 +52,7 @@ __all__ = [
 
 FEATURE = "pmtu_probes"  # sleeve handshake parameter: True when a peer answers probes
 FLOOR = 576  # bytes: the IP datagram every IPv4 host must accept (RFC 791)
-IPV4_UDP_OVERHEAD = 28  # bytes: IPv4 (20) + UDP (8) headers
-MAX_IP_DATAGRAM = 65535  # bytes: the IPv4 total length field
 _MIN_FLOOR = 128  # bytes: room for the largest unpadded probe (56 sealed) and headers
-
-
-def overlay_mtu(path_mtu: int, *, encrypted: bool, ip_overhead: int = IPV4_UDP_OVERHEAD) -> int:
-    """The largest IP packet a container sends over a path of ``path_mtu`` in one datagram.
-
-    ``path_mtu - 28 (IPv4, UDP) - 20 (sleeve header) - 20 (MAC and bound header, sealed
-    only) - 14 (body header) - 12 (record header) - 14 (Ethernet)``: 1412 plain and 1392
-    sealed on a 1500-byte path: the data plane's own :func:`router.dataplane.icmp.overlay_mtu`
-    (what its ICMP "fragmentation needed" names) for a datagram of ``path_mtu - 28``.
-    Bigger packets without DF still cross (the sleeve fragments them).
-    """
-    return max(0, frame_mtu(path_mtu - ip_overhead, encrypted))
 
 
 @dataclass(frozen=True)

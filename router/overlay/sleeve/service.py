@@ -48,19 +48,17 @@ from router.network.service import Datagrams, Network
 from router.overlay.sleeve.demux import SleeveDemux
 from router.overlay.sleeve.forwarder import HeartbeatPath
 from router.overlay.sleeve.pmtu import FEATURE as PMTU_FEATURE
-from router.overlay.sleeve.pmtu import overlay_mtu, peer_answers_probes
+from router.overlay.sleeve.pmtu import peer_answers_probes
+from router.wire.sleeve import MAX_IP_DATAGRAM, max_datagram, overlay_mtu
 
 log = logging.getLogger("weave-router.sleeve")
 
-MAX_DATAGRAM = 65535
-UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers: path MTU - 28 = largest datagram payload
 SOCKET_BUFFER = 16 * 1024 * 1024  # bytes (the kernel doubles it): the threads work in bursts
 SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>: SO_SNDBUF past wmem_max (CAP_NET_ADMIN)
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: SO_RCVBUF past rmem_max (CAP_NET_ADMIN)
 IP_MTU = 14  # <linux/in.h>: the path MTU of a connected socket
 IP_MTU_DISCOVER = 10  # <linux/in.h>: per-socket path MTU discovery mode
 IP_PMTUDISC_PROBE = 3  # <linux/in.h>: set DF, ignore the kernel's path MTU cache
-MIN_MAX_DATAGRAM = 512  # bytes: the smallest max_datagram the data plane takes
 
 
 class PathEvents(Protocol):
@@ -246,7 +244,7 @@ class SleeveService:
 
     async def _receive_loop(self, sock: Datagrams) -> None:
         while True:
-            data, addr = await sock.recvfrom(MAX_DATAGRAM)
+            data, addr = await sock.recvfrom(MAX_IP_DATAGRAM)
             self._demux.receive_datagram(data, addr, trio.current_time())
             self._dispatch()
             self._wake.set()  # a reply may now be due
@@ -316,12 +314,10 @@ class SleeveService:
         entry.path_mtu = path.path_mtu or estimate
         if self._dataplane is None:
             return
-        max_datagram = max(MIN_MAX_DATAGRAM, min(MAX_DATAGRAM - UDP_IP_OVERHEAD,
-                                                 entry.path_mtu - UDP_IP_OVERHEAD))
         self._dataplane.set_peer(
             path.remote, path.conn_id, path.remote_addr,
             frame_key(entry.key.raw, entry.cipher) if entry.key is not None else None,
-            max_datagram, entry.cipher,
+            max_datagram(entry.path_mtu), entry.cipher,
         )
 
     async def _send(self, sock: Datagrams, data: bytes, addr: tuple[str, int],
