@@ -18,8 +18,10 @@ What is kept, and for how long:
   next sweep (so a flood of distinct names costs memory once, bounded);
 * forwards and drops are never kept (they are not answers).
 
-Sans-IO: the clock is given. The cached bytes are exactly what :func:`answer` built for
-the first query with the new id in front (a test checks them against the uncached path).
+Sans-IO: the clock is given. :meth:`AnswerCache.kept` only reads, for the UDP thread
+(``service.py``) that answers repeats without waking the trio loop. The cached bytes are
+exactly what :func:`answer` built for the first query with the new id in front (a test
+checks them against the uncached path).
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ class AnswerCache:
                 and out[6:8] in (b"\x00\x00", b"\x00\x01") and len(kept) < self._max_entries):
             kept[key] = out[_ID:]
         return out
+
+    def kept(self, query: bytes, zone: Zone, now: float) -> bytes | None:
+        """The kept answer to ``query`` (with its id), or None: nothing kept, or what is
+        kept is stale. Only reads, so another thread may call it while the owner's thread
+        answers and sweeps (under the GIL each read is whole; a change of the entries
+        bumps their generation before anything else, so a stale answer is never given)."""
+        if (len(query) < _ID or zone.entries.generation != self._generation
+                or not 0 <= now - self._since < self._max_age):
+            return None
+        hit = self._kept[False].get(query[_ID:])
+        return None if hit is None else query[:_ID] + hit
 
     def __len__(self) -> int:
         return len(self._kept[0]) + len(self._kept[1])

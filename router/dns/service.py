@@ -3,8 +3,9 @@ forwarding to the upstream servers.
 
 Stages of one query (UDP or TCP, the answerer is the same):
 
-1. **receive**  a datagram (up to 64 KiB; up to 64 per wakeup, read and answered without a
-                trio round trip each), or a length-prefixed message on a TCP
+1. **receive**  a datagram (up to 64 KiB), read by a thread of its own that answers a
+                repeat from the answer cache at once (``cache.py``) and hands the
+                rest to the trio loop, or a length-prefixed message on a TCP
                 connection (at most ``max_tcp_clients`` connections; idle ones closed
                 after ``tcp_idle_timeout``)
 2. **answer**   :func:`router.dns.answer.answer` against the entries: bytes are sent
@@ -30,6 +31,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +57,7 @@ STORE_KEY = "dns_entries"  # JSON [[hostname, container_id, address], ...]: ours
 EXPIRE_INTERVAL = 60.0  # seconds between tombstone sweeps
 MAX_PERSISTED = 800  # our entries kept in the store (~64 KiB, the store's value limit)
 MAX_UDP = 65535  # bytes
-UDP_BATCH = 64  # queries taken per wakeup before other tasks get a turn
+UDP_THREAD_POLL = 0.2  # seconds the UDP thread waits for a query before checking for stop
 EXTERNAL_ID = "weave:extern"  # Weave's container id of dns-add -h without a container
 IP_PKTINFO = 8  # Linux <linux/in.h> (not in every Python's socket module)
 
@@ -97,6 +99,7 @@ class DnsService:
         self._in_flight = 0
         self._tcp_clients = 0
         self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._thread_counts = [0, 0]  # the UDP thread's own: answered from the cache, not sent
         self.bound: tuple[str, int] | None = None
         self._over_limit = False
         self._channel = register(CHANNEL, self)
@@ -209,13 +212,17 @@ class DnsService:
 
     def statistics(self) -> DnsStatistics:
         host, port = self.bound or self.config.address
+        cached, unsent = self._thread_counts  # answered by the UDP thread alone
+        counters = {**self._counts, "in_flight": self._in_flight,
+                    "tcp_clients": self._tcp_clients, "cached_answers": self._answers.hits + cached}
+        for key, extra in (("queries_udp", cached), ("answered", cached), ("send_failed", unsent)):
+            counters[key] += extra
         return DnsStatistics(
             domain=self.config.domain, address=f"{host}:{port}",
             upstream=tuple(h for h, _ in self.upstream()), ttl=self.config.ttl,
             entries=tuple(self.entries.visible(self._visible)),
             all_entries=tuple(self.entries.all()),
-            counters={**self._counts, "in_flight": self._in_flight,
-                      "tcp_clients": self._tcp_clients, "cached_answers": self._answers.hits},
+            counters=counters,
         )
 
     # -- serving ----------------------------------------------------------------------------
@@ -267,30 +274,60 @@ class DnsService:
             self.entries.expire(int(self._clock()))
 
     async def _serve_udp(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
-        """Wait until the socket is readable, then take up to :data:`UDP_BATCH` queries
-        without a trio round trip each (answers are sent at once, non-blocking; a full
-        send buffer is a counted drop: the client asks again)."""
+        """A thread of its own reads the queries (blocking, the GIL released while it
+        waits) and answers repeats from the cache's kept answers at once; every other
+        query is handed to the trio loop (:meth:`_udp_query`). Answers are sent
+        non-blocking; a full send buffer is a counted drop: the client asks again."""
+        token = trio.lowlevel.current_trio_token()
         raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=os.dup(sock.fileno()))
+        reader = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=os.dup(sock.fileno()))
         raw.setblocking(False)
-        pktinfo = self._bind_device is not None
+        reader.settimeout(UDP_THREAD_POLL)
+        stop = threading.Event()
+
+        def hand_over(data: bytes, client: Any) -> None:
+            self._udp_query(raw, sock, data, client, nursery)
+
+        thread = threading.Thread(target=self._udp_thread, name="weave-dns-udp", daemon=True,
+                                  args=(reader, raw, token, hand_over, stop))
+        thread.start()
         try:
-            while True:
-                await trio.lowlevel.wait_readable(raw)
-                for _ in range(UDP_BATCH):
-                    try:
-                        if pktinfo:
-                            data, ancillary, _, address = raw.recvmsg(MAX_UDP, _CMSG_SPACE)
-                            client: Any = _Client(address, _ingress(ancillary))
-                        else:
-                            data, client = raw.recvfrom(MAX_UDP)
-                    except BlockingIOError:
-                        break
-                    except OSError:  # an ICMP error from an earlier send: nothing to do
-                        continue
-                    self._udp_query(raw, sock, data, client, nursery)
-                await trio.lowlevel.checkpoint()
+            await trio.sleep_forever()
         finally:
+            stop.set()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(thread.join)
+            reader.close()
             raw.close()
+
+    def _udp_thread(self, reader: socket.socket, raw: socket.socket,
+                    token: trio.lowlevel.TrioToken, hand_over: Callable[[bytes, Any], None],
+                    stop: threading.Event) -> None:
+        pktinfo = self._bind_device is not None
+        counts = self._thread_counts
+        while not stop.is_set():
+            try:
+                if pktinfo:
+                    data, ancillary, _, address = reader.recvmsg(MAX_UDP, _CMSG_SPACE)
+                    client: Any = _Client(address, _ingress(ancillary))
+                else:
+                    data, client = reader.recvfrom(MAX_UDP)
+            except TimeoutError:
+                continue
+            except OSError:  # an ICMP error from an earlier send, or the socket closed
+                if stop.is_set():
+                    return
+                continue
+            out = self._answers.kept(data, self._zone, time.monotonic())
+            if out is None:
+                try:
+                    token.run_sync_soon(hand_over, data, client)
+                except trio.RunFinishedError:
+                    return
+                continue
+            counts[0] += 1
+            if not _send_now(raw, out, client):
+                counts[1] += 1
 
     def _udp_query(self, raw: socket.socket, sock: trio.socket.SocketType, data: bytes,
                    client: Any, nursery: trio.Nursery) -> None:
@@ -307,14 +344,7 @@ class DnsService:
             self._counts["dropped"] += 1
             return
         self._counts["answered"] += 1
-        try:
-            if isinstance(client, _Client):
-                cmsg = [] if client.pktinfo is None else [
-                    (socket.IPPROTO_IP, IP_PKTINFO, client.pktinfo)]
-                raw.sendmsg([out], cmsg, 0, client.address)
-            else:
-                raw.sendto(out, client)
-        except OSError:  # a full send buffer or an unreachable client: its loss
+        if not _send_now(raw, out, client):
             self._counts["send_failed"] += 1
 
     async def _forward_udp(self, sock: trio.socket.SocketType, query: bytes,
@@ -401,6 +431,21 @@ class _Client:
 
 
 _CMSG_SPACE = socket.CMSG_SPACE(12)  # struct in_pktinfo
+
+
+def _send_now(raw: socket.socket, data: bytes, client: Any) -> bool:
+    """Send an answer without waiting; False if it could not go (a full send buffer or
+    an unreachable client: the client's loss, it asks again)."""
+    try:
+        if isinstance(client, _Client):
+            cmsg = [] if client.pktinfo is None else [
+                (socket.IPPROTO_IP, IP_PKTINFO, client.pktinfo)]
+            raw.sendmsg([data], cmsg, 0, client.address)
+        else:
+            raw.sendto(data, client)
+    except OSError:
+        return False
+    return True
 
 
 def _ingress(ancillary: list[tuple[int, int, bytes]]) -> bytes | None:

@@ -129,6 +129,30 @@ async def test_sockets_answer_truncate_and_servfail(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_udp_repeats_are_answered_by_the_thread_and_changes_seen_at_once(
+        tmp_path: Path) -> None:
+    service, _ = _service(A, tmp_path)
+    service.add("c1.weave.local", "id1", [IP1])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        assert service.bound is not None
+        for qid in range(1, 21):
+            query = dns.message.make_query("c1.weave.local.", "A")
+            query.id = qid
+            reply = await _udp(service.bound, query)
+            assert reply.id == qid and [r.address for r in reply.answer[0]] == ["10.32.0.1"]
+        counters = service.statistics().counters
+        assert counters["queries_udp"] == counters["answered"] == 20
+        assert counters["cached_answers"] >= 18  # the first is built, repeats are kept
+        service.remove(container_id="id1")  # a change: the next answer is built anew
+        gone = await _udp(service.bound, dns.message.make_query("c1.weave.local.", "A"))
+        assert gone.rcode() == dns.rcode.NXDOMAIN
+        service.add("c1.weave.local", "id2", [ipaddress.IPv4Address("10.32.0.7")])
+        back = await _udp(service.bound, dns.message.make_query("c1.weave.local.", "A"))
+        assert [r.address for r in back.answer[0]] == ["10.32.0.7"]
+        nursery.cancel_scope.cancel()
+
+
 def test_resolv_conf_parsed_ourselves_filtered_and_reread(tmp_path: Path) -> None:
     from router.dns.upstream import ResolvConf, parse_resolv_conf
 
