@@ -268,12 +268,12 @@ class Router:
         config = LocalConfig(local=local, mtu=offer.mtu, port=offer.port,
                              peer_name=offer.peer_name)
         try:
-            await install_filter(config.name, config.tap)
+            nft = await install_filter(config.name, config.tap)
         except KernelError as exc:
             runner.disable(f"bridge filter: {exc}")
             log.error("fastdp off: %s", exc)
             return
-        runner.enable(config, FastdpService(self._overlay, config))
+        runner.enable(config, FastdpService(self._overlay, config, nft=nft))
         log.info("fastdp: %s on %s (local %s, VNI %#x, UDP %d, mtu %d)", config.name,
                  config.bridge, local, config.vni, config.port, config.mtu)
 
