@@ -132,13 +132,15 @@ class FastdpService:
             have = await self._port.vxlan(self._config.name, netns=self._config.netns)
             pinned = {port: await self._pins(port) for port in pin_ports(self._config)}
             ops = diff(want, have, pinned)
-            removed = 0 if have is None or needs_recreate(self._config, have) else \
-                len(stale_learned(want, have))
             await self._port.apply(ops)
-            kept = 0 if have is None else len(have.learned) - removed
+            if have is None or needs_recreate(self._config, have):
+                removed, kept = 0, 0  # a new device has learned nothing yet
+            else:
+                removed = len(stale_learned(want, have))
+                kept = len(have.learned) - removed
             s = self._stats
             self._stats = replace(s, learned_removed=s.learned_removed + removed,
-                                  learned_entries=max(kept, 0))
+                                  learned_entries=kept)
             if self._forget:
                 for port in pin_ports(self._config):
                     await self._forget_learned(port)
