@@ -66,7 +66,8 @@ from router.kernel.netns import resolve_netns
 from router.kernel.plumbing import BRIDGE_NAME, reset_plan
 from router.kernel.port import DeleteLink, KernelPort, NetnsState, OverlayPort, execute
 from router.kernel.route_overlap import check_range_free
-from router.kernel.vxlan_guard import install_guard, remove_guard
+from router.kernel.vxlan_guard import TABLE as GUARD_TABLE
+from router.kernel.vxlan_guard import guard_commands, install_guard, remove_guard
 from router.mesh.names import PeerName, random_short_id, random_uid
 from router.mesh.service import MeshService
 from router.metrics.collector import RouterCollector
@@ -271,7 +272,7 @@ class Router:
         config = LocalConfig(local=local, mtu=offer.mtu, port=offer.port,
                              peer_name=offer.peer_name)
         try:
-            await install_filter(config.name, config.tap)
+            nft = await install_filter(config.name, config.tap)
         except KernelError as exc:
             runner.disable(f"bridge filter: {exc}")
             log.error("fastdp off: %s", exc)
@@ -281,7 +282,9 @@ class Router:
             runner.disable(f"VXLAN guard: {problem}")
             log.error("fastdp off: VXLAN guard: %s", problem)
             return
-        runner.enable(config, FastdpService(self._overlay, config))
+        keep = [] if self.config.mesh.password is None else [
+            (GUARD_TABLE, guard_commands(config.port, self.config.mesh.trusted_subnets))]
+        runner.enable(config, FastdpService(self._overlay, config, nft=nft, keep=keep))
         log.info("fastdp: %s on %s (local %s, VNI %#x, UDP %d, mtu %d)", config.name,
                  config.bridge, local, config.vni, config.port, config.mtu)
 

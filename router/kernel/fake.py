@@ -15,16 +15,20 @@ operations to them the way Linux does (``router/kernel/port.py`` lists the errno
 * a TAP is a ``tun`` link that lives while its :class:`FakeTap` is open;
 * a VXLAN device's VNI and port are unique in its namespace (``EEXIST``); FDB entries go
   only on VXLAN devices (``EOPNOTSUPP``); appending a flood entry that is there already
-  succeeds, a second unicast entry for a MAC is ``EEXIST``; deleting an entry for a MAC
-  that has none is ``ENOENT``, while deleting a missing remote of a MAC that has others
-  succeeds and changes nothing (both as the kernel's ``vxlan_fdb_delete``);
+  succeeds, a second unicast entry for a MAC (added or learned) is ``EEXIST``; deleting an
+  entry for a MAC that has none is ``ENOENT``, while deleting a missing remote of a MAC
+  that has others succeeds and changes nothing (both as the kernel's ``vxlan_fdb_delete``);
+* a VXLAN device with learning learns what :meth:`FakeKernel.receive_vxlan` says arrived
+  as the kernel's ``vxlan_snoop`` does: a new source MAC gets a learned entry, a learned
+  one moves to the new sender, an added one never moves (the frame is dropped);
 * a MAC can be pinned only to a bridge port (``EOPNOTSUPP``), once (``EEXIST``); leaving
   the bridge drops a port's pins.
 
 Left out on purpose (no plan depends on them): kernel-derived routes (snapshots of the real
-port leave them out too), IPv6 link-local addresses, a bridge adopting a port's MAC, and
-interface indexes matching the kernel's. Tests create namespaces with :meth:`add_netns`
-and can make an operation fail with :meth:`fail_when` (e.g. to exercise a rollback).
+port leave them out too), IPv6 link-local addresses, a bridge adopting a port's MAC,
+interface indexes matching the kernel's and the ageing of learned entries. Tests create
+namespaces with :meth:`add_netns` and can make an operation fail with :meth:`fail_when`
+(e.g. to exercise a rollback).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field, replace
 
 from router.errors import ClosedError, KernelError
 from router.kernel.port import (
+    FLOOD_MAC,
     MTU_MAX,
     MTU_MIN,
     VNI_MAX,
@@ -76,7 +81,8 @@ class _Link:
     peer: tuple[str | None, str] | None = None  # veth: (namespace, name) of the other end
     tap_open: bool = False
     vxlan: AddVxlan | None = None  # a VXLAN device: how it was made
-    fdb: set[FdbEntry] = field(default_factory=set)  # a VXLAN device's own entries
+    fdb: set[FdbEntry] = field(default_factory=set)  # a VXLAN device's added entries
+    learned: dict[str, ipaddress.IPv4Address] = field(default_factory=dict)  # MAC -> sender
     pinned: set[str] = field(default_factory=set)  # MACs pinned to this bridge port
 
 
@@ -145,6 +151,21 @@ class FakeKernel:
         """Make the next operation that ``match`` accepts fail with ``code`` (once)."""
         self._faults.append((match, code))
 
+    def receive_vxlan(self, ifname: str, src_mac: str, sender: ipaddress.IPv4Address, *,
+                      netns: str | None = None) -> bool:
+        """A frame from ``src_mac`` arrived at VXLAN device ``ifname`` from the underlay
+        address ``sender``; False if the kernel would drop it (an added entry sends that
+        MAC elsewhere). Learned as the kernel's ``vxlan_snoop`` does, if learning is on."""
+        item = self._vxlan_of_name(netns, ifname)
+        assert item.vxlan is not None
+        if not item.vxlan.learning or int(src_mac[:2], 16) & 1 or src_mac == FLOOD_MAC:
+            return True
+        added = {e.dst for e in item.fdb if e.mac == src_mac}
+        if added:
+            return sender in added
+        item.learned[src_mac] = sender  # new, or moved from another sender
+        return True
+
     def namespaces(self) -> tuple[str | None, ...]:
         """The namespaces that exist."""
         return tuple(self._ns)
@@ -184,8 +205,9 @@ class FakeKernel:
             raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a "
                                f"{item.link.kind or 'device'}, not a VXLAN device")
         return VxlanDevice(link=item.link, vni=item.vxlan.vni, port=item.vxlan.port,
-                           local=item.vxlan.local, learning=False, remote=None,
-                           fdb=frozenset(item.fdb))
+                           local=item.vxlan.local, learning=item.vxlan.learning, remote=None,
+                           fdb=frozenset(item.fdb),
+                           learned=frozenset(FdbEntry(m, d) for m, d in item.learned.items()))
 
     async def pinned_macs(self, ifname: str, *, netns: str | None = None) -> frozenset[str]:
         """See :meth:`router.kernel.port.OverlayPort.pinned_macs`."""
@@ -465,20 +487,30 @@ class FakeKernel:
         self._new_link(ns, op.name, "vxlan", op.mtu, self._mac()).vxlan = op
 
     def _vxlan_of(self, op: AddFdb | DeleteFdb) -> _Link:
-        item = self._find(op.netns, op.ifname, op)
+        return self._vxlan_of_name(op.netns, op.ifname, op)
+
+    def _vxlan_of_name(self, netns: str | None, ifname: str, op: object = None) -> _Link:
+        what = op if op is not None else f"vxlan {ifname}"
+        item = self._find(netns, ifname, what)
         if item.vxlan is None:
-            raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a VXLAN device")
+            raise kernel_error(errno.EOPNOTSUPP, f"{what}: not a VXLAN device")
         return item
 
     def _add_fdb(self, op: AddFdb) -> None:
         item = self._vxlan_of(op)
-        if not op.entry.flood and any(e.mac == op.entry.mac for e in item.fdb):
+        mac = op.entry.mac
+        if not op.entry.flood and (mac in item.learned or any(e.mac == mac for e in item.fdb)):
             raise kernel_error(errno.EEXIST, str(op))
         item.fdb.add(op.entry)
 
     def _delete_fdb(self, op: DeleteFdb) -> None:
         item = self._vxlan_of(op)
-        if not any(e.mac == op.entry.mac for e in item.fdb):
+        mac = op.entry.mac
+        if mac in item.learned:  # a learned entry has one remote
+            if item.learned[mac] == op.entry.dst:
+                del item.learned[mac]
+            return
+        if not any(e.mac == mac for e in item.fdb):
             raise kernel_error(errno.ENOENT, str(op))
         item.fdb.discard(op.entry)
 

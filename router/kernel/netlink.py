@@ -84,6 +84,7 @@ IFF_UP = 0x1
 NTF_SELF = 0x02  # an FDB entry of the device itself (not the bridge's view of its port)
 NTF_MASTER = 0x04  # an FDB entry of the bridge the device is a port of
 NUD_NOARP = 0x40  # a bridge FDB entry that is "static" (NUD_PERMANENT would make it local)
+NUD_PERMANENT = 0x80  # a "local" bridge entry (the port's own address); VXLAN: an added one
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -280,7 +281,7 @@ _Handler = Callable[[_Worker, Any, Any], None]
 
 def _add_vxlan(w: _Worker, ipr: Any, op: AddVxlan) -> None:
     ipr.link("add", ifname=op.name, kind="vxlan", vxlan_id=op.vni, vxlan_port=op.port,
-             vxlan_local=str(op.local), vxlan_learning=0, mtu=op.mtu)
+             vxlan_local=str(op.local), vxlan_learning=int(op.learning), mtu=op.mtu)
 
 
 def _fdb(verb: str) -> _Handler:
@@ -367,6 +368,7 @@ def _vxlan(ipr: Any, name: str) -> VxlanDevice | None:
     if master:
         names[master] = ipr.link("get", index=master)[0].get_attr("IFLA_IFNAME")
     link = _link(msg, names)
+    entries = list(_fdb_entries(ipr, link.index))
     info = msg.get_attr("IFLA_LINKINFO")
     data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
     if link.kind != "vxlan" or data is None:
@@ -378,15 +380,19 @@ def _vxlan(ipr: Any, name: str) -> VxlanDevice | None:
         local=ipaddress.IPv4Address(local) if local else None,
         learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
         remote=ipaddress.IPv4Address(group) if group else None,
-        fdb=frozenset(_fdb_entries(ipr, link.index)),
+        fdb=frozenset(e for e, static in entries if static),
+        learned=frozenset(e for e, static in entries if not static),
     )
 
 
-def _fdb_entries(ipr: Any, index: int) -> Iterator[FdbEntry]:
+def _fdb_entries(ipr: Any, index: int) -> Iterator[tuple[FdbEntry, bool]]:
+    """The device's own IPv4 entries, each with True if it was added (NUD_PERMANENT or
+    NUD_NOARP) rather than learned from a received frame (NUD_REACHABLE, NUD_STALE)."""
     for msg in ipr.fdb("dump", ifindex=index):
         dst = msg.get_attr("NDA_DST")
         if msg["ifindex"] == index and msg["flags"] & NTF_SELF and dst and ":" not in dst:
-            yield FdbEntry(msg.get_attr("NDA_LLADDR").lower(), ipaddress.IPv4Address(dst))
+            entry = FdbEntry(msg.get_attr("NDA_LLADDR").lower(), ipaddress.IPv4Address(dst))
+            yield entry, bool(msg["state"] & (NUD_PERMANENT | NUD_NOARP))
 
 
 def _read_pins(w: _Worker, ifname: str, netns: str | None) -> frozenset[str]:
@@ -401,8 +407,6 @@ def _read_pins(w: _Worker, ifname: str, netns: str | None) -> frozenset[str]:
     except NetlinkError as exc:
         raise kernel_error(exc.code, f"pinned macs of {ifname}") from None
 
-
-NUD_PERMANENT = 0x80  # a "local" bridge entry (the port's own address)
 
 
 def _forget_learned(w: _Worker, ifname: str, netns: str | None) -> int:

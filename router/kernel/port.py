@@ -20,8 +20,8 @@ kernel failure surfaces as :class:`~router.errors.KernelError` with the kernel's
 
 fastdp's VXLAN device (:class:`AddVxlan`, :class:`AddFdb`, :class:`DeleteFdb`, read back
 with :meth:`OverlayPort.vxlan`) adds: ``EEXIST`` (another VXLAN device has that VNI and
-port, or a unicast MAC has an entry), ``ENOENT`` (no FDB entry for that MAC),
-``EOPNOTSUPP`` (FDB entries on a device that is not VXLAN).
+port, or a unicast MAC has an entry, ours or one the kernel learned), ``ENOENT`` (no FDB
+entry for that MAC), ``EOPNOTSUPP`` (FDB entries on a device that is not VXLAN).
 
 Namespaces are named by path (``/run/netns/NAME``, ``/proc/PID/ns/net``); ``None`` is the
 namespace the port was opened in (the router's own). :func:`resolve_netns` (from
@@ -330,9 +330,13 @@ FLOOD_MAC = "00:00:00:00:00:00"  # FDB entry for unknown/broadcast/multicast des
 
 @dataclass(frozen=True)
 class AddVxlan:
-    """Create a VXLAN device: learning off, no default remote (FDB entries say where to send).
+    """Create a VXLAN device with no default remote (FDB entries say where to send).
 
     ``port`` is the UDP port the device listens on and sends to (Weave: 6784, its port+1).
+    With ``learning`` the kernel notes each received frame's source MAC -> the sender's
+    underlay IP as a *learned* (dynamic) FDB entry, aged out after 300 s unused, moved when
+    the MAC shows up behind another sender, but never over an entry added by
+    :class:`AddFdb` (a frame whose source MAC has one of those to another IP is dropped).
     """
 
     name: str
@@ -341,13 +345,14 @@ class AddVxlan:
     local: ipaddress.IPv4Address  # underlay source address
     mtu: int  # bytes
     netns: str | None = None
+    learning: bool = True
 
     def __post_init__(self) -> None:
         check_name(self.name)
 
     def __str__(self) -> str:
         return (f"add vxlan {self.name} id {self.vni} dstport {self.port} local {self.local}"
-                f" mtu {self.mtu}{_where(self.netns)}")
+                f" {'' if self.learning else 'no'}learning mtu {self.mtu}{_where(self.netns)}")
 
 
 @dataclass(frozen=True)
@@ -392,7 +397,8 @@ class AddFdb:
 
 @dataclass(frozen=True)
 class DeleteFdb:
-    """Remove one FDB entry: ``ENOENT`` if the MAC has none (the kernel's rule)."""
+    """Remove one FDB entry, ours or learned: ``ENOENT`` if the MAC has none (the kernel's
+    rule); a MAC whose entries send elsewhere is left as it is, without error."""
 
     ifname: str
     entry: FdbEntry
@@ -440,7 +446,9 @@ class UnpinMac:
 
 @dataclass(frozen=True)
 class VxlanDevice:
-    """A VXLAN device as the kernel reports it, with its own (``self``) FDB entries."""
+    """A VXLAN device as the kernel reports it, with its (``self``) FDB entries: ``fdb``
+    those :class:`AddFdb` made (permanent), ``learned`` those the kernel learned from
+    received frames (dynamic: one remote per MAC)."""
 
     link: Link
     vni: int
@@ -449,6 +457,7 @@ class VxlanDevice:
     learning: bool
     remote: ipaddress.IPv4Address | None  # the default remote (group); fastdp sets none
     fdb: frozenset[FdbEntry] = frozenset()
+    learned: frozenset[FdbEntry] = frozenset()
 
 
 Op = (AddBridge | AddVeth | DeleteLink | SetUp | SetDown | SetMtu | SetMac | SetMaster

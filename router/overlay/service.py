@@ -235,7 +235,9 @@ class OverlayService:
         if self._service is not None:
             k = self._service.statistics()
             out.update(kernel_passes=k.passes, kernel_errors=k.errors,
-                       kernel_last_error=k.last_error or "", flood_entries=k.flood_entries)
+                       kernel_last_error=k.last_error or "", flood_entries=k.flood_entries,
+                       learned_entries=k.learned_entries, learned_removed=k.learned_removed,
+                       filter_checks=k.filter_checks, filter_repairs=k.filter_repairs)
         out["peers"] = {name: {"overlay": p.overlay, "reason": p.reason, "since": p.since,
                                "address": p.address}
                         for name, p in self.peer_overlays().items()}

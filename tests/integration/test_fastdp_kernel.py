@@ -111,12 +111,12 @@ async def test_vxlan_device_and_fdb_entries(port: NetlinkPort, make_mesh: MeshFa
     assert link["linkinfo"]["info_kind"] == "vxlan" and link["master"] == "weave"
     assert link["mtu"] == MTU and "UP" in link["flags"]
     assert (data["id"], data["port"], data["local"], data["learning"]) == (
-        VNI, 6784, host.ip, False)
+        VNI, 6784, host.ip, True)
     assert "group" not in data and "remote" not in data
     device = await port.vxlan(DEV, netns=ns)
     assert device is not None and device.fdb == frozenset()
     assert (device.vni, device.port, str(device.local), device.learning, device.remote) == (
-        VNI, 6784, host.ip, False, None)
+        VNI, 6784, host.ip, True, None)
     assert device.link.master == "weave" and device.link.up and device.link.mtu == MTU
 
     entries = [FdbEntry(FLOOD_MAC, PEER2), FdbEntry(FLOOD_MAC, PEER3), FdbEntry(MAC_A, PEER3)]
@@ -206,6 +206,32 @@ async def test_two_hosts_carry_a_ping_through_their_vxlan_devices(
     assert ok, seen
     stats = json_of(h2, "ip", "-s", "-j", "link", "show", DEV)[0]["stats64"]
     assert stats["rx"]["packets"] > 0 and stats["tx"]["packets"] > 0
+
+    # Host 1's device learned where c2's MAC is (apart from the entries we added), and
+    # treats that learned entry as the fake does.
+    mac2 = c2.run(["cat", "/sys/class/net/ethwe/address"]).stdout.strip()
+    ns1, ip2 = path(h1), ipaddress.IPv4Address(h2.ip)
+    device = await port.vxlan(DEV, netns=ns1)
+    assert device is not None and device.fdb == {FdbEntry(FLOOD_MAC, ip2)}
+    assert FdbEntry(mac2, ip2) in device.learned, device.learned
+    fake = FakeKernel()
+    await make_vxlan(fake, None, h1.ip, bridge=False)
+    await fake.apply([AddFdb(DEV, FdbEntry(FLOOD_MAC, ip2))])
+    assert fake.receive_vxlan(DEV, mac2, ip2)
+
+    async def learned_refusals(p: OverlayPort, netns: str | None) -> list[int | None]:
+        return [
+            await errno_of(p, AddFdb(DEV, FdbEntry(mac2, PEER3), netns=netns)),
+            await errno_of(p, DeleteFdb(DEV, FdbEntry(mac2, PEER3), netns=netns)),
+            await errno_of(p, DeleteFdb(DEV, FdbEntry(mac2, ip2), netns=netns)),
+            await errno_of(p, DeleteFdb(DEV, FdbEntry(mac2, ip2), netns=netns)),
+        ]
+
+    kernel_says = await learned_refusals(port, ns1)
+    assert kernel_says == [errno.EEXIST, None, None, errno.ENOENT]
+    assert kernel_says == await learned_refusals(fake, None)
+    device = await port.vxlan(DEV, netns=ns1)
+    assert device is not None and FdbEntry(mac2, ip2) not in device.learned
 
 
 async def test_the_service_programs_and_repairs_the_kernel(

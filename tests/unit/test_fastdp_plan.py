@@ -46,6 +46,7 @@ from router.overlay.fastdp.plan import (
     heartbeat_mac,
     needs_recreate,
     pin_ports,
+    stale_learned,
     teardown,
 )
 
@@ -71,6 +72,8 @@ class Actual:
     unicast: dict[str, ipaddress.IPv4Address]
     vxlan_pins: frozenset[str]
     tap_pins: frozenset[str]
+    learning: bool = True
+    learned: tuple[tuple[str, ipaddress.IPv4Address], ...] = ()  # frames received
 
 
 actuals = st.builds(
@@ -81,6 +84,9 @@ actuals = st.builds(
     unicast=st.dictionaries(st.sampled_from(MACS[:5]), st.sampled_from(IPS)),
     vxlan_pins=st.frozensets(st.sampled_from(HB_MACS)),
     tap_pins=st.frozensets(st.sampled_from(HB_MACS)),
+    learning=st.booleans(),
+    learned=st.lists(st.tuples(st.sampled_from(MACS[:5] + HB_MACS), st.sampled_from(IPS)),
+                     max_size=6).map(tuple),
 )
 configs = st.builds(LocalConfig, local=st.sampled_from(IPS[:2]),
                     mtu=st.sampled_from([1376, 1400, 8950]),
@@ -99,7 +105,7 @@ def build(kernel: FakeKernel, actual: Actual) -> None:
     ops: list[object] = []
     if actual.present:
         ops.append(AddVxlan(DEV, vni=actual.vni, port=actual.port,
-                            local=actual.local, mtu=actual.mtu))
+                            local=actual.local, mtu=actual.mtu, learning=actual.learning))
         if actual.enslaved:
             ops.append(SetMaster(DEV, "weave"))
         if actual.up:
@@ -110,6 +116,9 @@ def build(kernel: FakeKernel, actual: Actual) -> None:
         if actual.enslaved:
             ops += [PinMac(DEV, mac) for mac in actual.vxlan_pins]
     trio.run(kernel.apply, ops)
+    if actual.present:
+        for mac, sender in actual.learned:
+            kernel.receive_vxlan(DEV, mac, sender)
 
 
 def pins(kernel: FakeKernel, config: LocalConfig) -> Pins:
@@ -134,7 +143,7 @@ def apply(kernel: FakeKernel, ops: Sequence[OverlayOp]) -> None:
 def reached(want: Desired, have: VxlanDevice | None, pinned: Pins) -> bool:
     return (have is not None and not needs_recreate(want.config, have)
             and have.link.mtu == want.config.mtu and have.link.master == want.config.bridge
-            and have.link.up and have.fdb == want.fdb
+            and have.link.up and have.fdb == want.fdb and not stale_learned(want, have)
             and all(pinned.get(port) == want.pinned_to(port) for port in pin_ports(want.config)))
 
 
@@ -196,7 +205,7 @@ def test_first_plan_creates_then_enslaves_then_adds_entries() -> None:
     config = LocalConfig(local=IPS[0], mtu=1376)
     ops = diff(desired(config, {"a": IPS[1]}, {MACS[0]: "a"}), None)
     assert [str(op) for op in ops] == [
-        f"add vxlan {DEV} id {DEFAULT_VNI} dstport 6784 local {IPS[0]} mtu 1376",
+        f"add vxlan {DEV} id {DEFAULT_VNI} dstport 6784 local {IPS[0]} learning mtu 1376",
         f"set {DEV} master weave", f"set {DEV} up",
         f"add fdb {FLOOD_MAC} dst {IPS[1]} dev {DEV}",
         f"add fdb {MACS[0]} dst {IPS[1]} dev {DEV}",
@@ -232,17 +241,17 @@ def test_a_peer_that_leaves_loses_its_flood_entry_and_macs() -> None:
                         DeleteFdb(DEV, FdbEntry(MACS[0], IPS[1]))}
 
 
-def test_a_device_with_learning_or_a_default_remote_is_recreated() -> None:
+def test_a_device_without_learning_or_with_a_default_remote_is_recreated() -> None:
     config = LocalConfig(local=IPS[0], mtu=1376)
     link = Link(index=3, name=DEV, kind="vxlan", mac="02:00:00:00:00:09", mtu=1376, up=True,
                 master="weave")
-    good = VxlanDevice(link=link, vni=DEFAULT_VNI, port=6784, local=IPS[0], learning=False,
+    good = VxlanDevice(link=link, vni=DEFAULT_VNI, port=6784, local=IPS[0], learning=True,
                        remote=None)
     assert diff(desired(config, {}, {}), good) == ()
     for bad in (VxlanDevice(link=link, vni=DEFAULT_VNI, port=6784, local=IPS[0],
-                            learning=True, remote=None),
+                            learning=False, remote=None),
                 VxlanDevice(link=link, vni=DEFAULT_VNI, port=6784, local=IPS[0],
-                            learning=False, remote=ipaddress.IPv4Address("239.1.1.1"))):
+                            learning=True, remote=ipaddress.IPv4Address("239.1.1.1"))):
         assert [type(op) for op in diff(desired(config, {}, {}), bad)] == [
             DeleteLink, AddVxlan, SetMaster, SetUp]
 
@@ -267,3 +276,34 @@ def test_heartbeat_macs_entries_and_pins() -> None:
     assert [str(op) for op in ops[-3:]] == [
         f"unpin 7a:00:00:00:00:99 from {TAP}", f"pin {hb_a} to {DEV}",
         f"pin {heartbeat_mac(OWN_NAME)} to {TAP}"]
+
+
+def test_learned_entries_are_the_kernels_until_their_peer_leaves_fastdp() -> None:
+    config = LocalConfig(local=IPS[0], mtu=1376)
+    peers = {"a": IPS[1], "b": IPS[2]}
+    kernel, want = converged(config, peers)
+    assert kernel.receive_vxlan(DEV, MACS[0], IPS[1]) and kernel.receive_vxlan(DEV, MACS[1],
+                                                                                IPS[2])
+    assert kernel.receive_vxlan(DEV, MACS[2], IPS[3])  # a sender that is no fastdp peer
+    have = read(kernel)
+    assert have is not None and have.fdb == want.fdb  # learned ones are not the plan's
+    assert diff(want, have) == (DeleteFdb(DEV, FdbEntry(MACS[2], IPS[3])),)
+    apply(kernel, diff(want, have))
+    assert diff(want, read(kernel)) == ()  # the plan leaves the others alone
+    ops = diff(desired(config, {"b": IPS[2]}, {}), read(kernel))  # a goes to sleeve
+    assert ops == (DeleteFdb(DEV, FdbEntry(FLOOD_MAC, IPS[1])),
+                   DeleteFdb(DEV, FdbEntry(MACS[0], IPS[1])))
+    apply(kernel, ops)
+    assert read(kernel).learned == {FdbEntry(MACS[1], IPS[2])}  # type: ignore[union-attr]
+
+
+def test_a_learned_heartbeat_mac_makes_way_for_the_plans_entry() -> None:
+    config = LocalConfig(local=IPS[0], mtu=1376)
+    kernel, _ = converged(config, {"a": IPS[1]})
+    hb = heartbeat_mac("a")
+    assert kernel.receive_vxlan(DEV, hb, IPS[1])  # before the plan probes a: learned
+    want = desired(config, {"a": IPS[1]}, {}, {"a": IPS[1]})
+    ops = diff(want, read(kernel))
+    assert ops[:2] == (DeleteFdb(DEV, FdbEntry(hb, IPS[1])), AddFdb(DEV, FdbEntry(hb, IPS[1])))
+    apply(kernel, ops)  # the fake refuses the add over a learned entry: the order matters
+    assert diff(want, read(kernel), pins(kernel, config)) == ()

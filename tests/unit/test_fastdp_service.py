@@ -10,7 +10,9 @@ import ipaddress
 import trio
 import trio.testing
 
+from router.kernel.bridge_filter import TABLE
 from router.kernel.fake import FakeKernel
+from router.kernel.nft_fake import FakeNft
 from router.kernel.port import (
     FLOOD_MAC,
     AddBridge,
@@ -21,6 +23,8 @@ from router.kernel.port import (
     SetMtu,
     UnpinMac,
 )
+from router.kernel.vxlan_guard import TABLE as GUARD
+from router.kernel.vxlan_guard import guard_commands
 from router.overlay.fastdp.plan import LocalConfig, heartbeat_mac
 from router.overlay.fastdp.service import FastdpService, FastdpStatistics
 
@@ -133,3 +137,63 @@ async def test_heartbeat_entries_and_pins_are_kept(autojump_clock: trio.testing.
         assert await kernel.pinned_macs(DEV) == {heartbeat_mac("b")}
         nursery.cancel_scope.cancel()
     tap.close()
+
+
+async def test_learned_entries_of_a_peer_that_leaves_are_deleted() -> None:
+    kernel = await kernel_with_bridge()
+    service = FastdpService(kernel, LocalConfig(local=LOCAL, mtu=1376))
+    service.set_peers({"b": PEER_B, "c": PEER_C})
+    assert await service.converge()
+    kernel.receive_vxlan(DEV, MAC, PEER_B)
+    kernel.receive_vxlan(DEV, "02:00:00:00:00:0c", PEER_C)
+    assert await service.converge()
+    assert service.statistics().learned_entries == 2
+    service.set_peers({"c": PEER_C})  # b falls back to sleeve
+    assert await service.converge()
+    device = await kernel.vxlan(DEV)
+    assert device is not None and device.learned == {FdbEntry("02:00:00:00:00:0c", PEER_C)}
+    stats = service.statistics()
+    assert stats.learned_removed == 1 and stats.learned_entries == 1 and stats.errors == 0
+
+
+async def test_the_bridge_filter_is_put_back(autojump_clock: trio.testing.MockClock) -> None:
+    kernel, nft = await kernel_with_bridge(), FakeNft()
+    config = LocalConfig(local=LOCAL, mtu=1376)
+    service = FastdpService(kernel, config, resync=10.0, nft=nft)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        assert TABLE in nft.tables and nft.replaced == 1  # missing at first: installed
+        await trio.sleep(10.5)
+        assert nft.replaced == 1  # whole: left alone
+        nft.flush_ruleset()
+        await trio.sleep(10.0)
+        assert TABLE in nft.tables and service.statistics().filter_repairs == 2
+        nft.flush_chain(TABLE, "forward")
+        await trio.sleep(10.0)
+        assert len(nft.tables[TABLE].rules) == 3 and service.statistics().filter_repairs == 3
+        nft.fail = True  # nft broken: counted as a kernel error, retried
+        await trio.sleep(10.0)
+        stats = service.statistics()
+        assert stats.errors == 1 and "nft" in (stats.last_error or "")
+        nft.fail = False
+        await trio.sleep(1.5)
+        stats = service.statistics()
+        assert stats.last_error is None and stats.filter_checks >= 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_vxlan_guard_is_kept_beside_the_filter(
+        autojump_clock: trio.testing.MockClock) -> None:
+    kernel, nft = await kernel_with_bridge(), FakeNft()
+    guard = guard_commands(6784, [ipaddress.IPv4Network("192.0.2.0/24")])
+    await nft.replace_table(GUARD, guard)
+    service = FastdpService(kernel, LocalConfig(local=LOCAL, mtu=1376), resync=10.0, nft=nft,
+                            keep=[(GUARD, guard)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        assert nft.replaced == 2  # the filter was missing; the guard was whole
+        nft.flush_ruleset()
+        await trio.sleep(10.5)
+        assert GUARD in nft.tables and TABLE in nft.tables
+        assert service.statistics().filter_repairs == 3
+        nursery.cancel_scope.cancel()

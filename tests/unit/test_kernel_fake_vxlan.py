@@ -46,7 +46,7 @@ async def test_device_rules() -> None:
     device = await kernel.vxlan(DEV)
     assert device is not None and (device.vni, device.port, device.local) == (7, 6784, LOCAL)
     assert device.link.kind == "vxlan" and device.link.master == "weave"
-    assert not device.learning and device.remote is None
+    assert device.learning and device.remote is None
     assert await refused(kernel, vxlan()) == errno.EEXIST
     assert await refused(kernel, vxlan("vxlan-b")) == errno.EEXIST  # same VNI and port
     await kernel.apply([vxlan("vxlan-c", port=6790)])  # another port: fine
@@ -99,3 +99,32 @@ async def test_pin_rules() -> None:
     with pytest.raises(KernelError) as info:
         await kernel.pinned_macs("nosuch")
     assert info.value.errno == errno.ENODEV
+
+
+async def test_learning_as_the_kernels_vxlan_snoop() -> None:
+    kernel = FakeKernel()
+    await kernel.apply([vxlan(), AddFdb(DEV, FdbEntry(FLOOD_MAC, B)),
+                        AddFdb(DEV, FdbEntry("02:00:00:00:00:0c", B))])
+    assert kernel.receive_vxlan(DEV, MAC, B)  # a new source: learned
+    assert kernel.receive_vxlan(DEV, "01:00:5e:00:00:01", B)  # a group MAC: never learned
+    device = await kernel.vxlan(DEV)
+    assert device is not None and device.learned == {FdbEntry(MAC, B)}
+    assert device.fdb == {FdbEntry(FLOOD_MAC, B), FdbEntry("02:00:00:00:00:0c", B)}
+    assert kernel.receive_vxlan(DEV, MAC, C)  # it moved: the learned entry follows
+    assert (await kernel.vxlan(DEV)).learned == {FdbEntry(MAC, C)}  # type: ignore[union-attr]
+    # An added entry never moves: a frame from that MAC elsewhere is dropped.
+    assert not kernel.receive_vxlan(DEV, "02:00:00:00:00:0c", C)
+    assert kernel.receive_vxlan(DEV, "02:00:00:00:00:0c", B)
+    assert (await kernel.vxlan(DEV)).learned == {FdbEntry(MAC, C)}  # type: ignore[union-attr]
+    # A learned MAC refuses an added entry; deleting another remote leaves it; its own goes.
+    assert await refused(kernel, AddFdb(DEV, FdbEntry(MAC, B))) == errno.EEXIST
+    await kernel.apply([DeleteFdb(DEV, FdbEntry(MAC, B))])
+    assert (await kernel.vxlan(DEV)).learned == {FdbEntry(MAC, C)}  # type: ignore[union-attr]
+    await kernel.apply([DeleteFdb(DEV, FdbEntry(MAC, C))])
+    assert (await kernel.vxlan(DEV)).learned == frozenset()  # type: ignore[union-attr]
+    assert await refused(kernel, DeleteFdb(DEV, FdbEntry(MAC, C))) == errno.ENOENT
+    await kernel.apply([AddVxlan("vxlan-n", vni=8, port=6784, local=LOCAL, mtu=1376,
+                                 learning=False)])
+    assert kernel.receive_vxlan("vxlan-n", MAC, B)
+    off = await kernel.vxlan("vxlan-n")
+    assert off is not None and not off.learning and off.learned == frozenset()

@@ -1,7 +1,8 @@
 """The fastdp plan: the kernel state fastdp wants, and the ordered operations that reach it.
 
 Pure: :func:`desired` turns the local configuration, the fastdp peers (peer name ->
-underlay IP) and the learned MACs (MAC -> peer name) into a :class:`Desired`;
+underlay IP) and MACs to place by hand (MAC -> peer name; the router places none, the
+kernel learns where container MACs are) into a :class:`Desired`;
 :func:`diff` compares it with what the port read (``OverlayPort.vxlan``, a
 :class:`~router.kernel.port.VxlanDevice` or None) and returns operations in an order the
 kernel accepts. The kernel objects on a host::
@@ -9,10 +10,11 @@ kernel accepts. The kernel objects on a host::
     weave (bridge) --+-- vethwe-pcap (the router's TAP: sleeve)
                      +-- vethwepl...  (containers)
                      +-- vxlan-6784   (VXLAN: VNI, dstport 6784, local <underlay IP>,
-                                       learning off, no default remote)
+                                       learning on, no default remote)
                            FDB: 00:00:00:00:00:00 dst <peer IP>   one flood entry per peer
-                                <container MAC>   dst <peer IP>   one per learned MAC
                                 <heartbeat MAC>   dst <peer IP>   one per peer probed
+                                <container MAC>   dst <peer IP>   learned by the kernel from
+                                                                  the frames it received
     pinned (static bridge entries): each probed peer's heartbeat MAC to vxlan-6784, our own
     heartbeat MAC to vethwe-pcap, so heartbeats cross TAP -> VXLAN -> TAP, never flooded
 
@@ -24,9 +26,14 @@ Rules of :func:`diff`:
 2. The device is right: MTU, master and up-ness are changed in place; stale FDB entries are
    removed before new ones are added (a MAC that moved to another peer is deleted, then
    re-added: a unicast MAC has one entry).
-3. Pins come last (the port must be enslaved first): stale ones removed, then new ones. A
+3. The kernel's learned entries are its own, except two kinds, removed with the stale ones:
+   one that sends to an address that has no flood entry (a peer that left fastdp, or a
+   sender that never was a fastdp peer: unicast must not go on down a path the router
+   gave up), and one for a MAC the plan wants an entry of its own for (it would make the
+   add ``EEXIST``).
+4. Pins come last (the port must be enslaved first): stale ones removed, then new ones. A
    re-created or re-enslaved device has lost its pins (the kernel flushes them).
-4. fastdp off (:func:`teardown`, also for ``reset``): FDB entries removed, then the device
+5. fastdp off (:func:`teardown`, also for ``reset``): FDB entries removed, then the device
    (its pins go with it; the TAP's pin goes when the TAP or the bridge does).
 
 Heartbeats are probed to every peer that offers fastdp, on fastdp or not (the flood and MAC
@@ -170,7 +177,7 @@ def _unicast(mac: str) -> bool:
 def needs_recreate(config: LocalConfig, have: VxlanDevice) -> bool:
     """True when ``have`` differs from ``config`` in what the kernel cannot change in place."""
     return (have.vni != config.vni or have.port != config.port or have.local != config.local
-            or have.learning or have.remote is not None)
+            or not have.learning or have.remote is not None)
 
 
 def diff(want: Desired, have: VxlanDevice | None, pinned: Pins | None = None
@@ -192,8 +199,18 @@ def diff(want: Desired, have: VxlanDevice | None, pinned: Pins | None = None
     if not have.link.up:
         ops.append(SetUp(config.name, netns=config.netns))
     ops += [DeleteFdb(config.name, e, netns=config.netns) for e in _sorted(have.fdb - want.fdb)]
+    ops += [DeleteFdb(config.name, e, netns=config.netns)
+            for e in _sorted(stale_learned(want, have))]
     ops += [AddFdb(config.name, e, netns=config.netns) for e in _sorted(want.fdb - have.fdb)]
     return (*ops, *_pin_ops(want, pinned))
+
+
+def stale_learned(want: Desired, have: VxlanDevice) -> frozenset[FdbEntry]:
+    """The learned entries of ``have`` that must go (rule 3): to an address without a flood
+    entry, or for a MAC ``want`` has an entry for."""
+    floods = {e.dst for e in want.fdb if e.flood}
+    ours = {e.mac for e in want.fdb if not e.flood}
+    return frozenset(e for e in have.learned if e.dst not in floods or e.mac in ours)
 
 
 def _pin_ops(want: Desired, pinned: Pins) -> tuple[OverlayOp, ...]:
@@ -219,7 +236,7 @@ def _create(want: Desired) -> tuple[OverlayOp, ...]:
 
 
 def _teardown(have: VxlanDevice, netns: str | None) -> tuple[OverlayOp, ...]:
-    name = have.link.name
+    name = have.link.name  # learned entries go with the device
     return (*(DeleteFdb(name, e, netns=netns) for e in _sorted(have.fdb)),
             DeleteLink(name, netns=netns))
 

@@ -6,10 +6,15 @@ through an :class:`~router.kernel.port.OverlayPort`. Its loop, one pass at a tim
 1. read the device (``port.vxlan``) and the heartbeat pins (``port.pinned_macs``);
 2. diff it against the plan's desired state for the current peers and MACs;
 3. apply the operations in order (``port.apply``);
+   (the diff also deletes the device's learned entries that send to a peer no longer
+   on fastdp: unicast to those MACs must not go on into a path given up);
 4. if the fastdp peers changed, make the bridge forget the MACs it learned on the VXLAN
    device and the TAP (``port.forget_learned``): a MAC learned behind the old path would
    keep its frames there (the kernel ages it only after 300 s);
-5. wait until :meth:`FastdpService.set_peers`, :meth:`FastdpService.set_macs` or
+5. with an nftables port (``nft``), check the bridge filter table is there and whole, and
+   put it back if not (``nft flush ruleset``, a deleted chain): fastdp without it would
+   carry frames twice;
+6. wait until :meth:`FastdpService.set_peers`, :meth:`FastdpService.set_macs` or
    :meth:`FastdpService.set_heartbeats` change the inputs, or ``resync`` seconds pass: the
    periodic pass re-creates what someone else deleted or changed (``ip link del
    vxlan-6784``, ``bridge fdb del ...``).
@@ -24,16 +29,28 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import trio
 
 from router.errors import KernelError
 from router.kernel.bridge_filter import TABLE, filter_commands, nft_binary
+from router.kernel.nft import Command, NftPort, TableRef, commands_view
 from router.kernel.nft_cli import NftCli
 from router.kernel.port import OverlayPort
-from router.overlay.fastdp.plan import LocalConfig, desired, diff, pin_ports, teardown
+from router.overlay.fastdp.plan import (
+    LocalConfig,
+    desired,
+    diff,
+    needs_recreate,
+    pin_ports,
+    stale_learned,
+    teardown,
+)
+
+log = logging.getLogger("weave-router.fastdp")
 
 RESYNC_INTERVAL = 10.0  # seconds between passes when nothing changes
 RETRY_INTERVAL = 1.0  # seconds before the next pass after a kernel failure
@@ -50,16 +67,24 @@ class FastdpStatistics:
     last_error: str | None = None
     device: bool = False  # the device was there and as planned after the last pass
     flood_entries: int = 0  # planned: one per fastdp peer
-    mac_entries: int = 0  # planned: learned MACs of fastdp peers
+    mac_entries: int = 0  # planned: heartbeat MACs and MACs placed by hand
+    learned_entries: int = 0  # the kernel's learned entries kept by the last pass
+    learned_removed: int = 0  # learned entries deleted (sending to a peer not on fastdp)
+    filter_checks: int = 0  # passes that read the bridge filter (and the VXLAN guard)
+    filter_repairs: int = 0  # times one was missing or changed and was put back
 
 
 class FastdpService:
     """Applies the fastdp plan through ``port``; see the module docstring."""
 
     def __init__(self, port: OverlayPort, config: LocalConfig, *,
-                 resync: float = RESYNC_INTERVAL, retry: float = RETRY_INTERVAL) -> None:
+                 resync: float = RESYNC_INTERVAL, retry: float = RETRY_INTERVAL,
+                 nft: NftPort | None = None,
+                 keep: Sequence[tuple[TableRef, Sequence[Command]]] = ()) -> None:
         self._port = port
         self._config = config
+        self._nft = nft  # None: the filter is not ours to keep (tests without nftables)
+        self._keep = tuple(keep)  # more nftables tables kept whole beside the bridge filter
         self._resync = resync
         self._retry = retry
         self._peers: dict[str, ipaddress.IPv4Address] = {}
@@ -110,10 +135,19 @@ class FastdpService:
             pinned = {port: await self._pins(port) for port in pin_ports(self._config)}
             ops = diff(want, have, pinned)
             await self._port.apply(ops)
+            if have is None or needs_recreate(self._config, have):
+                removed, kept = 0, 0  # a new device has learned nothing yet
+            else:
+                removed = len(stale_learned(want, have))
+                kept = len(have.learned) - removed
+            s = self._stats
+            self._stats = replace(s, learned_removed=s.learned_removed + removed,
+                                  learned_entries=kept)
             if self._forget:
                 for port in pin_ports(self._config):
                     await self._forget_learned(port)
                 self._forget = False
+            await self._check_filter()
         except KernelError as exc:
             s = self._stats
             self._stats = replace(s, passes=s.passes + 1, errors=s.errors + 1,
@@ -124,6 +158,22 @@ class FastdpService:
                               ops_applied=s.ops_applied + len(ops), device=True,
                               last_error=None)
         return True
+
+    async def _check_filter(self) -> None:
+        """The bridge filter, and each table of ``keep`` (the VXLAN guard), put back
+        whole if missing or changed."""
+        if self._nft is None:
+            return
+        tables = ((TABLE, filter_commands(self._config.name, self._config.tap)), *self._keep)
+        self._stats = replace(self._stats, filter_checks=self._stats.filter_checks + 1)
+        for table, commands in tables:
+            view = await self._nft.read_table(table)
+            if view == commands_view(commands):
+                continue
+            await self._nft.replace_table(table, commands)
+            self._stats = replace(self._stats, filter_repairs=self._stats.filter_repairs + 1)
+            log.warning("fastdp nftables table %s was %s: put back", table,
+                        "removed" if view is None else "changed")
 
     async def _pins(self, port: str) -> frozenset[str]:
         try:
@@ -159,9 +209,12 @@ def _nft() -> NftCli:
     return NftCli(binary)
 
 
-async def install_filter(vxlan: str, tap: str) -> None:
-    """Create (or replace) the table in this process's namespace; KernelError if refused."""
-    await _nft().replace_table(TABLE, filter_commands(vxlan, tap))
+async def install_filter(vxlan: str, tap: str) -> NftPort:
+    """Create (or replace) the table in this process's namespace; KernelError if refused.
+    Returns the nftables port it used (for :class:`FastdpService`, to keep it there)."""
+    nft = _nft()
+    await nft.replace_table(TABLE, filter_commands(vxlan, tap))
+    return nft
 
 
 async def remove_filter() -> bool:
