@@ -128,14 +128,15 @@ class ContainersService:
             await self.release_vanished()
 
     async def release_vanished(self) -> list[str]:
-        """Free the IPAM addresses of ``netns-*`` idents whose namespace no longer exists.
+        """Free the IPAM addresses of ``netns-*`` idents whose namespace no longer exists
+        (without IPAM: the registered containers'), and forget those containers.
 
         Returns the idents released. An attach of the same ident while the (threaded)
         check runs wins: its ident is left alone until the next check.
         """
-        if self._ipam is None:
-            return []
-        wanted = {i: ino for i in self._ipam.idents() if (ino := ident_inode(i)) is not None}
+        idents = (self._ipam.idents() if self._ipam is not None else
+                  [e.ident for e in self._registry().values() if e.ident is not None])
+        wanted = {i: ino for i in idents if (ino := ident_inode(i)) is not None}
         if not wanted:
             return []
         self._touched.clear()
@@ -161,7 +162,7 @@ class ContainersService:
         released = []
         for ident in gone:
             try:
-                cidrs = self._ipam.free(ident)
+                cidrs = [] if self._ipam is None else self._ipam.free(ident)
             except NotFoundError:
                 continue  # detached meanwhile
             except ClosedError as exc:  # IPAM is suspended (or handed over): next check
@@ -170,7 +171,7 @@ class ContainersService:
             released.append(ident)
             self._released += len(cidrs)
             log.info("container %s is gone: released %s", names.get(ident, ident),
-                     " ".join(str(c) for c in cidrs))
+                     " ".join(str(c) for c in cidrs) or "its registration")
         self._forget_idents(set(released))
         if released and self._on_released is not None:
             self._on_released(released, names)

@@ -9,7 +9,7 @@ wrote (``/etc/netns/NAME/resolv.conf``) and the route to weaveDNS is what attach
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -199,3 +199,18 @@ def test_no_dns(world: World) -> None:
     proc = h4.router("dns-add", "10.32.9.1", "-h", "x.weave.local", check=False)
     assert proc.returncode == 1 and "DNS is not running on this router" in proc.stderr
     assert DNS not in c.run(["ip", "route"]).stdout
+
+
+def test_a_vanished_namespace_loses_its_name_without_ipam(make_mesh: Callable[..., Mesh]
+                                                           ) -> None:
+    mesh = make_mesh(1)
+    [h1] = mesh.hosts
+    h1.launch("--ipalloc-range", "", env=CHECK)
+    c1 = mesh.add_bare_container(h1)
+    h1.router("attach", "ip:10.32.9.9/12", c1.name)
+    assert h1.router("dns-lookup", c1.name).stdout.split() == ["10.32.9.9"]
+    subprocess.run(["ip", "netns", "del", c1.name], check=True, timeout=10)
+    wait_until("the vanished container's name to go", lambda: (
+        h1.router("dns-lookup", c1.name, check=False).stdout == "", "still answered"),
+        timeout=15)
+    assert c1.name not in h1.router("ps").stdout
