@@ -54,8 +54,7 @@ class AnswerCache:
                rng: random.Random | None = None) -> Outcome:
         """What :func:`answer` gives for ``query``; never raises."""
         now = self._clock()
-        if (zone.entries.generation != self._generation
-                or not 0 <= now - self._since < self._max_age):
+        if not self._fresh(zone, now):
             self._sweep(zone.entries.generation, now)
         kept = self._kept[tcp]
         key = query[_ID:]
@@ -74,14 +73,18 @@ class AnswerCache:
         kept is stale. Only reads, so another thread may call it while the owner's thread
         answers and sweeps (under the GIL each read is whole; a change of the entries
         bumps their generation before anything else, so a stale answer is never given)."""
-        if (len(query) < _ID or zone.entries.generation != self._generation
-                or not 0 <= now - self._since < self._max_age):
+        if len(query) < _ID or not self._fresh(zone, now):
             return None
         hit = self._kept[False].get(query[_ID:])
         return None if hit is None else query[:_ID] + hit
 
     def __len__(self) -> int:
         return len(self._kept[0]) + len(self._kept[1])
+
+    def _fresh(self, zone: Zone, now: float) -> bool:
+        """Whether what is kept still holds: the same entries, and not ``max_age`` old."""
+        return (zone.entries.generation == self._generation
+                and 0 <= now - self._since < self._max_age)
 
     def _sweep(self, generation: int, now: float) -> None:
         for kept in self._kept:

@@ -429,6 +429,10 @@ class _Client:
     address: Any
     pktinfo: bytes | None
 
+    def ancillary(self) -> list[tuple[int, int, bytes]]:
+        """The control message that sends the answer out where the query came in."""
+        return [] if self.pktinfo is None else [(socket.IPPROTO_IP, IP_PKTINFO, self.pktinfo)]
+
 
 _CMSG_SPACE = socket.CMSG_SPACE(12)  # struct in_pktinfo
 
@@ -438,9 +442,7 @@ def _send_now(raw: socket.socket, data: bytes, client: Any) -> bool:
     an unreachable client: the client's loss, it asks again)."""
     try:
         if isinstance(client, _Client):
-            cmsg = [] if client.pktinfo is None else [
-                (socket.IPPROTO_IP, IP_PKTINFO, client.pktinfo)]
-            raw.sendmsg([data], cmsg, 0, client.address)
+            raw.sendmsg([data], client.ancillary(), 0, client.address)
         else:
             raw.sendto(data, client)
     except OSError:
@@ -460,9 +462,7 @@ def _ingress(ancillary: list[tuple[int, int, bytes]]) -> bytes | None:
 async def _send_udp(sock: trio.socket.SocketType, data: bytes, client: Any) -> None:
     try:
         if isinstance(client, _Client):
-            cmsg = [] if client.pktinfo is None else [
-                (socket.IPPROTO_IP, IP_PKTINFO, client.pktinfo)]
-            await sock.sendmsg([data], cmsg, 0, client.address)
+            await sock.sendmsg([data], client.ancillary(), 0, client.address)
             return
         await sock.sendto(data, client)
     except OSError as exc:  # the client's address is unreachable: its loss
