@@ -15,8 +15,13 @@ Weave's names, labels and help texts (as Go Weave 2.8.1 prints them on :6782)::
     weave_ipam_pending_claims                  gauge
 
 (the ``weave_ips`` .. ``pending_claims`` family only when IPAM runs, as in Weave).
-``weave_dns_entries`` and ``weave_flows`` come from :class:`MetricSource` hooks that DNS
-and fastdp register (:func:`dns_entries_metric`, :func:`flows_metric`).
+``weave_dns_entries`` (the live entries) comes from the DNS section of the status, and
+``weave_flows`` from fastdp's: Go counts the openvswitch datapath's flows, the kernel state
+that forwards container frames without the router; fastdp here is a VXLAN device, whose
+equivalent is its forwarding database, so ``weave_flows`` is the device's entries that
+carry container frames (one flood entry per fastdp peer and each MAC the kernel learned
+behind one), without the heartbeat MACs. Like Go, it is there only while fastdp runs.
+More families can be added with :class:`MetricSource` hooks (:meth:`RouterCollector.add_source`).
 
 Ours (the sleeve data plane, ``router.dataplane.backend.Statistics``)::
 
@@ -84,6 +89,9 @@ class RouterCollector(Collector):
             yield from dataplane_metrics(status.dataplane)
         if status.dns is not None:  # Go counts the live entries it would answer with
             yield dns_entries_metric(len(status.dns.entries))
+        flows = fastdp_flows(status.fastdp)
+        if flows is not None:
+            yield flows_metric(flows)
         for source in self._sources:
             yield from source()
 
@@ -179,6 +187,17 @@ def dataplane_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
 def dns_entries_metric(count: int) -> Metric:
     """Weave's ``weave_dns_entries`` (for DNS's MetricSource)."""
     return GaugeMetricFamily("weave_dns_entries", "Number of DNS entries.", value=count)
+
+
+def fastdp_flows(fastdp: Mapping[str, object] | None) -> int | None:
+    """The VXLAN device's entries that forward container frames (flood entries and
+    learned MACs), or None when fastdp does not run (off, or its device not made)."""
+    if fastdp is None or not fastdp.get("enabled"):
+        return None
+    flood, learned = fastdp.get("flood_entries"), fastdp.get("learned_entries")
+    if not isinstance(flood, int) or not isinstance(learned, int):
+        return None  # no kernel service yet: no device to count
+    return flood + learned
 
 
 def flows_metric(count: int) -> Metric:

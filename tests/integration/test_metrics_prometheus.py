@@ -1,8 +1,9 @@
 """Weave's metrics read back through a real Prometheus (Debian's ``prometheus``): it runs
 in host1's namespace on loopback, scrapes host1's router on 127.0.0.1:6782 every 250 ms
 into its own storage directory, and the test asks its query API while a mesh of three
-hosts forms and a container is attached. Before that, ``launch`` with the metrics port
-taken fails with one line and a non-zero exit."""
+hosts forms and a container is attached, then ``weave_flows`` (fastdp's forwarding
+entries) growing once a container on another host is pinged. Before that, ``launch``
+with the metrics port taken fails with one line and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -61,6 +62,18 @@ def wait_value(host: Host, promql: str, want: float, timeout: float = 30.0) -> N
     host.wait(f"Prometheus to report {promql} == {want}", probe, timeout=timeout)
 
 
+def wait_at_least(host: Host, promql: str, least: float, timeout: float = 30.0) -> float:
+    got: list[float] = []
+
+    def probe() -> tuple[bool, str]:
+        _, raw, value = query(host, promql)
+        got[:] = [] if value is None else [value]
+        return value is not None and value >= least, f"{promql} = {value} ({raw[:300]})"
+
+    host.wait(f"Prometheus to report {promql} >= {least}", probe, timeout=timeout)
+    return got[0]
+
+
 def test_prometheus_scrapes_weave_metrics_as_a_mesh_forms(make_mesh: MakeMesh) -> None:
     mesh = make_mesh(3)
     h1, h2, h3 = mesh.hosts
@@ -92,3 +105,11 @@ def test_prometheus_scrapes_weave_metrics_as_a_mesh_forms(make_mesh: MakeMesh) -
     wait_value(h1, "weave_max_ips", float(1 << 20))
     _, raw, terminations = query(h1, "weave_connection_terminations_total")
     assert terminations is not None, raw
+    # weave_flows: one flood entry per fastdp peer, then the far container's MAC once the
+    # kernel learned it (counted by fastdp's next pass, within its 10 s resync)
+    wait_at_least(h1, "weave_flows", 2.0)
+    far = mesh.add_bare_container(h2)
+    [address] = far.attach().stdout.split()
+    assert container.run(["ping", "-c", "3", "-W", "2", address], check=False,
+                         timeout=30).returncode == 0, address
+    assert wait_at_least(h1, "weave_flows", 3.0, timeout=30.0) >= 3.0

@@ -144,6 +144,22 @@ def test_sources_add_dns_entries_and_flows_at_each_scrape() -> None:
     assert (got[("weave_dns_entries", ())], got[("weave_flows", ())]) == (5, 7)
 
 
+FASTDP_ON = {"enabled": True, "disabled_reason": "", "device": "vxlan-6784", "mtu": 1376,
+             "peers_on_fastdp": 2, "kernel_passes": 3, "flood_entries": 2,
+             "learned_entries": 5, "peers": {}}
+
+
+def test_weave_flows_are_the_devices_forwarding_entries_while_fastdp_runs() -> None:
+    """Flood entries plus learned MACs; no family with fastdp off or before its device
+    (Go emits weave_flows only with fastdp too)."""
+    assert _samples(_scrape(_status(fastdp=FASTDP_ON)))[("weave_flows", ())] == 7
+    off = {"enabled": False, "disabled_reason": "--no-fastdp", "peers": {}}
+    no_device = {k: v for k, v in FASTDP_ON.items()
+                 if k not in ("kernel_passes", "flood_entries", "learned_entries")}
+    for fastdp in (None, off, no_device):
+        assert ("weave_flows", ()) not in _samples(_scrape(_status(fastdp=fastdp))), fastdp
+
+
 def _promtool(text: str) -> tuple[int, str]:
     proc = subprocess.run(["promtool", "check", "metrics"], input=text,
                           capture_output=True, text=True, timeout=30, check=False)
