@@ -368,12 +368,12 @@ def _vxlan(ipr: Any, name: str) -> VxlanDevice | None:
     if master:
         names[master] = ipr.link("get", index=master)[0].get_attr("IFLA_IFNAME")
     link = _link(msg, names)
-    entries = list(_fdb_entries(ipr, link.index))
     info = msg.get_attr("IFLA_LINKINFO")
     data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
     if link.kind != "vxlan" or data is None:
         raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a {link.kind or 'device'}, "
                            "not a VXLAN device")
+    entries = list(_fdb_entries(ipr, link.index))  # only a VXLAN device's are dumped
     local, group = data.get_attr("IFLA_VXLAN_LOCAL"), data.get_attr("IFLA_VXLAN_GROUP")
     return VxlanDevice(
         link=link, vni=data.get_attr("IFLA_VXLAN_ID"), port=data.get_attr("IFLA_VXLAN_PORT"),
