@@ -21,8 +21,9 @@ operations to them the way Linux does (``router/kernel/port.py`` lists the errno
 * a VXLAN device with learning learns what :meth:`FakeKernel.receive_vxlan` says arrived
   as the kernel's ``vxlan_snoop`` does: a new source MAC gets a learned entry, a learned
   one moves to the new sender, an added one never moves (the frame is dropped);
-* a MAC can be pinned only to a bridge port (``EOPNOTSUPP``), once (``EEXIST``); leaving
-  the bridge drops a port's pins.
+* a MAC can be pinned only to a bridge port (``EOPNOTSUPP``); pinning takes it from
+  another port of the same bridge, and pinning it again is no error (``bridge fdb
+  replace``); leaving the bridge drops a port's pins.
 
 Left out on purpose (no plan depends on them): kernel-derived routes (snapshots of the real
 port leave them out too), IPv6 link-local addresses, a bridge adopting a port's MAC,
@@ -291,6 +292,9 @@ class FakeKernel:
             raise kernel_error(errno.ENODEV, f"{op}: link {name}")
         return item
 
+    def _ports_of(self, netns: str | None, bridge: str) -> list[_Link]:
+        return [item for item in self._get(netns).links.values() if item.link.master == bridge]
+
     def _apply(self, op: Op) -> None:
         match op:
             case AddBridge():
@@ -518,8 +522,8 @@ class FakeKernel:
         item = self._find(op.netns, op.ifname, op)
         if item.link.master is None:
             raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a bridge port")
-        if op.mac in item.pinned:
-            raise kernel_error(errno.EEXIST, str(op))
+        for other in self._ports_of(op.netns, item.link.master):
+            other.pinned.discard(op.mac)  # one entry per MAC in a bridge
         item.pinned.add(op.mac)
 
     def _unpin(self, op: UnpinMac) -> None:

@@ -304,6 +304,9 @@ def _pin(verb: str) -> _Handler:
     # Not ipr.fdb(): it would make the entry NUD_PERMANENT, a "local" entry that the bridge
     # delivers to the host instead of forwarding to the port.
     # Only on a bridge port (the kernel says EOPNOTSUPP or EINVAL, by kind of device).
+    # A pin is a replace (``bridge fdb replace``), not an add: the bridge keeps one entry
+    # per MAC, and one it learned (a peer's heartbeat that arrived before we pinned its
+    # MAC) would make an add fail with EEXIST on every pass.
     def handler(w: _Worker, ipr: Any, op: PinMac | UnpinMac) -> None:
         index = _index(ipr, op.ifname, op)
         if not ipr.link("get", index=index)[0].get_attr("IFLA_MASTER"):
@@ -327,7 +330,7 @@ _HANDLERS: dict[type, _Handler] = {
     AddVxlan: _add_vxlan,
     AddFdb: _fdb("add"),
     DeleteFdb: _fdb("del"),
-    PinMac: _pin("add"),
+    PinMac: _pin("replace"),
     UnpinMac: _pin("del"),
 }
 

@@ -414,8 +414,10 @@ class PinMac:
 
     The bridge then forwards frames for ``mac`` to that port only, never ages it and never
     moves it (fastdp's heartbeats: to the VXLAN port on the sender, to the router's TAP on
-    the receiver, never to containers). ``EEXIST`` if pinned already, ``EOPNOTSUPP`` if
-    ``ifname`` is not a bridge port. Leaving the bridge drops the port's pins.
+    the receiver, never to containers). It takes over whatever entry the bridge has for
+    ``mac``: one it learned on any port, or a pin to another port; pinning it again where
+    it is pinned changes nothing. ``EOPNOTSUPP`` if ``ifname`` is not a bridge port.
+    Leaving the bridge drops the port's pins.
     """
 
     ifname: str

@@ -387,11 +387,57 @@ async def test_a_heartbeat_frame_crosses_tap_vxlan_tap_and_is_pinned(
         await port.apply([UnpinMac(TAP_NAME, HB2, netns=path(h2))])
         assert await port.pinned_macs(TAP_NAME, netns=path(h2)) == frozenset()
         assert await errno_of(port, UnpinMac(TAP_NAME, HB2, netns=path(h2))) == errno.ENOENT
-        assert await errno_of(port, PinMac(DEV, HB2, netns=path(h1))) == errno.EEXIST
+        assert await errno_of(port, PinMac(DEV, HB2, netns=path(h1))) is None  # again
         assert await errno_of(port, PinMac("lo", HB2, netns=path(h1))) == errno.EOPNOTSUPP
     finally:
         for tap in taps:
             tap.close()
+
+
+async def test_a_pin_takes_over_what_the_bridge_learned(
+        port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    """A peer's heartbeat can arrive before we pin its MAC: the bridge then has a learned
+    entry for it, and the pin must replace it (an add is EEXIST, on every pass), in the
+    kernel and the fake alike; a pin moves a MAC between ports of the bridge."""
+    mesh: Mesh = make_mesh(1)
+    [host] = mesh.hosts
+    ns = path(host)
+    await execute(port, bridge_plan(await port.snapshot(ns), mtu=MTU))
+    tap = await port.open_tap(TAP_NAME, netns=ns)
+    try:
+        await execute(port, tap_plan(await port.snapshot(ns), mtu=MTU))
+        await make_vxlan(port, ns, host.ip)
+        frame = (bytes.fromhex("ffffffffffff") + bytes.fromhex(HB2.replace(":", ""))
+                 + HB_TYPE + b"a heartbeat that came first".ljust(46, b"\0"))
+        os.write(tap.fileno(), bytes(VNET_HDR_LEN) + frame)  # the bridge learns HB2 on it
+
+        def learned() -> list[dict[str, Any]]:
+            return [r for r in json_of(host, "bridge", "-j", "fdb", "show", "br", "weave")
+                    if r["mac"] == HB2]
+
+        for _ in range(50):
+            if learned():
+                break
+            time.sleep(0.05)
+        [entry] = learned()
+        assert (entry["ifname"], entry.get("state", "")) == (TAP_NAME, ""), entry  # learned
+        await port.apply([PinMac(DEV, HB2, netns=ns)])
+        assert await port.pinned_macs(DEV, netns=ns) == {HB2}
+        [entry] = learned()
+        assert (entry["ifname"], entry.get("state")) == (DEV, "static"), entry
+        await port.apply([PinMac(TAP_NAME, HB2, netns=ns)])  # moved, as in the fake
+        assert await port.pinned_macs(TAP_NAME, netns=ns) == {HB2}
+        assert await port.pinned_macs(DEV, netns=ns) == frozenset()
+    finally:
+        tap.close()
+    fake = FakeKernel()
+    await execute(fake, bridge_plan(await fake.snapshot(), mtu=MTU))
+    fake_tap = await fake.open_tap(TAP_NAME)
+    await execute(fake, tap_plan(await fake.snapshot(), mtu=MTU))
+    await make_vxlan(fake, None, host.ip)
+    await fake.apply([PinMac(DEV, HB2), PinMac(TAP_NAME, HB2)])
+    assert (await fake.pinned_macs(TAP_NAME), await fake.pinned_macs(DEV)) == ({HB2}, set())
+    fake_tap.close()
 
 
 async def test_two_services_program_the_heartbeat_path(
