@@ -20,8 +20,9 @@ Weave's names, labels and help texts (as Go Weave 2.8.1 prints them on :6782)::
 that forwards container frames without the router; fastdp here is a VXLAN device, whose
 equivalent is its forwarding database, so ``weave_flows`` is the device's entries that
 carry container frames (one flood entry per fastdp peer and each MAC the kernel learned
-behind one: the far containers' and bridges'), without the heartbeat MACs' entries. Like Go, it is there only while fastdp runs.
-More families can be added with :class:`MetricSource` hooks (:meth:`RouterCollector.add_source`).
+behind one: the far containers' and bridges'), without the heartbeat MACs' entries.
+Like Go, it is there only while fastdp runs. More families can be added with
+:class:`MetricSource` hooks (:meth:`RouterCollector.add_source`).
 
 Ours (the sleeve data plane, ``router.dataplane.backend.Statistics``)::
 
