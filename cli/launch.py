@@ -468,6 +468,30 @@ def _spawn_supervisor(config: RouterConfig, *, no_restart: bool,
     return process, log_file, offset
 
 
+def router_name(addr: tuple[str, int], deadline: float) -> str:
+    """The peer name in the report of the router that just answered ``/status``. On a busy
+    host the first report can take longer than a poll: asked again, each time with what is
+    left of the launch's time (at least :data:`PROBE_TIMEOUT`), until ``deadline``."""
+    while True:
+        client = ApiClient(addr, timeout=max(PROBE_TIMEOUT, deadline - time.monotonic()))
+        try:
+            response = client.get("/report")
+        except ApiUnreachable as exc:
+            problem = str(exc)
+        else:
+            if response.status == 200:
+                try:
+                    return str(json.loads(response.body)["Router"]["Name"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise LaunchError(f"the router started but its report is unreadable: "
+                                      f"{exc}") from exc
+            problem = f"HTTP {response.status}"  # busy (503): ask again
+        if time.monotonic() >= deadline:
+            raise LaunchError(f"the router started but gave no report within "
+                              f"{READY_TIMEOUT:g} s: {problem}")
+        time.sleep(POLL_INTERVAL)
+
+
 def run_detached(config: RouterConfig, *, no_restart: bool, env: Mapping[str, str]) -> int:
     """Start the supervised router in the background; wait until it serves; print its name."""
     assert config.http_addr is not None
@@ -491,11 +515,7 @@ def run_detached(config: RouterConfig, *, no_restart: bool, env: Mapping[str, st
             raise LaunchError(f"the router did not answer on {addr} within "
                               f"{READY_TIMEOUT:g} s (log: {log_file})")
         time.sleep(POLL_INTERVAL)
-    try:
-        report = json.loads(client.get("/report").body)
-        print(report["Router"]["Name"])
-    except (ApiUnreachable, ValueError, KeyError, TypeError) as exc:
-        raise LaunchError(f"the router started but its report is unreadable: {exc}") from exc
+    print(router_name(config.http_addr, deadline))
     return 0
 
 
