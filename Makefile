@@ -7,6 +7,7 @@
 #   make bench-scale  the mesh control plane at N = 100, 300, 1000 peers in the simulation
 #   make bench-cni   CNI ADD/DEL p50/p99 over 100 pods, weave-net against bridge + host-local
 #   make bench-dns   weaveDNS vs dnsmasq (dnsperf): qps ratio, p99 at 10,000 qps, RSS with 10,000 names
+#   make bench-processes  20 real routers in namespaces form a full mesh: each one's RSS and idle CPU
 #   make lint    ruff + mypy --strict on router/ and cli/
 #   make image   the container image (Containerfile) from a debootstrap'd Debian base
 
@@ -26,7 +27,7 @@ BENCH_API_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 BENCH_SCALE_ARGS ?=
 
 .PHONY: setup apt venv build cni demo test test-fast lint bench bench-ipam bench-api bench-scale \
-  bench-cni bench-dns image clean
+  bench-cni bench-dns bench-processes image clean
 
 setup: .stamp-apt .stamp-venv build cni
 
@@ -111,6 +112,9 @@ bench-cni: setup
 
 bench-dns: setup
 	$(PY) -m bench.dns
+
+bench-processes: setup
+	$(PY) -m bench.processes $(BENCH_PROCESSES_ARGS)
 
 clean:
 	rm -rf $(VENV) build .stamp-* router/*.so router/wire/*.so _fastpath/*.c _fastpath/*.html _wire/*.c
