@@ -97,6 +97,11 @@ def test_expose_hide_masquerade_flush_and_reset(make_mesh: MakeMesh) -> None:
     [c1_ip] = c1.attach().stdout.split()
     assert table(h1) is not None, "the router's table is installed at launch"
     assert not pings(h1, c1_ip)
+    c2 = mesh.add_bare_container(h1)
+    [c2_ip] = c2.attach().stdout.split()
+    assert pings(c1, c2_ip.split("/")[0])
+    tracked = h1.run(["conntrack", "-L"], check=False)
+    assert tracked.stdout == "", f"nothing is exposed, yet the bridge was tracked:\n{tracked}"
 
     [exposed] = h1.router("expose").stdout.split()
     assert f"{exposed}/12" in h1.addresses("weave")

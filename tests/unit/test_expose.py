@@ -40,6 +40,17 @@ def test_protection_is_there_without_any_exposure() -> None:
                                        if "match" in e]
 
 
+def test_nothing_exposed_needs_no_connection_tracking() -> None:
+    """No ct match and no NAT chain until something is exposed: the table alone must not
+    make the kernel track every bridged frame (br_netfilter)."""
+    def tracking(rules: HostRules) -> tuple[bool, bool]:
+        text = str(table_commands(rules))
+        return "'ct'" in text, "'nat'" in text
+
+    assert tracking(HostRules("weave", 6783)) == (False, False)
+    assert tracking(HostRules("weave", 6783, (Exposure(E2, False),))) == (True, True)
+
+
 def test_exposures_open_forwarding_and_masquerade_only_when_asked() -> None:
     rules = HostRules("weave", 6783, (Exposure(E1, True), Exposure(E2, False)))
     got = _comments(rules)
