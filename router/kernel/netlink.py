@@ -100,6 +100,7 @@ class _Worker:
     def __init__(self) -> None:
         self.home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.home = IPRoute(groups=0)
+        self.strict = _strict_socket()  # home too: for dumps the kernel filters, else None
         self.broken = ""  # why this thread can no longer be trusted to be at home
 
     def check(self) -> _Worker:
@@ -110,6 +111,8 @@ class _Worker:
 
     def close(self) -> None:
         self.home.close()
+        if self.strict is not None:
+            self.strict.close()
         os.close(self.home_fd)
 
     @contextmanager
@@ -158,14 +161,25 @@ class _Worker:
             return tapdev.Tap(name, tapdev.open_tap(name))
 
 
+def _strict_socket() -> Any:
+    """An ``IPRoute`` with ``NETLINK_GET_STRICT_CHK`` (Linux 4.20+), on which the kernel
+    filters an address dump by the header's interface index; None where it cannot."""
+    try:
+        return IPRoute(groups=0, strict_check=True)
+    except (OSError, NetlinkError):
+        return None
+
+
 # --- reading state ------------------------------------------------------------------------
 
 
-def _snapshot(ipr: Any, netns: str | None,
-              only: Sequence[str] | None = None) -> NetnsState:
+def _snapshot(ipr: Any, netns: str | None, only: Sequence[str] | None = None,
+              strict: Any = None) -> NetnsState:
     """The whole namespace, or (``only``) those links that exist and their addresses, no
-    routes: a few ``get`` requests instead of dumps of every link and route, which on a
-    host with hundreds of veths (each with its IPv6 routes) take longer than plumbing one."""
+    routes: a few ``get`` requests instead of dumps of every link, address and route,
+    which on a host with hundreds of veths (each with its IPv6 link-local address and
+    routes) take longer than plumbing one. ``strict``: a socket of the same namespace on
+    which the kernel dumps one link's addresses only (:func:`_strict_socket`)."""
     names: dict[int, str] = {}
     if only is None:
         raw_links = list(ipr.link("dump"))
@@ -180,7 +194,11 @@ def _snapshot(ipr: Any, netns: str | None,
             for found in _get_link(ipr, index=master):
                 masters[master] = found.get_attr("IFLA_IFNAME")
     links = tuple(_link(msg, masters) for msg in raw_links)
-    addresses = tuple(a for msg in ipr.addr("dump") if (a := _address(msg, names)) is not None)
+    if only is not None and strict is not None:  # dump_filter=None: the kernel's filter only
+        raw_addresses = [m for i in names for m in strict.addr("dump", index=i, dump_filter=None)]
+    else:
+        raw_addresses = list(ipr.addr("dump"))
+    addresses = tuple(a for msg in raw_addresses if (a := _address(msg, names)) is not None)
     routes = () if only is not None else tuple(
         r for msg in ipr.route("dump") if (r := _route(msg, names)) is not None)
     return NetnsState(netns=netns, links=links, addresses=addresses, routes=routes)
@@ -402,7 +420,7 @@ def _take_snapshot(w: _Worker, netns: str | None,
                    only: Sequence[str] | None = None) -> NetnsState:
     try:
         with w.batch() as ipr:
-            return _snapshot(ipr(netns), netns, only)
+            return _snapshot(ipr(netns), netns, only, w.strict if netns is None else None)
     except NetlinkError as exc:
         raise kernel_error(exc.code, f"snapshot{'' if netns is None else ' of ' + netns}") \
             from None

@@ -563,3 +563,15 @@ async def test_one_batch_and_partial_snapshots_agree_with_the_fake(
     assert real[2][2] == [f"Address(ifname='ethwe', cidr=IPv4Interface('{A3}'))"]
     multicast = Route(ipaddress.IPv4Network("224.0.0.0/4"), "ethwe", scope=Scope.LINK)
     assert real[3][3] == [str(multicast)]
+
+
+async def test_partial_snapshot_of_the_ports_own_namespace(port: NetlinkPort) -> None:
+    """At home the port asks the kernel for one link's addresses (a strict socket):
+    the same as the whole snapshot's, for ``lo`` (the one link of the tests' namespace
+    no other run changes)."""
+    whole = await port.snapshot()
+    part = await port.snapshot(links=["lo", "wr-no-such-link"])
+    assert part.links == (whole.link("lo"),)
+    assert part.addresses == tuple(a for a in whole.addresses if a.ifname == "lo")
+    assert {str(a.cidr) for a in part.addresses} >= {"127.0.0.1/8"}
+    assert part.routes == ()
