@@ -5,7 +5,8 @@ dataclass below (:class:`AddBridge`, :class:`AddVeth`, :class:`SetUp`, :class:`A
 ...); a *plan* (``router/kernel/plumbing.py``) is an ordered tuple of them computed from a
 :class:`NetnsState` snapshot and the desired state. The port then has four verbs:
 
-* ``snapshot(netns)``: links, addresses and routes of one namespace, as plain data;
+* ``snapshot(netns)``: links, addresses and routes of one namespace, as plain data
+  (``snapshot(netns, links=[...])``: only those links and their addresses);
 * ``apply(ops)``: run operations in order, stopping at the first failure;
 * ``open_tap(name, netns=...)``: create/open a TAP device and hand back its file descriptor;
 * ``statistics()`` and ``aclose()``.
