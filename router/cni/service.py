@@ -18,7 +18,6 @@ import ipaddress
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Collection, Sequence
 
 import trio
@@ -60,7 +59,6 @@ from router.kernel.plumbing import (
     BRIDGE_NAME,
     MULTICAST_NET,
     attach_plan,
-    detach_plan,
     multicast_route_via,
 )
 from router.kernel.port import (
@@ -79,7 +77,6 @@ log = logging.getLogger("weave-router.cni")
 
 REGISTRY_KEY = "cni_attachments"
 SYSFS_NET = "/sys/class/net"
-HOST_VIEW_TTL = 1.0  # seconds a host snapshot serves ADDs (a bridge change shows after it)
 
 
 class CniService:
@@ -94,7 +91,6 @@ class CniService:
         self._kernel = kernel
         self._liveness = liveness if liveness is not None else live_netns_inodes
         self._touched: set[str] = set()  # keys ADDed or DELeted since a check began
-        self._host_cache: tuple[float, NetnsState] | None = None  # see _host_view
         self._store = store
         self._ipam = ipam
         self._bridge = bridge
@@ -128,8 +124,9 @@ class CniService:
         if not registry:
             return []
         self._touched.clear()
-        try:
-            host = await self._kernel.snapshot()
+        try:  # only our veths: a dump of every link on a host with many pods takes long
+            host = await self._kernel.snapshot(links=sorted(
+                {host_veth(r.container_id, r.ifname) for r in registry.values()}))
         except KernelError as exc:
             log.warning("cannot tell which CNI containers are gone (%s); keeping them", exc)
             return []
@@ -256,7 +253,7 @@ class CniService:
         """CniError 50 unless the router (and, if asked, IPAM) can add containers now."""
         if not ready:
             raise CniError(NOT_AVAILABLE, "weave-router is starting up")
-        host = await self._kernel.snapshot()
+        host = await self._kernel.snapshot(links=[self._bridge])
         if host.link(self._bridge) is None:
             raise CniError(NOT_AVAILABLE, f'bridge "{self._bridge}" is missing')
         if ipam:
@@ -292,12 +289,12 @@ class CniService:
 
     async def _plumb(self, request: AddRequest, path: str,
                      ips: list[IpSpec]) -> dict[str, object]:
-        """One snapshot of each namespace, one plan (veth, addresses, multicast route,
-        routes), then hairpin mode and the host end's MAC through sysfs: the kernel port
-        does one request at a time, and a snapshot of a host with many pods costs more
-        than the plumbing itself."""
+        """A snapshot of the host's bridge and our veth (not of every link: on a host with
+        many pods that costs more than the plumbing), one of the container's namespace,
+        one plan (veth, addresses, multicast route, routes), then hairpin mode and the
+        host end's MAC through sysfs. The kernel port does one request at a time."""
         veth = host_veth(request.container_id, request.ifname)
-        host = await self._host_view(veth)
+        host = await self._snapshot(None, links=(self._bridge, veth))
         target = await self._snapshot(path)
         # one multicast route per namespace: a second interface leaves the first's
         multicast = request.multicast_route and not any(
@@ -314,28 +311,10 @@ class CniService:
         # kernel's, never listed) and the multicast route
         after = target.routes + ((multicast_route_via(request.ifname),) if multicast else ())
         ops = route_ops(routes, ips, request.ifname, path, after)
-        try:
-            await self._execute((*plan.ops, *ops), plan.rollback)
-        except CniError:
-            self._host_cache = None  # perhaps it misled us: look afresh next time
-            raise
+        await self._execute((*plan.ops, *ops), plan.rollback)
         host_mac = await trio.to_thread.run_sync(self._set_hairpin, veth, request.hairpin)
         return add_result(dataclasses.replace(request, multicast_route=multicast),
                           host_mac=host_mac, container_mac=mac, ips=ips, routes=routes)
-
-    async def _host_view(self, veth: str) -> NetnsState:
-        """The host namespace as ADD needs it (the bridge, its MTU and addresses, whether
-        ``veth`` is left over): a snapshot at most HOST_VIEW_TTL old whose knowledge of
-        ``veth`` sysfs confirms, else a fresh one. A snapshot of a host with many pods
-        takes longer than plumbing one (the kernel port does one request at a time)."""
-        now = time.monotonic()
-        if self._host_cache is not None and now - self._host_cache[0] < HOST_VIEW_TTL:
-            host = self._host_cache[1]
-            if os.path.exists(f"{self._sysfs}/{veth}") == (host.link(veth) is not None):
-                return host
-        host = await self._snapshot(None)
-        self._host_cache = (now, host)
-        return host
 
     async def _unplumb(self, path: str, ifname: str) -> bool:
         """Delete ``ifname`` in the namespace at ``path``; False if no namespace is there
@@ -344,9 +323,8 @@ class CniService:
             netns_inode(path)
         except ConfigError:
             return False
-        try:
-            state = await self._kernel.snapshot(path)
-            await execute(self._kernel, detach_plan(state, ifname=ifname))
+        try:  # the veth (and its host end) goes with its addresses: no snapshot needed
+            await self._kernel.apply([DeleteLink(ifname, path)])
         except KernelError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
                 raise CniError(IO_FAILURE, f"cannot remove {ifname}: {exc}") from None
@@ -356,7 +334,7 @@ class CniService:
         """Delete our host end of the veth if it is still there: the namespace lives on
         under another path than the one recorded (``/proc/PID/ns/net`` of an exited
         PID), and deleting one end of a veth deletes both."""
-        host = await self._snapshot(None)
+        host = await self._snapshot(None, links=[veth])
         if host.link(veth) is None:
             return
         try:
@@ -365,9 +343,10 @@ class CniService:
             if exc.errno not in (errno.ENOENT, errno.ENODEV):
                 raise CniError(IO_FAILURE, f"cannot remove {veth}: {exc}") from None
 
-    async def _snapshot(self, path: str | None) -> NetnsState:
+    async def _snapshot(self, path: str | None,
+                        links: Sequence[str] | None = None) -> NetnsState:
         try:
-            return await self._kernel.snapshot(path)
+            return await self._kernel.snapshot(path, links=links)
         except KernelError as exc:
             raise CniError(UNKNOWN_CONTAINER, f"cannot read namespace {path}: {exc}") from None
 

@@ -173,14 +173,22 @@ class FakeKernel:
 
     # --- the port -------------------------------------------------------------------------
 
-    async def snapshot(self, netns: str | None = None) -> NetnsState:
+    async def snapshot(self, netns: str | None = None, *,
+                       links: Sequence[str] | None = None) -> NetnsState:
         """See :meth:`router.kernel.port.KernelPort.snapshot`."""
         self._check_open()
         ns = self._get(netns)
         self._bump(snapshots=1)
+        if links is None:
+            return NetnsState(
+                netns=netns, links=tuple(item.link for item in ns.links.values()),
+                addresses=tuple(ns.addresses), routes=tuple(ns.routes),
+            )
+        wanted = [ns.links[name].link for name in dict.fromkeys(links) if name in ns.links]
+        names = {link.name for link in wanted}
         return NetnsState(
-            netns=netns, links=tuple(item.link for item in ns.links.values()),
-            addresses=tuple(ns.addresses), routes=tuple(ns.routes),
+            netns=netns, links=tuple(wanted),
+            addresses=tuple(a for a in ns.addresses if a.ifname in names),
         )
 
     async def apply(self, ops: Sequence[Op]) -> None:

@@ -100,6 +100,7 @@ class _Worker:
     def __init__(self) -> None:
         self.home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.home = IPRoute(groups=0)
+        self.strict = _strict_socket()  # home too: for dumps the kernel filters, else None
         self.broken = ""  # why this thread can no longer be trusted to be at home
 
     def check(self) -> _Worker:
@@ -110,6 +111,8 @@ class _Worker:
 
     def close(self) -> None:
         self.home.close()
+        if self.strict is not None:
+            self.strict.close()
         os.close(self.home_fd)
 
     @contextmanager
@@ -158,18 +161,58 @@ class _Worker:
             return tapdev.Tap(name, tapdev.open_tap(name))
 
 
+def _strict_socket() -> Any:
+    """An ``IPRoute`` with ``NETLINK_GET_STRICT_CHK`` (Linux 4.20+), on which the kernel
+    filters an address dump by the header's interface index; None where it cannot."""
+    try:
+        return IPRoute(groups=0, strict_check=True)
+    except (OSError, NetlinkError):
+        return None
+
+
 # --- reading state ------------------------------------------------------------------------
 
 
-def _snapshot(ipr: Any, netns: str | None) -> NetnsState:
+def _snapshot(ipr: Any, netns: str | None, only: Sequence[str] | None = None,
+              strict: Any = None) -> NetnsState:
+    """The whole namespace, or (``only``) those links that exist and their addresses, no
+    routes: a few ``get`` requests instead of dumps of every link, address and route,
+    which on a host with hundreds of veths (each with its IPv6 link-local address and
+    routes) take longer than plumbing one. ``strict``: a socket of the same namespace on
+    which the kernel dumps one link's addresses only (:func:`_strict_socket`)."""
     names: dict[int, str] = {}
-    raw_links = list(ipr.link("dump"))
+    if only is None:
+        raw_links = list(ipr.link("dump"))
+    else:
+        raw_links = [msg for name in dict.fromkeys(only) for msg in _get_link(ipr, name=name)]
     for msg in raw_links:
         names[msg["index"]] = msg.get_attr("IFLA_IFNAME")
-    links = tuple(_link(msg, names) for msg in raw_links)
-    addresses = tuple(a for msg in ipr.addr("dump") if (a := _address(msg, names)) is not None)
-    routes = tuple(r for msg in ipr.route("dump") if (r := _route(msg, names)) is not None)
+    masters = dict(names)
+    for msg in raw_links:  # a bridge that was not asked for still names its ports' master
+        master = msg.get_attr("IFLA_MASTER")
+        if master and master not in masters:
+            for found in _get_link(ipr, index=master):
+                masters[master] = found.get_attr("IFLA_IFNAME")
+    links = tuple(_link(msg, masters) for msg in raw_links)
+    if only is not None and strict is not None:  # dump_filter=None: the kernel's filter only
+        raw_addresses = [m for i in names for m in strict.addr("dump", index=i, dump_filter=None)]
+    else:
+        raw_addresses = list(ipr.addr("dump"))
+    addresses = tuple(a for msg in raw_addresses if (a := _address(msg, names)) is not None)
+    routes = () if only is not None else tuple(
+        r for msg in ipr.route("dump") if (r := _route(msg, names)) is not None)
     return NetnsState(netns=netns, links=links, addresses=addresses, routes=routes)
+
+
+def _get_link(ipr: Any, **which: Any) -> list[Any]:
+    """The link by ``name=`` or ``index=``; empty when there is none."""
+    try:
+        return list(ipr.link("get", **{("ifname" if k == "name" else k): v
+                                        for k, v in which.items()}))
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return []
+        raise
 
 
 def _link(msg: Any, names: dict[int, str]) -> Link:
@@ -335,13 +378,37 @@ _HANDLERS: dict[type, _Handler] = {
 }
 
 
+class _Indexed:
+    """An ``IPRoute`` of one batch whose ``link_lookup(ifname=)`` answers are remembered
+    (shared by the batch's sockets) until a link is added or deleted in any namespace:
+    a plan names the same few links op after op."""
+
+    def __init__(self, ipr: Any, netns: str | None, indexes: dict[Any, list[int]]) -> None:
+        self._ipr, self._netns, self._indexes = ipr, netns, indexes
+
+    def link_lookup(self, *, ifname: str) -> list[int]:
+        key = (self._netns, ifname)
+        if key not in self._indexes:
+            self._indexes[key] = list(self._ipr.link_lookup(ifname=ifname))
+        return self._indexes[key]
+
+    def link(self, command: str, **kwargs: Any) -> Any:
+        if command in ("add", "del"):  # a veth's peer appears in another namespace
+            self._indexes.clear()
+        return self._ipr.link(command, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ipr, name)
+
+
 def _apply(w: _Worker, ops: Sequence[Op]) -> tuple[int, KernelError | None]:
     """Run ops in order on the worker; (how many succeeded, the error that stopped us)."""
     done = 0
+    indexes: dict[Any, list[int]] = {}
     with w.batch() as ipr:
         for op in ops:
             try:
-                _HANDLERS[type(op)](w, ipr(op.netns), op)
+                _HANDLERS[type(op)](w, _Indexed(ipr(op.netns), op.netns, indexes), op)
             except NetlinkError as exc:
                 return done, kernel_error(exc.code, str(op))
             except KernelError as exc:
@@ -352,10 +419,11 @@ def _apply(w: _Worker, ops: Sequence[Op]) -> tuple[int, KernelError | None]:
     return done, None
 
 
-def _take_snapshot(w: _Worker, netns: str | None) -> NetnsState:
+def _take_snapshot(w: _Worker, netns: str | None,
+                   only: Sequence[str] | None = None) -> NetnsState:
     try:
         with w.batch() as ipr:
-            return _snapshot(ipr(netns), netns)
+            return _snapshot(ipr(netns), netns, only, w.strict if netns is None else None)
     except NetlinkError as exc:
         raise kernel_error(exc.code, f"snapshot{'' if netns is None else ' of ' + netns}") \
             from None
@@ -491,9 +559,11 @@ class NetlinkPort:
             raise ClosedError("netlink port is not running")
         return self._worker.check()
 
-    async def snapshot(self, netns: str | None = None) -> NetnsState:
+    async def snapshot(self, netns: str | None = None, *,
+                       links: Sequence[str] | None = None) -> NetnsState:
         """See :meth:`router.kernel.port.KernelPort.snapshot`."""
-        state = await self._run(lambda: _take_snapshot(self._w(), netns))
+        only = None if links is None else tuple(links)
+        state = await self._run(lambda: _take_snapshot(self._w(), netns, only))
         self._bump(snapshots=1)
         return state
 

@@ -38,13 +38,14 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from router.testing.namespace import CommandError, Namespace, run_command
 
-__all__ = ["BUSYBOX", "IMAGE", "Podman", "busybox_image", "busybox_rootfs"]
+__all__ = ["BUSYBOX", "IMAGE", "Podman", "busybox_image", "busybox_rootfs",
+           "netavark_chains", "no_new_netavark_chains"]
 
 BUSYBOX = Path("/usr/bin/busybox")  # Debian's busybox-static: no shared libraries
 IMAGE = "localhost/wr-busybox:latest"
@@ -160,6 +161,32 @@ class Podman:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def netavark_chains() -> set[str]:
+    """The netavark chains (``NETAVARK-*``, ``NETAVARK_*``, put there through iptables-nft)
+    in the nftables ruleset of the namespace the caller runs in (the tests': the root one).
+
+    podman 4.3 with netavark (Debian's default backend) adds them, in ``table ip nat`` and
+    ``table ip filter``, the first time it gives a container its default network; they
+    stay after the container is gone. Tests ask for a network explicitly (``--network
+    none|host|ns:PATH``, or the CNI backend of :class:`Podman`), so none should appear.
+    """
+    out = subprocess.run(["nft", "list", "chains"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    return {line.split()[1] for line in out.splitlines()
+            if line.strip().startswith("chain NETAVARK")}
+
+
+@contextlib.contextmanager
+def no_new_netavark_chains(what: str) -> Iterator[None]:
+    """AssertionError after the body if it left a new netavark chain in this namespace."""
+    before = netavark_chains()
+    yield
+    new = netavark_chains() - before
+    assert not new, (f"{what} left netavark's firewall chains {' '.join(sorted(new))} in the "
+                     "root network namespace: some podman call ran a container on netavark's "
+                     "default network (give it --network or a CNI config)")
 
 
 def _toml_list(items: Sequence[object]) -> str:

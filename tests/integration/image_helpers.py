@@ -108,12 +108,22 @@ IMAGE_BUILD_TIMEOUT = 1800.0  # seconds: a cold build (apt in both stages) on bu
 
 
 class Podman:
-    """``podman`` with storage under ``build/`` and :data:`CONTAINERS_CONF`."""
+    """``podman`` with storage under ``build/`` and :data:`CONTAINERS_CONF`, plus
+    ``netns = "none"``: a container gets the network it asks for (``--network host`` to
+    build, ``ns:PATH`` for a router) or none, never netavark's default bridge network,
+    whose firewall chains (``NETAVARK-*`` in ``table ip nat`` / ``ip filter``) would stay
+    in the root network namespace."""
 
     def __init__(self, base: Path = PODMAN_DIR) -> None:
         self.base = base
-        self.conf = CONTAINERS_CONF
         base.mkdir(parents=True, exist_ok=True)
+        self.conf = base / "containers.conf"
+        text = f"\n{CONTAINERS_CONF.read_text()}"
+        assert "\n[containers]\n" in text, f"{CONTAINERS_CONF} has no [containers] table"
+        part = base / f".containers.conf.{os.getpid()}"  # renamed: readers never see half
+        part.write_text(text.replace("\n[containers]\n", '\n[containers]\nnetns = "none"\n',
+                                     1).lstrip("\n"))
+        part.rename(self.conf)
 
     def argv(self, *args: str) -> list[str]:
         return ["podman", "--root", str(self.base / "root"), "--runroot",

@@ -28,7 +28,13 @@ import pytest
 from router.cni.model import host_veth
 from router.testing.containerd import Containerd
 from router.testing.netns import Host, Mesh
-from router.testing.podman import IMAGE, Podman, busybox_image, busybox_rootfs
+from router.testing.podman import (
+    IMAGE,
+    Podman,
+    busybox_image,
+    busybox_rootfs,
+    no_new_netavark_chains,
+)
 
 pytestmark = pytest.mark.integration
 MakeMesh = Callable[..., Mesh]
@@ -41,6 +47,14 @@ RANGE = ipaddress.IPv4Network("10.32.0.0/12")
 MULTICAST = "224.0.0.0/4"
 LIBCNI_CACHE = Path("/var/lib/cni/results")  # podman's libcni caches ADD results there
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _root_namespace_gains_no_netavark_chains() -> Iterator[None]:
+    """Every podman here names its network: netavark's firewall never runs in the root
+    namespace (:func:`router.testing.podman.no_new_netavark_chains`)."""
+    with no_new_netavark_chains("tests/integration/test_cni_runtimes.py"):
+        yield
 
 @pytest.fixture(scope="module", autouse=True)
 def built_plugin() -> None:

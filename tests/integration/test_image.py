@@ -14,7 +14,9 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ import pytest
 import yaml
 
 from router.testing.netns import BareContainer, Host, Mesh, wait_until
-from tests.integration.image_helpers import IMAGE_BUILD_TIMEOUT, Podman, ensure_image
+from router.testing.podman import busybox_image, no_new_netavark_chains
+from tests.integration.image_helpers import BUILD, IMAGE_BUILD_TIMEOUT, Podman, ensure_image
 
 # The test that first needs the image builds it (when the cache misses): give it the time.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(IMAGE_BUILD_TIMEOUT + 300)]
@@ -35,10 +38,11 @@ _OURS = re.compile(r"^wr(\d+)n\d+-r\d+$")  # containers of Mesh prefixes: wr<pid
 
 
 @pytest.fixture(scope="module")
-def podman() -> Podman:
-    podman = Podman()
-    _remove_stale_containers(podman)
-    return podman
+def podman() -> Iterator[Podman]:
+    with no_new_netavark_chains("tests/integration/test_image.py"):
+        podman = Podman()
+        _remove_stale_containers(podman)
+        yield podman
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +229,36 @@ def test_install_cni_copies_the_plugin_and_conflist_into_the_host(
     proc = subprocess.run([str(plugin)], env={"CNI_COMMAND": "VERSION"}, input="{}",
                           capture_output=True, text=True, timeout=10)
     assert proc.returncode == 0 and "1.0.0" in json.loads(proc.stdout)["supportedVersions"]
+
+
+def test_the_suites_podman_gives_a_container_no_network_it_did_not_ask_for() -> None:
+    """``podman run`` without ``--network`` (as this file's runs of the image): no network,
+    so netavark (podman's default backend here) adds no firewall chains. Run in a namespace
+    of the test's own, where they would land, so a failure leaves the root one clean."""
+    base = Path(tempfile.mkdtemp(prefix="wrnv-", dir="/tmp"))  # podman: runroot <= 50 chars
+    podman = Podman(base)
+    ns = f"wr{os.getpid()}-netavark"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            proc = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *podman.argv(*args)],
+                                  env=podman.env(), capture_output=True, text=True,
+                                  timeout=120)
+            assert proc.returncode == 0, f"podman {' '.join(args)}: {proc.stderr}"
+            return proc
+
+        run("import", "--change", 'CMD ["sh"]', str(busybox_image(BUILD / "images")),
+            "localhost/wr-netavark-probe")
+        run("run", "--rm", "localhost/wr-netavark-probe", "true")
+        chains = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "chains"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "NETAVARK" not in chains, chains
+        assert "lo" in run("run", "--rm", "localhost/wr-netavark-probe", "ls",
+                           "/sys/class/net").stdout.split()
+    finally:
+        subprocess.run(podman.argv("rm", "--all", "--force"), env=podman.env(),
+                       capture_output=True, timeout=120)
+        subprocess.run(podman.argv("system", "reset", "--force"), env=podman.env(),
+                       capture_output=True, timeout=120)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(base, ignore_errors=True)

@@ -509,3 +509,69 @@ async def test_fake_and_kernel_agree_on_a_scenario(port: NetlinkPort,
     ops = [str(op) for op in scenario(host, c1)]
     assert list(zip(ops, fake_codes, strict=True)) == list(zip(ops, real_codes, strict=True))
     assert fake_state == real_state
+
+
+# -- one batch, partial snapshots ------------------------------------------------------------
+
+
+def relink(h: str, c: str) -> list[Op]:
+    """One plan that names links op after op, deletes one and makes it again (so an index
+    the port remembered within the batch must be forgotten), then a partial look."""
+    net = ipaddress.IPv4Network
+    a1 = ipaddress.IPv4Interface("10.32.0.1/12")
+    return [
+        AddBridge("weave", 1400, netns=h),
+        SetUp("weave", h),
+        AddAddress("weave", a1, h),
+        AddVeth("v1", "ethwe", 1400, peer_netns=c, peer_mac=MAC1, netns=h),
+        SetMaster("v1", "weave", h),
+        SetUp("v1", h),
+        SetUp("ethwe", c),
+        AddAddress("ethwe", A1, c),
+        DeleteLink("v1", h),  # ethwe goes with it
+        AddVeth("v1", "ethwe", 1400, peer_netns=c, peer_mac=MAC2, netns=h),
+        SetMaster("v1", "weave", h),
+        SetUp("v1", h),
+        SetUp("ethwe", c),
+        AddAddress("ethwe", A3, c),
+        AddRoute(Route(net("224.0.0.0/4"), "ethwe", scope=Scope.LINK), c),
+        AddVeth("v2", "peer2", 1400, peer_netns=c, netns=h),
+    ]
+
+
+async def partial_views(port: KernelPort, h: str, c: str) -> list[Any]:
+    await port.apply(relink(h, c))
+    return [normal(await port.snapshot(h, links=["weave", "v1", "nope"])),
+            normal(await port.snapshot(h, links=["v1"])),  # its master still named
+            normal(await port.snapshot(c, links=["ethwe"])),
+            normal(await port.snapshot(c))]
+
+
+async def test_one_batch_and_partial_snapshots_agree_with_the_fake(
+        port: NetlinkPort, netns: Callable[[str], str]) -> None:
+    host, c1 = netns("h"), netns("c1")
+    fake = FakeKernel()
+    fake.add_netns(host)
+    fake.add_netns(c1)
+    real = await partial_views(port, host, c1)
+    assert real == await partial_views(fake, host, c1)
+    links, _, addresses, routes = real[0]
+    assert links == [("v1", "veth", True, 1400, "weave"), ("weave", "bridge", True, 1400, None)]
+    assert addresses == ["Address(ifname='weave', cidr=IPv4Interface('10.32.0.1/12'))"]
+    assert routes == []  # a partial snapshot leaves routes out
+    assert real[1][0] == [("v1", "veth", True, 1400, "weave")]
+    assert real[2][2] == [f"Address(ifname='ethwe', cidr=IPv4Interface('{A3}'))"]
+    multicast = Route(ipaddress.IPv4Network("224.0.0.0/4"), "ethwe", scope=Scope.LINK)
+    assert real[3][3] == [str(multicast)]
+
+
+async def test_partial_snapshot_of_the_ports_own_namespace(port: NetlinkPort) -> None:
+    """At home the port asks the kernel for one link's addresses (a strict socket):
+    the same as the whole snapshot's, for ``lo`` (the one link of the tests' namespace
+    no other run changes)."""
+    whole = await port.snapshot()
+    part = await port.snapshot(links=["lo", "wr-no-such-link"])
+    assert part.links == (whole.link("lo"),)
+    assert part.addresses == tuple(a for a in whole.addresses if a.ifname == "lo")
+    assert {str(a.cidr) for a in part.addresses} >= {"127.0.0.1/8"}
+    assert part.routes == ()

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from router.testing.namespace import wait_until
+from router.testing.podman import no_new_netavark_chains
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +89,14 @@ class Podman:
                                  f"{proc.stderr}")
         return proc
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _root_namespace_gains_no_netavark_chains() -> Iterator[None]:
+    """Every podman here names its network: netavark's firewall never runs in the root
+    namespace (:func:`router.testing.podman.no_new_netavark_chains`)."""
+    with no_new_netavark_chains("tests/integration/test_systemd_podman.py"):
+        yield
 
 @pytest.fixture
 def booted(tmp_path: Path) -> Iterator[tuple[Podman, str, Path]]:
