@@ -154,6 +154,21 @@ class _Worker:
             for sock in opened.values():
                 sock.close()
 
+    @contextmanager
+    def strict_in(self, netns: str | None) -> Iterator[Any]:
+        """A strict socket (:func:`_strict_socket`) in ``netns`` for the body (the home one,
+        or one opened there and closed after), or None where there is none."""
+        if netns is None:
+            yield self.strict
+            return
+        with self.entered(netns):
+            sock = _strict_socket()
+        try:
+            yield sock
+        finally:
+            if sock is not None:
+                sock.close()
+
     def open_tap(self, name: str, netns: str | None) -> tapdev.Tap:
         if netns is None:
             return tapdev.Tap(name, tapdev.open_tap(name))
@@ -163,7 +178,8 @@ class _Worker:
 
 def _strict_socket() -> Any:
     """An ``IPRoute`` with ``NETLINK_GET_STRICT_CHK`` (Linux 4.20+), on which the kernel
-    filters an address dump by the header's interface index; None where it cannot."""
+    filters an address dump, and a bridge FDB dump, by the header's interface index; None
+    where it cannot."""
     try:
         return IPRoute(groups=0, strict_check=True)
     except (OSError, NetlinkError):
@@ -429,7 +445,7 @@ def _take_snapshot(w: _Worker, netns: str | None,
             from None
 
 
-def _vxlan(ipr: Any, name: str) -> VxlanDevice | None:
+def _vxlan(ipr: Any, name: str, strict: Any = None) -> VxlanDevice | None:
     found = ipr.link_lookup(ifname=name)
     if not found:
         return None
@@ -444,7 +460,7 @@ def _vxlan(ipr: Any, name: str) -> VxlanDevice | None:
     if link.kind != "vxlan" or data is None:
         raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a {link.kind or 'device'}, "
                            "not a VXLAN device")
-    entries = list(_fdb_entries(ipr, link.index))  # only a VXLAN device's are dumped
+    entries = list(_fdb_entries(ipr, link.index, strict))  # only a VXLAN device's
     local, group = data.get_attr("IFLA_VXLAN_LOCAL"), data.get_attr("IFLA_VXLAN_GROUP")
     return VxlanDevice(
         link=link, vni=data.get_attr("IFLA_VXLAN_ID"), port=data.get_attr("IFLA_VXLAN_PORT"),
@@ -456,10 +472,20 @@ def _vxlan(ipr: Any, name: str) -> VxlanDevice | None:
     )
 
 
-def _fdb_entries(ipr: Any, index: int) -> Iterator[tuple[FdbEntry, bool]]:
+def _port_fdb(ipr: Any, strict: Any, index: int) -> list[Any]:
+    """The FDB entries of device ``index``: its own (a VXLAN device's) and its bridge's for
+    it as a port. On a strict socket the kernel sends only those; otherwise pyroute2 reads
+    and decodes every entry of the namespace and drops the others (173 ms against 1.4 ms
+    for a port's 5 entries beside 2,000 others)."""
+    if strict is not None:
+        return list(strict.fdb("dump", ifindex=index, dump_filter=None))
+    return list(ipr.fdb("dump", ifindex=index))
+
+
+def _fdb_entries(ipr: Any, index: int, strict: Any = None) -> Iterator[tuple[FdbEntry, bool]]:
     """The device's own IPv4 entries, each with True if it was added (NUD_PERMANENT or
     NUD_NOARP) rather than learned from a received frame (NUD_REACHABLE, NUD_STALE)."""
-    for msg in ipr.fdb("dump", ifindex=index):
+    for msg in _port_fdb(ipr, strict, index):
         dst = msg.get_attr("NDA_DST")
         if msg["ifindex"] == index and msg["flags"] & NTF_SELF and dst and ":" not in dst:
             entry = FdbEntry(msg.get_attr("NDA_LLADDR").lower(), ipaddress.IPv4Address(dst))
@@ -468,11 +494,11 @@ def _fdb_entries(ipr: Any, index: int) -> Iterator[tuple[FdbEntry, bool]]:
 
 def _read_pins(w: _Worker, ifname: str, netns: str | None) -> frozenset[str]:
     try:
-        with w.batch() as ipr:
+        with w.batch() as ipr, w.strict_in(netns) as strict:
             sock = ipr(netns)
             index = _index(sock, ifname, f"pinned macs of {ifname}")
             return frozenset(
-                msg.get_attr("NDA_LLADDR").lower() for msg in sock.fdb("dump", ifindex=index)
+                msg.get_attr("NDA_LLADDR").lower() for msg in _port_fdb(sock, strict, index)
                 if msg["ifindex"] == index and msg["state"] == NUD_NOARP
                 and msg.get_attr("NDA_MASTER"))
     except NetlinkError as exc:
@@ -482,10 +508,10 @@ def _read_pins(w: _Worker, ifname: str, netns: str | None) -> frozenset[str]:
 
 def _forget_learned(w: _Worker, ifname: str, netns: str | None) -> int:
     try:
-        with w.batch() as ipr:
+        with w.batch() as ipr, w.strict_in(netns) as strict:
             sock = ipr(netns)
             index = _index(sock, ifname, f"learned macs of {ifname}")
-            learned = [msg.get_attr("NDA_LLADDR") for msg in sock.fdb("dump", ifindex=index)
+            learned = [msg.get_attr("NDA_LLADDR") for msg in _port_fdb(sock, strict, index)
                        if msg["ifindex"] == index and msg.get_attr("NDA_MASTER")
                        and not msg["state"] & (NUD_NOARP | NUD_PERMANENT)]
             for mac in learned:
@@ -502,8 +528,8 @@ def _forget_learned(w: _Worker, ifname: str, netns: str | None) -> int:
 
 def _read_vxlan(w: _Worker, name: str, netns: str | None) -> VxlanDevice | None:
     try:
-        with w.batch() as ipr:
-            return _vxlan(ipr(netns), name)
+        with w.batch() as ipr, w.strict_in(netns) as strict:
+            return _vxlan(ipr(netns), name, strict)
     except NetlinkError as exc:
         where = "" if netns is None else f" in {netns}"
         raise kernel_error(exc.code, f"read vxlan {name}{where}") from None

@@ -440,6 +440,33 @@ async def test_a_pin_takes_over_what_the_bridge_learned(
     fake_tap.close()
 
 
+async def test_a_ports_entries_are_read_alone_beside_many_others(
+        port: NetlinkPort, make_mesh: MeshFactory) -> None:
+    """The pins of vxlan-6784 and its own entries, read with the kernel filtering by port
+    (a strict socket), are exactly what ``bridge fdb show dev`` lists, beside 500 entries
+    of another port of the bridge that the router must not read one by one."""
+    mesh: Mesh = make_mesh(1)
+    [host] = mesh.hosts
+    ns = path(host)
+    await execute(port, bridge_plan(await port.snapshot(ns), mtu=MTU))
+    await make_vxlan(port, ns, host.ip)
+    host.run(["ip", "link", "add", "wrp0", "type", "veth", "peer", "name", "wrp1"])
+    host.run(["ip", "link", "set", "wrp0", "master", "weave", "up"])
+    batch = "".join(f"fdb add 02:00:00:00:{i // 256:02x}:{i % 256:02x} dev wrp0 master static\n"
+                    for i in range(500))
+    host.run(["bridge", "-batch", "-"], input=batch)
+    peer = FdbEntry(FLOOD_MAC, ipaddress.IPv4Address("192.0.2.7"))
+    await port.apply([PinMac(DEV, HB1, netns=ns), PinMac(DEV, HB2, netns=ns),
+                      AddFdb(DEV, peer, netns=ns)])
+    assert await port.pinned_macs(DEV, netns=ns) == {HB1, HB2}
+    device = await port.vxlan(DEV, netns=ns)
+    assert device is not None and device.fdb == {peer}
+    shown = json_of(host, "bridge", "-j", "fdb", "show", "dev", DEV)
+    assert {r["mac"] for r in shown if r.get("state") == "static"} == {HB1, HB2}
+    assert {r["mac"] for r in shown if r.get("dst")} == {FLOOD_MAC}
+    assert len(json_of(host, "bridge", "-j", "fdb", "show", "br", "weave")) > 500
+
+
 async def test_two_services_program_the_heartbeat_path(
         port: NetlinkPort, make_mesh: MeshFactory) -> None:
     """Each host's FastdpService, told to probe the other (no peer on fastdp yet), lets
