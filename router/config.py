@@ -46,6 +46,9 @@ class MeshTimings:
     udp_heartbeat_timeout: float = 60.0  # pending this long, or silent this long: connection fails
     accept_rate: float = 20.0  # inbound connections per second, sustained
     accept_burst: int = 50
+    fastdp_heartbeat_timeout: float = 5.0  # no fastdp heartbeat this long: the peer leaves fastdp
+    fastdp_hold: float = 10.0  # heartbeats heard this long after a loss: back to fastdp
+    fastdp_retry_max: float = 20.0  # longest gap between fastdp probes while the path is lost
 
 
 @dataclass(frozen=True)

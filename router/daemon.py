@@ -77,7 +77,7 @@ from router.overlay.fastdp.plan import LocalConfig
 from router.overlay.fastdp.service import FastdpService, install_filter, remove_filter
 from router.overlay.service import OverlayService
 from router.overlay.sleeve.service import SleeveService
-from router.overlay.switch import OverlaySwitch
+from router.overlay.switch import OverlaySwitch, SwitchConfig
 from router.status import RouterStatus, Status
 from router.store import Store, StoreError
 
@@ -145,7 +145,11 @@ class Router:
             if not off:
                 offer = LocalConfig(local=ipaddress.IPv4Address(0), mtu=config.mtu,
                                     port=config.mesh.port + 1, peer_name=str(name))
-            self.fastdp = OverlayService(OverlaySwitch(fastdp_enabled=not config.no_fastdp),
+            t = config.mesh.timings
+            switch = OverlaySwitch(fastdp_enabled=not config.no_fastdp, config=SwitchConfig(
+                timeout=t.fastdp_heartbeat_timeout, hold=t.fastdp_hold,
+                retry_max=t.fastdp_retry_max))
+            self.fastdp = OverlayService(switch,
                                        ourself=name, config=offer, service=None,
                                        dataplane=self.dataplane, reason_off=off)
             self.sleeve.watch_connections(self.fastdp)

@@ -46,7 +46,7 @@ from router.overlay.fastdp.heartbeat import Heard, HeartbeatEcho, decode_heartbe
 from router.overlay.fastdp.offer import offered_by
 from router.overlay.fastdp.plan import LocalConfig, heartbeat_mac
 from router.overlay.fastdp.service import FastdpService
-from router.overlay.switch import Choice, Overlay, OverlaySwitch, Reason
+from router.overlay.switch import Choice, Overlay, OverlaySwitch, Reason, SleeveState
 
 log = logging.getLogger("weave-router.fastdp")
 
@@ -81,6 +81,8 @@ class PeerOverlay:
     reason: str  # "" on fastdp; else "no fastdp offered", "heartbeats lost since TIME", ...
     since: str  # UTC, when the overlay last changed (LOST: the last heartbeat heard)
     address: str  # the underlay IP heartbeats go to
+    sleeve: str = "pending"  # the sleeve's UDP path: pending, heard, established, failed
+    sleeve_mtu: int = 0  # its underlay path MTU once established
 
 
 def _utc(wall: float) -> str:
@@ -153,6 +155,21 @@ class OverlayService:
         self._heartbeat_targets()
         self._wake.set()
 
+    def sleeve_changed(self, peer: PeerName, state: SleeveState, path_mtu: int) -> None:
+        """The sleeve's path to ``peer`` changed state or path MTU (``SleeveService``
+        reads its ``HeartbeatPath`` after each heartbeat and timer: never per frame)."""
+        now = trio.current_time()
+        name = str(peer)
+        if state is SleeveState.ESTABLISHED:
+            self._switch.sleeve_established(name, now, path_mtu)
+        elif state is SleeveState.HEARD:
+            self._switch.sleeve_heard(name, now)
+        elif state is SleeveState.FAILED:
+            self._switch.sleeve_failed(name, now)
+        else:
+            self._switch.sleeve_path_mtu(name, path_mtu, now)
+        self._wake.set()
+
     def heartbeat_frame(self, frame: bytes) -> None:
         """A heartbeat frame the data plane read from the TAP."""
         try:
@@ -206,7 +223,8 @@ class OverlayService:
                 overlay=choice.overlay.value,
                 reason=self._reason_text(choice),
                 since=_utc(choice.since + self._clock_offset),
-                address="" if peer is None or peer.ip is None else str(peer.ip))
+                address="" if peer is None or peer.ip is None else str(peer.ip),
+                sleeve=choice.sleeve.value, sleeve_mtu=choice.sleeve_mtu)
         return out
 
     def _reason_text(self, choice: Choice) -> str:
@@ -228,6 +246,7 @@ class OverlayService:
             "to_sleeve": s.to_sleeve,
             "to_fastdp": s.to_fastdp,
             "flaps": s.flaps,
+            "held_on_fastdp": s.held,
             "heartbeats_sent": self._frames_sent,
             "heartbeats_heard": s.heartbeats_heard,
             "heartbeats_bad": self._bad_frames,
@@ -239,7 +258,8 @@ class OverlayService:
                        learned_entries=k.learned_entries, learned_removed=k.learned_removed,
                        filter_checks=k.filter_checks, filter_repairs=k.filter_repairs)
         out["peers"] = {name: {"overlay": p.overlay, "reason": p.reason, "since": p.since,
-                               "address": p.address}
+                               "address": p.address, "sleeve": p.sleeve,
+                               "sleeve_mtu": p.sleeve_mtu}
                         for name, p in self.peer_overlays().items()}
         return out
 

@@ -33,8 +33,15 @@ The path's health, per peer (heartbeats travel through the VXLAN device, as traf
   on fastdp: at most ``retry_max + interval + hold`` seconds (31 with the defaults).
 * Leaving HOLD on a timeout keeps the episode's "lost since" time and counts a flap.
 
-A choice is also told whether the peer's sleeve is established (:meth:`sleeve_established`,
-:meth:`sleeve_failed`), for status: a peer on sleeve whose sleeve failed has no overlay.
+The sleeve's own state per peer comes from its driver (``SleeveService`` polls the
+connection's ``HeartbeatPath`` after every heartbeat and timer, never per packet):
+:meth:`~OverlaySwitch.sleeve_heard`, :meth:`~OverlaySwitch.sleeve_established` (with its
+path MTU), :meth:`~OverlaySwitch.sleeve_path_mtu`, :meth:`~OverlaySwitch.sleeve_failed`.
+The choice carries it (``Choice.sleeve``, ``Choice.sleeve_mtu``) for status, and uses it
+once: a peer on fastdp whose heartbeats are lost stays on fastdp while its sleeve is not
+established (``Choice.held``; "heartbeats lost since T; sleeve not established"): the
+sleeve would carry nothing either, and the kernel path may come back. It moves to the
+sleeve the moment the sleeve is established.
 """
 
 from __future__ import annotations
@@ -60,6 +67,15 @@ class Reason(enum.Enum):
     NOT_OFFERED = "no fastdp offered"
     WAITING = "waiting for fastdp heartbeats"
     LOST = "heartbeats lost since"
+
+
+class SleeveState(enum.Enum):
+    """The sleeve's UDP path to one peer, as its heartbeats show it (``forwarder.py``)."""
+
+    PENDING = "pending"  # nothing heard yet
+    HEARD = "heard"  # its heartbeats reach us; not yet known to reach it
+    ESTABLISHED = "established"  # both ways
+    FAILED = "failed"  # timed out (the mesh closes the connection)
 
 
 class Health(enum.Enum):
@@ -93,15 +109,24 @@ class Choice:
     overlay: Overlay
     reason: Reason | None
     since: float  # when the overlay last changed (for LOST: the last heartbeat heard)
-    sleeve_up: bool = False
+    sleeve: SleeveState = SleeveState.PENDING
+    sleeve_mtu: int = 0  # the sleeve's verified path MTU (0: not established)
+    held: bool = False  # on fastdp with its heartbeats lost: the sleeve is not established
+
+    @property
+    def sleeve_up(self) -> bool:
+        return self.sleeve is SleeveState.ESTABLISHED
 
     def describe(self, when: Callable[[float], str] = lambda t: f"{t:.3f}") -> str:
-        """``fastdp`` or ``sleeve (REASON)``; ``when`` renders a time for "lost since"."""
+        """``fastdp``, ``sleeve (REASON)`` or, held, ``fastdp (heartbeats lost since T;
+        sleeve not established)``; ``when`` renders a time for "lost since"."""
         if self.reason is None:
             return self.overlay.value
         text = self.reason.value
         if self.reason is Reason.LOST:
             text += f" {when(self.since)}"
+        if self.held:
+            text += "; sleeve not established"
         return f"{self.overlay.value} ({text})"
 
 
@@ -110,7 +135,8 @@ class _Peer:
     name: str
     offers: bool = False
     encrypted: bool = False
-    sleeve_up: bool = False
+    sleeve: SleeveState = SleeveState.PENDING
+    sleeve_mtu: int = 0
     health: Health = Health.WAITING
     last_heard: float = -math.inf
     lost_since: float = 0.0
@@ -130,6 +156,7 @@ class SwitchStatistics:
     to_sleeve: int = 0  # times a peer left fastdp
     to_fastdp: int = 0  # times a peer came (back) to fastdp
     flaps: int = 0  # HOLD ended by a timeout
+    held: int = 0  # peers kept on fastdp with lost heartbeats: no established sleeve
     heartbeats_heard: int = 0
     heartbeats_sent: int = 0
 
@@ -182,13 +209,24 @@ class OverlaySwitch:
             self._set_health(p, Health.HOLD, now)
         self._decide(p, now)
 
-    def sleeve_established(self, peer: str, now: float) -> None:
-        """The sleeve to ``peer`` works (its own heartbeats are answered)."""
-        self._sleeve(peer, True, now)
+    def sleeve_heard(self, peer: str, now: float) -> None:
+        """The sleeve's heartbeats from ``peer`` reach us (not yet known both ways)."""
+        self._sleeve(peer, SleeveState.HEARD, None, now)
+
+    def sleeve_established(self, peer: str, now: float, path_mtu: int = 0) -> None:
+        """The sleeve to ``peer`` works both ways (``path_mtu``: the underlay's, as the
+        sleeve uses it)."""
+        self._sleeve(peer, SleeveState.ESTABLISHED, path_mtu, now)
+
+    def sleeve_path_mtu(self, peer: str, path_mtu: int, now: float) -> None:
+        """The sleeve verified another path MTU to ``peer``."""
+        p = self._peers.get(peer)
+        if p is not None:
+            self._sleeve(peer, p.sleeve, path_mtu, now)
 
     def sleeve_failed(self, peer: str, now: float) -> None:
-        """The sleeve to ``peer`` stopped working."""
-        self._sleeve(peer, False, now)
+        """The sleeve to ``peer`` stopped working (its heartbeats timed out)."""
+        self._sleeve(peer, SleeveState.FAILED, 0, now)
 
     def peer_gone(self, peer: str, now: float) -> None:
         """The connection to ``peer`` closed: forget it."""
@@ -247,6 +285,7 @@ class OverlaySwitch:
             on_fastdp=sum(1 for p in self._peers.values()
                           if p.choice is not None and p.choice.overlay is Overlay.FASTDP),
             to_sleeve=c.to_sleeve, to_fastdp=c.to_fastdp, flaps=c.flaps,
+            held=sum(1 for p in self._peers.values() if p.choice is not None and p.choice.held),
             heartbeats_heard=c.heard, heartbeats_sent=c.sent)
 
     # --- internals ----------------------------------------------------------------------------
@@ -257,9 +296,11 @@ class OverlaySwitch:
             p = self._peers[peer] = _Peer(peer, next_probe=now)
         return p
 
-    def _sleeve(self, peer: str, up: bool, now: float) -> None:
+    def _sleeve(self, peer: str, state: SleeveState, mtu: int | None, now: float) -> None:
         p = self._peer(peer, now)
-        p.sleeve_up = up
+        p.sleeve = state
+        if mtu is not None:
+            p.sleeve_mtu = mtu
         self._decide(p, now)
 
     def _probing(self, p: _Peer) -> bool:
@@ -312,9 +353,14 @@ class OverlaySwitch:
         reason = self._reason(p)
         overlay = Overlay.SLEEVE if reason is not None else Overlay.FASTDP
         old = p.choice
-        if old is not None and (old.overlay, old.reason) == (overlay, reason):
-            if old.sleeve_up != p.sleeve_up:
-                p.choice = replace(old, sleeve_up=p.sleeve_up)
+        # Lost heartbeats move a peer on fastdp only onto an established sleeve.
+        held = (reason is Reason.LOST and p.sleeve is not SleeveState.ESTABLISHED
+                and old is not None and old.overlay is Overlay.FASTDP)
+        if held:
+            overlay = Overlay.FASTDP
+        if old is not None and (old.overlay, old.reason, old.held) == (overlay, reason, held):
+            if (old.sleeve, old.sleeve_mtu) != (p.sleeve, p.sleeve_mtu):
+                p.choice = replace(old, sleeve=p.sleeve, sleeve_mtu=p.sleeve_mtu)
                 self._counts.changed[p.name] = p.choice
             return
         if old is not None and old.overlay is not overlay:
@@ -325,5 +371,5 @@ class OverlaySwitch:
         elif old is None and overlay is Overlay.FASTDP:
             self._counts.to_fastdp += 1
         since = p.lost_since if reason is Reason.LOST else now
-        p.choice = Choice(p.name, overlay, reason, since, p.sleeve_up)
+        p.choice = Choice(p.name, overlay, reason, since, p.sleeve, p.sleeve_mtu, held)
         self._counts.changed[p.name] = p.choice

@@ -17,7 +17,7 @@ from router.mesh.names import PeerName
 from router.overlay.fastdp.offer import offer_overlays
 from router.overlay.fastdp.plan import LocalConfig
 from router.overlay.service import GRACE, OverlayService
-from router.overlay.switch import OverlaySwitch
+from router.overlay.switch import OverlaySwitch, SleeveState
 
 NAMES = (PeerName.parse("aa:00:00:00:00:01"), PeerName.parse("aa:00:00:00:00:02"))
 IPS = ("10.1.0.1", "10.1.0.2")
@@ -82,6 +82,7 @@ def test_fastdp_falls_back_and_returns_and_tells_the_data_plane() -> None:
                 await nursery.start(s.run)
             for i, s in enumerate(services):
                 s.connection_added(_result(i), IPS[1 - i])
+                s.sleeve_changed(NAMES[1 - i], SleeveState.ESTABLISHED, 1500)
             await trio.sleep(3)
             assert _overlays(services) == ["fastdp", "fastdp"]
             assert dps[0].kernel == {NAMES[1]} and dps[1].kernel == {NAMES[0]}
@@ -132,3 +133,39 @@ def test_reasons_when_fastdp_is_off() -> None:
         assert off.statistics()["disabled_reason"] == "--no-fastdp"
 
     trio.run(main)
+
+
+def test_the_sleeve_state_reaches_the_report_and_holds_fastdp() -> None:
+    """The sleeve's events (``SleeveService`` calls ``sleeve_changed``) are in the
+    report; with no established sleeve a lost fastdp path is not given up."""
+    async def main() -> None:
+        wire = Wire()
+        services, _dps = _pair(wire)
+        async with trio.open_nursery() as nursery:
+            for s in services:
+                await nursery.start(s.run)
+            for i, s in enumerate(services):
+                s.connection_added(_result(i), IPS[1 - i])
+            services[0].sleeve_changed(NAMES[1], SleeveState.HEARD, 0)
+            await trio.sleep(3)
+            assert _overlays(services) == ["fastdp", "fastdp"]
+            peer = services[0].peer_overlays()[str(NAMES[1])]
+            assert (peer.sleeve, peer.sleeve_mtu) == ("heard", 0)
+            wire.blocked = True
+            await trio.sleep(8)
+            assert _overlays(services) == ["fastdp", "fastdp"]  # nowhere better to go
+            stats = services[0].statistics()
+            assert stats["held_on_fastdp"] == 1
+            entry = stats["peers"][str(NAMES[1])]  # type: ignore[index]
+            assert entry["reason"].endswith("; sleeve not established"), entry
+            assert entry["overlay"] == "fastdp" and entry["sleeve"] == "heard"
+            services[0].sleeve_changed(NAMES[1], SleeveState.ESTABLISHED, 1440)
+            await trio.sleep(0.1)
+            assert _overlays(services) == ["sleeve", "fastdp"]
+            peer = services[0].peer_overlays()[str(NAMES[1])]
+            assert (peer.sleeve, peer.sleeve_mtu) == ("established", 1440)
+            services[0].sleeve_changed(NAMES[1], SleeveState.PENDING, 1400)  # MTU only
+            assert services[0].peer_overlays()[str(NAMES[1])].sleeve_mtu == 1400
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -21,6 +21,7 @@ from router.overlay.switch import (
     Overlay,
     OverlaySwitch,
     Reason,
+    SleeveState,
     SwitchConfig,
 )
 
@@ -55,7 +56,8 @@ def test_reasons_in_order() -> None:
     off = OverlaySwitch(fastdp_enabled=False)
     fastdp_peer(off)
     off.heartbeat_heard("b", 1.0)
-    assert off.choice("b") == Choice("b", Overlay.SLEEVE, Reason.DISABLED, 0.0, True)
+    assert off.choice("b") == Choice("b", Overlay.SLEEVE, Reason.DISABLED, 0.0,
+                                     SleeveState.ESTABLISHED)
     assert off.heartbeats_to_send(1.0) == []  # --no-fastdp: no probes at all
 
     sw = OverlaySwitch()
@@ -88,7 +90,7 @@ def test_heartbeats_lost_falls_back_then_returns_after_the_hold() -> None:
     assert sw.choice("b").overlay is Overlay.FASTDP  # type: ignore[union-attr]
     sw.handle_timer(last + CFG.timeout)
     choice = sw.choice("b")
-    assert choice == Choice("b", Overlay.SLEEVE, Reason.LOST, last, True)
+    assert choice == Choice("b", Overlay.SLEEVE, Reason.LOST, last, SleeveState.ESTABLISHED)
     assert choice.describe(lambda t: f"t={t:g}") == "sleeve (heartbeats lost since t=30)"
     assert sw.changes() == [choice]
 
@@ -152,11 +154,56 @@ def test_sleeve_state_is_part_of_the_choice() -> None:
     sw = OverlaySwitch()
     sw.peer_offers("b", False, 0.0)
     sw.changes()
-    sw.sleeve_established("b", 1.0)
+    sw.sleeve_heard("b", 0.5)
     [c] = sw.changes()
-    assert c.sleeve_up and c.reason is Reason.NOT_OFFERED and c.since == 0.0
+    assert c.sleeve is SleeveState.HEARD and not c.sleeve_up
+    sw.sleeve_established("b", 1.0, 1500)
+    [c] = sw.changes()
+    assert c.sleeve_up and c.sleeve_mtu == 1500
+    assert c.reason is Reason.NOT_OFFERED and c.since == 0.0
+    sw.sleeve_path_mtu("b", 1400, 1.5)
+    assert sw.choice("b").sleeve_mtu == 1400  # type: ignore[union-attr]
     sw.sleeve_failed("b", 2.0)
+    assert sw.choice("b").sleeve is SleeveState.FAILED  # type: ignore[union-attr]
     assert sw.choice("b").sleeve_up is False  # type: ignore[union-attr]
+    sw.sleeve_path_mtu("nobody", 1400, 2.0)  # not a peer: nothing made
+    assert "nobody" not in sw.choices()
+
+
+def test_lost_heartbeats_keep_fastdp_until_the_sleeve_is_established() -> None:
+    sw = OverlaySwitch()
+    sw.peer_offers("b", True, 0.0)
+    sw.encryption_required("b", False, 0.0)
+    sw.heartbeat_heard("b", 0.5)  # fastdp proved before the sleeve is
+    assert sw.choice("b").overlay is Overlay.FASTDP  # type: ignore[union-attr]
+    sw.handle_timer(0.5 + CFG.timeout)
+    held = sw.choice("b")
+    assert held is not None and held.overlay is Overlay.FASTDP and held.held
+    assert held.reason is Reason.LOST and held.since == 0.5
+    assert held.describe(lambda t: f"t={t:g}") == \
+        "fastdp (heartbeats lost since t=0.5; sleeve not established)"
+    assert sw.statistics().held == 1 and sw.statistics().to_sleeve == 0
+    sw.sleeve_heard("b", 6.0)  # one way is not enough
+    assert sw.choice("b").overlay is Overlay.FASTDP  # type: ignore[union-attr]
+    sw.sleeve_established("b", 7.0, 1500)
+    moved = sw.choice("b")
+    assert moved == Choice("b", Overlay.SLEEVE, Reason.LOST, 0.5, SleeveState.ESTABLISHED, 1500)
+    assert sw.statistics().to_sleeve == 1 and sw.statistics().held == 0
+
+    # Held, then the path comes back: fastdp again, no longer held, nothing counted.
+    sw2 = OverlaySwitch()
+    sw2.peer_offers("b", True, 0.0)
+    sw2.heartbeat_heard("b", 0.0)
+    sw2.handle_timer(CFG.timeout)
+    assert sw2.choice("b").held  # type: ignore[union-attr]
+    drive(sw2, CFG.timeout, CFG.timeout + CFG.hold + 2, heard=lambda t: True)
+    back = sw2.choice("b")
+    assert back is not None and back.overlay is Overlay.FASTDP and not back.held
+    assert back.reason is None and sw2.statistics().to_sleeve == 0
+    # A peer never on fastdp is on sleeve whatever its sleeve says.
+    sw3 = OverlaySwitch()
+    sw3.peer_offers("b", True, 0.0)
+    assert sw3.choice("b").overlay is Overlay.SLEEVE  # type: ignore[union-attr]
 
 
 # --- two switches back to back -------------------------------------------------------------

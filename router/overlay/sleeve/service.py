@@ -49,6 +49,7 @@ from router.overlay.sleeve.demux import SleeveDemux
 from router.overlay.sleeve.forwarder import HeartbeatPath
 from router.overlay.sleeve.pmtu import FEATURE as PMTU_FEATURE
 from router.overlay.sleeve.pmtu import peer_answers_probes
+from router.overlay.switch import SleeveState
 from router.wire.sleeve import MAX_IP_DATAGRAM, max_datagram, overlay_mtu
 
 log = logging.getLogger("weave-router.sleeve")
@@ -85,6 +86,8 @@ class ConnectionWatcher(Protocol):
     def kernel_peers(self) -> frozenset[PeerName]: ...  # the kernel carries our frames
 
     def on_kernel_peers_changed(self, listener: Callable[[], None]) -> None: ...
+
+    def sleeve_changed(self, peer: PeerName, state: SleeveState, path_mtu: int) -> None: ...
 
 
 @dataclass(eq=False)
@@ -262,23 +265,38 @@ class SleeveService:
             self._wake = trio.Event()
 
     def _dispatch(self) -> None:
-        """Turn path state changes into mesh events (each reported once)."""
+        """Turn path state changes into mesh events (each reported once), and tell the
+        watcher (the overlay switch) of each: heard, established, path MTU, failed.
+        Called after every heartbeat datagram and timer: never per frame (frames stay
+        in the data plane)."""
         for conn_id, entry in list(self._paths.items()):
             path = entry.path
+            mtu = entry.path_mtu
             if path.take_newly_heard():
                 entry.events.on_heard(conn_id)
+                if not path.established:
+                    self._tell(entry, SleeveState.HEARD)
             if path.established and not entry.established:
                 entry.established = True
                 self._program(entry)
+                self._tell(entry, SleeveState.ESTABLISHED)
+                mtu = entry.path_mtu
                 entry.events.on_established(conn_id)
             elif entry.established and path.take_address_changed():
                 self._moved(entry)
             elif entry.established and path.take_path_mtu_changed():
                 self._reprogram(entry)
+            if entry.established and entry.path_mtu != mtu and not path.failed_reason:
+                self._tell(entry, SleeveState.ESTABLISHED)
             if path.failed_reason and not entry.failed:
                 entry.failed = True
                 log.info("UDP path to %s failed: %s", path.remote, path.failed_reason)
+                self._tell(entry, SleeveState.FAILED)
                 entry.events.on_failed(conn_id, path.failed_reason)
+
+    def _tell(self, entry: _Path, state: SleeveState) -> None:
+        if self._watcher is not None:
+            self._watcher.sleeve_changed(entry.path.remote, state, entry.path_mtu)
 
     def _program(self, entry: _Path) -> None:
         """Hand an established path's session to the data plane with the route's path
