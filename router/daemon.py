@@ -58,11 +58,11 @@ from router.dns.service import DnsService
 from router.errors import ConfigError, KernelError
 from router.host.notify import STATUS_INTERVAL, notify_message
 from router.host.rules import TABLE
-from router.host.service import HostService, clear_conntrack, default_nft
+from router.host.service import HostService, clear_conntrack
 from router.ipam.service import IpamService, allocator_config
-from router.kernel.bridge_filter import nft_binary
 from router.kernel.netlink import open_netlink_port
 from router.kernel.netns import resolve_netns
+from router.kernel.nft_cli import nft_binary, open_nft
 from router.kernel.plumbing import BRIDGE_NAME, reset_plan
 from router.kernel.port import DeleteLink, KernelPort, NetnsState, OverlayPort, execute
 from router.kernel.route_overlap import check_range_free
@@ -183,7 +183,7 @@ class Router:
         self.cni = None if kernel is None else CniService(kernel, store, self.ipam)
         self.host_access: HostService | None = None  # expose/hide, the router's nft table
         if kernel is not None:
-            nft, problem = default_nft()
+            nft, problem = open_nft()
             self.host_access = HostService(kernel, nft, store, self.ipam,
                                            port=config.mesh.port,
                                            universe=config.ipalloc_range, nft_problem=problem)
@@ -296,7 +296,7 @@ class Router:
         """With a password: only the trusted subnets may send to the VXLAN port
         (``kernel/vxlan_guard.py``); without one, a guard left by an earlier run goes.
         What went wrong ("" if nothing): a password without its guard runs no fastdp."""
-        nft, problem = default_nft()
+        nft, problem = open_nft()
         try:
             if self.config.mesh.password is None:
                 if nft is not None and await remove_guard(nft):
@@ -530,7 +530,7 @@ async def reset_host(kernel: KernelPort) -> list[str]:
     await execute(kernel, plan)
     if await remove_filter():
         log.info("reset: removed the fastdp bridge filter")
-    nft, _ = default_nft()
+    nft, _ = open_nft()
     with contextlib.suppress(KernelError):
         if nft is not None and await remove_guard(nft):
             log.info("reset: removed the fastdp VXLAN guard")
@@ -553,7 +553,7 @@ def reset_offline(db_path: Path) -> tuple[list[str], bool]:
     The links deleted, and whether a database was removed."""
 
     async def plumbing() -> list[str]:
-        nft, _ = default_nft()
+        nft, _ = open_nft()
         if nft is not None and await nft.delete_table(TABLE):
             log.info("reset: removed nftables table %s", TABLE)
         async with open_netlink_port() as kernel:

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.kernel.nft import Command, TableRef
+from router.kernel.nft import Command, TableRef, meta_match, payload_match, prefix
 
 TABLE = TableRef("inet", "weave-router")
 MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
@@ -62,19 +62,6 @@ class HostRules:
     exposures: tuple[Exposure, ...] = ()
 
 
-def _meta(key: str, op: str, value: object) -> dict[str, Any]:
-    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
-
-
-def _field(protocol: str, field: str, op: str, value: object) -> dict[str, Any]:
-    return {"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": field}},
-                      "right": value}}
-
-
-def _net(net: ipaddress.IPv4Network) -> dict[str, Any]:
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
-
-
 def _chain(name: str, kind: str, hook: str, prio: int) -> Command:
     return {"add": {"chain": {**TABLE.json(), "table": TABLE.name, "name": name,
                               "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}}
@@ -97,43 +84,44 @@ def table_commands(rules: HostRules) -> list[Command]:
     bridge, port = rules.bridge, rules.port
     commands = [
         _chain("input", "filter", "input", _PRIORITY_FILTER),
-        _rule("input", "router-tcp", _meta("iifname", "==", bridge),
-              _field("tcp", "dport", "==", port), {"drop": None}),
-        _rule("input", "router-udp", _meta("iifname", "==", bridge),
-              _field("udp", "dport", "==", {"range": [port, port + 1]}), {"drop": None}),
+        _rule("input", "router-tcp", meta_match("iifname", "==", bridge),
+              payload_match("tcp", "dport", "==", port), {"drop": None}),
+        _rule("input", "router-udp", meta_match("iifname", "==", bridge),
+              payload_match("udp", "dport", "==", {"range": [port, port + 1]}), {"drop": None}),
         _chain("forward", "filter", "forward", _PRIORITY_FILTER),
-        _rule("forward", "bridged", _meta("iifname", "==", bridge),
-              _meta("oifname", "==", bridge), {"accept": None}),
+        _rule("forward", "bridged", meta_match("iifname", "==", bridge),
+              meta_match("oifname", "==", bridge), {"accept": None}),
     ]
     for net in networks(rules.exposures):
         commands += [
-            _rule("forward", f"expose-in-{net}", _meta("oifname", "==", bridge),
-                  _field("ip", "daddr", "==", _net(net)), {"accept": None}),
-            _rule("forward", f"expose-out-{net}", _meta("iifname", "==", bridge),
-                  _field("ip", "saddr", "==", _net(net)), {"accept": None}),
+            _rule("forward", f"expose-in-{net}", meta_match("oifname", "==", bridge),
+                  payload_match("ip", "daddr", "==", prefix(net)), {"accept": None}),
+            _rule("forward", f"expose-out-{net}", meta_match("iifname", "==", bridge),
+                  payload_match("ip", "saddr", "==", prefix(net)), {"accept": None}),
         ]
     if rules.exposures:  # replies to what an exposure let out; nothing else is routed
-        commands.append(_rule("forward", "replies", _meta("oifname", "==", bridge),
+        commands.append(_rule("forward", "replies", meta_match("oifname", "==", bridge),
                               {"match": {"op": "in", "left": {"ct": {"key": "state"}},
                                          "right": ["established", "related"]}},
                               {"accept": None}))
     commands += [
-        _rule("forward", "from-bridge", _meta("iifname", "==", bridge), {"drop": None}),
-        _rule("forward", "to-bridge", _meta("oifname", "==", bridge), {"drop": None}),
+        _rule("forward", "from-bridge", meta_match("iifname", "==", bridge), {"drop": None}),
+        _rule("forward", "to-bridge", meta_match("oifname", "==", bridge), {"drop": None}),
     ]
     if rules.exposures:
         commands.append(_chain("postrouting", "nat", "postrouting", _PRIORITY_SRCNAT))
     for net in networks(rules.exposures, masquerade=True):
         commands += [
-            _rule("postrouting", f"multicast-{net}", _field("ip", "saddr", "==", _net(net)),
-                  _field("ip", "daddr", "==", _net(MULTICAST)), {"return": None}),
+            _rule("postrouting", f"multicast-{net}",
+                  payload_match("ip", "saddr", "==", prefix(net)),
+                  payload_match("ip", "daddr", "==", prefix(MULTICAST)), {"return": None}),
             _rule("postrouting", f"masquerade-out-{net}",
-                  _field("ip", "saddr", "==", _net(net)),
-                  _field("ip", "daddr", "!=", _net(net)),
-                  _meta("oifname", "!=", bridge), {"masquerade": None}),
+                  payload_match("ip", "saddr", "==", prefix(net)),
+                  payload_match("ip", "daddr", "!=", prefix(net)),
+                  meta_match("oifname", "!=", bridge), {"masquerade": None}),
             _rule("postrouting", f"masquerade-in-{net}",
-                  _field("ip", "saddr", "!=", _net(net)),
-                  _field("ip", "daddr", "==", _net(net)),
-                  _meta("oifname", "==", bridge), {"masquerade": None}),
+                  payload_match("ip", "saddr", "!=", prefix(net)),
+                  payload_match("ip", "daddr", "==", prefix(net)),
+                  meta_match("oifname", "==", bridge), {"masquerade": None}),
         ]
     return commands

@@ -215,14 +215,6 @@ class HostService:
                 self._ipam.free(EXPOSE_IDENT, cidr.ip)
 
 
-def default_nft() -> tuple[NftPort | None, str]:
-    """The ``nft`` binary as the port, or None and why not (the router runs without rules)."""
-    from router.kernel.nft_cli import NftCli
-
-    try:
-        return NftCli(), ""
-    except KernelError as exc:
-        return None, str(exc)
 
 
 async def clear_conntrack(port: int) -> int:

@@ -16,9 +16,7 @@ or is reset, never per packet.
 
 from __future__ import annotations
 
-import shutil
-
-from router.kernel.nft import Command, TableRef
+from router.kernel.nft import Command, TableRef, meta_match, payload_match
 
 TABLE = TableRef("bridge", "weave-fastdp")
 HEARTBEAT_ETHERTYPE = 0x88B5
@@ -30,10 +28,8 @@ def filter_commands(vxlan: str, tap: str) -> list[Command]:
 
     def rule(iif: tuple[str, str], oif: str, ether_op: str) -> Command:
         return {"add": {"rule": {**ref, "chain": "forward", "expr": [
-            _meta("iifname", *iif), _meta("oifname", "==", oif),
-            {"match": {"op": ether_op,
-                       "left": {"payload": {"protocol": "ether", "field": "type"}},
-                       "right": HEARTBEAT_ETHERTYPE}},
+            meta_match("iifname", *iif), meta_match("oifname", "==", oif),
+            payload_match("ether", "type", ether_op, HEARTBEAT_ETHERTYPE),
             {"drop": None}]}}}
 
     return [
@@ -45,11 +41,3 @@ def filter_commands(vxlan: str, tap: str) -> list[Command]:
     ]
 
 
-def _meta(key: str, op: str, value: str) -> Command:
-    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
-
-
-def nft_binary() -> str | None:
-    """Where ``nft`` is, or None."""
-    return shutil.which("nft") or next(
-        (p for p in ("/usr/sbin/nft", "/sbin/nft") if shutil.which(p)), None)

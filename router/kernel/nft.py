@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Protocol
 
 Command = Mapping[str, Any]  # one element of nft's {"nftables": [...]}
@@ -61,6 +62,25 @@ class NftPort(Protocol):
     async def delete_table(self, table: TableRef) -> bool:
         """Remove the table; False if there was none."""
         ...
+
+
+# Match expressions, the pieces every table's rules are made of (nft JSON's "match").
+
+
+def meta_match(key: str, op: str, value: object) -> dict[str, Any]:
+    """``meta KEY OP VALUE`` (``iifname == "weave"``, ``nfproto == ipv4``)."""
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
+
+
+def payload_match(protocol: str, field: str, op: str, value: object) -> dict[str, Any]:
+    """``PROTOCOL FIELD OP VALUE`` (``udp dport == 6784``, ``ether type != 0x88b5``)."""
+    return {"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": field}},
+                      "right": value}}
+
+
+def prefix(net: IPv4Network | IPv6Network) -> dict[str, Any]:
+    """A network as a match's right-hand side."""
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
 def replace_batch(table: TableRef, commands: Sequence[Command]) -> dict[str, Any]:

@@ -28,13 +28,29 @@ from router.kernel.nft import (
 NFT_TIMEOUT = 10.0  # seconds one nft run may take
 
 
+def nft_binary() -> str | None:
+    """Where ``nft`` is (on ``PATH``, else /usr/sbin or /sbin), or None."""
+    return shutil.which("nft") or next(
+        (p for p in ("/usr/sbin/nft", "/sbin/nft") if shutil.which(p)), None)
+
+
+def open_nft() -> tuple[NftCli | None, str]:
+    """The ``nft`` binary as the router's one nftables port (its table, the fastdp bridge
+    filter, the VXLAN guard), or None and why not (the router then runs without them)."""
+    try:
+        return NftCli(), ""
+    except KernelError as exc:
+        return None, str(exc)
+
+
 class NftCli:
     """nftables through ``nft`` (raises KernelError(ENOENT) at once if it is missing)."""
 
-    def __init__(self, binary: str = "nft") -> None:
-        found = shutil.which(binary)
+    def __init__(self, binary: str | None = None) -> None:
+        found = nft_binary() if binary is None else shutil.which(binary)
         if found is None:
-            raise KernelError(errno.ENOENT, f"{binary} not found (install Debian's nftables)")
+            raise KernelError(errno.ENOENT,
+                              f"{binary or 'nft'} not found (install Debian's nftables)")
         self.binary = found
 
     async def _run(self, args: Sequence[str], stdin: bytes = b"") -> tuple[int, str, str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from router.config import IPNetwork
-from router.kernel.nft import Command, NftPort, TableRef
+from router.kernel.nft import Command, NftPort, TableRef, meta_match, payload_match, prefix
 
 TABLE = TableRef("inet", "weave-vxlan-guard")
 CHAIN = "input"
@@ -40,15 +40,10 @@ def guard_commands(port: int, trusted: Iterable[IPNetwork]) -> list[Command]:
     for family, version in (("ip", 4), ("ip6", 6)):
         mine = [n for n in nets if n.version == version]
         expr: list[Command] = [
-            {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}},
-                       "right": "ipv4" if version == 4 else "ipv6"}},
-            {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
-                       "right": port}}]
+            meta_match("nfproto", "==", "ipv4" if version == 4 else "ipv6"),
+            payload_match("udp", "dport", "==", port)]
         if mine:
-            expr.append({"match": {
-                "op": "!=", "left": {"payload": {"protocol": family, "field": "saddr"}},
-                "right": {"set": [{"prefix": {"addr": str(n.network_address),
-                                              "len": n.prefixlen}} for n in mine]}}})
+            expr.append(payload_match(family, "saddr", "!=", {"set": [prefix(n) for n in mine]}))
         expr += [{"counter": None}, {"drop": None}]
         commands.append({"add": {"rule": {**ref, "chain": CHAIN, "expr": expr,
                                           "comment": f"weave-vxlan-guard-ipv{version}"}}})

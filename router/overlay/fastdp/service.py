@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import trio
 
 from router.errors import KernelError
-from router.kernel.bridge_filter import TABLE, filter_commands, nft_binary
+from router.kernel.bridge_filter import TABLE, filter_commands
 from router.kernel.nft import Command, NftPort, TableRef, commands_view
 from router.kernel.nft_cli import NftCli
 from router.kernel.port import OverlayPort
@@ -201,18 +201,10 @@ class FastdpService:
         return self._stats
 
 
-def _nft() -> NftCli:
-    """The ``nft`` binary as the shared nftables port; KernelError(ENOENT) if missing."""
-    binary = nft_binary()
-    if binary is None:
-        raise KernelError(errno.ENOENT, "no nft binary (install nftables)")
-    return NftCli(binary)
-
-
 async def install_filter(vxlan: str, tap: str) -> NftPort:
     """Create (or replace) the table in this process's namespace; KernelError if refused.
     Returns the nftables port it used (for :class:`FastdpService`, to keep it there)."""
-    nft = _nft()
+    nft = NftCli()  # KernelError(ENOENT) if there is no nft
     await nft.replace_table(TABLE, filter_commands(vxlan, tap))
     return nft
 
@@ -220,6 +212,6 @@ async def install_filter(vxlan: str, tap: str) -> NftPort:
 async def remove_filter() -> bool:
     """Delete the table (``reset``); False if there was none or nft is missing."""
     try:
-        return await _nft().delete_table(TABLE)
+        return await NftCli().delete_table(TABLE)
     except KernelError:
         return False
