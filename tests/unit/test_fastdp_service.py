@@ -19,6 +19,7 @@ from router.kernel.port import (
     DeleteFdb,
     DeleteLink,
     FdbEntry,
+    PinMac,
     SetMaster,
     SetMtu,
     UnpinMac,
@@ -196,4 +197,26 @@ async def test_the_vxlan_guard_is_kept_beside_the_filter(
         await trio.sleep(10.5)
         assert GUARD in nft.tables and TABLE in nft.tables
         assert service.statistics().filter_repairs == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_op_refused_on_every_pass_keeps_nothing_else_out(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A pin the kernel refuses on every pass (as a pin over a learned entry once was)
+    is counted each time, while the peer's flood entry and the filter check go on."""
+    kernel, nft = await kernel_with_bridge(), FakeNft()
+    for _ in range(50):
+        kernel.fail_when(lambda op: isinstance(op, PinMac), errno.EEXIST)
+    service = FastdpService(kernel, LocalConfig(local=LOCAL, mtu=1376), resync=10.0,
+                            retry=1.0, nft=nft)
+    service.set_heartbeats({"b": PEER_B, "c": PEER_C})
+    service.set_peers({"b": PEER_B})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await trio.sleep(3.5)
+        assert FdbEntry(FLOOD_MAC, PEER_B) in await entries(kernel)
+        assert await kernel.pinned_macs(DEV) == frozenset()
+        stats = service.statistics()
+        assert stats.errors >= 3 and "File exists" in (stats.last_error or "")
+        assert stats.filter_checks == stats.passes and TABLE in nft.tables
         nursery.cancel_scope.cancel()

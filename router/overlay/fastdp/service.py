@@ -39,7 +39,7 @@ from router.errors import KernelError
 from router.kernel.bridge_filter import TABLE, filter_commands
 from router.kernel.nft import Command, NftPort, TableRef, commands_view
 from router.kernel.nft_cli import NftCli
-from router.kernel.port import OverlayPort
+from router.kernel.port import OverlayOp, OverlayPort
 from router.overlay.fastdp.plan import (
     LocalConfig,
     desired,
@@ -134,7 +134,9 @@ class FastdpService:
             have = await self._port.vxlan(self._config.name, netns=self._config.netns)
             pinned = {port: await self._pins(port) for port in pin_ports(self._config)}
             ops = diff(want, have, pinned)
-            await self._port.apply(ops)
+            applied, refused = await self._apply_each(ops)
+            s = self._stats
+            self._stats = replace(s, ops_applied=s.ops_applied + applied)
             if have is None or needs_recreate(self._config, have):
                 removed, kept = 0, 0  # a new device has learned nothing yet
             else:
@@ -148,6 +150,8 @@ class FastdpService:
                     await self._forget_learned(port)
                 self._forget = False
             await self._check_filter()
+            if refused is not None:
+                raise refused
         except KernelError as exc:
             s = self._stats
             self._stats = replace(s, passes=s.passes + 1, errors=s.errors + 1,
@@ -155,9 +159,22 @@ class FastdpService:
             return False
         s = self._stats
         self._stats = replace(s, passes=s.passes + 1, repairs=s.repairs + bool(ops),
-                              ops_applied=s.ops_applied + len(ops), device=True,
-                              last_error=None)
+                              device=True, last_error=None)
         return True
+
+    async def _apply_each(self, ops: Sequence[OverlayOp]) -> tuple[int, KernelError | None]:
+        """Each operation on its own, in order: one the kernel refuses does not keep the
+        others out (a pin refused on every pass once kept a peer's flood entry out, so
+        that peer never reached fastdp). How many were applied, and the first refusal."""
+        applied, refused = 0, None
+        for op in ops:
+            try:
+                await self._port.apply([op])
+            except KernelError as exc:
+                refused = refused or exc
+                continue
+            applied += 1
+        return applied, refused
 
     async def _check_filter(self) -> None:
         """The bridge filter, and each table of ``keep`` (the VXLAN guard), put back
