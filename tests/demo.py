@@ -12,7 +12,8 @@ container on each host talks to the others across it.
    then ``weave-router ps`` and ``weave-router status ipam``;
 6. each container pings the next one across hosts (c1 -> c2 -> c3 -> c1);
 7. a short iperf3 (TCP, 3 s) from the container on host1 to the one on host2 prints the
-   throughput through the sleeve;
+   throughput, and the overlay that carried it (fastdp, the kernel's VXLAN, unless a
+   host cannot: then the router's own sleeve);
 8. clean up: stop the routers, delete the namespaces (always: on success, failure, Ctrl-C).
 
 Exits 0 on success, 1 with the reason on failure, 130 when interrupted. Needs root.
@@ -130,8 +131,11 @@ def _iperf(client: BareContainer, server: BareContainer) -> None:
     end = json.loads(proc.stdout)["end"]
     rate = end["sum_received"]["bits_per_second"] / 1e9
     sent = end["sum_sent"]["bytes"] / 2**20
+    overlay = re.search(rf"established (?:encrypted\s+)?(\w+) \S+\({server.host.nickname}\)",
+                        client.host.status("connections"))
     print(f"iperf3 TCP {client.name} ({client.host.nickname}) -> {_ip_of(server)} "
-          f"({server.host.nickname}), {IPERF_SECONDS} s through the sleeve: "
+          f"({server.host.nickname}), {IPERF_SECONDS} s through "
+          f"{overlay.group(1) if overlay else 'the overlay'}: "
           f"{rate:.2f} Gbit/s ({sent:.0f} MiB sent, {end['sum_sent'].get('retransmits', 0)} "
           "retransmits)")
     print()
