@@ -223,7 +223,9 @@ class PersistBatch:
     * ``peer_name``: the peer the data belongs to (store it with the ring);
     * ``ring``: replace the stored ring with these bytes (None: unchanged);
     * ``paxos``: replace the stored consensus state (None: unchanged);
-    * ``owned``: per ident, its new record, or None to delete it.
+    * ``owned``: per ident, its new record, or None to delete it;
+    * ``custody``: replace what the ring remembers beyond its entries (held gifts,
+      unconfirmed owners, quarantined gifts, suspect donors; None: unchanged).
     """
 
     peer_name: PeerName
@@ -231,6 +233,7 @@ class PersistBatch:
     ring: bytes | None = None
     paxos: bytes | None = None
     owned: Mapping[str, OwnedRecord | None] = field(default_factory=dict)
+    custody: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ class PersistedState:
     ring: bytes | None = None
     paxos: bytes | None = None
     owned: Mapping[str, OwnedRecord] = field(default_factory=dict)
+    custody: bytes | None = None
 
     def apply(self, batch: PersistBatch) -> PersistedState:
         """This state with ``batch`` written on top (what a store does; used by tests)."""
@@ -256,6 +260,7 @@ class PersistedState:
             ring=batch.ring if batch.ring is not None else base.ring,
             paxos=batch.paxos if batch.paxos is not None else base.paxos,
             owned=owned,
+            custody=batch.custody if batch.custody is not None else base.custody,
         )
 
 

@@ -72,7 +72,7 @@ from router.ipam.election import Election
 from router.ipam.fulfil import Fulfiller
 from router.ipam.payloads import IpamMessage, decode_payload_untrusted, encode_state, space_message
 from router.ipam.peers import PeerBook
-from router.ipam.persistence import Unsaved, restore_owned, restored_ring
+from router.ipam.persistence import Unsaved, restore_memory, restore_owned, restored_ring
 from router.ipam.requests import CLAIM_GRACE, MAX_IDENT, NO_CONTAINER_ID, Request, check_ident
 from router.ipam.ring import (
     DifferentRangeError,
@@ -174,7 +174,10 @@ class Allocator:
         start clean."""
         notes, ring = self.startup_notes, self._ring
         if persisted is not None and usable:
-            self._space.set_ranges(ring.owned_ranges())
+            addresses = [int(c.ip) for r in persisted.owned.values() for c in r.cidrs]
+            self._requests.space_requests.suspects |= restore_memory(
+                persisted, ring, addresses, self._now)
+            self._space.set_ranges(self._usable_ranges())
             if isinstance(self.config.mode, Seed) and not ring.empty():
                 notes.append("found persisted IPAM data, ignoring supplied seed")
             self._unsaved.owned |= restore_owned(
@@ -404,7 +407,8 @@ class Allocator:
 
     def take_persistence(self) -> PersistBatch | None:
         """What must be stored (one transaction) before anything else happens; see doc."""
-        return self._unsaved.take(self.ourself, self._ring, self._election, self._held)
+        return self._unsaved.take(self.ourself, self._ring, self._election, self._held,
+                                  self._requests.space_requests.suspects)
 
     def persistence_failed(self, batch: PersistBatch) -> None:
         """The store refused ``batch``: keep it unsaved (nothing may be answered or sent
@@ -551,7 +555,7 @@ class Allocator:
             self._release_gifts()
 
     def _release_gifts(self) -> None:
-        if self._ring.end_quarantine(self._now - self.config.gift_quarantine):
+        if self._ring.end_quarantine(self._now, self.config.gift_quarantine):
             self._unsaved.ring = True  # persisted with the ring (router.ipam.persistence)
             self._space.set_ranges(self._usable_ranges())
             self._requests.retry(self._now, ask_again=False)

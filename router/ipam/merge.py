@@ -28,6 +28,21 @@ new token: of the range it falls in):
    claim while we hold nothing there, so a range given to two peers ends with one owner.
 3. **Third parties** (neither side is us): the greater entry wins, as in Weave, and
    the change of owner is recorded in the range's custody.
+4. **A gift is quarantined; one given twice goes back.** Every gift taken (rule 2) is
+   quarantined (:attr:`MergeInput.quarantine`; the allocator does not allocate from it
+   until ``gift_quarantine`` seconds have passed, while our ring naming us spreads). A
+   donor that gave the same range to two peers (a liar: it owns the range, so rule 2
+   takes both gifts) is caught while either is quarantined: an incoming entry inside a
+   quarantined gift naming another owner, that is greater than ours, at a token we do
+   not know, or at *our version* (the donor wrote both: equivocation), disputes the gift.
+   A stale entry (lower version) is no claim. A disputed gift goes back to its donor on
+   every token inside it, at a version above every one seen there
+   (:attr:`MergeOutput.disputed`), with the other claimants unconfirmed; both recipients
+   write the same entries, so they converge on the donor owning it and neither
+   allocates there, and the donor is a suspect (asked for space last). The greatest of
+   the two claims reaches every peer (it wins every merge), so the lesser recipient
+   always sees it; honest versions at one token only grow, so an equal version with
+   another owner is never honest.
 
 **Custody.** For every token owned by another peer we keep (in memory) the set of
 earlier owners that have not yet confirmed they let the range go: *unconfirmed

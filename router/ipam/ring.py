@@ -16,8 +16,11 @@ Rules:
   it is taken, from who delivered the ring (the authenticated ``author``): a range of
   ours is never taken away (we re-assert it above the incoming version), a range becomes
   ours only when its owner delivers that and its earlier owners confirmed they let it
-  go (custody; :meth:`unconfirmed`), and versions at or above
+  go (custody; :meth:`unconfirmed`), a gift is quarantined (:meth:`quarantined`) and
+  given back to its donor if another peer claims it meanwhile, and versions at or above
   :data:`VERSION_LIMIT` are refused (:class:`RingVersionError`; nothing is merged).
+  What the ring remembers beyond its entries (:meth:`memory`) is persisted with it
+  (:mod:`router.ipam.persistence`).
 * Rings over different ranges, or seeded by different peers, never merge:
   :class:`DifferentRangeError`, :class:`DifferentSeedsError`.
 * :meth:`Ring.transfer` (``rmpeer``, hand-over on ``reset``) re-assigns every entry of
@@ -125,8 +128,9 @@ class Ring:
         self.ourself = ourself
         self._seeds: tuple[PeerName, ...] = tuple(seeds)
         self._entries: list[Entry] = list(entries)
-        # in memory only (see router.ipam.merge): ranges we took over by rmpeer, by token,
-        # with the peer we took them from; tokens whose owner took them from a live peer
+        # persisted with the ring (router.ipam.persistence; rules in router.ipam.merge):
+        # ranges we took over by rmpeer (or were given unasked), by token, with the peer
+        # we took them from
         self.taken: dict[int, PeerName] = {}
         self._custody: Custody = {}  # token -> unconfirmed earlier owners (merge.py)
         # gifts not allocated from yet: (start, end) -> (donor, when it was taken)
@@ -206,12 +210,29 @@ class Ring:
         """When the oldest quarantined gift was taken (None: there is none)."""
         return min((t for _d, t in self._quarantine.values()), default=None)
 
-    def end_quarantine(self, taken_before: float) -> list[Range]:
-        """Release the gifts taken at or before ``taken_before``: they become usable."""
-        done = [span for span, (_d, t) in self._quarantine.items() if t <= taken_before]
+    def end_quarantine(self, now: float, length: float) -> list[Range]:
+        """Release the gifts taken at least ``length`` seconds before ``now``: they become
+        usable (the test is ``taken + length <= now``, as the deadline is computed)."""
+        done = [span for span, (_d, t) in self._quarantine.items() if t + length <= now]
         for span in done:
             del self._quarantine[span]
         return sorted(done)
+
+    def memory(self) -> tuple[dict[int, PeerName], Custody, list[tuple[int, int, PeerName]]]:
+        """What the ring remembers beyond its entries, to persist: :attr:`taken`, custody
+        (token -> unconfirmed earlier owners) and the quarantined gifts."""
+        return dict(self.taken), dict(self._custody), self.quarantined()
+
+    def restore_memory(self, taken: dict[int, PeerName], custody: Custody,
+                       quarantine: Iterable[tuple[int, int, PeerName]], now: float) -> None:
+        """Take up persisted :meth:`memory` (after a restart): only what still fits the
+        entries is kept; quarantined gifts start their quarantine again at ``now``."""
+        ours = {e.token for e in self._entries if e.peer == self.ourself}
+        others = {e.token for e in self._entries if e.peer != self.ourself}
+        self.taken = {t: p for t, p in taken.items() if t in ours}
+        self._custody = {t: peers for t, peers in custody.items() if t in others and peers}
+        self._quarantine = {(lo, hi): (donor, now) for lo, hi, donor in quarantine}
+        self._prune_quarantine()
 
     def _prune_quarantine(self) -> None:
         """Forget quarantined gifts that are no longer all ours (handed over on reset)."""
