@@ -25,7 +25,7 @@ DEFAULT_LOG_FILE = Path("/var/log/weave-router.log")
 DEFAULT_IPALLOC_RANGE = ipaddress.IPv4Network("10.32.0.0/12")  # Weave's --ipalloc-range
 DEFAULT_MTU = 1376  # Weave's default; frames larger than a path's MTU are carried in pieces
 PROTOCOL_MIN_VERSION = 1
-PROTOCOL_MAX_VERSION = 1
+PROTOCOL_MAX_VERSION = 2  # 2: topology digests (router/mesh/topology_gossip.py)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,10 @@ from the wire's ``GossipUnicast``/``GossipBroadcast``/``Gossip``):
    it is no longer new. A peer's own gossip (``gossip_update``) goes to all neighbours.
    Every ``interval`` seconds each channel's complete state (``gossip()``) goes to
    ``fanout`` random neighbours, and a new neighbour gets every channel's complete
-   state at once: together these repair any loss.
+   state at once: together these repair any loss. A gossiper that is a
+   :class:`NeighbourGossiper` says per neighbour what that is instead
+   (``gossip_to_neighbour``: the topology sends a digest to peers that speak digests),
+   and may gossip to one neighbour (:meth:`GossipChannel.gossip_to`).
 
 Pending output is kept per neighbour: unicasts and our own broadcasts in FIFO order,
 gossip and broadcast relays merged per (channel, source), encoded only when
@@ -48,7 +51,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from router.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from router.mesh.names import PeerName
@@ -98,6 +101,16 @@ class Gossiper(Protocol):
 
     def on_gossip(self, payload: bytes) -> GossipData | None:
         """Merge gossip; returns what was new to us (None: nothing), passed on."""
+        ...
+
+
+@runtime_checkable
+class NeighbourGossiper(Gossiper, Protocol):
+    """A gossiper whose periodic and new-neighbour gossip depends on the neighbour."""
+
+    def gossip_to_neighbour(self, neighbour: PeerName, *, new: bool) -> GossipData | None:
+        """What periodic gossip (``new``: a new neighbour) sends ``neighbour`` (None:
+        nothing)."""
         ...
 
 
@@ -229,6 +242,11 @@ class GossipChannel:
         for neighbour in sorted(self._router.neighbours):
             self._router._enqueue_gossip(neighbour, self.name, data)
 
+    def gossip_to(self, neighbour: PeerName, data: GossipData) -> bool:
+        """Send ``data`` as gossip to one neighbour (merged with what is pending for it);
+        False (a counted drop) if it is not a neighbour or its queue is full."""
+        return self._router._enqueue_gossip(neighbour, self.name, data)
+
 
 class GossipRouter:
     """Channels, relaying and periodic gossip for one peer (sans-IO, see module doc)."""
@@ -293,7 +311,9 @@ class GossipRouter:
         for new in sorted(neighbours - set(self._outboxes)):
             self._outboxes[new] = _Outbox()
             for name in sorted(self._channels):
-                data = self._channels[name].gossiper.gossip()
+                gossiper = self._channels[name].gossiper
+                data = (gossiper.gossip_to_neighbour(new, new=True)
+                        if isinstance(gossiper, NeighbourGossiper) else gossiper.gossip())
                 if data is not None:
                     self._enqueue_gossip(new, name, data)
 
@@ -397,7 +417,14 @@ class GossipRouter:
         self._next_round = now + self._interval
         self._counts["periodic_rounds"] += 1
         for name in sorted(self._channels):
-            data = self._channels[name].gossiper.gossip()
+            gossiper = self._channels[name].gossiper
+            if isinstance(gossiper, NeighbourGossiper):
+                for neighbour in random_neighbours(self._outboxes, self._fanout, self._rng):
+                    data = gossiper.gossip_to_neighbour(neighbour, new=False)
+                    if data is not None:
+                        self._enqueue_gossip(neighbour, name, data)
+                continue
+            data = gossiper.gossip()
             if data is None:
                 continue
             for neighbour in random_neighbours(self._outboxes, self._fanout, self._rng):

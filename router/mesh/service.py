@@ -49,7 +49,7 @@ from router.mesh.session import Session
 from router.mesh.statistics import COUNTERS, MeshStatistics, OverlayView, mesh_statistics
 from router.mesh.targets import AcceptLimiter, BackoffPolicy, ConnectionMaker, parse_address
 from router.mesh.topology import Topology
-from router.mesh.topology_gossip import TopologyGossiper
+from router.mesh.topology_gossip import DIGEST_PROTOCOL_VERSION, TopologyGossiper
 from router.network.service import Listener, Network, Stream
 from router.overlay.fastdp.offer import offer_overlays
 from router.overlay.fastdp.plan import LocalConfig
@@ -379,6 +379,9 @@ class MeshService:
         log.info("%s[%s] connection added %s(%s)%s", "->" if conn.outbound else "<-",
                  conn.address, conn.remote, conn.result.remote_nickname,
                  " encrypted" if conn.result.encrypted else "")
+        # Before the routes list the new neighbour: it gets our digest, not everything.
+        self._topology_gossiper.speaks_digests(
+            conn.remote, conn.result.version >= DIGEST_PROTOCOL_VERSION)
         self._local_connections_changed()
         # After the routes list the new neighbour, so a stale record can be sent to it.
         self._topology_gossiper.note_direct_peer(

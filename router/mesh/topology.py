@@ -53,16 +53,23 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from router.errors import LocalProtocolError
+from router.errors import DecodeError, LocalProtocolError
 from router.mesh.names import SHORT_ID_BITS, UID_BITS, PeerName
 from router.mesh.routes import reachable
 from router.mesh.topology_codec import CHUNK_BUDGET as CHUNK_BUDGET
 from router.mesh.topology_codec import (
     KIND_REQUEST,
     KIND_UPDATE,
-    decode_payload,
+    DigestKind,
+    DigestMessage,
+    decode_message,
+    encode_digest,
     encode_payload,
+    encode_summary,
+    encode_want,
     raw_record,
+    record_hash,
+    summary_hash,
 )
 from router.mesh.topology_codec import MAX_ADDRESS as MAX_ADDRESS
 from router.mesh.topology_codec import MAX_CONNECTIONS as MAX_CONNECTIONS
@@ -124,6 +131,9 @@ class TopologyStatistics:
     full_requests: int
     peers_removed: int  # by garbage collection
     records_refused: int = 0  # versions near the limit or too far ahead (see the module doc)
+    digests_received: int = 0  # summaries and digests (protocol version 2)
+    summaries_matched: int = 0  # summaries equal to ours: nothing to exchange
+    records_wanted: int = 0  # records asked for by name after comparing a digest
 
 
 class Topology:
@@ -152,6 +162,9 @@ class Topology:
         # the raw form of the record we hold per peer, built once per record (not once per
         # copy of it received): checked by identity, so no entry is ever hashed for it
         self._held_raw: dict[PeerName, tuple[PeerEntry, list[Any]]] = {}
+        self._held_hash: dict[PeerName, tuple[PeerEntry, int]] = {}  # the same for hashes
+        self._summary: tuple[int, tuple[int, bytes]] | None = None  # (generation, summary)
+        self._digests = self._matched = self._wanted = 0
 
     @property
     def ourself(self) -> PeerName:
@@ -233,6 +246,7 @@ class Topology:
         for name in removed:
             del self._entries[name]
             self._held_raw.pop(name, None)
+            self._held_hash.pop(name, None)
         if removed:
             self._removed += len(removed)
             self._generation += 1
@@ -306,11 +320,93 @@ class Topology:
         """A "request-full" payload: please send me everything you know."""
         return encode_payload(self._ourself, KIND_REQUEST, ())
 
+    # -- digests (protocol version 2) -------------------------------------------------------
+
+    def digest_entries(self) -> list[tuple[PeerName, int, int]]:
+        """``(name, version, record hash)`` of every entry we hold, sorted by name."""
+        return sorted((n, e.version, self._hash_of(e)) for n, e in self._entries.items())
+
+    def summary(self) -> tuple[int, bytes]:
+        """How many entries we hold and the summary hash over them (cached until the next
+        change: periodic gossip asks for it every round)."""
+        if self._summary is None or self._summary[0] != self._generation:
+            digest = self.digest_entries()
+            self._summary = (self._generation, (len(digest), summary_hash(digest)))
+        return self._summary[1]
+
+    def encode_summary(self) -> bytes:
+        """A "summary" payload: O(1) bytes, whatever the size of the mesh."""
+        count, hash_ = self.summary()
+        return encode_summary(self._ourself, count, hash_)
+
+    def encode_digest(self, *, push: bool) -> bytes:
+        """A "digest" payload: name -> (version, record hash) of every entry we hold."""
+        return encode_digest(self._ourself, self.digest_entries(), push=push)
+
+    def encode_want(self, names: Iterable[PeerName]) -> bytes:
+        """A "want" payload: send me the records of ``names``."""
+        return encode_want(self._ourself, names)
+
+    def summary_matches(self, count: int, hash_: bytes) -> bool:
+        """Whether a peer's summary equals ours (counted)."""
+        self._digests += 1
+        same = (count, hash_) == self.summary()
+        self._matched += same
+        return same
+
+    def compare_digest(
+        self, digest: DigestMessage
+    ) -> tuple[frozenset[PeerName], frozenset[PeerName]]:
+        """``(wanted, newer_here)``: the names whose record in ``digest`` could change what we
+        hold (a higher version, or the same version with another hash: the merge decides),
+        and the names whose record the sender lacks or holds older or different.
+
+        Records the merge would refuse anyway (near the limit, or too far ahead of what we
+        hold) are not wanted, so a forged digest cannot make us ask for them every round.
+        """
+        self._digests += 1
+        wanted: set[PeerName] = set()
+        for name, (version, rhash) in digest.entries.items():
+            old = self._entries.get(name)
+            held = old.version if old is not None else 0
+            if version >= VERSION_CEILING or version > held + MAX_VERSION_STEP:
+                continue
+            if old is None or version > held or (version == held
+                                                  and rhash != self._hash_of(old)):
+                wanted.add(name)
+        newer: set[PeerName] = set()
+        for name, entry in self._entries.items():
+            theirs = digest.entries.get(name)
+            if theirs is None or theirs[0] < entry.version or (
+                    theirs[0] == entry.version and theirs[1] != self._hash_of(entry)):
+                newer.add(name)
+        self._wanted += len(wanted)
+        return frozenset(wanted), frozenset(newer)
+
+    def _hash_of(self, entry: PeerEntry) -> int:
+        held = self._held_hash.get(entry.name)
+        if held is None or held[0] is not entry:
+            held = self._held_hash[entry.name] = (entry, record_hash(self._raw_of(entry)))
+        return held[1]
+
     # -- merging ----------------------------------------------------------------------------
 
     def apply_update_untrusted(self, payload: bytes) -> UpdateResult:
-        """Decode (DecodeError on anything malformed) and merge an update or a request."""
-        sender, kind, records = decode_payload(payload, self._stale_key)
+        """Decode (DecodeError on anything malformed, a digest kind included) and merge an
+        update or a request."""
+        result = self.receive_untrusted(payload)
+        if not isinstance(result, UpdateResult):
+            raise DecodeError(f"topology payload: {type(result).__name__} where an update "
+                              "was due")
+        return result
+
+    def receive_untrusted(self, payload: bytes) -> UpdateResult | DigestKind:
+        """Decode (DecodeError on anything malformed) and merge an update or a request; a
+        digest kind's message is returned as it is (the gossiper answers it)."""
+        message = decode_message(payload, self._stale_key)
+        if not isinstance(message, tuple):
+            return message
+        sender, kind, records = message
         if kind == KIND_REQUEST:
             self._requests += 1
             empty: frozenset[PeerName] = frozenset()
@@ -418,6 +514,9 @@ class Topology:
             full_requests=self._requests,
             peers_removed=self._removed,
             records_refused=self._refused,
+            digests_received=self._digests,
+            summaries_matched=self._matched,
+            records_wanted=self._wanted,
         )
 
     def peer_statuses(self) -> tuple[PeerStatus, ...]:

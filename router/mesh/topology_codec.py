@@ -9,6 +9,19 @@ Payload layout (CBOR through :mod:`router.wire.cbor`), one channel for both kind
     conn   = [remote name: uint48, address "ip:port": text, outbound: bool,
               established: bool]
 
+Digest kinds (protocol version 2 and later only: a version-1 peer refuses them, so they
+go only to neighbours whose connection negotiated version 2; see ``topology_gossip.py``)::
+
+    {"v": 1, "from": name, "kind": "summary", "count": <records held>,
+     "hash": <8-byte bstr: BLAKE2b over every (name, version, record hash) held>}
+    {"v": 1, "from": name, "kind": "digest", "push": bool,
+     "digest": [name, version, record hash, name, version, record hash, ...]}
+    {"v": 1, "from": name, "kind": "want", "names": [name, ...]}
+
+A record hash is the first 4 bytes of BLAKE2b over the record's CBOR encoding, as an
+unsigned integer. "push": the sender wants the records it lacks or holds older pushed to
+it. At most :data:`MAX_PEERS` entries or names, each name once.
+
 A full topology is an "update" holding every record; :meth:`Topology.encode_chunks`
 splits a large one into payloads of at most :data:`CHUNK_BUDGET` bytes. Limits:
 :data:`MAX_PEERS` records, :data:`MAX_CONNECTIONS` connections per record (remote names
@@ -19,6 +32,8 @@ unique), :data:`MAX_NICKNAME` characters, :data:`MAX_ADDRESS` characters, payloa
 from __future__ import annotations
 
 import functools
+import hashlib
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +55,11 @@ RECORD_CACHE_SIZE = 4096  # encoded peer records kept (process-wide, LRU)
 CHUNK_BUDGET = 2 * 1024 * 1024  # bytes (estimated) per payload of a chunked update
 KIND_UPDATE = "update"
 KIND_REQUEST = "request-full"
+KIND_SUMMARY = "summary"
+KIND_DIGEST = "digest"
+KIND_WANT = "want"
+SUMMARY_HASH_BYTES = 8
+RECORD_HASH_BYTES = 4
 
 
 @dataclass(frozen=True, order=True)
@@ -93,24 +113,125 @@ def raw_record(e: PeerEntry) -> list[Any]:
     ]
 
 
+def record_hash(raw: list[Any]) -> int:
+    """The record hash of a record's plain CBOR values (see the module docstring)."""
+    digest = hashlib.blake2b(cbor.encode(raw), digest_size=RECORD_HASH_BYTES).digest()
+    return int.from_bytes(digest, "big")
+
+
+def summary_hash(entries: Iterable[tuple[PeerName, int, int]]) -> bytes:
+    """The summary hash of ``(name, version, record hash)`` triples, sorted by name."""
+    h = hashlib.blake2b(digest_size=SUMMARY_HASH_BYTES)
+    for name, version, rhash in sorted(entries):
+        h.update(int(name).to_bytes(6, "big") + version.to_bytes(8, "big")
+                 + rhash.to_bytes(RECORD_HASH_BYTES, "big"))
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class SummaryMessage:
+    """"summary": how many records the sender holds and the hash over all of them."""
+
+    sender: PeerName
+    count: int
+    hash: bytes
+
+
+@dataclass(frozen=True)
+class DigestMessage:
+    """"digest": name -> (version, record hash) of every record the sender holds."""
+
+    sender: PeerName
+    entries: dict[PeerName, tuple[int, int]]
+    push: bool
+
+
+@dataclass(frozen=True)
+class WantMessage:
+    """"want": please send me the records of these names."""
+
+    sender: PeerName
+    names: frozenset[PeerName]
+
+
+DigestKind = SummaryMessage | DigestMessage | WantMessage
+
+
+def encode_summary(sender: PeerName, count: int, hash_: bytes) -> bytes:
+    return cbor.encode({"v": FORMAT_VERSION, "from": int(sender), "kind": KIND_SUMMARY,
+                        "count": count, "hash": hash_})
+
+
+def encode_digest(sender: PeerName, entries: Iterable[tuple[PeerName, int, int]],
+                  *, push: bool) -> bytes:
+    flat: list[int] = []
+    for name, version, rhash in sorted(entries):
+        flat += (int(name), version, rhash)
+    return cbor.encode({"v": FORMAT_VERSION, "from": int(sender), "kind": KIND_DIGEST,
+                        "push": push, "digest": flat})
+
+
+def encode_want(sender: PeerName, names: Iterable[PeerName]) -> bytes:
+    return cbor.encode({"v": FORMAT_VERSION, "from": int(sender), "kind": KIND_WANT,
+                        "names": sorted(int(n) for n in set(names))[:MAX_PEERS]})
+
+
 def decode_payload(
     payload: bytes, stale: Callable[[PeerName, int, int, Any], bool]
 ) -> tuple[PeerName, str, list[PeerEntry | None]]:
-    """Untrusted payload -> (sender, kind, records); DecodeError on anything malformed.
+    """An "update" or "request-full" payload -> (sender, kind, records); DecodeError on
+    anything malformed, a digest kind included (see :func:`decode_message`)."""
+    message = decode_message(payload, stale)
+    if not isinstance(message, tuple):
+        raise DecodeError(f"topology payload: {type(message).__name__} where an update was due")
+    return message
+
+
+_KEYS = {
+    KIND_UPDATE: {"v", "from", "kind", "peers"},
+    KIND_REQUEST: {"v", "from", "kind", "peers"},
+    KIND_SUMMARY: {"v", "from", "kind", "count", "hash"},
+    KIND_DIGEST: {"v", "from", "kind", "push", "digest"},
+    KIND_WANT: {"v", "from", "kind", "names"},
+}
+
+
+def decode_message(
+    payload: bytes, stale: Callable[[PeerName, int, int, Any], bool]
+) -> tuple[PeerName, str, list[PeerEntry | None]] | DigestKind:
+    """Untrusted payload -> (sender, kind, records) for "update" and "request-full", or
+    the digest kind's message; DecodeError on anything malformed.
 
     A record for which ``stale(name, version, uid, raw)`` holds comes back as None, its
     connections unread: in a mesh of N peers most records a peer receives are ones it
     already has, and their N connections each would dominate the cost of gossip.
     """
     obj = cbor.decode_untrusted(payload, max_size=MAX_PAYLOAD, max_depth=MAX_DEPTH)
-    if not isinstance(obj, dict) or set(obj) != {"v", "from", "kind", "peers"}:
-        raise DecodeError("topology payload: expected a map with v, from, kind, peers")
+    if not isinstance(obj, dict) or "kind" not in obj:
+        raise DecodeError("topology payload: expected a map with v, from, kind")
+    kind = obj["kind"]
+    if not isinstance(kind, str) or kind not in _KEYS:
+        raise DecodeError(f"topology payload: unknown kind {kind!r}")
+    if set(obj) != _KEYS[kind]:
+        raise DecodeError(f"topology payload: {kind} expects {', '.join(sorted(_KEYS[kind]))}")
     if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
         raise DecodeError(f"topology payload: unsupported version {obj['v']!r}")
-    kind = obj["kind"]
-    if kind not in (KIND_UPDATE, KIND_REQUEST):
-        raise DecodeError(f"topology payload: unknown kind {kind!r}")
     sender = PeerName(_uint(obj["from"], NAME_BITS, "from"))
+    if kind == KIND_SUMMARY:
+        hash_ = obj["hash"]
+        if not isinstance(hash_, bytes) or len(hash_) != SUMMARY_HASH_BYTES:
+            raise DecodeError(f"topology summary: hash must be {SUMMARY_HASH_BYTES} bytes")
+        return SummaryMessage(sender, _uint(obj["count"], 32, "count"), hash_)
+    if kind == KIND_DIGEST:
+        return _decode_digest(sender, obj["push"], obj["digest"])
+    if kind == KIND_WANT:
+        names = obj["names"]
+        if not isinstance(names, list) or len(names) > MAX_PEERS:
+            raise DecodeError(f"topology want: names must be a list of at most {MAX_PEERS}")
+        wanted = frozenset(PeerName(_uint(n, NAME_BITS, "name")) for n in names)
+        if len(wanted) != len(names):
+            raise DecodeError("topology want: a name appears twice")
+        return WantMessage(sender, wanted)
     raw = obj["peers"]
     if not isinstance(raw, list) or len(raw) > MAX_PEERS:
         raise DecodeError(f"topology payload: peers must be a list of at most {MAX_PEERS}")
@@ -121,6 +242,23 @@ def decode_payload(
     if len(set(names)) != len(names):
         raise DecodeError("topology payload: a peer appears twice")
     return sender, kind, records
+
+
+def _decode_digest(sender: PeerName, push: Any, flat: Any) -> DigestMessage:
+    if type(push) is not bool:
+        raise DecodeError("topology digest: push must be a boolean")
+    if not isinstance(flat, list) or len(flat) % 3 or len(flat) > 3 * MAX_PEERS:
+        raise DecodeError(f"topology digest: at most {MAX_PEERS} (name, version, hash) triples")
+    entries: dict[PeerName, tuple[int, int]] = {}
+    for i in range(0, len(flat), 3):
+        name = PeerName(_uint(flat[i], NAME_BITS, "name"))
+        version = _uint(flat[i + 1], 64, "version")
+        if version >= MAX_VERSION:
+            raise DecodeError("topology digest: version too large")
+        entries[name] = (version, _uint(flat[i + 2], 8 * RECORD_HASH_BYTES, "hash"))
+    if len(entries) * 3 != len(flat):
+        raise DecodeError("topology digest: a peer appears twice")
+    return DigestMessage(sender, entries, push)
 
 
 def _record_name(raw: Any) -> PeerName:
@@ -145,11 +283,14 @@ def _decode_record(
     _uint(short_id, SHORT_ID_BITS, "short_id")
     if not isinstance(conns, list) or len(conns) > MAX_CONNECTIONS:
         raise DecodeError(f"topology record: at most {MAX_CONNECTIONS} connections")
-    decoded = tuple(sorted(_decode_connection(c) for c in conns))
-    remotes = {c.remote_name for c in decoded}
-    if len(remotes) != len(decoded):
-        raise DecodeError("topology record: two connections to the same peer")
-    return PeerEntry(peer, nickname, uid, short_id, version, decoded)
+    decoded = [_decode_connection(c) for c in conns]
+    # Records are sent sorted by remote name, one connection per remote: checking that
+    # costs one integer comparison a connection, sorting N dataclasses far more.
+    if any(a.remote_name >= b.remote_name for a, b in itertools.pairwise(decoded)):
+        decoded.sort()
+        if any(a.remote_name == b.remote_name for a, b in itertools.pairwise(decoded)):
+            raise DecodeError("topology record: two connections to the same peer")
+    return PeerEntry(peer, nickname, uid, short_id, version, tuple(decoded))
 
 
 def _decode_connection(raw: Any) -> ConnectionSummary:

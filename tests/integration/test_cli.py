@@ -45,7 +45,7 @@ def test_status_prints_the_router_section_in_weaves_layout(running_mesh: Mesh) -
     router = parse_status(text)["router"]
     assert re.fullmatch(rf"{NAME}\(host1\)", router["Name"]), router["Name"]
     assert router["Version"] == __version__
-    assert router["Protocol"] == "weave-router 1..1"
+    assert router["Protocol"] == "weave-router 1..2"
     assert router["Encryption"] == "disabled"
     assert router["PeerDiscovery"] == "enabled"
     assert router["Targets"] == "0"

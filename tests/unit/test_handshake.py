@@ -11,7 +11,12 @@ from router.errors import HandshakeError, LocalProtocolError, RemoteProtocolErro
 from router.mesh.handshake import Handshake, LocalIdentity, encode_preamble
 from router.mesh.names import PeerName
 from router.mesh.session import Session
-from router.wire.constants import MAGIC, MAX_HANDSHAKE_FRAME_SIZE
+from router.wire.constants import (
+    MAGIC,
+    MAX_HANDSHAKE_FRAME_SIZE,
+    PROTOCOL_MAX_VERSION,
+    PROTOCOL_MIN_VERSION,
+)
 from router.wire.framing import FrameDecoder, encode_frame
 from router.wire.messages import Gossip, Hello, Ready, decode_message_untrusted, encode_message
 
@@ -103,8 +108,9 @@ def remote_hello(hs: Handshake, peer: LocalIdentity) -> Hello:
     probe = Handshake(peer, outbound=False, remote_ip=IP_A, now=0.0)
     hs.receive_data(probe.data_to_send())
     stream = hs.data_to_send()
-    assert stream.startswith(encode_preamble(1, 1))
-    frames = FrameDecoder().feed(stream[len(encode_preamble(1, 1)) :])
+    preamble = encode_preamble(PROTOCOL_MIN_VERSION, PROTOCOL_MAX_VERSION)
+    assert stream.startswith(preamble)
+    frames = FrameDecoder().feed(stream[len(preamble) :])
     hello = decode_message_untrusted(frames[0])
     assert isinstance(hello, Hello)
     return hello
@@ -347,7 +353,7 @@ def test_a_ready_with_the_wrong_connection_id_is_refused() -> None:
     a = Handshake(identity(1), outbound=True, remote_ip=IP_B, now=0.0)
     hello_a = remote_hello(a, identity(2))
     hello_b = Hello(
-        version=1,
+        version=PROTOCOL_MAX_VERSION,
         name=PeerName(2),
         nickname="b",
         uid=9,

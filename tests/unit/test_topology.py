@@ -399,6 +399,13 @@ def test_large_topology_is_chunked() -> None:
 # -- untrusted bytes ------------------------------------------------------------------------
 
 
+def test_connections_not_in_order_are_sorted() -> None:
+    a = topo(1)
+    a.apply_update_untrusted(payload([(2, "x", 5, 2, 1, [(4, "a:1", True, True),
+                                                          (3, "b:1", False, True)])]))
+    assert [int(c.remote_name) for c in a.peers()[_n(2)].connections] == [3, 4]
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -417,6 +424,8 @@ def test_large_topology_is_chunked() -> None:
         payload([(2, "x" * 300, 5, 2, 1, [])]),  # nickname
         payload([(2, "x", 5, 2, 1, []), (2, "x", 5, 2, 2, [])]),  # twice
         payload([(2, "x", 5, 2, 1, [(3, "a:1", True, True), (3, "b:1", True, True)])]),
+        payload([(2, "x", 5, 2, 1, [(4, "a:1", True, True), (3, "b:1", True, True),
+                                    (4, "c:1", True, True)])]),  # twice, and not in order
         payload([(2, "x", 5, 2, 1, [(3, "a" * 65, True, True)])]),
         cbor.encode({"v": 1, "from": 1, "kind": "update",
                      "peers": [[2, "x", 5, 2, 1, [[3, "a:1", 1, True]]]]}),
