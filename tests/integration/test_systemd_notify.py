@@ -1,7 +1,9 @@
 """The router as systemd runs it (``launch --foreground --no-restart``, ``Type=notify``),
 with the test in systemd's place: it binds the notify socket, reads READY=1 and STATUS=,
 sends SIGTERM, reads STOPPING=1. And ``stop`` clears the sleeve port's conntrack
-entries (weave#1042) while the bridge stays for the containers."""
+entries (weave#1042) while the bridge stays for the containers. The router alone tracks
+nothing until something is exposed (docs/host.md), so host1 gets a stateful table of its
+own first, as any host with Docker or a stateful firewall has."""
 
 from __future__ import annotations
 
@@ -22,10 +24,17 @@ def sleeve_entries(host: Host) -> str:
     return host.run(["conntrack", "-L", "-p", "udp", "--dport", "6783"], check=False).stdout
 
 
+STATEFUL = """table inet wr-test-stateful {
+  chain output { type filter hook output priority filter; policy accept; ct state new counter; }
+}
+"""
+
+
 def test_ready_status_stopping_and_conntrack_cleared(make_mesh: MakeMesh,
                                                      tmp_path: Path) -> None:
     mesh = make_mesh(2)
     h1, h2 = mesh.hosts
+    h1.run(["nft", "-f", "-"], input=STATEFUL)  # connection tracking on in host1
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(tmp_path / "notify"))  # a path: reachable from any netns
         notify.settimeout(30)
