@@ -31,6 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from bench.measure import rss_kib
 from router.testing.netns import Host, Mesh
 
 NAMES = 200
@@ -51,13 +52,6 @@ for i in range(start, start + count):
 
 def _address(i: int) -> str:
     return f"10.{32 + i // 65536}.{i // 256 % 256}.{i % 256}"
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def _dnsperf(host: Host, server: str, qfile: Path, *args: str, timeout: float
@@ -111,7 +105,7 @@ def run(seconds: float, output: Path) -> dict[str, object]:
                     f"--listen-address={host.ip}", "--user=root",
                     f"--pid-file={mesh.run_dir}/dnsmasq.pid"])
         host.run(["dig", "+short", "+tries=5", f"@{host.ip}", "n1.weave.local"], timeout=20)
-        rss_200 = _rss_kib(pid)
+        rss_200 = rss_kib(pid)
         flags = ["-c", "4", "-q", "100", "-l", str(seconds)]
         qps = {}
         for name, server in (("dnsmasq", host.ip), ("weavedns", WEAVEDNS)):
@@ -125,7 +119,7 @@ def run(seconds: float, output: Path) -> dict[str, object]:
                              "p50_ms": _pct(values, 50) * 1e3, "p99_ms": _pct(values, 99) * 1e3,
                              "max_ms": max(values, default=float("nan")) * 1e3}
         host.run([sys.executable, "-c", _PUT, str(NAMES), str(MORE_ENTRIES)], timeout=600)
-        rss_more = _rss_kib(pid)
+        rss_more = rss_kib(pid)
     result: dict[str, object] = {
         "names": NAMES, "seconds": seconds, "qps": qps,
         "qps_ratio": qps["weavedns"] / qps["dnsmasq"] if qps["dnsmasq"] else None,

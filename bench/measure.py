@@ -170,18 +170,32 @@ def stop_process(proc: subprocess.Popen[str]) -> None:
             proc.wait(5.0)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` (all its threads); OSError if it
+    is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()  # fields from 3 (state) on
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def rss_kib(pid: int) -> int:
+    """``pid``'s VmRSS in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 def cpu_seconds(namespaces: Sequence[Namespace]) -> float:
     """User + system CPU seconds used so far by every process in ``namespaces``."""
-    total = 0
+    total = 0.0
     for ns in namespaces:
         for pid in ns.pids():
             try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
+                total += process_cpu_seconds(pid)
             except OSError:
                 continue  # exited meanwhile
-            fields = stat.rpartition(")")[2].split()  # fields from 3 (state) on
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / _CLK_TCK
+    return total
 
 
 def iperf3(client: Namespace, address: str, *, streams: int, duration: int, omit: int,

@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.measure import process_cpu_seconds, rss_kib
 from router.testing.netns import Host, Mesh, run_parallel
 
 RSS_TARGET_MIB = 60.0
@@ -41,7 +42,6 @@ CPU_TARGET_PERCENT = 1.0
 LAUNCH_BATCH = 4  # routers launched at once (each launch starts a Python process)
 LAUNCH_TIMEOUT = 120.0
 SETTLE_SECONDS = 10.0  # after the pings, before the idle window
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -62,25 +62,11 @@ class MeshFigures:
     rows: list[RouterFigures]
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def _pss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no Pss for pid {pid}")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and its threads (the data plane's are native threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of stat
 
 
 def _router_pid(host: Host) -> int:
@@ -111,12 +97,12 @@ def measure(n: int, idle: float) -> MeshFigures:
                                f"{ping.stdout}{ping.stderr}")
         time.sleep(SETTLE_SECONDS)
         pids = {h.name: _router_pid(h) for h in mesh.hosts}
-        before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.monotonic()
         time.sleep(idle)
         elapsed = time.monotonic() - t0
-        rows = [RouterFigures(name, pid, round(_rss_mib(pid), 1), round(_pss_mib(pid), 1),
-                              round(100 * (_cpu_seconds(pid) - before[name]) / elapsed, 2))
+        rows = [RouterFigures(name, pid, round(rss_kib(pid) / 1024, 1), round(_pss_mib(pid), 1),
+                              round(100 * (process_cpu_seconds(pid) - before[name]) / elapsed, 2))
                 for name, pid in pids.items()]
         return MeshFigures(n, round(launched, 1), round(formed, 1), round(elapsed, 1), rows)
 
