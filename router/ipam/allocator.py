@@ -354,13 +354,11 @@ class Allocator:
         msg = decode_payload_untrusted(payload, self.ourself)
         if msg.kind == "state":
             self._receive_state(src, msg, via)
-            if src == via and via is not None:  # its answer to our space requests, if any
-                self._requests.space_requests.answered(via)
         elif msg.kind == "space-request":
             self._donate(src, msg.start, msg.end, verified=src == via)
         else:
             if src == via and via is not None:
-                self._requests.space_requests.answered(via)
+                self._requests.space_requests.denied(via, msg.start, msg.end)
             self._requests.denied(src, msg.start, msg.end)
 
     def on_gossip_broadcast(
@@ -545,7 +543,9 @@ class Allocator:
         return False
 
     def _merge(self, other: Ring, via: PeerName | None) -> bool:
-        asked = sorted(self._requests.space_requests.outstanding.get(via, ())) if via else []
+        requests = self._requests.space_requests
+        asked = requests.solicited(via, self._now) if via is not None else []
+        before = self._ring.owned_ranges() if asked else []
         try:
             result = self._ring.merge(
                 other, self._space.has_allocations, author=via,
@@ -562,6 +562,8 @@ class Allocator:
                 f"Incompatible IP allocation ranges (received: {range_text(*exc.received)}, "
                 f"ours: {range_text(*exc.ours)})"
             ) from None
+        if asked and via is not None and result.moved:  # gifts answer the requests they meet
+            requests.answered(via, subtract_ranges(self._ring.owned_ranges(), before))
         self._counts["ring_gifts_refused"] += result.refused_gifts
         if result.reasserted:
             self._counts["ring_reassertions"] += 1

@@ -124,9 +124,9 @@ class Fulfiller:
             return not self._ring.empty()
         if request.kind == "claim":
             return self._try_claim(request, now)
-        return self._try_allocate(request)
+        return self._try_allocate(request, now)
 
-    def _try_allocate(self, request: Request) -> bool:
+    def _try_allocate(self, request: Request, now: float) -> bool:
         assert request.subnet is not None
         held = self._held.lookup(request.ident, request.subnet)
         if held:
@@ -145,7 +145,9 @@ class Fulfiller:
             self._counts["allocations"] += 1
             return True
         start, end = int(net.network_address), int(net.broadcast_address) + 1
-        message = self.space_requests.ask_anyone(self._ring, self._peers.reachable, start, end)
+        message = self.space_requests.ask_anyone(
+            self._ring, self._peers.reachable, start, end, now
+        )
         if message is not None:
             self._send(message)
         return False
@@ -192,7 +194,7 @@ class Fulfiller:
             if now >= request.grace_until:
                 return request.fail(ConflictError(self._peers.owned_by_other(ip, owner)))
             return False
-        message = self.space_requests.ask(owner, addr, addr + 1)
+        message = self.space_requests.ask(owner, addr, addr + 1, now)
         if message is not None:
             self._send(message)
         return False

@@ -46,6 +46,7 @@ from router.ipam.allocator import (
     STATUS_WAITING,
     Allocator,
 )
+from router.ipam.space_requests import ANSWER_WINDOW
 from router.mesh.gossip import Gossiper
 from router.mesh.names import PeerName
 from router.wire import cbor
@@ -444,6 +445,46 @@ def test_a_claim_waits_briefly_for_an_owner_that_is_just_connecting() -> None:
     mesh.advance(CLAIM_GRACE)
     err = mesh.answer(B, late).error
     assert isinstance(err, ConflictError) and f"other peer {A} (one)" in str(err)
+
+
+def test_a_ring_that_crosses_a_space_request_is_not_taken_as_its_answer() -> None:
+    """A's request for one of B's addresses crosses B's reply to something else (a ring
+    without the gift): the donation that follows is still the answer A asked for, so the
+    claim finishes (it used to be held back as an unasked gift, and hung)."""
+    mesh = Mesh()
+    for name in (A, B):
+        mesh.add(name, Seed((A, B)))
+    mesh.connect(A, B)
+    mesh.settle()
+    theirs = IPv4Interface("10.40.1.2/12")  # B's half
+    stale = mesh.peers[B].state_payload()  # B's ring before it gives anything
+    pending = mesh.call(A, lambda a: a.claim("c1", theirs, mesh.now))
+    assert isinstance(pending, Pending)
+    assert [e.kind for e in mesh.in_flight] == ["unicast"]  # the space request
+    mesh.deliver()  # B donates: its new ring is on the way to A...
+    mesh.in_flight.insert(0, _Envelope("unicast", B, A, stale))  # ...behind this one
+    mesh.settle()
+    assert mesh.answer(A, pending) == Completion(pending.ticket, theirs, None)
+    assert mesh.peers[A].ring.owner(int(theirs.ip)) == A
+    assert mesh.peers[A].statistics().pending_claims == 0
+    # answered: a later gift of B's in that range would be unasked again
+    assert mesh.peers[A]._requests.space_requests.solicited(B, mesh.now) == []
+
+
+def test_an_unanswered_space_request_is_forgotten_after_its_window() -> None:
+    mesh = Mesh()
+    for name in (A, B):
+        mesh.add(name, Seed((A, B)))
+    mesh.connect(A, B)
+    mesh.settle()
+    pending = mesh.call(A, lambda a: a.claim("c1", IPv4Interface("10.40.1.2/12"), mesh.now))
+    assert isinstance(pending, Pending)
+    requests = mesh.peers[A]._requests.space_requests
+    wanted = (int(IPv4Address("10.40.1.2")), int(IPv4Address("10.40.1.3")))
+    assert requests.solicited(B, mesh.now) == [wanted]
+    mesh.in_flight.clear()  # lost: B never answers
+    assert requests.solicited(B, mesh.now + ANSWER_WINDOW) == [wanted]
+    assert requests.solicited(B, mesh.now + ANSWER_WINDOW + 1) == []
 
 
 def test_claim_before_the_ring_waits_or_answers_at_once() -> None:
