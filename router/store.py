@@ -5,8 +5,8 @@ What it keeps:
 * the peer identity and other small facts (``meta``: key -> text);
 * the connection targets given by ``launch PEER...`` / ``connect`` / ``forget``
   (``targets``, in order), so ``launch --resume`` can use them;
-* IPAM (migration 2): ``ipam_state`` (key -> blob: ``peer_name`` as UTF-8 text, ``ring``
-  and ``paxos`` as the allocator's own bytes) and ``ipam_owned`` (one row per container
+* IPAM (migration 2): ``ipam_state`` (key -> blob: ``peer_name`` as UTF-8 text, ``ring``,
+  ``paxos`` and ``custody`` as the allocator's own bytes) and ``ipam_owned`` (one row per container
   or other ident: its addresses as space-separated ``IP/PREFIXLEN`` and whether it is a
   container). :meth:`Store.apply_ipam` writes one
   :class:`~router.ipam.PersistBatch` in ONE transaction (all of it or nothing);
@@ -352,17 +352,18 @@ class Store:
             }
         except (ValueError, UnicodeDecodeError, TypeError, ConfigError) as exc:
             raise corrupt(self._path, f"unreadable IPAM data ({exc})") from exc
-        ring, paxos = state.get("ring"), state.get("paxos")
+        ring, paxos, custody = state.get("ring"), state.get("paxos"), state.get("custody")
         return PersistedState(
             peer_name=name,
             ring=None if ring is None else bytes(ring),
             paxos=None if paxos is None else bytes(paxos),
             owned=owned,
+            custody=None if custody is None else bytes(custody),
         )
 
     def apply_ipam(self, batch: PersistBatch) -> None:
         """Write ``batch`` in one transaction: after a crash, all of it is there or none."""
-        for blob in (batch.ring, batch.paxos):
+        for blob in (batch.ring, batch.paxos, batch.custody):
             if blob is not None and len(blob) > MAX_IPAM_BLOB:
                 raise LocalProtocolError(f"IPAM state of {len(blob)} bytes is over the limit")
         with self.transaction():
@@ -371,7 +372,8 @@ class Store:
                 db.execute("DELETE FROM ipam_state")
                 db.execute("DELETE FROM ipam_owned")
             rows = [("peer_name", str(batch.peer_name).encode())]
-            rows += [(key, blob) for key, blob in (("ring", batch.ring), ("paxos", batch.paxos))
+            rows += [(key, blob) for key, blob in (("ring", batch.ring), ("paxos", batch.paxos),
+                                                   ("custody", batch.custody))
                      if blob is not None]
             db.executemany(
                 "INSERT INTO ipam_state (key, value) VALUES (?, ?) "

@@ -34,6 +34,9 @@ from router.mesh.names import PeerName
 
 MIN_SUBNET_SIZE = 4  # addresses: network and broadcast are never given out
 TICK_INTERVAL = 5.0  # seconds between retries (proposals, space requests)
+# seconds a gift is not allocated from after we took it, while our ring naming us its
+# owner spreads: a donor that gave it to another peer too is caught (router.ipam.merge)
+GIFT_QUARANTINE = 2.0
 MAX_PENDING = 1024  # requests waiting at once; more are refused (counted)
 
 # -- errors -----------------------------------------------------------------------------------
@@ -156,6 +159,7 @@ class AllocatorConfig:
     target_count: int = 0  # peers given on the command line (quorum without consensus=N)
     tick_interval: float = TICK_INTERVAL
     max_pending: int = MAX_PENDING
+    gift_quarantine: float = GIFT_QUARANTINE
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -219,7 +223,9 @@ class PersistBatch:
     * ``peer_name``: the peer the data belongs to (store it with the ring);
     * ``ring``: replace the stored ring with these bytes (None: unchanged);
     * ``paxos``: replace the stored consensus state (None: unchanged);
-    * ``owned``: per ident, its new record, or None to delete it.
+    * ``owned``: per ident, its new record, or None to delete it;
+    * ``custody``: replace what the ring remembers beyond its entries (held gifts,
+      unconfirmed owners, quarantined gifts, suspect donors; None: unchanged).
     """
 
     peer_name: PeerName
@@ -227,6 +233,7 @@ class PersistBatch:
     ring: bytes | None = None
     paxos: bytes | None = None
     owned: Mapping[str, OwnedRecord | None] = field(default_factory=dict)
+    custody: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,7 @@ class PersistedState:
     ring: bytes | None = None
     paxos: bytes | None = None
     owned: Mapping[str, OwnedRecord] = field(default_factory=dict)
+    custody: bytes | None = None
 
     def apply(self, batch: PersistBatch) -> PersistedState:
         """This state with ``batch`` written on top (what a store does; used by tests)."""
@@ -252,6 +260,7 @@ class PersistedState:
             ring=batch.ring if batch.ring is not None else base.ring,
             paxos=batch.paxos if batch.paxos is not None else base.paxos,
             owned=owned,
+            custody=batch.custody if batch.custody is not None else base.custody,
         )
 
 
@@ -268,6 +277,7 @@ COUNTERS = (
     "background_claims_failed",
     "ring_gifts_refused",  # entries naming us owner that did not come from the old owner
     "ring_reassertions",  # merges where we re-asserted a range of ours above a peer's entry
+    "ring_gifts_disputed",  # quarantined gifts claimed by another peer: given back
 )
 
 
@@ -313,3 +323,4 @@ class IpamStatistics:
     entries: tuple[RingEntryStatus, ...] = ()  # the ring, by token (empty: no ring yet)
     pending_allocate_list: tuple[str, ...] = ()  # "IDENT SUBNET" of each waiting allocate
     pending_claim_list: tuple[tuple[str, str], ...] = ()  # (ident, CIDR) of each claim
+    suspects: tuple[PeerName, ...] = ()  # donors that gave one range to two peers

@@ -72,7 +72,7 @@ from router.ipam.election import Election
 from router.ipam.fulfil import Fulfiller
 from router.ipam.payloads import IpamMessage, decode_payload_untrusted, encode_state, space_message
 from router.ipam.peers import PeerBook
-from router.ipam.persistence import Unsaved, restore_owned, restored_ring
+from router.ipam.persistence import Unsaved, restore_memory, restore_owned, restored_ring
 from router.ipam.requests import CLAIM_GRACE, MAX_IDENT, NO_CONTAINER_ID, Request, check_ident
 from router.ipam.ring import (
     DifferentRangeError,
@@ -174,7 +174,10 @@ class Allocator:
         start clean."""
         notes, ring = self.startup_notes, self._ring
         if persisted is not None and usable:
-            self._space.set_ranges(ring.owned_ranges())
+            addresses = [int(c.ip) for r in persisted.owned.values() for c in r.cidrs]
+            self._requests.space_requests.suspects |= restore_memory(
+                persisted, ring, addresses, self._now)
+            self._space.set_ranges(self._usable_ranges())
             if isinstance(self.config.mode, Seed) and not ring.empty():
                 notes.append("found persisted IPAM data, ignoring supplied seed")
             self._unsaved.owned |= restore_owned(
@@ -339,17 +342,20 @@ class Allocator:
         self._election.set_target_count(count)
 
     def on_gossip_unicast(
-        self, src: PeerName, payload: bytes, *, via: PeerName | None = None
+        self, src: PeerName, payload: bytes, *, via: PeerName | None = None,
+        now: float | None = None,
     ) -> None:
         """A ring sent to us, a space request, or a space denial.
 
         ``src`` is the sender the message names; ``via`` the neighbour whose (authenticated)
         connection delivered it, None if unknown. Space is donated only to ``via``: a
         request naming another sender (relayed, or forged) is denied. A ring is taken as
-        written by ``via`` (see :mod:`router.ipam.merge`).
+        written by ``via`` (see :mod:`router.ipam.merge`). ``now``: when it arrived (a gift
+        in it is quarantined from then; default: the latest time we were given).
         """
         if self._closed:
             return
+        self._advance(now)
         _check_sender(src, self.ourself)
         msg = decode_payload_untrusted(payload, self.ourself)
         if msg.kind == "state":
@@ -362,13 +368,15 @@ class Allocator:
             self._requests.denied(src, msg.start, msg.end)
 
     def on_gossip_broadcast(
-        self, src: PeerName, payload: bytes, *, via: PeerName | None = None
+        self, src: PeerName, payload: bytes, *, via: PeerName | None = None,
+        now: float | None = None,
     ) -> GossipData | None:
         """A peer's state (a proposal, a new ring, a ring request); relays ours on.
 
         ``via``: the neighbour that delivered it (the author of the ring it carries)."""
         if self._closed:
             return None
+        self._advance(now)
         _check_sender(src, self.ourself)
         self._receive_state(src, self._decode_state(payload), via)
         return IpamGossip(self)
@@ -377,11 +385,13 @@ class Allocator:
         """Our complete state."""
         return None if self._closed else IpamGossip(self)
 
-    def on_gossip(self, payload: bytes, *, via: PeerName | None = None) -> GossipData | None:
+    def on_gossip(self, payload: bytes, *, via: PeerName | None = None,
+                  now: float | None = None) -> GossipData | None:
         """Merge gossip from neighbour ``via``; if ownership moved, our state is relayed on
         (instead of GossipNow)."""
         if self._closed:
             return None
+        self._advance(now)
         msg = self._decode_state(payload)
         already = self._gossip_queued
         self._gossip_queued = True  # a move found here travels as the relayed delta
@@ -395,7 +405,8 @@ class Allocator:
 
     def take_persistence(self) -> PersistBatch | None:
         """What must be stored (one transaction) before anything else happens; see doc."""
-        return self._unsaved.take(self.ourself, self._ring, self._election, self._held)
+        return self._unsaved.take(self.ourself, self._ring, self._election, self._held,
+                                  self._requests.space_requests.suspects)
 
     def persistence_failed(self, batch: PersistBatch) -> None:
         """The store refused ``batch``: keep it unsaved (nothing may be answered or sent
@@ -417,9 +428,13 @@ class Allocator:
 
     def deadline(self) -> float:
         """When :meth:`handle_timer` wants to run (inf: nothing to retry)."""
-        if self._closed or not (self._election.awaiting or len(self._requests.queue)):
+        if self._closed:
             return math.inf
-        return min(self._next_tick, self._requests.queue.grace_deadline())
+        since = self._ring.quarantine_since()
+        released = math.inf if since is None else since + self.config.gift_quarantine
+        if not (self._election.awaiting or len(self._requests.queue)):
+            return released
+        return min(self._next_tick, self._requests.queue.grace_deadline(), released)
 
     def handle_timer(self, now: float) -> None:
         """Retry: propose again while awaiting consensus, else re-ask for space; fail
@@ -427,6 +442,7 @@ class Allocator:
         self._now = max(self._now, now)
         if self._closed:
             return
+        self._release_gifts()
         if now < self._next_tick:
             if now >= self._requests.queue.grace_deadline():
                 self._requests.retry(self._now, ask_again=False)
@@ -458,6 +474,11 @@ class Allocator:
         return self.config.default_subnet or self.config.universe
 
     @property
+    def gift_quarantine(self) -> float:
+        """Seconds a gift waits before we allocate from it (see :mod:`router.ipam.merge`)."""
+        return self.config.gift_quarantine
+
+    @property
     def ring(self) -> Ring:
         """The ring (read it; only the allocator changes it)."""
         return self._ring
@@ -471,6 +492,7 @@ class Allocator:
         return snapshot(
             self.config, ring=self._ring, space=self._space, election=self._election,
             queue=self._requests.queue, peers=self._peers, counts=self._counts,
+            suspects=self._requests.space_requests.suspects,
         )
 
     # -- the ring -------------------------------------------------------------------------
@@ -512,13 +534,29 @@ class Allocator:
 
     def _usable_ranges(self) -> list[tuple[int, int]]:
         """What we own minus ranges taken (``rmpeer --force``) from a peer we still reach
-        (unless they hold allocations): not allocated from until it is gone or re-asserts."""
+        (unless they hold allocations): not allocated from until it is gone or re-asserts;
+        and minus gifts still in quarantine."""
         held = [
             (start, end) for entry, start, end in self._ring.ranges()
             if entry.peer == self.ourself and self._ring.taken.get(entry.token)
             in self._peers.reachable and not self._space.has_allocations(start, end)
         ]
-        return subtract_ranges(self._ring.owned_ranges(), held)
+        held += [(lo, hi) for lo, hi, _donor in self._ring.quarantined()]
+        return subtract_ranges(self._ring.owned_ranges(), sorted(held))
+
+    def _advance(self, now: float | None) -> None:
+        """Time moved on to ``now`` (None: not known): release gifts whose quarantine
+        has passed."""
+        if now is not None:
+            self._now = max(self._now, now)
+        if not self._closed:
+            self._release_gifts()
+
+    def _release_gifts(self) -> None:
+        if self._ring.end_quarantine(self._now, self.config.gift_quarantine):
+            self._unsaved.ring = True  # persisted with the ring (router.ipam.persistence)
+            self._space.set_ranges(self._usable_ranges())
+            self._requests.retry(self._now, ask_again=False)
 
     def _receive_state(
         self, sender: PeerName | None, msg: IpamMessage, via: PeerName | None
@@ -549,7 +587,7 @@ class Allocator:
         try:
             result = self._ring.merge(
                 other, self._space.has_allocations, author=via,
-                reachable=self._peers.reachable, solicited=asked,
+                reachable=self._peers.reachable, solicited=asked, now=self._now,
             )
         except DifferentSeedsError as exc:
             raise RemoteProtocolError(
@@ -565,6 +603,9 @@ class Allocator:
         if asked and via is not None and result.moved:  # gifts answer the requests they meet
             requests.answered(via, subtract_ranges(self._ring.owned_ranges(), before))
         self._counts["ring_gifts_refused"] += result.refused_gifts
+        if result.disputed:  # a donor gave one range to two peers: it goes back to it
+            self._counts["ring_gifts_disputed"] += 1
+            self._requests.space_requests.suspects.update(result.disputed)
         if result.reasserted:
             self._counts["ring_reassertions"] += 1
         if result.changed:
@@ -602,7 +643,7 @@ class Allocator:
 
     def _enter(self, now: float) -> None:
         self._check_open()
-        self._now = max(self._now, now)
+        self._advance(now)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -145,6 +145,8 @@ class Fulfiller:
             self._counts["allocations"] += 1
             return True
         start, end = int(net.network_address), int(net.broadcast_address) + 1
+        if any(lo < end and start < hi for lo, hi, _d in self._ring.quarantined()):
+            return False  # a gift there is about to become usable: wait for it
         message = self.space_requests.ask_anyone(
             self._ring, self._peers.reachable, start, end, now
         )

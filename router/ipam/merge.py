@@ -28,6 +28,21 @@ new token: of the range it falls in):
    claim while we hold nothing there, so a range given to two peers ends with one owner.
 3. **Third parties** (neither side is us): the greater entry wins, as in Weave, and
    the change of owner is recorded in the range's custody.
+4. **A gift is quarantined; one given twice goes back.** Every gift taken (rule 2) is
+   quarantined (:attr:`MergeInput.quarantine`; the allocator does not allocate from it
+   until ``gift_quarantine`` seconds have passed, while our ring naming us spreads). A
+   donor that gave the same range to two peers (a liar: it owns the range, so rule 2
+   takes both gifts) is caught while either is quarantined: an incoming entry inside a
+   quarantined gift naming another owner, that is greater than ours, at a token we do
+   not know, or at *our version* (the donor wrote both: equivocation), disputes the gift.
+   A stale entry (lower version) is no claim. A disputed gift goes back to its donor on
+   every token inside it, at a version above every one seen there
+   (:attr:`MergeOutput.disputed`), with the other claimants unconfirmed; both recipients
+   write the same entries, so they converge on the donor owning it and neither
+   allocates there, and the donor is a suspect (asked for space last). The greatest of
+   the two claims reaches every peer (it wins every merge), so the lesser recipient
+   always sees it; honest versions at one token only grow, so an equal version with
+   another owner is never honest.
 
 **Custody.** For every token owned by another peer we keep (in memory) the set of
 earlier owners that have not yet confirmed they let the range go: *unconfirmed
@@ -69,6 +84,7 @@ from router.mesh.names import PeerName
 
 HasAllocations = Callable[[int, int], bool]
 Custody = dict[int, frozenset[PeerName]]  # token -> its unconfirmed earlier owners
+Quarantine = Mapping[tuple[int, int], PeerName]  # gifts not allocated from yet -> donor
 NOBODY: frozenset[PeerName] = frozenset()
 
 
@@ -84,6 +100,7 @@ class MergeInput:
     author: PeerName | None
     reachable: Set[PeerName]
     solicited: Sequence[tuple[int, int]] = ()  # ranges we asked the author for
+    quarantine: Quarantine = field(default_factory=dict)  # gifts not yet allocated from
 
 
 @dataclass
@@ -97,6 +114,8 @@ class MergeOutput:
     custody: Custody = field(default_factory=dict)  # of every token after the merge
     unsolicited: dict[int, PeerName] = field(default_factory=dict)  # gifts: token -> giver
     conflict: int | None = None  # a token we took over and allocated in, claimed back
+    gifts: list[tuple[int, int, PeerName]] = field(default_factory=list)  # taken: lo, hi, donor
+    disputed: dict[tuple[int, int], PeerName] = field(default_factory=dict)  # given back
 
 
 def merge_entries(ours: MergeInput, theirs: Sequence[Entry], *,
@@ -109,7 +128,10 @@ def merge_entries(ours: MergeInput, theirs: Sequence[Entry], *,
     before = _confirmed(ours, tokens, theirs)
     out = MergeOutput([], custody=dict(before))
     merged = dict(mine)
+    disputed = _disputes(ours, mine, theirs)
     for entry in theirs:
+        if any(lo <= entry.token < hi for lo, hi in disputed):
+            continue
         current = mine.get(entry.token)
         if current is not None and entry.key() <= current.key():
             continue
@@ -119,9 +141,57 @@ def merge_entries(ours: MergeInput, theirs: Sequence[Entry], *,
         chosen = _decide(ours, entry, prev, current, (has_allocations, end, unconfirmed), out)
         if chosen is not None:
             merged[entry.token] = chosen
+    for span, claimants in disputed.items():
+        _give_back(ours, span, claimants, (mine, theirs, merged), out)
     out.entries = [merged[t] for t in sorted(merged)]
     out.custody = {t: out.custody[t] for t in merged if out.custody.get(t)}
     return out
+
+
+def _disputes(ours: MergeInput, mine: Mapping[int, Entry],
+              theirs: Sequence[Entry]) -> dict[tuple[int, int], frozenset[PeerName]]:
+    """Quarantined gifts of ours that the incoming ring claims for another owner, with
+    those claimants: an entry inside the gift naming someone else that is news (greater
+    than ours, or a token we do not know), or at the same version as ours (the donor
+    wrote both: equivocation). A stale entry (lower version) is no claim."""
+    found: dict[tuple[int, int], frozenset[PeerName]] = {}
+    if not ours.quarantine:
+        return found
+    keys = [e.token for e in theirs]
+    for (lo, hi) in ours.quarantine:
+        claimants: set[PeerName] = set()
+        for entry in theirs[bisect.bisect_left(keys, lo):bisect.bisect_left(keys, hi)]:
+            current = mine.get(entry.token)
+            if entry.peer == ours.ourself:
+                continue
+            if (current is None or entry.key() > current.key()
+                    or entry.version == current.version):
+                claimants.add(entry.peer)
+        if claimants:
+            found[(lo, hi)] = frozenset(claimants)
+    return found
+
+
+def _give_back(ours: MergeInput, span: tuple[int, int], claimants: frozenset[PeerName],
+               sides: tuple[Mapping[int, Entry], Sequence[Entry], dict[int, Entry]],
+               out: MergeOutput) -> None:
+    """A disputed gift goes back to its donor on every token inside it, above every
+    version seen there: both recipients write the same entries, so they converge with
+    neither allocating there (the gift was quarantined: nothing is allocated in it)."""
+    mine, theirs, merged = sides
+    lo, hi = span
+    donor = ours.quarantine[span]
+    incoming = {e.token: e for e in theirs if lo <= e.token < hi}
+    for token in sorted({t for t in mine if lo <= t < hi} | set(incoming)):
+        seen = [e for e in (mine.get(token), incoming.get(token)) if e is not None]
+        top = max(seen, key=Entry.key)
+        if top.peer == donor and top is not mine.get(token):
+            merged[token] = top
+        else:
+            merged[token] = Entry(token, donor, bumped(max(e.version for e in seen)), 0)
+        out.custody[token] = claimants - {donor, ours.ourself}
+        out.yielded.add(token)
+    out.disputed[span] = donor
 
 
 def _confirmed(ours: MergeInput, tokens: list[int], theirs: Sequence[Entry]) -> Custody:
@@ -167,6 +237,7 @@ def _decide(ours: MergeInput, entry: Entry, prev: Entry, current: Entry | None,
         out.custody.pop(entry.token, None)
         if not any(lo <= entry.token < hi for lo, hi in ours.solicited):
             out.unsolicited[entry.token] = prev.peer  # held like an rmpeer of a live peer
+        out.gifts.append((entry.token, end, prev.peer))
         return entry
     out.custody[entry.token] = _custody_after(ours, entry, prev, unconfirmed)
     return entry
@@ -190,4 +261,5 @@ def _next(tokens: list[int], token: int, end: int) -> int:
     return tokens[i] if i < len(tokens) else end
 
 
-__all__ = ["NOBODY", "VERSION_LIMIT", "Custody", "MergeInput", "MergeOutput", "merge_entries"]
+__all__ = ["NOBODY", "VERSION_LIMIT", "Custody", "MergeInput", "MergeOutput", "Quarantine",
+           "merge_entries"]

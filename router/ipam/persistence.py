@@ -10,7 +10,21 @@ A batch holds:
   the router refuses to start (``Store.open`` checks it first);
 * ``ring``: the ring's bytes, when ownership moved (or after a reset, if we have one);
 * ``paxos``: the election state, when it changed;
-* ``owned``: the current record of every ident whose addresses changed.
+* ``owned``: the current record of every ident whose addresses changed;
+* ``custody``: with every ``ring``, what the ring remembers beyond its entries and the
+  donors we suspect (:func:`encode_memory`). Without it a restart would forget which gifts
+  are held (``rmpeer --force`` of a live peer, unsolicited gifts), which earlier owners
+  have not confirmed they let a range go, and which gifts are still quarantined: the
+  restarted peer could allocate from a range another honest peer allocates from.
+  Confirmations (custody shrinking) do not move the ring and are not written at once: a
+  restart then remembers a larger set of unconfirmed owners, which only delays a gift.
+  A quarantine that ended is written (the ring is marked), so a restart never
+  quarantines a range we allocate from; one still running starts again from the restart.
+
+Layout of ``custody`` (CBOR)::
+
+    {"taken": [[token, peer], ...], "custody": [[token, [peer, ...]], ...],
+     "quarantine": [[start, end, donor], ...], "suspects": [peer, ...]}
 
 At start :func:`restored_ring` and :func:`restore_owned` take up what the driver loaded
 (:class:`~router.ipam.PersistedState`), keeping only data of this peer and range and
@@ -19,16 +33,20 @@ only addresses that are still ours; every thing dropped leaves a start-up note.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network
+from typing import Any
 
 from router.errors import ConfigError, DecodeError, LocalProtocolError
 from router.ipam import OwnedRecord, PersistBatch, PersistedState
 from router.ipam.consensus import Paxos
 from router.ipam.election import Election
-from router.ipam.ring import Ring, range_text
+from router.ipam.ring import ADDRESS_SPACE, MAX_ENTRIES, Ring, range_text
 from router.ipam.space import Holdings, Space
-from router.mesh.names import PeerName
+from router.mesh.names import NAME_BITS, PeerName
+from router.wire import cbor
+
+MAX_MEMORY_BYTES = 8 * 1024 * 1024
 
 
 class UnreadableData(ConfigError):
@@ -39,7 +57,8 @@ class UnreadableData(ConfigError):
 def unreadable_problem(persisted: PersistedState) -> str | None:
     """Why the stored ring or consensus state cannot be taken up (None: it can)."""
     checks = (("ring", persisted.ring, lambda b: Ring.decode_untrusted(b, persisted.peer_name)),
-              ("consensus", persisted.paxos, lambda b: Paxos.restore(persisted.peer_name, 1, b)))
+              ("consensus", persisted.paxos, lambda b: Paxos.restore(persisted.peer_name, 1, b)),
+              ("custody", persisted.custody, decode_memory))
     for what, blob, decode in checks:
         if blob is None:
             continue
@@ -80,17 +99,20 @@ class Unsaved:
             raise LocalProtocolError("take_persistence() first: state must be durable")
 
     def take(
-        self, ourself: PeerName, ring: Ring, election: Election, held: Holdings
+        self, ourself: PeerName, ring: Ring, election: Election, held: Holdings,
+        suspects: Iterable[PeerName] = (),
     ) -> PersistBatch | None:
         """The batch of everything marked (None if nothing was), and start afresh."""
         if not self:
             return None
+        with_ring = self.ring or (self.reset and not ring.empty())
         batch = PersistBatch(
             peer_name=ourself,
             reset=self.reset,
-            ring=ring.encode() if self.ring or (self.reset and not ring.empty()) else None,
+            ring=ring.encode() if with_ring else None,
             paxos=election.persistent() if self.paxos else None,
             owned={i: held.record(i) for i in sorted(self.owned)},
+            custody=encode_memory(ring, suspects) if with_ring else None,
         )
         self._clear()
         return batch
@@ -143,3 +165,68 @@ def restore_owned(
         if dropped:
             rewrite.add(ident)
     return rewrite
+
+
+Memory = tuple[dict[int, PeerName], dict[int, frozenset[PeerName]],
+               list[tuple[int, int, PeerName]], set[PeerName]]
+
+
+def encode_memory(ring: Ring, suspects: Iterable[PeerName]) -> bytes:
+    """The ``custody`` blob (module doc): the ring's memory and the suspect donors."""
+    taken, custody, quarantine = ring.memory()
+    return cbor.encode({
+        "taken": [[t, int(p)] for t, p in sorted(taken.items())],
+        "custody": [[t, sorted(int(p) for p in peers)] for t, peers in sorted(custody.items())],
+        "quarantine": [[lo, hi, int(donor)] for lo, hi, donor in quarantine],
+        "suspects": sorted(int(p) for p in suspects),
+    })
+
+
+def decode_memory(data: bytes) -> Memory:
+    """Read :func:`encode_memory`'s bytes back; DecodeError if they are not that."""
+    raw = cbor.decode_untrusted(data, max_size=MAX_MEMORY_BYTES)
+    if not isinstance(raw, dict) or set(raw) != {"taken", "custody", "quarantine", "suspects"}:
+        raise DecodeError("custody: expected a map with taken, custody, quarantine, suspects")
+    taken = {_uint(t, ADDRESS_SPACE - 1): _peer(p) for t, p in _rows(raw["taken"], 2)}
+    custody = {_uint(t, ADDRESS_SPACE - 1): frozenset(_peer(p) for p in _items(peers))
+               for t, peers in _rows(raw["custody"], 2)}
+    quarantine = [(_uint(lo, ADDRESS_SPACE), _uint(hi, ADDRESS_SPACE), _peer(d))
+                  for lo, hi, d in _rows(raw["quarantine"], 3)]
+    return taken, custody, quarantine, {_peer(p) for p in _items(raw["suspects"])}
+
+
+def restore_memory(persisted: PersistedState | None, ring: Ring,
+                   owned: Iterable[int], now: float) -> set[PeerName]:
+    """Take up the persisted ``custody`` blob into ``ring`` (a quarantine holding a
+    persisted address is over: it was allocated from); returns the suspect donors."""
+    if persisted is None or persisted.custody is None:
+        return set()
+    taken, custody, quarantine, suspects = decode_memory(persisted.custody)
+    used = sorted(owned)
+    quarantine = [(lo, hi, d) for lo, hi, d in quarantine
+                  if not any(lo <= a < hi for a in used)]
+    ring.restore_memory(taken, custody, quarantine, now)
+    return suspects
+
+
+def _items(value: Any) -> list[Any]:
+    if not isinstance(value, list) or len(value) > MAX_ENTRIES:
+        raise DecodeError(f"custody: expected a list of at most {MAX_ENTRIES} items")
+    return value
+
+
+def _rows(value: Any, width: int) -> list[list[Any]]:
+    rows = _items(value)
+    if not all(isinstance(r, list) and len(r) == width for r in rows):
+        raise DecodeError(f"custody: expected rows of {width} items")
+    return rows
+
+
+def _uint(value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise DecodeError(f"custody: expected an integer in 0..{limit}")
+    return value
+
+
+def _peer(value: Any) -> PeerName:
+    return PeerName(_uint(value, (1 << NAME_BITS) - 1))

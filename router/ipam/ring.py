@@ -16,8 +16,11 @@ Rules:
   it is taken, from who delivered the ring (the authenticated ``author``): a range of
   ours is never taken away (we re-assert it above the incoming version), a range becomes
   ours only when its owner delivers that and its earlier owners confirmed they let it
-  go (custody; :meth:`unconfirmed`), and versions at or above
+  go (custody; :meth:`unconfirmed`), a gift is quarantined (:meth:`quarantined`) and
+  given back to its donor if another peer claims it meanwhile, and versions at or above
   :data:`VERSION_LIMIT` are refused (:class:`RingVersionError`; nothing is merged).
+  What the ring remembers beyond its entries (:meth:`memory`) is persisted with it
+  (:mod:`router.ipam.persistence`).
 * Rings over different ranges, or seeded by different peers, never merge:
   :class:`DifferentRangeError`, :class:`DifferentSeedsError`.
 * :meth:`Ring.transfer` (``rmpeer``, hand-over on ``reset``) re-assigns every entry of
@@ -95,6 +98,7 @@ class MergeResult:
     moved: bool
     reasserted: bool = False  # we raised versions of ours above incoming ones: spread them
     refused_gifts: int = 0  # entries naming us owner that did not come from the old owner
+    disputed: tuple[PeerName, ...] = ()  # donors of quarantined gifts claimed by another
 
 
 def range_text(start: int, end: int) -> str:
@@ -124,10 +128,13 @@ class Ring:
         self.ourself = ourself
         self._seeds: tuple[PeerName, ...] = tuple(seeds)
         self._entries: list[Entry] = list(entries)
-        # in memory only (see router.ipam.merge): ranges we took over by rmpeer, by token,
-        # with the peer we took them from; tokens whose owner took them from a live peer
+        # persisted with the ring (router.ipam.persistence; rules in router.ipam.merge):
+        # ranges we took over by rmpeer (or were given unasked), by token, with the peer
+        # we took them from
         self.taken: dict[int, PeerName] = {}
         self._custody: Custody = {}  # token -> unconfirmed earlier owners (merge.py)
+        # gifts not allocated from yet: (start, end) -> (donor, when it was taken)
+        self._quarantine: dict[Range, tuple[PeerName, float]] = {}
         # bumped by every change of the entries or seeds: callers cache encodings by it
         self.revision = 0
         self._encoded: tuple[int, bytes] | None = None
@@ -193,6 +200,46 @@ class Ring:
             return NOBODY
         i = bisect.bisect_right(self._entries, addr, key=lambda e: e.token) - 1
         return self._custody.get(self._entries[i].token, NOBODY)
+
+    def quarantined(self) -> list[tuple[int, int, PeerName]]:
+        """Gifts not allocated from yet (``start, end, donor``), lowest first: a donation
+        is held until its quarantine has passed with no other claim to it (merge.py)."""
+        return [(lo, hi, donor) for (lo, hi), (donor, _t) in sorted(self._quarantine.items())]
+
+    def quarantine_since(self) -> float | None:
+        """When the oldest quarantined gift was taken (None: there is none)."""
+        return min((t for _d, t in self._quarantine.values()), default=None)
+
+    def end_quarantine(self, now: float, length: float) -> list[Range]:
+        """Release the gifts taken at least ``length`` seconds before ``now``: they become
+        usable (the test is ``taken + length <= now``, as the deadline is computed)."""
+        done = [span for span, (_d, t) in self._quarantine.items() if t + length <= now]
+        for span in done:
+            del self._quarantine[span]
+        return sorted(done)
+
+    def memory(self) -> tuple[dict[int, PeerName], Custody, list[tuple[int, int, PeerName]]]:
+        """What the ring remembers beyond its entries, to persist: :attr:`taken`, custody
+        (token -> unconfirmed earlier owners) and the quarantined gifts."""
+        return dict(self.taken), dict(self._custody), self.quarantined()
+
+    def restore_memory(self, taken: dict[int, PeerName], custody: Custody,
+                       quarantine: Iterable[tuple[int, int, PeerName]], now: float) -> None:
+        """Take up persisted :meth:`memory` (after a restart): only what still fits the
+        entries is kept; quarantined gifts start their quarantine again at ``now``."""
+        ours = {e.token for e in self._entries if e.peer == self.ourself}
+        others = {e.token for e in self._entries if e.peer != self.ourself}
+        self.taken = {t: p for t, p in taken.items() if t in ours}
+        self._custody = {t: peers for t, peers in custody.items() if t in others and peers}
+        self._quarantine = {(lo, hi): (donor, now) for lo, hi, donor in quarantine}
+        self._prune_quarantine()
+
+    def _prune_quarantine(self) -> None:
+        """Forget quarantined gifts that are no longer all ours (handed over on reset)."""
+        owned = self.owned_ranges()
+        for lo, hi in list(self._quarantine):
+            if not any(a <= lo and hi <= b for a, b in owned):
+                del self._quarantine[(lo, hi)]
 
     def peers(self) -> frozenset[PeerName]:
         """Every peer owning at least one range."""
@@ -283,6 +330,7 @@ class Ring:
                     self.taken[entry.token] = from_peer
                 else:
                     self.taken.pop(entry.token, None)
+        self._prune_quarantine()
         self._check()
         return moved
 
@@ -319,12 +367,14 @@ class Ring:
         author: PeerName | None = None,
         reachable: Set[PeerName] = frozenset(),
         solicited: Sequence[Range] = (),
+        now: float = 0.0,
     ) -> MergeResult:
         """Merge ``other``, delivered by neighbour ``author``, into this ring.
 
         See the module doc and :mod:`router.ipam.merge` (who may change which entry);
         ``reachable``: the peers we reach now; ``solicited``: the ranges we asked
-        ``author`` for (this ring is its answer). RemoteProtocolError (nothing merged) for
+        ``author`` for (this ring is its answer); ``now``: when (gifts taken now are
+        quarantined from then, :meth:`quarantined`). RemoteProtocolError (nothing merged) for
         another range or seeds, or versions at or above :data:`VERSION_LIMIT`.
         """
         if (other.start, other.end) != (self.start, self.end):
@@ -344,7 +394,8 @@ class Ring:
         ):  # the commonest gossip: our own ring back, nothing to confirm
             return MergeResult(changed=False, moved=False)
         view = MergeInput(self.ourself, self.end, self._entries, self.taken, self._custody,
-                          author, reachable, solicited)
+                          author, reachable, solicited,
+                          {span: donor for span, (donor, _t) in self._quarantine.items()})
         out = merge_entries(view, other._entries, has_allocations=has_allocations)
         if out.conflict is not None:
             raise RingConflictError(self._conflict_message(other, out.conflict))
@@ -362,10 +413,16 @@ class Ring:
             self.taken.pop(token, None)
         self.taken.update(out.unsolicited)
         self._custody = out.custody
+        for span in out.disputed:
+            del self._quarantine[span]
+        for lo, hi, donor in out.gifts:
+            self._quarantine[(lo, hi)] = (donor, now)
+        self._prune_quarantine()
         if changed:
             self._check()
         return MergeResult(changed=changed, moved=moved, reasserted=out.reasserted,
-                           refused_gifts=out.refused_gifts)
+                           refused_gifts=out.refused_gifts,
+                           disputed=tuple(sorted(set(out.disputed.values()))))
 
     def _adopt(self, other: Ring) -> MergeResult:
         if not other._entries and (self._seeds or not other._seeds):

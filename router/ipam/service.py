@@ -333,13 +333,14 @@ class IpamService:
     def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
         """A unicast for us: a ring, a space request or a denial."""
         via = self._channel.sender
-        self._gossip_call(lambda _now: self._alloc.on_gossip_unicast(src, payload, via=via))
+        self._gossip_call(
+            lambda now: self._alloc.on_gossip_unicast(src, payload, via=via, now=now))
 
     def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> GossipData | None:
         """A broadcast: a proposal, a new ring, a ring request; our state is relayed on."""
         via = self._channel.sender
         return self._durable(self._gossip_call(
-            lambda _now: self._alloc.on_gossip_broadcast(src, payload, via=via)))
+            lambda now: self._alloc.on_gossip_broadcast(src, payload, via=via, now=now)))
 
     def gossip(self) -> GossipData | None:
         """Our complete state (periodic gossip, new neighbours); nothing while suspended."""
@@ -349,7 +350,7 @@ class IpamService:
         """Merge gossip; the delta to relay if ownership moved."""
         via = self._channel.sender
         return self._durable(self._gossip_call(
-            lambda _now: self._alloc.on_gossip(payload, via=via)))
+            lambda now: self._alloc.on_gossip(payload, via=via, now=now)))
 
     def _gossip_call(self, fn: Callable[[float], T]) -> T | None:
         try:

@@ -49,6 +49,8 @@ class SpaceRequests:
         # not cleared by clear(): what each peer was asked (and when) and has not answered
         # yet; a donation is taken as solicited only inside one of these (router.ipam.merge)
         self.outstanding: dict[PeerName, dict[Range, float]] = {}
+        # donors caught giving one range to two peers (router.ipam.merge): asked last
+        self.suspects: set[PeerName] = set()
 
     def clear(self) -> None:
         """Forget what was asked: the next attempt asks again."""
@@ -58,8 +60,9 @@ class SpaceRequests:
         self, ring: Ring, reachable: frozenset[PeerName], start: int, end: int, now: float
     ) -> Unicast | None:
         """Ask a reachable peer with free space in ``[start, end)`` (None: nobody to ask,
-        or already asked)."""
-        for donor in ring.choose_peers_to_ask_for_space(start, end, self._rng):
+        or already asked); a suspect donor only when nobody else has space there."""
+        donors = ring.choose_peers_to_ask_for_space(start, end, self._rng)
+        for donor in sorted(donors, key=lambda d: d in self.suspects):  # stable
             if donor in reachable:
                 return self.ask(donor, start, end, now)
         return None

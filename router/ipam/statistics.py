@@ -12,7 +12,7 @@ the metrics are made from.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from router.ipam import AllocatorConfig, IpamStatistics, PeerShare, RingEntryStatus
 from router.ipam.election import Election
@@ -20,6 +20,7 @@ from router.ipam.peers import PeerBook
 from router.ipam.requests import RequestQueue
 from router.ipam.ring import Ring
 from router.ipam.space import Space
+from router.mesh.names import PeerName
 
 STATUS_IDLE = "idle"
 STATUS_PRIMING = "priming"
@@ -54,6 +55,7 @@ def snapshot(
     queue: RequestQueue,
     peers: PeerBook,
     counts: Mapping[str, int],
+    suspects: Iterable[PeerName] = (),
 ) -> IpamStatistics:
     """A frozen snapshot for ``status``, ``status ipam``, the report and metrics."""
     ourself = ring.ourself
@@ -87,6 +89,7 @@ def snapshot(
             for r in queue.waiting("allocate")),
         pending_claim_list=tuple(
             (r.ident, str(r.cidr)) for r in queue.waiting("claim") if r.cidr is not None),
+        suspects=tuple(sorted(suspects)),
     )
 
 

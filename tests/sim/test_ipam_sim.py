@@ -18,7 +18,15 @@ from router.control.api import Request
 from router.control.ipam_api import handle_ipam
 from router.control.layouts import ipam_section, render_ipam_shares
 from router.errors import ClosedError, RemoteProtocolError
-from router.ipam import AllocatorConfig, ConflictError, Consensus, InitMode, NotFoundError, Seed
+from router.ipam import (
+    GIFT_QUARANTINE,
+    AllocatorConfig,
+    ConflictError,
+    Consensus,
+    InitMode,
+    NotFoundError,
+    Seed,
+)
 from router.ipam.service import IpamService
 from router.mesh.gossip import (
     BroadcastIn,
@@ -276,8 +284,18 @@ async def test_space_moves_to_the_peer_that_needs_it(
     nodes = [await net.add(i, Seed((PeerName(1), PeerName(2))), universe=small) for i in (1, 2)]
     net.link({n.name for n in nodes})
     a, b = nodes
-    got = [await a.service.allocate(f"c{i}") for i in range(10)]
+    got, waits = [], []
+    for i in range(10):
+        started = trio.current_time()
+        got.append(await a.service.allocate(f"c{i}"))
+        waits.append(trio.current_time() - started)
     assert len({x.ip for x in got}) == 10
+    # an allocation that needs space waits for the donation and its quarantine (the only
+    # added delay: a few hops of LATENCY on top of it); the others are answered at once
+    slow = [w for w in waits if w > 0]
+    assert slow and all(GIFT_QUARANTINE <= w < GIFT_QUARANTINE + 100 * LATENCY for w in slow)
+    print(f"\nallocations needing space waited {[round(w, 3) for w in slow]} s "
+          f"(quarantine {GIFT_QUARANTINE} s, {LATENCY * 1000:.0f} ms a hop)")
     assert a.service.statistics().counters["space_requests_sent"] >= 1
     assert b.service.statistics().counters["donations"] >= 1
     mine = await b.service.allocate("b1")

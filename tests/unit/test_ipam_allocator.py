@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from router.errors import ClosedError, DecodeError, LocalProtocolError, RemoteProtocolError
 from router.ipam import (
+    GIFT_QUARANTINE,
     AllocatorConfig,
     Broadcast,
     CancelledError,
@@ -203,10 +204,10 @@ class Mesh:
         alloc = self.peers[env.dst]
         try:
             if env.kind == "unicast":
-                alloc.on_gossip_unicast(env.src, env.payload, via=env.src)
+                alloc.on_gossip_unicast(env.src, env.payload, via=env.src, now=self.now)
             elif env.kind == "broadcast":
-                alloc.on_gossip_broadcast(env.src, env.payload, via=env.src)
-            elif alloc.on_gossip(env.payload, via=env.src) is not None:  # news: relay it on
+                alloc.on_gossip_broadcast(env.src, env.payload, via=env.src, now=self.now)
+            elif alloc.on_gossip(env.payload, via=env.src, now=self.now) is not None:  # news
                 for other in sorted(self.reachable(env.dst) - {env.src}):
                     if frozenset((env.dst, other)) in self.links:
                         self._gossip(env.dst, other)
@@ -399,6 +400,8 @@ def test_claims_here_elsewhere_and_in_conflict() -> None:
     pending = mesh.call(A, lambda a: a.claim("c3", theirs, 0))
     assert isinstance(pending, Pending)
     mesh.settle()
+    assert (A, pending.ticket) not in mesh.answers  # the gift is quarantined first
+    mesh.advance(GIFT_QUARANTINE)
     assert mesh.answer(A, pending).cidr == theirs
     assert mesh.peers[B].ring.owner(int(theirs.ip)) == A
     # an address B has given to a container: refused with Weave's message
@@ -435,7 +438,7 @@ def test_a_claim_waits_briefly_for_an_owner_that_is_just_connecting() -> None:
     assert mesh.peers[A].statistics().pending_claims == 1
     mesh.advance(CLAIM_GRACE / 2)
     mesh.connect(A, B)  # the route comes up within the grace: the claim is retried at once
-    mesh.settle()
+    mesh.advance(GIFT_QUARANTINE)  # and the address given is ours once its quarantine passed
     assert mesh.answer(A, pending) == Completion(pending.ticket, theirs, None)
     assert mesh.peers[B].ring.owner(int(theirs.ip)) == A
     # an owner that goes away while it is being asked: the claim waits the grace, then fails
@@ -514,7 +517,7 @@ def test_freed_space_and_donations_serve_waiting_allocations() -> None:
     assert mesh.peers[A].status() == STATUS_UNREACHABLE
     mesh.connect(A, B)
     assert mesh.peers[A].status() == STATUS_WAITING
-    mesh.settle()
+    mesh.advance(GIFT_QUARANTINE)
     # B gave the upper half of its free block (.12-.15); A takes the lowest of it
     assert mesh.answer(A, late).cidr == IPv4Interface("10.9.0.12/28")
     assert mesh.peers[A].status() == STATUS_READY
