@@ -553,7 +553,8 @@ class Allocator:
             self._release_gifts()
 
     def _release_gifts(self) -> None:
-        if self._ring.end_quarantine(self._now, self.config.gift_quarantine):
+        if self._ring.end_quarantine(self._now, self.config.gift_quarantine,
+                                     self._peers.reachable):
             self._unsaved.ring = True  # persisted with the ring (router.ipam.persistence)
             self._space.set_ranges(self._usable_ranges())
             self._requests.retry(self._now, ask_again=False)
@@ -608,6 +609,10 @@ class Allocator:
             self._requests.space_requests.suspects.update(result.disputed)
         if result.reasserted:
             self._counts["ring_reassertions"] += 1
+        if result.moved and self._ring.end_quarantine(
+            self._now, self.config.gift_quarantine, self._peers.reachable
+        ):  # a gift from the only peer we reach is usable at once
+            self._unsaved.ring = True
         if result.changed:
             self._ring_changed(moved=result.moved or result.reasserted)
         if result.reasserted and not any(isinstance(m, GossipNow) for m in self._messages):

@@ -210,10 +210,14 @@ class Ring:
         """When the oldest quarantined gift was taken (None: there is none)."""
         return min((t for _d, t in self._quarantine.values()), default=None)
 
-    def end_quarantine(self, now: float, length: float) -> list[Range]:
-        """Release the gifts taken at least ``length`` seconds before ``now``: they become
-        usable (the test is ``taken + length <= now``, as the deadline is computed)."""
-        done = [span for span, (_d, t) in self._quarantine.items() if t + length <= now]
+    def end_quarantine(self, now: float, length: float,
+                       reachable: Set[PeerName]) -> list[Range]:
+        """Release the gifts taken at least ``length`` seconds before ``now`` (the test is
+        ``taken + length <= now``, as the deadline is computed), and those whose donor is
+        the only peer we reach (there is nobody it could have given them to as well whom
+        the quarantine would hear from): they become usable."""
+        done = [span for span, (donor, t) in self._quarantine.items()
+                if t + length <= now or not reachable - {donor}]
         for span in done:
             del self._quarantine[span]
         return sorted(done)

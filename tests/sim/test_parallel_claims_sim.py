@@ -19,7 +19,7 @@ import trio
 from router.testing.sim import Sim
 
 ROUNDS = 60
-PROMPT = 5.0  # virtual seconds a claim may take (the election and one donation)
+PROMPT = 1.0  # virtual seconds a claim may take (the election and one donation)
 
 
 async def _round(tmp: Path, seed: int) -> dict[str, float | None]:

@@ -144,13 +144,22 @@ def test_a_stale_entry_of_the_donor_is_no_claim_and_the_quarantine_ends() -> Non
     ry, _rz = _rings()
     stale = Ring(0, 32, L, entries=[Entry(0, L, 2, 8), Entry(8, L, 2, 8), Entry(16, Y, 1, 16)])
     assert ry.merge(stale, _nothing, author=L, reachable=EVERYONE, now=1.0).disputed == ()
-    assert ry.end_quarantine(1.9, 2.0) == [] and ry.quarantined() == [(8, 16, L)]
-    assert ry.end_quarantine(2.0, 2.0) == [(8, 16)] and ry.quarantined() == []
+    assert ry.end_quarantine(1.9, 2.0, EVERYONE) == [] and ry.quarantined() == [(8, 16, L)]
+    assert ry.end_quarantine(2.0, 2.0, EVERYONE) == [(8, 16)] and ry.quarantined() == []
     assert ry.owned_ranges() == [(8, 32)]
     # after the quarantine a conflicting claim is re-asserted over, as for any range of ours
     later = Ring(0, 32, L, entries=[Entry(0, L, 2, 8), Entry(8, Z, 9, 8), Entry(16, Y, 1, 16)])
     result = ry.merge(later, _nothing, author=L, reachable=EVERYONE, now=5.0)
     assert result.reasserted and result.disputed == () and ry.owned_ranges() == [(8, 32)]
+
+
+def test_a_gift_from_the_only_peer_we_reach_is_usable_at_once() -> None:
+    """Nobody else could have been given it while we listen (a two-peer mesh: a claim
+    from the other peer's space costs no quarantine)."""
+    ry, _rz = _rings()
+    assert ry.end_quarantine(0.1, 2.0, frozenset({L, Z})) == []
+    assert ry.end_quarantine(0.1, 2.0, frozenset({L})) == [(8, 16)]
+    assert ry.quarantined() == [] and ry.owned_ranges() == [(8, 32)]
 
 
 def test_a_greater_claim_or_a_split_inside_a_quarantined_gift_is_a_dispute() -> None:
