@@ -17,6 +17,9 @@ new token: of the range it falls in):
    hold no allocations in it: the peer that still lives wins. If we do hold allocations
    there, both peers allocated from it (``rmpeer`` of a peer that was only cut off) and no
    answer is safe: the merge is refused (:class:`~router.ipam.ring.RingConflictError`).
+   A held *gift* (:attr:`MergeInput.gifted`) we allocate in, claimed for its giver, is
+   re-asserted instead: the giver gave it away (a liar, or a recipient that gave it back
+   to the liar after a dispute, rule 4), so the claim is no honest peer's allocations.
 2. **Gifts come from the giver, and only what the giver was given.** If the incoming
    entry makes *us* the owner (a donation, a ``reset`` hand-over), it is taken only
    when the author is prev and prev's ownership of that range is *confirmed* (see
@@ -101,6 +104,7 @@ class MergeInput:
     reachable: Set[PeerName]
     solicited: Sequence[tuple[int, int]] = ()  # ranges we asked the author for
     quarantine: Quarantine = field(default_factory=dict)  # gifts not yet allocated from
+    gifted: Set[int] = frozenset()  # tokens of ``taken`` that were gifts, not rmpeer
 
 
 @dataclass
@@ -216,13 +220,17 @@ def _decide(ours: MergeInput, entry: Entry, prev: Entry, current: Entry | None,
     ``ctx``: our allocations, the end of the incoming range, prev's unconfirmed owners."""
     has_allocations, end, unconfirmed = ctx
     if prev.peer == ours.ourself:
-        if entry.peer != ours.ourself and prev.token in ours.taken:
+        giver_back = (prev.token in ours.gifted and entry.peer == ours.taken.get(prev.token))
+        if entry.peer != ours.ourself and prev.token in ours.taken and not (
+                giver_back and has_allocations(entry.token, end)):
             if has_allocations(entry.token, end):
                 out.conflict = entry.token  # both peers allocated there: no safe answer
                 return None
             out.yielded.add(prev.token)
             out.custody.pop(entry.token, None)
             return entry
+        # a gift we allocate in, claimed for its giver (it gave it away, or another
+        # recipient gave it back after a dispute): ours stays ours, as for any range
         version = bumped(entry.version)
         if version == entry.version:  # cannot outrank it: keep ours as it is
             return None

@@ -24,7 +24,8 @@ A batch holds:
 Layout of ``custody`` (CBOR)::
 
     {"taken": [[token, peer], ...], "custody": [[token, [peer, ...]], ...],
-     "quarantine": [[start, end, donor], ...], "suspects": [peer, ...]}
+     "quarantine": [[start, end, donor], ...], "suspects": [peer, ...],
+     "gifted": [token, ...]}      (tokens of "taken" that were gifts, not rmpeer)
 
 At start :func:`restored_ring` and :func:`restore_owned` take up what the driver loaded
 (:class:`~router.ipam.PersistedState`), keeping only data of this peer and range and
@@ -168,7 +169,7 @@ def restore_owned(
 
 
 Memory = tuple[dict[int, PeerName], dict[int, frozenset[PeerName]],
-               list[tuple[int, int, PeerName]], set[PeerName]]
+               list[tuple[int, int, PeerName]], set[PeerName], set[int]]
 
 
 def encode_memory(ring: Ring, suspects: Iterable[PeerName]) -> bytes:
@@ -179,20 +180,24 @@ def encode_memory(ring: Ring, suspects: Iterable[PeerName]) -> bytes:
         "custody": [[t, sorted(int(p) for p in peers)] for t, peers in sorted(custody.items())],
         "quarantine": [[lo, hi, int(donor)] for lo, hi, donor in quarantine],
         "suspects": sorted(int(p) for p in suspects),
+        "gifted": sorted(ring.gifted),
     })
 
 
 def decode_memory(data: bytes) -> Memory:
     """Read :func:`encode_memory`'s bytes back; DecodeError if they are not that."""
     raw = cbor.decode_untrusted(data, max_size=MAX_MEMORY_BYTES)
-    if not isinstance(raw, dict) or set(raw) != {"taken", "custody", "quarantine", "suspects"}:
-        raise DecodeError("custody: expected a map with taken, custody, quarantine, suspects")
+    if not isinstance(raw, dict) or set(raw) != {"taken", "custody", "quarantine", "suspects",
+                                                  "gifted"}:
+        raise DecodeError("custody: expected a map with taken, custody, quarantine, suspects,"
+                          " gifted")
     taken = {_uint(t, ADDRESS_SPACE - 1): _peer(p) for t, p in _rows(raw["taken"], 2)}
     custody = {_uint(t, ADDRESS_SPACE - 1): frozenset(_peer(p) for p in _items(peers))
                for t, peers in _rows(raw["custody"], 2)}
     quarantine = [(_uint(lo, ADDRESS_SPACE), _uint(hi, ADDRESS_SPACE), _peer(d))
                   for lo, hi, d in _rows(raw["quarantine"], 3)]
-    return taken, custody, quarantine, {_peer(p) for p in _items(raw["suspects"])}
+    gifted = {_uint(t, ADDRESS_SPACE - 1) for t in _items(raw["gifted"])}
+    return taken, custody, quarantine, {_peer(p) for p in _items(raw["suspects"])}, gifted
 
 
 def restore_memory(persisted: PersistedState | None, ring: Ring,
@@ -201,11 +206,11 @@ def restore_memory(persisted: PersistedState | None, ring: Ring,
     persisted address is over: it was allocated from); returns the suspect donors."""
     if persisted is None or persisted.custody is None:
         return set()
-    taken, custody, quarantine, suspects = decode_memory(persisted.custody)
+    taken, custody, quarantine, suspects, gifted = decode_memory(persisted.custody)
     used = sorted(owned)
     quarantine = [(lo, hi, d) for lo, hi, d in quarantine
                   if not any(lo <= a < hi for a in used)]
-    ring.restore_memory(taken, custody, quarantine, now)
+    ring.restore_memory(taken, custody, quarantine, now, gifted)
     return suspects
 
 

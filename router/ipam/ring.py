@@ -132,6 +132,7 @@ class Ring:
         # ranges we took over by rmpeer (or were given unasked), by token, with the peer
         # we took them from
         self.taken: dict[int, PeerName] = {}
+        self.gifted: set[int] = set()  # tokens of taken that were gifts we did not ask for
         self._custody: Custody = {}  # token -> unconfirmed earlier owners (merge.py)
         # gifts not allocated from yet: (start, end) -> (donor, when it was taken)
         self._quarantine: dict[Range, tuple[PeerName, float]] = {}
@@ -228,12 +229,14 @@ class Ring:
         return dict(self.taken), dict(self._custody), self.quarantined()
 
     def restore_memory(self, taken: dict[int, PeerName], custody: Custody,
-                       quarantine: Iterable[tuple[int, int, PeerName]], now: float) -> None:
+                       quarantine: Iterable[tuple[int, int, PeerName]], now: float,
+                       gifted: Iterable[int] = ()) -> None:
         """Take up persisted :meth:`memory` (after a restart): only what still fits the
         entries is kept; quarantined gifts start their quarantine again at ``now``."""
         ours = {e.token for e in self._entries if e.peer == self.ourself}
         others = {e.token for e in self._entries if e.peer != self.ourself}
         self.taken = {t: p for t, p in taken.items() if t in ours}
+        self.gifted = {t for t in gifted if t in self.taken}
         self._custody = {t: peers for t, peers in custody.items() if t in others and peers}
         self._quarantine = {(lo, hi): (donor, now) for lo, hi, donor in quarantine}
         self._prune_quarantine()
@@ -287,6 +290,7 @@ class Ring:
                 size = self._next_token(i) - entry.token
                 self._entries[i] = Entry(entry.token, peer, bumped(entry.version), size)
                 self.taken.pop(entry.token, None)
+                self.gifted.discard(entry.token)
                 self._custody.pop(entry.token, None)
         self._check()
 
@@ -305,6 +309,8 @@ class Ring:
         self._entries.insert(i + 1, Entry(token, entry.peer, 0, min(entry.free, end - token)))
         if entry.token in self.taken:
             self.taken[token] = self.taken[entry.token]
+            if entry.token in self.gifted:
+                self.gifted.add(token)
 
     def report_free(self, free: Callable[[int, int], int]) -> bool:
         """Refresh the free counts of our entries from ``free(start, end)``; True if changed."""
@@ -330,6 +336,7 @@ class Ring:
                 )
                 moved.append((start, end))
                 self._custody.pop(entry.token, None)
+                self.gifted.discard(entry.token)
                 if to_peer == self.ourself:
                     self.taken[entry.token] = from_peer
                 else:
@@ -399,7 +406,8 @@ class Ring:
             return MergeResult(changed=False, moved=False)
         view = MergeInput(self.ourself, self.end, self._entries, self.taken, self._custody,
                           author, reachable, solicited,
-                          {span: donor for span, (donor, _t) in self._quarantine.items()})
+                          {span: donor for span, (donor, _t) in self._quarantine.items()},
+                          frozenset(self.gifted))
         out = merge_entries(view, other._entries, has_allocations=has_allocations)
         if out.conflict is not None:
             raise RingConflictError(self._conflict_message(other, out.conflict))
@@ -416,6 +424,7 @@ class Ring:
         for token in out.yielded:
             self.taken.pop(token, None)
         self.taken.update(out.unsolicited)
+        self.gifted = (self.gifted | set(out.unsolicited)) & set(self.taken)
         self._custody = out.custody
         for span in out.disputed:
             del self._quarantine[span]

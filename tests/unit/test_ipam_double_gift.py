@@ -170,3 +170,18 @@ def test_a_greater_claim_or_a_split_inside_a_quarantined_gift_is_a_dispute() -> 
         assert ry.owned_ranges() == [(16, 32)] and ry.owner(8) == ry.owner(12) == L
         versions = {e.token: e.version for e in ry.entries}
         assert versions[8] > 3 and all(versions[e.token] > e.version for e in claim)
+
+
+def test_a_held_gift_in_use_claimed_back_for_its_giver_is_reasserted_not_refused() -> None:
+    """A gift we did not ask for, allocated from once its giver (a liar) was gone, then
+    claimed for the giver (another recipient gave it back after a dispute): ours stays
+    ours. Before, the merge was refused (RingConflictError) on every neighbour's ring,
+    which cut the recipient off from the whole mesh (the hostile simulation found it)."""
+    ry = Ring(0, 32, Y, seeds=(L,), entries=[Entry(0, L, 2, 16), Entry(16, Y, 1, 16)])
+    ry.merge(Ring(0, 32, L, entries=[Entry(0, Y, 3, 16), Entry(16, Y, 1, 16)]), _nothing,
+             author=L, reachable=EVERYONE, now=0.0)  # unasked: held while L is reachable
+    assert ry.taken == {0: L} and ry.gifted == {0}
+    assert ry.end_quarantine(9.0, 2.0, EVERYONE) == [(0, 16)]  # then allocated from, once L was gone
+    back = Ring(0, 32, Z, entries=[Entry(0, L, 4, 0), Entry(16, Y, 1, 16)])
+    result = ry.merge(back, lambda _s, _e: True, author=Z, reachable=frozenset({Z}), now=9.0)
+    assert result.reasserted and ry.owner(0) == Y and ry.entries[0].version == 5

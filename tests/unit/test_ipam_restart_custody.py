@@ -75,7 +75,7 @@ def test_the_custody_blob_goes_through_the_sqlite_store(tmp_path: Path) -> None:
         loaded = store.load_ipam()
     assert loaded is not None and loaded.custody is not None
     assert unreadable_problem(loaded) is None
-    _taken, _custody, quarantine, _suspects = decode_memory(loaded.custody)
+    _taken, _custody, quarantine, _suspects, _gifted = decode_memory(loaded.custody)
     assert quarantine == [(start, end, L)]
     alloc = Allocator(mesh.configs[Z], now=100.0, persisted=loaded)
     assert alloc.ring.quarantined() == [(start, end, L)]
