@@ -181,7 +181,7 @@ def test_a_held_gift_in_use_claimed_back_for_its_giver_is_reasserted_not_refused
     ry.merge(Ring(0, 32, L, entries=[Entry(0, Y, 3, 16), Entry(16, Y, 1, 16)]), _nothing,
              author=L, reachable=EVERYONE, now=0.0)  # unasked: held while L is reachable
     assert ry.taken == {0: L} and ry.gifted == {0}
-    assert ry.end_quarantine(9.0, 2.0, EVERYONE) == [(0, 16)]  # then allocated from, once L was gone
+    assert ry.end_quarantine(9.0, 2.0, EVERYONE) == [(0, 16)]  # allocated from once L was gone
     back = Ring(0, 32, Z, entries=[Entry(0, L, 4, 0), Entry(16, Y, 1, 16)])
     result = ry.merge(back, lambda _s, _e: True, author=Z, reachable=frozenset({Z}), now=9.0)
     assert result.reasserted and ry.owner(0) == Y and ry.entries[0].version == 5
