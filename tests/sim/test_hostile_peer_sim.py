@@ -8,7 +8,11 @@ gossip router is fed 10,000 random, well-formed but lying messages for its neigh
   space requests and denials naming another peer as their sender, forged ``src`` on
   broadcasts and unicasts;
 * topology: records of honest peers with raised versions claiming no connections, or
-  their version at the decode limit, or our own record forged.
+  their version at the decode limit, or our own record forged;
+* a double gift: from time to time two honest routers allocate in a subnet of the liar's
+  own range, so both ask the liar for space; the liar's allocator answers the first
+  honestly and the liar sends the second the same ring with that block named its own
+  (the same token at the liar's version): both take it from its owner, as asked.
 
 Meanwhile the honest routers allocate, and after the lies several of them allocate again.
 What must hold: no honest router stops, the addresses honest routers hold are all
@@ -25,6 +29,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,7 @@ from trio.testing import MockClock
 
 from router.config import MeshTimings
 from router.ipam import IpamError
-from router.ipam.payloads import encode_state, space_message
+from router.ipam.payloads import decode_payload_untrusted, encode_state, space_message
 from router.ipam.ring import MAX_VERSION, VERSION_LIMIT
 from router.mesh.gossip import BroadcastOut, GossipData, GossipRouter, UnicastOut
 from router.mesh.names import PeerName
@@ -47,6 +52,7 @@ from tests.sim.conftest import StallGuard
 HONEST = 20
 LIES = int(os.environ.get("HOSTILE_LIES", "10000"))
 ALLOCATIONS = 400
+DOUBLE_GIFTS = 20  # times two honest routers ask the liar for space at once
 UNIVERSE = IPv4Network("10.32.0.0/20")  # ~195 addresses a peer: space has to move
 TIMINGS = MeshTimings(tcp_heartbeat_interval=5.0, tcp_timeout=15.0, udp_heartbeat_timeout=15.0,
                       backoff_max=5.0, backoff_reset_after=15.0)
@@ -181,6 +187,57 @@ class Liar:
             {"v": 1, "from": int(self.gossip.ourself), "kind": "update", "peers": records})
 
 
+class DoubleGiver:
+    """The liar's own allocator, made to give one block to two peers that asked for it.
+
+    A space request is held until a second peer asks; then the allocator serves the first
+    (an honest donation) and the second is sent the liar's ring with the blocks just given
+    named its own, as the answer to its request. A request left alone for a second is
+    served honestly."""
+
+    def __init__(self, node: SimRouter, gossip: Callable[[], GossipRouter]) -> None:
+        assert node.router is not None
+        self.alloc = node.router.ipam._alloc
+        self.gossip = gossip
+        self.held: tuple[PeerName, bytes, float] | None = None
+        self.given = 0
+        self._serve = self.alloc.on_gossip_unicast
+        self.alloc.on_gossip_unicast = self._hook  # type: ignore[method-assign]
+
+    def _hook(self, src: PeerName, payload: bytes, *, via: PeerName | None = None,
+              now: float | None = None) -> None:
+        msg = decode_payload_untrusted(payload, self.alloc.ourself)
+        if msg.kind != "space-request" or src != via or now is None:
+            return self._serve(src, payload, via=via, now=now)
+        if self.held is None or self.held[0] == src or now > self.held[2] + 1.0:
+            if self.held is not None:
+                self._serve(self.held[0], self.held[1], via=self.held[0], now=now)
+            self.held = (src, payload, now)
+            return None
+        first, request, _at = self.held
+        self.held = None
+        before = set(self.alloc.ring.entries)
+        self._serve(first, request, via=first, now=now)
+        wire = self.alloc.ring.to_wire()
+        gave = {e.token for e in set(self.alloc.ring.entries) - before if e.peer == first}
+        if not gave:
+            return None
+        wire["entries"] = [[t, int(src) if t in gave else p, v, f]
+                           for t, p, v, f in wire["entries"]]
+        lie = encode_state([], wire, None)
+        if self.gossip()._enqueue_raw(src, UnicastOut("ipam", self.alloc.ourself, src, lie)):
+            self.given += 1
+        return None
+
+    def subnet(self, rng: random.Random) -> IPv4Network | None:
+        """A /28 inside the liar's own range with free addresses (None: none left)."""
+        blocks = [IPv4Network((block, 28))
+                  for entry, lo, hi in self.alloc.ring.ranges()
+                  if entry.peer == self.alloc.ourself and entry.free >= 16
+                  for block in range((lo + 15) // 16 * 16, hi - 15, 16)]
+        return rng.choice(blocks) if blocks else None
+
+
 class _Drops(logging.Handler):
     def __init__(self, counts: Counter[str]) -> None:
         super().__init__()
@@ -213,14 +270,26 @@ def _holdings(nodes: list[SimRouter]) -> dict[str, list[tuple[str, str]]]:
     return held
 
 
-async def _allocate(node: SimRouter, ident: str, answered: dict[str, str]) -> None:
+async def _allocate(node: SimRouter, ident: str, answered: dict[str, str],
+                    subnet: IPv4Network | None = None, wait: float = 30) -> None:
     assert node.router is not None
-    with trio.move_on_after(30):
+    with trio.move_on_after(wait):
         try:
-            cidr = await node.router.ipam.allocate(ident)
+            cidr = await node.router.ipam.allocate(ident, subnet)
         except IpamError:
             return
         answered[ident] = str(cidr.ip)
+
+
+async def _ask_the_liar(honest: list[SimRouter], giver: DoubleGiver, rng: random.Random,
+                        ident: str, answered: dict[str, str]) -> None:
+    """Two honest routers allocate in a subnet of the liar's: both ask the liar."""
+    subnet = giver.subnet(rng)
+    if subnet is None:
+        return
+    async with trio.open_nursery() as both:
+        for i, node in enumerate(rng.sample(honest, 2)):
+            both.start_soon(_allocate, node, f"{ident}-{i}", answered, subnet, 8.0)
 
 
 IPAM_LIES = ("ring", "ring", "gift", "space", "denied")
@@ -282,6 +351,11 @@ async def _run(tmp_path: Path, kinds: tuple[str, ...]) -> None:
                     first.start_soon(_allocate, node, f"first{i}", answered)
             assert len(answered) == HONEST, answered
             liar = Liar(liar_node, honest, rng, kinds)
+            giver = DoubleGiver(liar_node, lambda: liar.gossip)
+            # before the random lies (which leave the honest routers' view of the liar's
+            # free space anything but true, so they would not ask it): the double gifts
+            for i in range(DOUBLE_GIFTS):
+                await _ask_the_liar(honest, giver, rng, f"d{i}", answered)
             drops: Counter[str] = Counter()
             handler = _count_drops(drops)
             sent = attempts = 0
@@ -318,7 +392,11 @@ async def _run(tmp_path: Path, kinds: tuple[str, ...]) -> None:
             assert not shared, shared
             assert len(set(answered.values())) == len(answered), "one address answered twice"
             assert len(answered) > ALLOCATIONS // 2, len(answered)
+            disputed = sum(n.router.ipam.statistics().counters["ring_gifts_disputed"]
+                           for n in honest if n.router is not None)
+            assert giver.given > 0 and disputed > 0, (giver.given, disputed)
             print(f"\n{sent} lies sent ({attempts} tried) {dict(liar.kinds)}; "
+                  f"{giver.given} double gifts, {disputed} gifts disputed; "
                   f"{len(answered)} allocations answered; virtual time "
                   f"{trio.current_time():.0f} s, wall time {time.monotonic() - wall:.0f} s; "
                   f"connections dropped: {drops.most_common(6)}")
