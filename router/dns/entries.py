@@ -22,7 +22,17 @@ Rules (Weave's ``nameserver/``):
 4. **clock skew**: gossip whose timestamp is more than :data:`GOSSIP_WINDOW` (15 min) from
    our clock is refused with Weave's message (``host clock skew of 1000s exceeds 900s
    limit``); the driver treats that as the sending peer's fault.
-5. **a peer that leaves the mesh** (unreachable) has its entries *hidden*, not deleted:
+5. **versions are bounded** (issue 9's rule: versions near their limit are refused, never
+   bumped past). An incoming entry at or above :data:`VERSION_CEILING` (``2**62 - 2**32``),
+   or more than :data:`VERSION_STEP` (``2**32``) above the version we hold for its key (0
+   for a key we do not know), is refused: skipped and counted (:attr:`Entries.refused`),
+   the connection stays (an honest relay may pass one on). So whatever a liar forges for
+   an origin, that origin can restate its own above it, below the ceiling; a liar would
+   need ``2**30`` rounds of gossip to walk a key up to it. (A forged entry at the decode
+   limit, ``2**63 - 1``, used to make the origin restate at ``2**63``, which no peer
+   decodes: every neighbour then dropped the origin's gossip, and its connection, for
+   good.)
+6. **a peer that leaves the mesh** (unreachable) has its entries *hidden*, not deleted:
    :meth:`Entries.lookup`, :meth:`Entries.reverse` and :meth:`Entries.visible` take the set
    of reachable peers, so the entries come back as soon as it does. (Weave deletes them
    and relies on the peer gossiping them again.)
@@ -48,7 +58,9 @@ GOSSIP_WINDOW = TOMBSTONE_TIMEOUT // 2  # seconds of clock skew gossip may show
 ENTRIES_PER_PAYLOAD = 2000  # entries per gossip payload (~130 KB)
 MAX_HOSTNAME = 255  # characters
 MAX_CONTAINER_ID = 255  # characters
-MAX_ENTRIES = 200_000  # entries kept; more from gossip is refused (the peer's fault)
+MAX_ENTRIES = 200_000  # entries kept; new ones from gossip beyond it are refused (counted)
+VERSION_STEP = 1 << 32  # the most an incoming version may be above the one we hold
+VERSION_CEILING = (1 << 62) - VERSION_STEP  # incoming versions at or above it are refused
 
 Key = tuple[str, PeerName, str, ipaddress.IPv4Address]
 
@@ -92,6 +104,7 @@ class Entries:
         self._by_address: dict[ipaddress.IPv4Address, dict[Key, Entry]] = {}
         self._ours: dict[Key, Entry] = {}  # our live entries
         self.generation = 0  # bumped by every change: answers cached before it are stale
+        self.refused = 0  # incoming entries refused: their version (rule 5), or no room
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -154,22 +167,33 @@ class Entries:
         """A peer's gossip: ``(new, overrides)``: what was new to us (to relay), and our
         own entries restated above the incoming version (to broadcast).
 
-        RemoteProtocolError for clock skew beyond :data:`GOSSIP_WINDOW` or a state that
-        would exceed :data:`MAX_ENTRIES`."""
+        RemoteProtocolError for clock skew beyond :data:`GOSSIP_WINDOW`. Entries refused
+        for their version (rule 5) or because :data:`MAX_ENTRIES` are held are skipped and
+        counted (:attr:`refused`): the gossip may be an honest peer's relay, so the
+        connection stays."""
         delta = timestamp - now
         if abs(delta) > GOSSIP_WINDOW:
             raise RemoteProtocolError(
                 f"host clock skew of {delta}s exceeds {GOSSIP_WINDOW}s limit")
-        fresh = sum(1 for e in incoming if e.key not in self._by_key)
-        if len(self._by_key) + fresh > MAX_ENTRIES:
-            raise RemoteProtocolError(f"DNS gossip would exceed {MAX_ENTRIES} entries")
         accepted: list[Entry] = []
         overrides: list[Entry] = []
+        room = MAX_ENTRIES - len(self._by_key)
         for entry in incoming:
+            held = self._by_key.get(entry.key)
+            if entry.version >= VERSION_CEILING or entry.version > (
+                    held.version if held is not None else 0) + VERSION_STEP or (
+                    held is None and room <= 0):
+                self.refused += 1
+                continue
+            if held is None:
+                room -= 1
             if entry.origin != self.ourself:
                 accepted.append(entry)
                 continue
-            ours = self._by_key.get(entry.key)
+            if entry.version + 1 >= VERSION_CEILING:  # we could not restate ours above it
+                self.refused += 1
+                continue
+            ours = held
             if ours is None:  # we never made it (or forgot it at a restart): it is dead
                 if entry.live:
                     entry = replace(entry, version=entry.version + 1, tombstone=max(now, 1))

@@ -213,7 +213,8 @@ class DnsService:
     def statistics(self) -> DnsStatistics:
         host, port = self.bound or self.config.address
         cached, unsent = self._thread_counts  # answered by the UDP thread alone
-        counters = {**self._counts, "in_flight": self._in_flight,
+        counters = {**self._counts, "gossip_refused": self.entries.refused,
+                    "in_flight": self._in_flight,
                     "tcp_clients": self._tcp_clients, "cached_answers": self._answers.hits + cached}
         for key, extra in (("queries_udp", cached), ("answered", cached), ("send_failed", unsent)):
             counters[key] += extra

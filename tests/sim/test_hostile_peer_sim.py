@@ -9,6 +9,9 @@ gossip router is fed 10,000 random, well-formed but lying messages for its neigh
   broadcasts and unicasts;
 * topology: records of honest peers with raised versions claiming no connections, or
   their version at the decode limit, or our own record forged;
+* DNS: entries of the names honest routers registered, and of made-up ones, claiming
+  any origin (an honest peer, the receiver, the liar, a ghost), at raised versions up to
+  the decode limit, live or tombstoned, with the odd skewed clock;
 * a double gift: from time to time two honest routers allocate in a subnet of the liar's
   own range, so both ask the liar for space; the liar's allocator answers the first
   honestly and the liar sends the second the same ring with that block named its own
@@ -17,9 +20,10 @@ gossip router is fed 10,000 random, well-formed but lying messages for its neigh
 Meanwhile the honest routers allocate, and after the lies several of them allocate again.
 What must hold: no honest router stops, the addresses honest routers hold are all
 distinct, and once the liar stops lying (it stays connected) the honest routers form a
-full mesh. The run prints its numbers (``pytest -s``). A cut-off liar waits for its
-reconnection in virtual time (it used to spin without sending, which looked like a
-stall), and ``stall_guard`` (tests/sim/conftest.py) fails a livelock instead of hanging.
+full mesh and every one of them resolves every honest router's name to its address. The
+run prints its numbers (``pytest -s``). A cut-off liar waits for its reconnection in
+virtual time (it used to spin without sending, which looked like a stall), and
+``stall_guard`` (tests/sim/conftest.py) fails a livelock instead of hanging.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,8 @@ import trio
 from trio.testing import MockClock
 
 from router.config import MeshTimings
+from router.dns.entries import GOSSIP_WINDOW, VERSION_CEILING
+from router.dns.service import CHANNEL as DNS_CHANNEL
 from router.ipam import IpamError
 from router.ipam.payloads import decode_payload_untrusted, encode_state, space_message
 from router.ipam.ring import MAX_VERSION, VERSION_LIMIT
@@ -186,6 +192,31 @@ class Liar:
         return TOPOLOGY_CHANNEL, cbor.encode(
             {"v": 1, "from": int(self.gossip.ourself), "kind": "update", "peers": records})
 
+    # -- DNS ------------------------------------------------------------------------------
+
+    def _dns(self, dst: PeerName) -> tuple[str, bytes]:
+        """Rows of honest routers' real entries (or made-up ones), any origin, any state."""
+        real = [e for n in self.honest if n.router is not None and n.router.dns is not None
+                for e in n.router.dns.entries.ours()]
+        owners = [*self.names(), self.gossip.ourself, GHOST, dst]
+        rows = []
+        for _ in range(self.rng.randint(1, 4)):
+            if real and self.rng.random() < 0.7:
+                entry = self.rng.choice(real)
+                hostname, container, address = entry.hostname, entry.container_id, entry.address
+                origin = entry.origin if self.rng.random() < 0.6 else self.rng.choice(owners)
+            else:
+                hostname, container = f"x{self.rng.randrange(50)}.weave.local.", "forged"
+                address = IPv4Address(int(UNIVERSE.network_address)
+                                      + self.rng.randrange(UNIVERSE.num_addresses))
+                origin = self.rng.choice(owners)
+            version = self.rng.choice((1, 2, 1000, 1 << 31, VERSION_CEILING - 1,
+                                       (1 << 63) - 1))
+            tombstone = self.rng.choice((0, 0, int(time.time()), (1 << 63) - 1))
+            rows.append([hostname, int(origin), container, address.packed, version, tombstone])
+        skew = 2 * GOSSIP_WINDOW if self.rng.random() < FATAL else 0
+        return DNS_CHANNEL, cbor.encode({"t": int(time.time()) + skew, "e": rows})
+
 
 class DoubleGiver:
     """The liar's own allocator, made to give one block to two peers that asked for it.
@@ -292,6 +323,23 @@ async def _ask_the_liar(honest: list[SimRouter], giver: DoubleGiver, rng: random
             both.start_soon(_allocate, node, f"{ident}-{i}", answered, subnet, 8.0)
 
 
+def _misresolved(honest: list[SimRouter], names: dict[str, IPv4Address]
+                 ) -> dict[str, dict[str, list[IPv4Address]]]:
+    """Per honest router, the honest names it does not resolve to just their address."""
+    wrong: dict[str, dict[str, list[IPv4Address]]] = {}
+    for node in honest:
+        assert node.router is not None and node.router.dns is not None
+        for name, address in names.items():
+            got = node.router.dns.lookup(name)
+            if got != [address]:
+                wrong.setdefault(node.ip, {})[name] = got
+    return wrong
+
+
+def _resolved(honest: list[SimRouter], names: dict[str, IPv4Address]) -> bool:
+    return not _misresolved(honest, names)
+
+
 IPAM_LIES = ("ring", "ring", "gift", "space", "denied")
 
 
@@ -300,8 +348,9 @@ IPAM_LIES = ("ring", "ring", "gift", "space", "denied")
 async def test_twenty_honest_routers_and_one_liar_sending_ten_thousand_lies(
     tmp_path: Path, autojump_clock: MockClock
 ) -> None:
-    """IPAM and topology lies (the topology part is the mesh's: issue 9 items 2, 6, 8)."""
-    await _run(tmp_path, (*IPAM_LIES, "topology"))
+    """IPAM, topology and DNS lies (the topology part is the mesh's: issue 9 items 2, 6,
+    8)."""
+    await _run(tmp_path, (*IPAM_LIES, "topology", "dns"))
 
 
 def test_the_stall_guard_fails_a_livelock_naming_the_busy_task() -> None:
@@ -350,6 +399,12 @@ async def _run(tmp_path: Path, kinds: tuple[str, ...]) -> None:
                 for i, node in enumerate(honest):
                     first.start_soon(_allocate, node, f"first{i}", answered)
             assert len(answered) == HONEST, answered
+            names = {}  # what each honest router registers in DNS: hostname -> address
+            for i, node in enumerate(honest):
+                assert node.router is not None and node.router.dns is not None
+                names[f"h{i}.weave.local."] = IPv4Address(answered[f"first{i}"])
+                node.router.dns.add(f"h{i}.weave.local.", f"first{i}",
+                                    [names[f"h{i}.weave.local."]])
             liar = Liar(liar_node, honest, rng, kinds)
             giver = DoubleGiver(liar_node, lambda: liar.gossip)
             # before the random lies (which leave the honest routers' view of the liar's
@@ -383,6 +438,9 @@ async def _run(tmp_path: Path, kinds: tuple[str, ...]) -> None:
             await sim.wait_until(lambda: sim.full_mesh(honest), timeout=120,
                                  what="the honest routers' full mesh",
                                  show=lambda: sim.mesh_summary(honest))
+            await sim.wait_until(lambda: _resolved(honest, names), timeout=300,
+                                 what="every honest name resolved everywhere",
+                                 show=lambda: str(_misresolved(honest, names))[:2000])
             async with trio.open_nursery() as after:  # and after them, on several peers
                 for i, node in enumerate(honest[::4]):
                     after.start_soon(_allocate, node, f"after{i}", answered)
@@ -395,7 +453,10 @@ async def _run(tmp_path: Path, kinds: tuple[str, ...]) -> None:
             disputed = sum(n.router.ipam.statistics().counters["ring_gifts_disputed"]
                            for n in honest if n.router is not None)
             assert giver.given > 0 and disputed > 0, (giver.given, disputed)
+            refused = sum(n.router.dns.statistics().counters["gossip_refused"]
+                          for n in honest if n.router is not None and n.router.dns is not None)
             print(f"\n{sent} lies sent ({attempts} tried) {dict(liar.kinds)}; "
+                  f"{refused} DNS entries refused for their version; "
                   f"{giver.given} double gifts, {disputed} gifts disputed; "
                   f"{len(answered)} allocations answered; virtual time "
                   f"{trio.current_time():.0f} s, wall time {time.monotonic() - wall:.0f} s; "

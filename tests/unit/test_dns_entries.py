@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,8 @@ from router.dns.entries import (
     ENTRIES_PER_PAYLOAD,
     GOSSIP_WINDOW,
     TOMBSTONE_TIMEOUT,
+    VERSION_CEILING,
+    VERSION_STEP,
     DnsGossip,
     Entries,
     Entry,
@@ -70,6 +73,46 @@ def test_forged_tombstone_of_ours_is_overridden() -> None:
     _new, overrides = a.receive(NOW, [forged], NOW)
     assert [(e.version, e.live) for e in overrides] == [(6, True)]
     assert a.lookup("c1.weave.local.", everyone) == [IP1]
+
+
+def test_a_forged_version_at_the_limit_cannot_partition_its_origin() -> None:
+    """A liar forges A's entry at the decode limit: A used to restate it at 2**63, which
+    no peer decodes, so every neighbour dropped A's gossip. Now it is refused (counted)
+    wherever it arrives, and so is one far above the version held; A's word still wins."""
+    a, b = Entries(A), Entries(B)
+    mine = a.add("c1.weave.local.", "id1", IP1)
+    assert mine is not None
+    sync(a, b)
+    for version in ((1 << 63) - 1, VERSION_CEILING, VERSION_CEILING - 1, VERSION_STEP + 1):
+        forged = Entry(mine.hostname, A, "id1", IP1, version=version, tombstone=NOW)
+        for peer in (a, b):
+            assert peer.receive(NOW, [forged], NOW) == ([], []), version
+    assert a.refused == b.refused == 4
+    assert a.lookup("c1.weave.local.", everyone) == b.lookup("c1.weave.local.", everyone) == [IP1]
+    # a lie within one step is taken by the third party, and outbid by the origin
+    forged = Entry(mine.hostname, A, "id1", IP1, version=VERSION_STEP, tombstone=NOW)
+    assert b.receive(NOW, [forged], NOW)[0] == [forged]
+    _new, overrides = a.receive(NOW, [forged], NOW)
+    assert [(e.version, e.live) for e in overrides] == [(VERSION_STEP + 1, True)]
+    sync(a, b)
+    assert b.lookup("c1.weave.local.", everyone) == [IP1]
+    for payload in encode_gossip(NOW, a.all()):  # every version we send decodes
+        decode_gossip_untrusted(payload)
+
+
+def test_gossip_beyond_the_entry_limit_is_refused_not_fatal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A liar filling the table must not make honest relays' gossip fatal (it used to
+    raise, which dropped the honest neighbour): new entries beyond the limit are refused
+    and counted, known ones still merge."""
+    monkeypatch.setattr("router.dns.entries.MAX_ENTRIES", 3)
+    b = Entries(B)
+    flood = [Entry(f"x{i}.weave.local.", C, "id", IP1) for i in range(5)]
+    new, _ = b.receive(NOW, flood, NOW)
+    assert len(new) == 3 and len(b) == 3 and b.refused == 2
+    dead = replace(flood[0], version=1, tombstone=NOW)  # a known key still merges
+    assert b.receive(NOW, [dead, Entry("late.weave.local.", A, "id", IP2)], NOW)[0] == [dead]
+    assert b.refused == 3
 
 
 def test_stale_add_of_ours_after_restart_is_tombstoned() -> None:
