@@ -193,15 +193,14 @@ class Entries:
             if entry.version + 1 >= VERSION_CEILING:  # we could not restate ours above it
                 self.refused += 1
                 continue
-            ours = held
-            if ours is None:  # we never made it (or forgot it at a restart): it is dead
+            if held is None:  # we never made it (or forgot it at a restart): it is dead
                 if entry.live:
                     entry = replace(entry, version=entry.version + 1, tombstone=max(now, 1))
                     overrides.append(entry)
                 accepted.append(entry)
-            elif entry.version > ours.version or (
-                    entry.version == ours.version and entry.tombstone != ours.tombstone):
-                restated = replace(ours, version=entry.version + 1)
+            elif entry.version > held.version or (
+                    entry.version == held.version and entry.tombstone != held.tombstone):
+                restated = replace(held, version=entry.version + 1)
                 overrides.append(restated)
                 accepted.append(restated)
         return self.merge(accepted), overrides

@@ -553,11 +553,18 @@ class Allocator:
             self._release_gifts()
 
     def _release_gifts(self) -> None:
-        if self._ring.end_quarantine(self._now, self.config.gift_quarantine,
-                                     self._peers.reachable):
-            self._unsaved.ring = True  # persisted with the ring (router.ipam.persistence)
+        if self._end_quarantines():
             self._space.set_ranges(self._usable_ranges())
             self._requests.retry(self._now, ask_again=False)
+
+    def _end_quarantines(self) -> bool:
+        """End the quarantines that are over (:meth:`Ring.end_quarantine`); True if any
+        did (marked: persisted with the ring, router.ipam.persistence)."""
+        if not self._ring.end_quarantine(self._now, self.config.gift_quarantine,
+                                         self._peers.reachable):
+            return False
+        self._unsaved.ring = True
+        return True
 
     def _receive_state(
         self, sender: PeerName | None, msg: IpamMessage, via: PeerName | None
@@ -609,10 +616,8 @@ class Allocator:
             self._requests.space_requests.suspects.update(result.disputed)
         if result.reasserted:
             self._counts["ring_reassertions"] += 1
-        if result.moved and self._ring.end_quarantine(
-            self._now, self.config.gift_quarantine, self._peers.reachable
-        ):  # a gift from the only peer we reach is usable at once
-            self._unsaved.ring = True
+        if result.moved:
+            self._end_quarantines()  # a gift from the only peer we reach is usable at once
         if result.changed:
             self._ring_changed(moved=result.moved or result.reasserted)
         if result.reasserted and not any(isinstance(m, GossipNow) for m in self._messages):

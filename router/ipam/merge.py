@@ -220,17 +220,16 @@ def _decide(ours: MergeInput, entry: Entry, prev: Entry, current: Entry | None,
     ``ctx``: our allocations, the end of the incoming range, prev's unconfirmed owners."""
     has_allocations, end, unconfirmed = ctx
     if prev.peer == ours.ourself:
-        giver_back = (prev.token in ours.gifted and entry.peer == ours.taken.get(prev.token))
-        if entry.peer != ours.ourself and prev.token in ours.taken and not (
-                giver_back and has_allocations(entry.token, end)):
-            if has_allocations(entry.token, end):
+        if entry.peer != ours.ourself and prev.token in ours.taken:
+            if not has_allocations(entry.token, end):
+                out.yielded.add(prev.token)
+                out.custody.pop(entry.token, None)
+                return entry
+            if not (prev.token in ours.gifted and entry.peer == ours.taken[prev.token]):
                 out.conflict = entry.token  # both peers allocated there: no safe answer
                 return None
-            out.yielded.add(prev.token)
-            out.custody.pop(entry.token, None)
-            return entry
-        # a gift we allocate in, claimed for its giver (it gave it away, or another
-        # recipient gave it back after a dispute): ours stays ours, as for any range
+            # a gift we allocate in, claimed for its giver (it gave it away, or another
+            # recipient gave it back after a dispute): ours stays ours, as for any range
         version = bumped(entry.version)
         if version == entry.version:  # cannot outrank it: keep ours as it is
             return None

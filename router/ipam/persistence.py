@@ -174,13 +174,13 @@ Memory = tuple[dict[int, PeerName], dict[int, frozenset[PeerName]],
 
 def encode_memory(ring: Ring, suspects: Iterable[PeerName]) -> bytes:
     """The ``custody`` blob (module doc): the ring's memory and the suspect donors."""
-    taken, custody, quarantine = ring.memory()
+    taken, custody, quarantine, gifted = ring.memory()
     return cbor.encode({
         "taken": [[t, int(p)] for t, p in sorted(taken.items())],
         "custody": [[t, sorted(int(p) for p in peers)] for t, peers in sorted(custody.items())],
         "quarantine": [[lo, hi, int(donor)] for lo, hi, donor in quarantine],
         "suspects": sorted(int(p) for p in suspects),
-        "gifted": sorted(ring.gifted),
+        "gifted": sorted(gifted),
     })
 
 
@@ -210,7 +210,7 @@ def restore_memory(persisted: PersistedState | None, ring: Ring,
     used = sorted(owned)
     quarantine = [(lo, hi, d) for lo, hi, d in quarantine
                   if not any(lo <= a < hi for a in used)]
-    ring.restore_memory(taken, custody, quarantine, now, gifted)
+    ring.restore_memory(taken, custody, quarantine, gifted, now)
     return suspects
 
 

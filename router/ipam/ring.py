@@ -223,14 +223,15 @@ class Ring:
             del self._quarantine[span]
         return sorted(done)
 
-    def memory(self) -> tuple[dict[int, PeerName], Custody, list[tuple[int, int, PeerName]]]:
+    def memory(self) -> tuple[dict[int, PeerName], Custody, list[tuple[int, int, PeerName]],
+                              set[int]]:
         """What the ring remembers beyond its entries, to persist: :attr:`taken`, custody
-        (token -> unconfirmed earlier owners) and the quarantined gifts."""
-        return dict(self.taken), dict(self._custody), self.quarantined()
+        (token -> unconfirmed earlier owners), the quarantined gifts and :attr:`gifted`."""
+        return dict(self.taken), dict(self._custody), self.quarantined(), set(self.gifted)
 
     def restore_memory(self, taken: dict[int, PeerName], custody: Custody,
-                       quarantine: Iterable[tuple[int, int, PeerName]], now: float,
-                       gifted: Iterable[int] = ()) -> None:
+                       quarantine: Iterable[tuple[int, int, PeerName]],
+                       gifted: Iterable[int], now: float) -> None:
         """Take up persisted :meth:`memory` (after a restart): only what still fits the
         entries is kept; quarantined gifts start their quarantine again at ``now``."""
         ours = {e.token for e in self._entries if e.peer == self.ourself}

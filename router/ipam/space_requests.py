@@ -25,6 +25,7 @@ be held back while the giver lives and the claim waiting for it would never fini
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from router.ipam import Unicast
 from router.ipam.payloads import space_message
@@ -82,32 +83,26 @@ class SpaceRequests:
 
     def solicited(self, peer: PeerName, now: float) -> list[Range]:
         """The ranges ``peer`` was asked for and has not answered (unexpired), sorted."""
-        asked = self.outstanding.get(peer)
-        if not asked:
-            return []
-        for wanted in [r for r, at in asked.items() if now - at > ANSWER_WINDOW]:
-            del asked[wanted]
-        if not asked:
-            del self.outstanding[peer]
-        return sorted(asked)
+        self._forget(peer, lambda wanted, at: now - at > ANSWER_WINDOW)
+        return sorted(self.outstanding.get(peer, ()))
 
     def answered(self, peer: PeerName, gained: list[Range]) -> None:
         """``peer``'s ring gave us ``gained``: the requests it overlaps are answered."""
-        asked = self.outstanding.get(peer)
-        if not asked or not gained:
-            return
-        for start, end in [r for r in asked if _overlaps(r, gained)]:
-            del asked[(start, end)]
-        if not asked:
-            del self.outstanding[peer]
+        self._forget(peer, lambda wanted, _at: _overlaps(wanted, gained))
 
     def denied(self, peer: PeerName, start: int, end: int) -> None:
         """``peer`` answered ``space-denied`` for ``[start, end)``."""
+        self._forget(peer, lambda wanted, _at: wanted == (start, end))
+
+    def _forget(self, peer: PeerName, done: Callable[[Range, float], bool]) -> None:
+        """Drop ``peer``'s outstanding requests that are ``done(range, asked_at)``."""
         asked = self.outstanding.get(peer)
-        if asked is not None:
-            asked.pop((start, end), None)
-            if not asked:
-                del self.outstanding[peer]
+        if asked is None:
+            return
+        for wanted in [r for r, at in asked.items() if done(r, at)]:
+            del asked[wanted]
+        if not asked:
+            del self.outstanding[peer]
 
 
 def _overlaps(wanted: Range, ranges: list[Range]) -> bool:

@@ -248,6 +248,16 @@ class Mesh:
         return self.call(name, lambda a: a.allocate(ident, net, self.now))
 
 
+def _seeded_pair() -> Mesh:
+    """A and B, seeded with each other (each owns half the range), connected."""
+    mesh = Mesh()
+    for name in (A, B):
+        mesh.add(name, Seed((A, B)))
+    mesh.connect(A, B)
+    mesh.settle()
+    return mesh
+
+
 def _consensus_trio() -> Mesh:
     mesh = Mesh()
     for name in (A, B, C):
@@ -383,11 +393,7 @@ def test_subnets_several_addresses_and_detach() -> None:
 
 
 def test_claims_here_elsewhere_and_in_conflict() -> None:
-    mesh = Mesh()
-    for name in (A, B):
-        mesh.add(name, Seed((A, B)))
-    mesh.connect(A, B)
-    mesh.settle()
+    mesh = _seeded_pair()
     mine = IPv4Interface("10.32.0.9/12")
     theirs = IPv4Interface("10.40.0.9/12")  # B's half
     assert mesh.call(A, lambda a: a.claim("c1", mine, 0)) == mine
@@ -452,11 +458,7 @@ def test_a_ring_that_crosses_a_space_request_is_not_taken_as_its_answer() -> Non
     """A's request for one of B's addresses crosses B's reply to something else (a ring
     without the gift): the donation that follows is still the answer A asked for, so the
     claim finishes (it used to be held back as an unasked gift, and hung)."""
-    mesh = Mesh()
-    for name in (A, B):
-        mesh.add(name, Seed((A, B)))
-    mesh.connect(A, B)
-    mesh.settle()
+    mesh = _seeded_pair()
     theirs = IPv4Interface("10.40.1.2/12")  # B's half
     stale = mesh.peers[B].state_payload()  # B's ring before it gives anything
     pending = mesh.call(A, lambda a: a.claim("c1", theirs, mesh.now))
@@ -474,11 +476,7 @@ def test_a_ring_that_crosses_a_space_request_is_not_taken_as_its_answer() -> Non
 
 
 def test_an_unanswered_space_request_is_forgotten_after_its_window() -> None:
-    mesh = Mesh()
-    for name in (A, B):
-        mesh.add(name, Seed((A, B)))
-    mesh.connect(A, B)
-    mesh.settle()
+    mesh = _seeded_pair()
     pending = mesh.call(A, lambda a: a.claim("c1", IPv4Interface("10.40.1.2/12"), mesh.now))
     assert isinstance(pending, Pending)
     requests = mesh.peers[A]._requests.space_requests
@@ -597,11 +595,7 @@ def test_rmpeer_takes_over_a_dead_peers_space() -> None:
 
 
 def test_reset_hands_our_space_to_a_reachable_peer() -> None:
-    mesh = Mesh()
-    for name in (A, B):
-        mesh.add(name, Seed((A, B)))
-    mesh.connect(A, B)
-    mesh.settle()
+    mesh = _seeded_pair()
     pending_prime = mesh.call(A, lambda a: a.prime(0))
     assert pending_prime is None
     assert mesh.call(A, lambda a: a.reset(0)) == B
@@ -659,11 +653,7 @@ def test_a_peer_with_another_name_on_disk_starts_clean() -> None:
 
 
 def test_a_stored_record_whose_addresses_are_no_longer_ours_is_deleted_once() -> None:
-    mesh = Mesh()
-    for name in (A, B):
-        mesh.add(name, Seed((A, B)))
-    mesh.connect(A, B)
-    mesh.settle()
+    mesh = _seeded_pair()
     theirs = mesh.allocate(B, "on-b")
     assert isinstance(theirs, IPv4Interface)
     disk = replace(mesh.disk[A], owned={**mesh.disk[A].owned,
