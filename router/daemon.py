@@ -115,9 +115,11 @@ class Router:
 
     def __init__(self, config: RouterConfig, store: Store, *, network: Network,
                  name: PeerName, kernel: KernelPort | None = None, uid: int | None = None,
-                 rng: random.Random | None = None, overlay: OverlayPort | None = None) -> None:
+                 rng: random.Random | None = None, overlay: OverlayPort | None = None,
+                 pods: KernelPort | None = None) -> None:
         """``kernel`` None: no bridge, no data plane, no containers (simulations);
-        ``overlay`` None: no fastdp (the netlink port is both)."""
+        ``overlay`` None: no fastdp (the netlink port is both); ``pods``: the port CNI
+        plumbs pods through (default ``kernel``; the daemon's runs several jobs at once)."""
         self.config = config
         self.store = store
         self.name = name
@@ -180,7 +182,7 @@ class Router:
                                              universe=config.ipalloc_range,
                                              check_interval=container_check_interval(),
                                              on_released=self._containers_vanished))
-        self.cni = None if kernel is None else CniService(kernel, store, self.ipam)
+        self.cni = None if kernel is None else CniService(pods or kernel, store, self.ipam)
         self.host_access: HostService | None = None  # expose/hide, the router's nft table
         if kernel is not None:
             nft, problem = open_nft()
@@ -496,12 +498,17 @@ def setup_logging(config: RouterConfig) -> _PeerFilter:
     return peer_filter
 
 
+# CNI ADDs and DELs at once: a runtime starting or stopping many pods runs as many plugin
+# processes, and a veth's deletion waits ~16 ms on the kernel, not on us.
+CNI_WORKERS = 4
+
+
 async def _main(config: RouterConfig, store: Store, name: PeerName,
                 peer_filter: _PeerFilter) -> bool:
     """Run the router; True when it was asked to reset (its data is then removed)."""
-    async with open_netlink_port() as kernel:
+    async with open_netlink_port() as kernel, open_netlink_port(CNI_WORKERS) as pods:
         router = Router(config, store, network=TrioNetwork(), name=name, kernel=kernel,
-                        overlay=kernel)
+                        overlay=kernel, pods=pods)
         problem = resume.record_or_warn(store, config)  # IPAM took up its data first
         if problem is not None:
             log.warning("%s", problem)

@@ -292,7 +292,9 @@ class CniService:
         """A snapshot of the host's bridge and our veth (not of every link: on a host with
         many pods that costs more than the plumbing), one of the container's namespace,
         one plan (veth, addresses, multicast route, routes), then hairpin mode and the
-        host end's MAC through sysfs. The kernel port does one request at a time."""
+        host end's MAC through sysfs. The daemon's CNI port runs a few such jobs at once
+        (pods of a burst wait less on the kernel), each snapshot or plan whole on one
+        worker."""
         veth = host_veth(request.container_id, request.ifname)
         host = await self._snapshot(None, links=(self._bridge, veth))
         target = await self._snapshot(path)

@@ -1,15 +1,18 @@
-"""The kernel port over pyroute2: every netlink call on one worker thread this port owns.
+"""The kernel port over pyroute2: every netlink call on a worker thread this port owns.
 
 The only module that imports pyroute2. pyroute2's ``IPRoute`` is synchronous and bound to
 the thread that opened it, and a netlink socket belongs to the network namespace its
 thread was in when it was created; so:
 
 1. :func:`open_netlink_port` starts one worker thread (``threading.Thread``), which first
-   records the namespace it was born in (the router's own, ``netns=None``).
-2. Each public coroutine turns its work into a job, hands the job to the worker through a
-   queue, and waits (shielded: a netlink change is never abandoned half-way) for the
-   result, which the worker posts back with ``TrioToken.run_sync_soon``. A ``trio.Lock``
-   admits one job at a time, so the queue holds at most one job (plus the stop sentinel).
+   records the namespace it was born in (the router's own, ``netns=None``). A port opened
+   with ``workers=N`` starts up to N such threads, one more whenever every running one is
+   busy and a job waits (the CNI's port: see :class:`NetlinkPort`).
+2. Each public coroutine turns its work into a job, hands the job to an idle worker
+   through its queue, and waits (shielded: a netlink change is never abandoned half-way)
+   for the result, which the worker posts back with ``TrioToken.run_sync_soon``. A
+   ``trio.Semaphore`` admits as many jobs at a time as there are workers, in the order
+   they asked; each job (a snapshot, a whole ``apply``) runs on one thread from start to end.
 3. On the worker, the router's own namespace has one long-lived ``IPRoute``. For another
    namespace the worker enters it with ``setns(2)`` (this thread only), opens an
    ``IPRoute`` there and returns home at once; that socket serves one batch (a snapshot, an
@@ -538,58 +541,85 @@ def _read_vxlan(w: _Worker, name: str, netns: str | None) -> VxlanDevice | None:
 # --- the port -----------------------------------------------------------------------------
 
 
-class NetlinkPort:
-    """:class:`router.kernel.port.KernelPort` on the real kernel. Use :func:`open_netlink_port`."""
+class _Slot:
+    """One worker thread, its job queue and (once started there) its :class:`_Worker`."""
 
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._worker: _Worker | None = None
-        self._thread = threading.Thread(target=self._serve, name="netlink", daemon=True)
-        self._lock = trio.Lock()
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.worker: _Worker | None = None
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+
+    def _serve(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            job()
+        if self.worker is not None:
+            self.worker.close()
+
+    def current(self) -> _Worker:
+        """This slot's worker (on its thread), born in the namespace the thread starts in
+        (the router's own) by the first job."""
+        if self.worker is None:
+            self.worker = _Worker()
+        return self.worker
+
+
+class NetlinkPort:
+    """:class:`router.kernel.port.KernelPort` on the real kernel. Use :func:`open_netlink_port`.
+
+    ``workers``: how many jobs may run at once, each on a thread (and sockets) of its own,
+    started when first needed. With one (the router's port) jobs run one after the other
+    in the order they were asked for; with more (the CNI's port) a job that waits on the
+    kernel (a veth's deletion waits out an RCU grace period, ~16 ms) does not hold up the
+    others, as separate plugin processes would not."""
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        self._workers = workers
+        self._slots: list[_Slot] = []
+        self._idle: list[_Slot] = []
+        self._available = trio.Semaphore(workers)  # FIFO: jobs start in the order asked
         self._closed = False
         self._stats = KernelStatistics()
 
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-        if self._worker is not None:
-            self._worker.close()
-
     async def _start(self) -> None:
-        self._thread.start()
+        await self._run(lambda w: None)  # the first worker, in the caller's namespace
 
-        def start() -> None:
-            self._worker = _Worker()
-
-        await self._run(start)
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        async with self._lock:
+    async def _run(self, fn: Callable[[_Worker], T]) -> T:
+        """``fn(worker)`` on an idle worker thread (its worker checked still at home)."""
+        if self._closed:
+            raise ClosedError("netlink port is closed")
+        async with self._available:
             if self._closed:
                 raise ClosedError("netlink port is closed")
-            send, receive = trio.open_memory_channel[outcome.Outcome[T]](1)
-            token = trio.lowlevel.current_trio_token()
+            slot = self._idle.pop() if self._idle else self._new_slot()
+            try:
+                send, receive = trio.open_memory_channel[outcome.Outcome[T]](1)
+                token = trio.lowlevel.current_trio_token()
 
-            def job() -> None:
-                result = outcome.capture(fn)
-                with suppress(trio.RunFinishedError):
-                    token.run_sync_soon(send.send_nowait, result)
+                def job() -> None:
+                    result = outcome.capture(lambda: fn(slot.current().check()))
+                    with suppress(trio.RunFinishedError):
+                        token.run_sync_soon(send.send_nowait, result)
 
-            self._jobs.put(job)
-            with trio.CancelScope(shield=True):
-                result = await receive.receive()
+                slot.jobs.put(job)
+                with trio.CancelScope(shield=True):
+                    result = await receive.receive()
+            finally:
+                self._idle.append(slot)
         return result.unwrap()
 
-    def _w(self) -> _Worker:
-        if self._worker is None:
-            raise ClosedError("netlink port is not running")
-        return self._worker.check()
+    def _new_slot(self) -> _Slot:
+        slot = _Slot("netlink" if not self._slots else f"netlink-{len(self._slots)}")
+        self._slots.append(slot)
+        slot.thread.start()
+        return slot
 
     async def snapshot(self, netns: str | None = None, *,
                        links: Sequence[str] | None = None) -> NetnsState:
         """See :meth:`router.kernel.port.KernelPort.snapshot`."""
         only = None if links is None else tuple(links)
-        state = await self._run(lambda: _take_snapshot(self._w(), netns, only))
+        state = await self._run(lambda w: _take_snapshot(w, netns, only))
         self._bump(snapshots=1)
         return state
 
@@ -598,32 +628,32 @@ class NetlinkPort:
         ops = tuple(ops)
         if not ops:
             return
-        done, error = await self._run(lambda: _apply(self._w(), ops))
+        done, error = await self._run(lambda w: _apply(w, ops))
         self._bump(ops_applied=done, ops_failed=0 if error is None else 1)
         if error is not None:
             raise error
 
     async def vxlan(self, name: str, *, netns: str | None = None) -> VxlanDevice | None:
         """See :meth:`router.kernel.port.OverlayPort.vxlan`."""
-        device = await self._run(lambda: _read_vxlan(self._w(), name, netns))
+        device = await self._run(lambda w: _read_vxlan(w, name, netns))
         self._bump(snapshots=1)
         return device
 
     async def pinned_macs(self, ifname: str, *, netns: str | None = None) -> frozenset[str]:
         """See :meth:`router.kernel.port.OverlayPort.pinned_macs`."""
-        macs = await self._run(lambda: _read_pins(self._w(), ifname, netns))
+        macs = await self._run(lambda w: _read_pins(w, ifname, netns))
         self._bump(snapshots=1)
         return macs
 
     async def forget_learned(self, ifname: str, *, netns: str | None = None) -> int:
         """See :meth:`router.kernel.port.OverlayPort.forget_learned`."""
-        count = await self._run(lambda: _forget_learned(self._w(), ifname, netns))
+        count = await self._run(lambda w: _forget_learned(w, ifname, netns))
         self._bump(snapshots=1)
         return count
 
     async def open_tap(self, name: str, *, netns: str | None = None) -> tapdev.Tap:
         """See :meth:`router.kernel.port.KernelPort.open_tap`."""
-        device = await self._run(lambda: self._w().open_tap(name, netns))
+        device = await self._run(lambda w: w.open_tap(name, netns))
         self._bump(taps_opened=1)
         return device
 
@@ -639,21 +669,24 @@ class NetlinkPort:
         })
 
     async def aclose(self) -> None:
-        """Stop the worker (closing its netlink sockets). Idempotent."""
+        """Stop the workers (closing their netlink sockets) once the jobs in flight and
+        those already waiting are done. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._thread.ident is None:
-            return  # never started
-        async with self._lock:  # after the job in flight and those already waiting
-            self._jobs.put(None)
-        await trio.to_thread.run_sync(self._thread.join)
-
+        for _ in range(self._workers):  # every slot idle: no job is running
+            await self._available.acquire()
+        for slot in self._slots:
+            slot.jobs.put(None)
+        for slot in self._slots:
+            await trio.to_thread.run_sync(slot.thread.join)
+        for _ in range(self._workers):  # whoever still waits is told the port is closed
+            self._available.release()
 
 @asynccontextmanager
-async def open_netlink_port() -> AsyncIterator[NetlinkPort]:
-    """A running :class:`NetlinkPort`, closed on exit."""
-    port = NetlinkPort()
+async def open_netlink_port(workers: int = 1) -> AsyncIterator[NetlinkPort]:
+    """A running :class:`NetlinkPort` (with up to ``workers`` threads), closed on exit."""
+    port = NetlinkPort(workers)
     try:
         await port._start()
         yield port

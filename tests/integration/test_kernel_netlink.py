@@ -400,10 +400,11 @@ async def test_port_does_not_keep_a_deleted_container_alive(
         tap.close()
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 async def test_concurrent_callers_take_turns_and_a_closed_port_refuses(
-        netns: Callable[[str], str]) -> None:
+        netns: Callable[[str], str], workers: int) -> None:
     host = netns("h")
-    async with open_netlink_port() as p:
+    async with open_netlink_port(workers) as p:
         async with trio.open_nursery() as nursery:
             for i in range(8):
                 nursery.start_soon(p.apply, [AddBridge(f"br{i}", 1500, netns=host)])
@@ -427,6 +428,50 @@ async def test_worker_thread_and_descriptors_are_released(netns: Callable[[str],
         assert (stats.snapshots, stats.ops_applied) == (1, 1)
     assert threading.active_count() == threads
     assert set(os.listdir("/proc/self/fd")) == fds
+
+
+async def test_a_port_of_several_workers_runs_jobs_at_once_each_in_its_own_namespaces(
+        netns: Callable[[str], str]) -> None:
+    """Eight pods plumbed and unplumbed at once through a port of four workers: each job
+    runs whole on one worker (its container's namespace entered and left there), no worker
+    is left in a foreign namespace, threads start only when needed and all end at close."""
+    host = netns("h")
+    pods = [netns(f"p{i}") for i in range(8)]
+    threads = threading.active_count()
+    async with open_netlink_port(4) as p:
+        assert threading.active_count() == threads + 1  # the first worker only
+        await p.apply([AddBridge("weave", MTU, netns=host), SetUp("weave", host)])
+        host_state = await p.snapshot(host)
+
+        async def plumb(i: int, pod: str) -> None:
+            plan = attach_plan(host_state, await p.snapshot(pod), host_veth=f"vethwepl{i}",
+                               cidrs=[ipaddress.IPv4Interface(f"10.32.0.{i + 2}/12")])
+            await execute(p, plan)
+
+        async with trio.open_nursery() as nursery:
+            for i, pod in enumerate(pods):
+                nursery.start_soon(plumb, i, pod)
+        assert threads + 1 < threading.active_count() <= threads + 4
+        for i, pod in enumerate(pods):
+            assert [str(a) for a in (await p.snapshot(pod)).addresses_of("ethwe")] == \
+                [f"10.32.0.{i + 2}/12"]
+        ports = {li.name for li in (await p.snapshot(host)).links if li.master == "weave"}
+        assert ports == {f"vethwepl{i}" for i in range(8)}
+        # every worker is back home: a snapshot of no namespace is of ours, not a pod's
+        homes: list[NetnsState] = []
+
+        async def home() -> None:
+            homes.append(await p.snapshot())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(home)
+        assert not [s for s in homes if s.link("ethwe") is not None]
+        async with trio.open_nursery() as nursery:
+            for pod in pods:
+                nursery.start_soon(p.apply, [DeleteLink("ethwe", pod)])
+        assert not [li for li in (await p.snapshot(host)).links if li.master == "weave"]
+    assert threading.active_count() == threads
 
 
 # -- the fake behaves like the kernel -------------------------------------------------------
