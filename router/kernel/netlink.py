@@ -1,8 +1,12 @@
-"""The kernel port over pyroute2: every netlink call on a worker thread this port owns.
+"""The kernel port over rtnetlink: every netlink call on a worker thread this port owns.
 
-The only module that imports pyroute2. pyroute2's ``IPRoute`` is synchronous and bound to
-the thread that opened it, and a netlink socket belongs to the network namespace its
-thread was in when it was created; so:
+Links, addresses, routes, VXLAN devices and FDB entries are read, and links, addresses
+and routes changed, through raw netlink sockets with :mod:`router.kernel.rtnl`'s messages
+(pyroute2 costs ~0.5 ms of Python per request, those ~30 us); creating bridges and VXLAN
+devices and changing FDB entries go through pyroute2, and this is the only module that
+imports it. pyroute2's ``IPRoute`` is synchronous and bound to the thread that opened
+it, and a netlink socket belongs to the network namespace its thread was in when it was
+created; so:
 
 1. :func:`open_netlink_port` starts one worker thread (``threading.Thread``), which first
    records the namespace it was born in (the router's own, ``netns=None``). A port opened
@@ -13,12 +17,13 @@ thread was in when it was created; so:
    for the result, which the worker posts back with ``TrioToken.run_sync_soon``. A
    ``trio.Semaphore`` admits as many jobs at a time as there are workers, in the order
    they asked; each job (a snapshot, a whole ``apply``) runs on one thread from start to end.
-3. On the worker, the router's own namespace has one long-lived ``IPRoute``. For another
-   namespace the worker enters it with ``setns(2)`` (this thread only), opens an
-   ``IPRoute`` there and returns home at once; that socket serves one batch (a snapshot, an
-   ``apply``) and is closed after it, so the port never pins a container's namespace
-   alive after the container is gone. No socket joins a multicast group (``groups=0``):
-   link events are never queued for a reader that does not exist.
+3. On the worker, the router's own namespace has one long-lived raw socket and one
+   ``IPRoute``. For another namespace the worker enters it with ``setns(2)`` (this thread
+   only), opens the socket the job needs there (when first needed) and returns home at
+   once; those sockets serve one batch (a snapshot, an ``apply``) and are closed after
+   it, so the port never pins a container's namespace alive after the container is gone.
+   No socket joins a multicast group (``groups=0``): link events are never queued for a
+   reader that does not exist.
 4. A TAP device is created in the namespace of the thread that opens ``/dev/net/tun``: the
    worker enters the target namespace around :func:`router.kernel.tap.open_tap`.
 5. Every failure becomes :class:`~router.errors.KernelError` with the kernel's errno and
@@ -29,9 +34,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import queue
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -43,6 +50,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from router.errors import BrokenError, ClosedError, KernelError
+from router.kernel import rtnl
 from router.kernel import tap as tapdev
 from router.kernel.port import (
     MTU_MAX,
@@ -83,7 +91,6 @@ RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2  # routes the kernel derives from addresses: not ours, left out of snapshots
 RTN_UNICAST = 1
 AF_BRIDGE = 7
-IFF_UP = 0x1
 NTF_SELF = 0x02  # an FDB entry of the device itself (not the bridge's view of its port)
 NTF_MASTER = 0x04  # an FDB entry of the bridge the device is a port of
 NUD_NOARP = 0x40  # a bridge FDB entry that is "static" (NUD_PERMANENT would make it local)
@@ -97,13 +104,127 @@ def _setns(fd: int, what: str) -> None:
         raise KernelError(code, f"setns {what}: {os.strerror(code)}")
 
 
+class _Rtnl:
+    """A raw rtnetlink socket (of the namespace the thread was in when it was made) that
+    sends :mod:`router.kernel.rtnl`'s requests and waits for their answers; strict
+    (:data:`~router.kernel.rtnl.NETLINK_GET_STRICT_CHK`) where the kernel has it."""
+
+    DUMP_TRIES = 3  # a dump the kernel says changed while read is read again
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                   socket.NETLINK_ROUTE)
+        try:
+            with suppress(OSError):  # Linux < 4.20: the port filters dumps itself
+                self._sock.setsockopt(rtnl.SOL_NETLINK, rtnl.NETLINK_GET_STRICT_CHK, 1)
+            self._sock.bind((0, 0))
+        except OSError:
+            self._sock.close()
+            raise
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def call(self, build: Callable[[int], bytes]) -> list[rtnl.Message]:
+        """Send ``build(seq)``; the answer's messages. OSError with the kernel's errno."""
+        for _ in range(self.DUMP_TRIES):
+            self._seq += 1
+            answer = rtnl.Answer(self._seq)
+            self._sock.send(build(self._seq))
+            try:
+                while not answer.feed(self._sock.recv(RECV_BUFFER)):
+                    pass
+            except rtnl.DecodeError as exc:
+                raise OSError(errno.EBADMSG, f"the kernel's answer: {exc}") from None
+            if answer.errno:
+                raise OSError(answer.errno, os.strerror(answer.errno))
+            if not answer.interrupted:
+                break
+        return answer.messages
+
+    def do(self, build: Callable[[int], bytes]) -> None:
+        self.call(build)
+
+    def links(self) -> list[rtnl.LinkInfo]:
+        return [_decoded(rtnl.decode_link, m) for m in self.call(rtnl.dump_links)]
+
+    def link(self, *, name: str | None = None, index: int = 0) -> rtnl.LinkInfo | None:
+        """One link by name or index; None when there is none."""
+        try:
+            found = self.call(lambda seq: rtnl.get_link(seq, name=name, index=index))
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+        return _decoded(rtnl.decode_link, found[0]) if found else None
+
+    def index(self, name: str, op: object) -> int:
+        found = self.link(name=name)
+        if found is None:
+            raise kernel_error(errno.ENODEV, f"{op}: link {name}")
+        return found.index
+
+
+class _Namespace:
+    """One namespace's sockets within a batch, each opened when first used (raw for links,
+    addresses and routes; pyroute2 for the rest), and the link indexes looked up by name
+    (shared by the batch's namespaces until a link is added or deleted anywhere: a veth's
+    peer appears in another namespace)."""
+
+    def __init__(self, w: _Worker, netns: str | None,
+                 indexes: dict[tuple[str | None, str], int], opened: list[Any]) -> None:
+        self._w, self.netns, self._indexes, self._opened = w, netns, indexes, opened
+        self._rt: _Rtnl | None = w.rt if netns is None else None
+        self._pr: Any = w.home if netns is None else None
+
+    @property
+    def rt(self) -> _Rtnl:
+        if self._rt is None:
+            with self._w.entered(self._required()):
+                self._rt = _Rtnl()
+            self._opened.append(self._rt)
+        return self._rt
+
+    @property
+    def pr(self) -> Any:
+        if self._pr is None:
+            with self._w.entered(self._required()):
+                self._pr = IPRoute(groups=0)
+            self._opened.append(self._pr)
+        return self._pr
+
+    def _required(self) -> str:
+        assert self.netns is not None  # home sockets are the worker's own
+        return self.netns
+
+    def index(self, name: str, op: object) -> int:
+        key = (self.netns, name)
+        if key not in self._indexes:
+            self._indexes[key] = self.rt.index(name, op)
+        return self._indexes[key]
+
+    def links_changed(self) -> None:
+        self._indexes.clear()
+
+
+def _decoded(decode: Callable[[bytes], T], message: rtnl.Message) -> T:
+    try:
+        return decode(message.payload)
+    except rtnl.DecodeError as exc:
+        raise OSError(errno.EBADMSG, f"the kernel's answer: {exc}") from None
+
+
+RECV_BUFFER = 1 << 18  # the kernel fills at most ~32 KiB of dump per datagram
+
+
 class _Worker:
     """State owned by the worker thread: its home namespace and its home IPRoute."""
 
     def __init__(self) -> None:
         self.home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.home = IPRoute(groups=0)
-        self.strict = _strict_socket()  # home too: for dumps the kernel filters, else None
+        self.rt = _Rtnl()  # home, raw: links, addresses, routes
         self.broken = ""  # why this thread can no longer be trusted to be at home
 
     def check(self) -> _Worker:
@@ -114,8 +235,7 @@ class _Worker:
 
     def close(self) -> None:
         self.home.close()
-        if self.strict is not None:
-            self.strict.close()
+        self.rt.close()
         os.close(self.home_fd)
 
     @contextmanager
@@ -139,37 +259,22 @@ class _Worker:
                 raise BrokenError(self.broken) from exc
 
     @contextmanager
-    def batch(self) -> Iterator[Callable[[str | None], Any]]:
-        """A function netns -> IPRoute; sockets for other namespaces close at the end."""
-        opened: dict[str, Any] = {}
+    def namespaces(self) -> Iterator[Callable[[str | None], _Namespace]]:
+        """A function netns -> :class:`_Namespace`; sockets opened in other namespaces
+        close at the end, and link indexes are shared."""
+        opened: list[Any] = []
+        indexes: dict[tuple[str | None, str], int] = {}
+        spaces: dict[str | None, _Namespace] = {}
 
-        def ipr(netns: str | None) -> Any:
-            if netns is None:
-                return self.home
-            if netns not in opened:
-                with self.entered(netns):
-                    opened[netns] = IPRoute(groups=0)
-            return opened[netns]
+        def space(netns: str | None) -> _Namespace:
+            if netns not in spaces:
+                spaces[netns] = _Namespace(self, netns, indexes, opened)
+            return spaces[netns]
 
         try:
-            yield ipr
+            yield space
         finally:
-            for sock in opened.values():
-                sock.close()
-
-    @contextmanager
-    def strict_in(self, netns: str | None) -> Iterator[Any]:
-        """A strict socket (:func:`_strict_socket`) in ``netns`` for the body (the home one,
-        or one opened there and closed after), or None where there is none."""
-        if netns is None:
-            yield self.strict
-            return
-        with self.entered(netns):
-            sock = _strict_socket()
-        try:
-            yield sock
-        finally:
-            if sock is not None:
+            for sock in opened:
                 sock.close()
 
     def open_tap(self, name: str, netns: str | None) -> tapdev.Tap:
@@ -179,93 +284,42 @@ class _Worker:
             return tapdev.Tap(name, tapdev.open_tap(name))
 
 
-def _strict_socket() -> Any:
-    """An ``IPRoute`` with ``NETLINK_GET_STRICT_CHK`` (Linux 4.20+), on which the kernel
-    filters an address dump, and a bridge FDB dump, by the header's interface index; None
-    where it cannot."""
-    try:
-        return IPRoute(groups=0, strict_check=True)
-    except (OSError, NetlinkError):
-        return None
-
-
 # --- reading state ------------------------------------------------------------------------
 
 
-def _snapshot(ipr: Any, netns: str | None, only: Sequence[str] | None = None,
-              strict: Any = None) -> NetnsState:
+def _snapshot(rt: _Rtnl, netns: str | None, only: Sequence[str] | None = None) -> NetnsState:
     """The whole namespace, or (``only``) those links that exist and their addresses, no
     routes: a few ``get`` requests instead of dumps of every link, address and route,
     which on a host with hundreds of veths (each with its IPv6 link-local address and
-    routes) take longer than plumbing one. ``strict``: a socket of the same namespace on
-    which the kernel dumps one link's addresses only (:func:`_strict_socket`)."""
-    names: dict[int, str] = {}
+    routes) take longer than plumbing one. On a strict socket the kernel sends one link's
+    addresses only; elsewhere the others are dropped here."""
     if only is None:
-        raw_links = list(ipr.link("dump"))
+        raw = rt.links()
     else:
-        raw_links = [msg for name in dict.fromkeys(only) for msg in _get_link(ipr, name=name)]
-    for msg in raw_links:
-        names[msg["index"]] = msg.get_attr("IFLA_IFNAME")
+        raw = [li for name in dict.fromkeys(only) if (li := rt.link(name=name)) is not None]
+    names = {li.index: li.name for li in raw}
     masters = dict(names)
-    for msg in raw_links:  # a bridge that was not asked for still names its ports' master
-        master = msg.get_attr("IFLA_MASTER")
-        if master and master not in masters:
-            for found in _get_link(ipr, index=master):
-                masters[master] = found.get_attr("IFLA_IFNAME")
-    links = tuple(_link(msg, masters) for msg in raw_links)
-    if only is not None and strict is not None:  # dump_filter=None: the kernel's filter only
-        raw_addresses = [m for i in names for m in strict.addr("dump", index=i, dump_filter=None)]
+    for li in raw:  # a bridge that was not asked for still names its ports' master
+        if li.master and li.master not in masters and (m := rt.link(index=li.master)):
+            masters[li.master] = m.name
+    links = tuple(Link(index=li.index, name=li.name, kind=li.kind, mac=li.mac, mtu=li.mtu,
+                       up=li.up, master=masters.get(li.master) if li.master else None)
+                  for li in raw)
+    if only is None:
+        raw_addresses = rt.call(rtnl.dump_addresses)
     else:
-        raw_addresses = list(ipr.addr("dump"))
-    addresses = tuple(a for msg in raw_addresses if (a := _address(msg, names)) is not None)
+        raw_addresses = [m for index in names for m in rt.call(
+            functools.partial(rtnl.dump_addresses, index=index))]
+    addresses = tuple(
+        Address(names[a.index], a.cidr) for m in raw_addresses
+        if (a := _decoded(rtnl.decode_address, m)) is not None and a.index in names
+        and not is_link_local(a.cidr))
     routes = () if only is not None else tuple(
-        r for msg in ipr.route("dump") if (r := _route(msg, names)) is not None)
+        Route(dst=r.dst, ifname=names.get(r.oif) if r.oif else None, gateway=r.gateway,
+              scope=_scope(r.scope))
+        for m in rt.call(rtnl.dump_routes) if (r := _decoded(rtnl.decode_route, m)) is not None
+        and r.table == RT_TABLE_MAIN and r.protocol != RTPROT_KERNEL and r.type == RTN_UNICAST)
     return NetnsState(netns=netns, links=links, addresses=addresses, routes=routes)
-
-
-def _get_link(ipr: Any, **which: Any) -> list[Any]:
-    """The link by ``name=`` or ``index=``; empty when there is none."""
-    try:
-        return list(ipr.link("get", **{("ifname" if k == "name" else k): v
-                                        for k, v in which.items()}))
-    except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
-            return []
-        raise
-
-
-def _link(msg: Any, names: dict[int, str]) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
-    master = msg.get_attr("IFLA_MASTER")
-    return Link(
-        index=msg["index"], name=msg.get_attr("IFLA_IFNAME"), kind=kind,
-        mac=(msg.get_attr("IFLA_ADDRESS") or "").lower(), mtu=msg.get_attr("IFLA_MTU"),
-        up=bool(msg["flags"] & IFF_UP), master=names.get(master) if master else None,
-    )
-
-
-def _address(msg: Any, names: dict[int, str]) -> Address | None:
-    ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-    if ip is None or msg["index"] not in names:
-        return None
-    cidr = ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}")
-    return None if is_link_local(cidr) else Address(names[msg["index"]], cidr)
-
-
-def _route(msg: Any, names: dict[int, str]) -> Route | None:
-    table = msg.get_attr("RTA_TABLE") or msg["table"]
-    if table != RT_TABLE_MAIN or msg["proto"] == RTPROT_KERNEL or msg["type"] != RTN_UNICAST:
-        return None
-    dst = msg.get_attr("RTA_DST") or ("::" if msg["family"] == 10 else "0.0.0.0")
-    gateway = msg.get_attr("RTA_GATEWAY")
-    oif = msg.get_attr("RTA_OIF")
-    return Route(
-        dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}"),
-        ifname=names.get(oif) if oif else None,
-        gateway=ipaddress.ip_address(gateway) if gateway else None,
-        scope=_scope(msg["scope"]),
-    )
 
 
 def _scope(value: int) -> Scope:
@@ -278,33 +332,30 @@ def _scope(value: int) -> Scope:
 # --- changing state -------------------------------------------------------------------------
 
 
-def _index(ipr: Any, name: str, op: object) -> int:
-    found = ipr.link_lookup(ifname=name)
-    if not found:
-        raise kernel_error(errno.ENODEV, f"{op}: link {name}")
-    return int(found[0])
-
-
-def _add_bridge(w: _Worker, ipr: Any, op: AddBridge) -> None:
+def _add_bridge(w: _Worker, ns: _Namespace, op: AddBridge) -> None:
     # A bridge follows its ports' smallest MTU unless its MTU was *changed* by hand; creating
     # it one byte off and then setting the real value pins it (no-op sets do not count).
     first = op.mtu + 1 if op.mtu < MTU_MAX else op.mtu - 1
     extra = {"address": op.mac} if op.mac is not None else {}
-    ipr.link("add", ifname=op.name, kind="bridge", mtu=first, br_stp_state=0,
-             br_mcast_snooping=0, **extra)
-    ipr.link("set", index=_index(ipr, op.name, op), mtu=op.mtu)
+    ns.pr.link("add", ifname=op.name, kind="bridge", mtu=first, br_stp_state=0,
+               br_mcast_snooping=0, **extra)
+    ns.links_changed()
+    index = ns.index(op.name, op)
+    ns.rt.do(lambda seq: rtnl.set_link(seq, index, mtu=op.mtu))
 
 
-def _add_veth(w: _Worker, ipr: Any, op: AddVeth) -> None:
-    peer: dict[str, Any] = {"ifname": op.peer, "mtu": op.mtu}
-    if op.peer_mac is not None:
-        peer["address"] = op.peer_mac
+def _add_veth(w: _Worker, ns: _Namespace, op: AddVeth) -> None:
+    def add(fd: int | None) -> None:
+        ns.rt.do(lambda seq: rtnl.new_veth(seq, op.name, op.mtu, peer=op.peer,
+                                           peer_mtu=op.mtu, peer_mac=op.peer_mac,
+                                           peer_netns_fd=fd))
+        ns.links_changed()
+
     if op.peer_netns == op.netns:
-        ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
+        add(None)
         return
     if op.peer_netns is None:
-        peer["net_ns_fd"] = w.home_fd
-        ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
+        add(w.home_fd)
         return
     try:
         fd = os.open(op.peer_netns, os.O_RDONLY | os.O_CLOEXEC)
@@ -312,38 +363,55 @@ def _add_veth(w: _Worker, ipr: Any, op: AddVeth) -> None:
         raise kernel_error(exc.errno or errno.ENOENT, f"{op}: namespace {op.peer_netns}") \
             from None
     try:
-        peer["net_ns_fd"] = fd
-        ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
+        add(fd)
     finally:
         os.close(fd)
 
 
-def _set_master(w: _Worker, ipr: Any, op: SetMaster) -> None:
-    master = 0 if op.master is None else _index(ipr, op.master, op)
-    ipr.link("set", index=_index(ipr, op.name, op), master=master)
+def _delete_link(w: _Worker, ns: _Namespace, op: DeleteLink) -> None:
+    index = ns.index(op.name, op)
+    ns.rt.do(lambda seq: rtnl.del_link(seq, index))
+    ns.links_changed()
 
 
-def _route_args(ipr: Any, route: Route, op: Op) -> dict[str, Any]:
-    args: dict[str, Any] = {"dst": str(route.dst), "table": RT_TABLE_MAIN,
-                            "scope": int(route.scope)}
-    if route.ifname is not None:
-        args["oif"] = _index(ipr, route.ifname, op)
-    if route.gateway is not None:
-        args["gateway"] = str(route.gateway)
-    return args
+def _set_link(**change: Any) -> _Handler:
+    def handler(w: _Worker, ns: _Namespace, op: SetUp | SetDown | SetMtu | SetMac) -> None:
+        index = ns.index(op.name, op)
+        fields = {k: getattr(op, v) if isinstance(v, str) else v for k, v in change.items()}
+        ns.rt.do(lambda seq: rtnl.set_link(seq, index, **fields))
+    return handler
 
 
-def _addr_args(ipr: Any, op: AddAddress | DeleteAddress) -> dict[str, Any]:
-    return {"index": _index(ipr, op.ifname, op), "address": str(op.cidr.ip),
-            "prefixlen": op.cidr.network.prefixlen}
+def _set_master(w: _Worker, ns: _Namespace, op: SetMaster) -> None:
+    master = 0 if op.master is None else ns.index(op.master, op)
+    index = ns.index(op.name, op)
+    ns.rt.do(lambda seq: rtnl.set_link(seq, index, master=master))
 
 
-_Handler = Callable[[_Worker, Any, Any], None]
+def _address_op(add: bool) -> _Handler:
+    def handler(w: _Worker, ns: _Namespace, op: AddAddress | DeleteAddress) -> None:
+        index = ns.index(op.ifname, op)
+        ns.rt.do(lambda seq: rtnl.change_address(seq, add=add, index=index, cidr=op.cidr))
+    return handler
 
 
-def _add_vxlan(w: _Worker, ipr: Any, op: AddVxlan) -> None:
-    ipr.link("add", ifname=op.name, kind="vxlan", vxlan_id=op.vni, vxlan_port=op.port,
+def _route_op(add: bool) -> _Handler:
+    def handler(w: _Worker, ns: _Namespace, op: AddRoute | DeleteRoute) -> None:
+        route = op.route
+        oif = None if route.ifname is None else ns.index(route.ifname, op)
+        ns.rt.do(lambda seq: rtnl.change_route(seq, add=add, dst=route.dst,
+                                               scope=int(route.scope), oif=oif,
+                                               gateway=route.gateway))
+    return handler
+
+
+_Handler = Callable[[_Worker, _Namespace, Any], None]
+
+
+def _add_vxlan(w: _Worker, ns: _Namespace, op: AddVxlan) -> None:
+    ns.pr.link("add", ifname=op.name, kind="vxlan", vxlan_id=op.vni, vxlan_port=op.port,
              vxlan_local=str(op.local), vxlan_learning=int(op.learning), mtu=op.mtu)
+    ns.links_changed()
 
 
 def _fdb(verb: str) -> _Handler:
@@ -351,13 +419,13 @@ def _fdb(verb: str) -> _Handler:
     # (exclusive). Flags are explicit: pyroute2 would otherwise aim some verbs at the bridge.
     # Only VXLAN devices: the kernel would put a unicast MAC on another device's address
     # list, and refuses the flood MAC there with EINVAL.
-    def handler(w: _Worker, ipr: Any, op: AddFdb | DeleteFdb) -> None:
-        index = _index(ipr, op.ifname, op)
-        [msg] = ipr.link("get", index=index)  # the kernel would take some on other devices
-        if _link(msg, {}).kind != "vxlan":
+    def handler(w: _Worker, ns: _Namespace, op: AddFdb | DeleteFdb) -> None:
+        index = ns.index(op.ifname, op)
+        link = ns.rt.link(index=index)  # the kernel would take some on other devices
+        if link is None or link.kind != "vxlan":
             raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a VXLAN device")
         kind = verb if verb == "del" or not op.entry.flood else "append"
-        ipr.fdb(kind, ifindex=index, lladdr=op.entry.mac, dst=str(op.entry.dst),
+        ns.pr.fdb(kind, ifindex=index, lladdr=op.entry.mac, dst=str(op.entry.dst),
                 flags=NTF_SELF)
     return handler
 
@@ -369,26 +437,27 @@ def _pin(verb: str) -> _Handler:
     # A pin is a replace (``bridge fdb replace``), not an add: the bridge keeps one entry
     # per MAC, and one it learned (a peer's heartbeat that arrived before we pinned its
     # MAC) would make an add fail with EEXIST on every pass.
-    def handler(w: _Worker, ipr: Any, op: PinMac | UnpinMac) -> None:
-        index = _index(ipr, op.ifname, op)
-        if not ipr.link("get", index=index)[0].get_attr("IFLA_MASTER"):
+    def handler(w: _Worker, ns: _Namespace, op: PinMac | UnpinMac) -> None:
+        index = ns.index(op.ifname, op)
+        link = ns.rt.link(index=index)
+        if link is None or not link.master:
             raise kernel_error(errno.EOPNOTSUPP, f"{op}: not a bridge port")
-        ipr.neigh(verb, ifindex=index, lladdr=op.mac,
+        ns.pr.neigh(verb, ifindex=index, lladdr=op.mac,
                   family=AF_BRIDGE, flags=NTF_MASTER, state=NUD_NOARP)
     return handler
 _HANDLERS: dict[type, _Handler] = {
     AddBridge: _add_bridge,
     AddVeth: _add_veth,
-    DeleteLink: lambda w, ipr, op: ipr.link("del", index=_index(ipr, op.name, op)),
-    SetUp: lambda w, ipr, op: ipr.link("set", index=_index(ipr, op.name, op), state="up"),
-    SetDown: lambda w, ipr, op: ipr.link("set", index=_index(ipr, op.name, op), state="down"),
-    SetMtu: lambda w, ipr, op: ipr.link("set", index=_index(ipr, op.name, op), mtu=op.mtu),
-    SetMac: lambda w, ipr, op: ipr.link("set", index=_index(ipr, op.name, op), address=op.mac),
+    DeleteLink: _delete_link,
+    SetUp: _set_link(up=True),
+    SetDown: _set_link(up=False),
+    SetMtu: _set_link(mtu="mtu"),
+    SetMac: _set_link(mac="mac"),
     SetMaster: _set_master,
-    AddAddress: lambda w, ipr, op: ipr.addr("add", **_addr_args(ipr, op)),
-    DeleteAddress: lambda w, ipr, op: ipr.addr("del", **_addr_args(ipr, op)),
-    AddRoute: lambda w, ipr, op: ipr.route("add", **_route_args(ipr, op.route, op)),
-    DeleteRoute: lambda w, ipr, op: ipr.route("del", **_route_args(ipr, op.route, op)),
+    AddAddress: _address_op(add=True),
+    DeleteAddress: _address_op(add=False),
+    AddRoute: _route_op(add=True),
+    DeleteRoute: _route_op(add=False),
     AddVxlan: _add_vxlan,
     AddFdb: _fdb("add"),
     DeleteFdb: _fdb("del"),
@@ -397,37 +466,13 @@ _HANDLERS: dict[type, _Handler] = {
 }
 
 
-class _Indexed:
-    """An ``IPRoute`` of one batch whose ``link_lookup(ifname=)`` answers are remembered
-    (shared by the batch's sockets) until a link is added or deleted in any namespace:
-    a plan names the same few links op after op."""
-
-    def __init__(self, ipr: Any, netns: str | None, indexes: dict[Any, list[int]]) -> None:
-        self._ipr, self._netns, self._indexes = ipr, netns, indexes
-
-    def link_lookup(self, *, ifname: str) -> list[int]:
-        key = (self._netns, ifname)
-        if key not in self._indexes:
-            self._indexes[key] = list(self._ipr.link_lookup(ifname=ifname))
-        return self._indexes[key]
-
-    def link(self, command: str, **kwargs: Any) -> Any:
-        if command in ("add", "del"):  # a veth's peer appears in another namespace
-            self._indexes.clear()
-        return self._ipr.link(command, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ipr, name)
-
-
 def _apply(w: _Worker, ops: Sequence[Op]) -> tuple[int, KernelError | None]:
     """Run ops in order on the worker; (how many succeeded, the error that stopped us)."""
     done = 0
-    indexes: dict[Any, list[int]] = {}
-    with w.batch() as ipr:
+    with w.namespaces() as space:
         for op in ops:
             try:
-                _HANDLERS[type(op)](w, _Indexed(ipr(op.netns), op.netns, indexes), op)
+                _HANDLERS[type(op)](w, space(op.netns), op)
             except NetlinkError as exc:
                 return done, kernel_error(exc.code, str(op))
             except KernelError as exc:
@@ -441,104 +486,92 @@ def _apply(w: _Worker, ops: Sequence[Op]) -> tuple[int, KernelError | None]:
 def _take_snapshot(w: _Worker, netns: str | None,
                    only: Sequence[str] | None = None) -> NetnsState:
     try:
-        with w.batch() as ipr:
-            return _snapshot(ipr(netns), netns, only, w.strict if netns is None else None)
-    except NetlinkError as exc:
-        raise kernel_error(exc.code, f"snapshot{'' if netns is None else ' of ' + netns}") \
-            from None
+        with w.namespaces() as space:
+            return _snapshot(space(netns).rt, netns, only)
+    except OSError as exc:
+        raise kernel_error(exc.errno or errno.EIO,
+                           f"snapshot{'' if netns is None else ' of ' + netns}") from None
 
 
-def _vxlan(ipr: Any, name: str, strict: Any = None) -> VxlanDevice | None:
-    found = ipr.link_lookup(ifname=name)
-    if not found:
+def _vxlan(rt: _Rtnl, name: str) -> VxlanDevice | None:
+    found = rt.link(name=name)
+    if found is None:
         return None
-    [msg] = ipr.link("get", index=found[0])
-    names = {int(found[0]): name}
-    master = msg.get_attr("IFLA_MASTER")
-    if master:
-        names[master] = ipr.link("get", index=master)[0].get_attr("IFLA_IFNAME")
-    link = _link(msg, names)
-    info = msg.get_attr("IFLA_LINKINFO")
-    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
-    if link.kind != "vxlan" or data is None:
-        raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a {link.kind or 'device'}, "
+    [message] = rt.call(lambda seq: rtnl.get_link(seq, index=found.index))
+    data = _decoded(rtnl.decode_vxlan, message)
+    if data is None:
+        raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a {found.kind or 'device'}, "
                            "not a VXLAN device")
-    entries = list(_fdb_entries(ipr, link.index, strict))  # only a VXLAN device's
-    local, group = data.get_attr("IFLA_VXLAN_LOCAL"), data.get_attr("IFLA_VXLAN_GROUP")
+    master = rt.link(index=found.master) if found.master else None
+    link = Link(index=found.index, name=found.name, kind=found.kind, mac=found.mac,
+                mtu=found.mtu, up=found.up, master=master.name if master else None)
+    entries = list(_fdb_entries(rt, link.index))  # only a VXLAN device's
     return VxlanDevice(
-        link=link, vni=data.get_attr("IFLA_VXLAN_ID"), port=data.get_attr("IFLA_VXLAN_PORT"),
-        local=ipaddress.IPv4Address(local) if local else None,
-        learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-        remote=ipaddress.IPv4Address(group) if group else None,
+        link=link, vni=data.vni, port=data.port, local=data.local, learning=data.learning,
+        remote=data.group,
         fdb=frozenset(e for e, static in entries if static),
         learned=frozenset(e for e, static in entries if not static),
     )
 
 
-def _port_fdb(ipr: Any, strict: Any, index: int) -> list[Any]:
+def _port_fdb(rt: _Rtnl, index: int) -> list[rtnl.NeighbourInfo]:
     """The FDB entries of device ``index``: its own (a VXLAN device's) and its bridge's for
-    it as a port. On a strict socket the kernel sends only those; otherwise pyroute2 reads
-    and decodes every entry of the namespace and drops the others (173 ms against 1.4 ms
-    for a port's 5 entries beside 2,000 others)."""
-    if strict is not None:
-        return list(strict.fdb("dump", ifindex=index, dump_filter=None))
-    return list(ipr.fdb("dump", ifindex=index))
+    it as a port. On a strict socket the kernel sends only those (1.4 ms against 173 ms
+    for a port's 5 entries beside 2,000 others, read through pyroute2); elsewhere the
+    others are dropped here."""
+    entries = [_decoded(rtnl.decode_neighbour, m)
+               for m in rt.call(functools.partial(rtnl.dump_fdb, index=index))]
+    return [e for e in entries if e.index == index]
 
 
-def _fdb_entries(ipr: Any, index: int, strict: Any = None) -> Iterator[tuple[FdbEntry, bool]]:
+def _fdb_entries(rt: _Rtnl, index: int) -> Iterator[tuple[FdbEntry, bool]]:
     """The device's own IPv4 entries, each with True if it was added (NUD_PERMANENT or
     NUD_NOARP) rather than learned from a received frame (NUD_REACHABLE, NUD_STALE)."""
-    for msg in _port_fdb(ipr, strict, index):
-        dst = msg.get_attr("NDA_DST")
-        if msg["ifindex"] == index and msg["flags"] & NTF_SELF and dst and ":" not in dst:
-            entry = FdbEntry(msg.get_attr("NDA_LLADDR").lower(), ipaddress.IPv4Address(dst))
-            yield entry, bool(msg["state"] & (NUD_PERMANENT | NUD_NOARP))
+    for entry in _port_fdb(rt, index):
+        if entry.flags & NTF_SELF and isinstance(entry.dst, ipaddress.IPv4Address):
+            yield (FdbEntry(entry.mac, entry.dst),
+                   bool(entry.state & (NUD_PERMANENT | NUD_NOARP)))
 
 
 def _read_pins(w: _Worker, ifname: str, netns: str | None) -> frozenset[str]:
     try:
-        with w.batch() as ipr, w.strict_in(netns) as strict:
-            sock = ipr(netns)
-            index = _index(sock, ifname, f"pinned macs of {ifname}")
-            return frozenset(
-                msg.get_attr("NDA_LLADDR").lower() for msg in _port_fdb(sock, strict, index)
-                if msg["ifindex"] == index and msg["state"] == NUD_NOARP
-                and msg.get_attr("NDA_MASTER"))
-    except NetlinkError as exc:
-        raise kernel_error(exc.code, f"pinned macs of {ifname}") from None
-
+        with w.namespaces() as space:
+            rt = space(netns).rt
+            index = rt.index(ifname, f"pinned macs of {ifname}")
+            return frozenset(e.mac for e in _port_fdb(rt, index)
+                             if e.state == NUD_NOARP and e.master)
+    except OSError as exc:
+        raise kernel_error(exc.errno or errno.EIO, f"pinned macs of {ifname}") from None
 
 
 def _forget_learned(w: _Worker, ifname: str, netns: str | None) -> int:
     try:
-        with w.batch() as ipr, w.strict_in(netns) as strict:
-            sock = ipr(netns)
-            index = _index(sock, ifname, f"learned macs of {ifname}")
-            learned = [msg.get_attr("NDA_LLADDR") for msg in _port_fdb(sock, strict, index)
-                       if msg["ifindex"] == index and msg.get_attr("NDA_MASTER")
-                       and not msg["state"] & (NUD_NOARP | NUD_PERMANENT)]
+        with w.namespaces() as space:
+            ns = space(netns)
+            index = ns.rt.index(ifname, f"learned macs of {ifname}")
+            learned = [e.mac for e in _port_fdb(ns.rt, index)
+                       if e.master and not e.state & (NUD_NOARP | NUD_PERMANENT)]
             for mac in learned:
                 try:
-                    sock.neigh("del", ifindex=index, lladdr=mac, family=AF_BRIDGE,
-                               flags=NTF_MASTER)
+                    ns.pr.neigh("del", ifindex=index, lladdr=mac, family=AF_BRIDGE,
+                                flags=NTF_MASTER)
                 except NetlinkError as exc:
                     if exc.code != errno.ENOENT:  # it aged out meanwhile
                         raise
             return len(learned)
     except NetlinkError as exc:
         raise kernel_error(exc.code, f"learned macs of {ifname}") from None
+    except OSError as exc:
+        raise kernel_error(exc.errno or errno.EIO, f"learned macs of {ifname}") from None
 
 
 def _read_vxlan(w: _Worker, name: str, netns: str | None) -> VxlanDevice | None:
     try:
-        with w.batch() as ipr, w.strict_in(netns) as strict:
-            return _vxlan(ipr(netns), name, strict)
-    except NetlinkError as exc:
+        with w.namespaces() as space:
+            return _vxlan(space(netns).rt, name)
+    except OSError as exc:
         where = "" if netns is None else f" in {netns}"
-        raise kernel_error(exc.code, f"read vxlan {name}{where}") from None
-
-
-# --- the port -----------------------------------------------------------------------------
+        raise kernel_error(exc.errno or errno.EIO, f"read vxlan {name}{where}") from None
 
 
 class _Slot:
