@@ -500,7 +500,7 @@ def setup_logging(config: RouterConfig) -> _PeerFilter:
 
 # CNI ADDs and DELs at once: a runtime starting or stopping many pods runs as many plugin
 # processes, and a veth's deletion waits ~16 ms on the kernel, not on us.
-CNI_WORKERS = 4
+CNI_WORKERS = 8
 
 
 async def _main(config: RouterConfig, store: Store, name: PeerName,
