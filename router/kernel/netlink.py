@@ -149,15 +149,20 @@ class _Rtnl:
     def links(self) -> list[rtnl.LinkInfo]:
         return [_decoded(rtnl.decode_link, m) for m in self.call(rtnl.dump_links)]
 
-    def link(self, *, name: str | None = None, index: int = 0) -> rtnl.LinkInfo | None:
-        """One link by name or index; None when there is none."""
+    def get_link(self, *, name: str | None = None, index: int = 0) -> rtnl.Message | None:
+        """The kernel's message for one link by name or index; None when there is none."""
         try:
             found = self.call(lambda seq: rtnl.get_link(seq, name=name, index=index))
         except OSError as exc:
             if exc.errno in (errno.ENODEV, errno.ENOENT):
                 return None
             raise
-        return _decoded(rtnl.decode_link, found[0]) if found else None
+        return found[0] if found else None
+
+    def link(self, *, name: str | None = None, index: int = 0) -> rtnl.LinkInfo | None:
+        """One link by name or index; None when there is none."""
+        message = self.get_link(name=name, index=index)
+        return None if message is None else _decoded(rtnl.decode_link, message)
 
     def index(self, name: str, op: object) -> int:
         found = self.link(name=name)
@@ -374,11 +379,11 @@ def _delete_link(w: _Worker, ns: _Namespace, op: DeleteLink) -> None:
     ns.links_changed()
 
 
-def _set_link(**change: Any) -> _Handler:
+def _set_link(fields: Callable[[Any], dict[str, Any]]) -> _Handler:
+    """``ip link set``: ``fields(op)`` are :func:`router.kernel.rtnl.set_link`'s keywords."""
     def handler(w: _Worker, ns: _Namespace, op: SetUp | SetDown | SetMtu | SetMac) -> None:
         index = ns.index(op.name, op)
-        fields = {k: getattr(op, v) if isinstance(v, str) else v for k, v in change.items()}
-        ns.rt.do(lambda seq: rtnl.set_link(seq, index, **fields))
+        ns.rt.do(lambda seq: rtnl.set_link(seq, index, **fields(op)))
     return handler
 
 
@@ -449,10 +454,10 @@ _HANDLERS: dict[type, _Handler] = {
     AddBridge: _add_bridge,
     AddVeth: _add_veth,
     DeleteLink: _delete_link,
-    SetUp: _set_link(up=True),
-    SetDown: _set_link(up=False),
-    SetMtu: _set_link(mtu="mtu"),
-    SetMac: _set_link(mac="mac"),
+    SetUp: _set_link(lambda op: {"up": True}),
+    SetDown: _set_link(lambda op: {"up": False}),
+    SetMtu: _set_link(lambda op: {"mtu": op.mtu}),
+    SetMac: _set_link(lambda op: {"mac": op.mac}),
     SetMaster: _set_master,
     AddAddress: _address_op(add=True),
     DeleteAddress: _address_op(add=False),
@@ -494,10 +499,10 @@ def _take_snapshot(w: _Worker, netns: str | None,
 
 
 def _vxlan(rt: _Rtnl, name: str) -> VxlanDevice | None:
-    found = rt.link(name=name)
-    if found is None:
+    message = rt.get_link(name=name)
+    if message is None:
         return None
-    [message] = rt.call(lambda seq: rtnl.get_link(seq, index=found.index))
+    found = _decoded(rtnl.decode_link, message)
     data = _decoded(rtnl.decode_vxlan, message)
     if data is None:
         raise kernel_error(errno.EOPNOTSUPP, f"link {name} is a {found.kind or 'device'}, "

@@ -248,6 +248,18 @@ def attributes(data: bytes, offset: int) -> dict[int, bytes]:
     return found
 
 
+def _fixed(payload: bytes, header: struct.Struct,
+           what: str) -> tuple[tuple[int, ...], dict[int, bytes]]:
+    """A message's fixed header fields and its attributes."""
+    if len(payload) < header.size:
+        raise DecodeError(f"short {what}")
+    return header.unpack_from(payload), attributes(payload, header.size)
+
+
+def _mac(value: bytes | None) -> str:
+    return ":".join(f"{b:02x}" for b in value or b"")
+
+
 def _string(value: bytes | None) -> str:
     return "" if value is None else value.split(b"\0", 1)[0].decode(errors="replace")
 
@@ -270,16 +282,12 @@ class LinkInfo:
 
 
 def decode_link(payload: bytes) -> LinkInfo:
-    if len(payload) < _IFINFOMSG.size:
-        raise DecodeError("short ifinfomsg")
-    _, _, index, flags, _ = _IFINFOMSG.unpack_from(payload)
-    attrs = attributes(payload, _IFINFOMSG.size)
+    (_, _, index, flags, _), attrs = _fixed(payload, _IFINFOMSG, "ifinfomsg")
     kind = ""
     if (info := attrs.get(IFLA_LINKINFO)) is not None:
         kind = _string(attributes(info, 0).get(IFLA_INFO_KIND))
-    address = attrs.get(IFLA_ADDRESS) or b""
     return LinkInfo(index=index, name=_string(attrs.get(IFLA_IFNAME)), kind=kind,
-                    mac=":".join(f"{b:02x}" for b in address), mtu=_u32(attrs.get(IFLA_MTU)),
+                    mac=_mac(attrs.get(IFLA_ADDRESS)), mtu=_u32(attrs.get(IFLA_MTU)),
                     up=bool(flags & IFF_UP), master=_u32(attrs.get(IFLA_MASTER)))
 
 
@@ -294,9 +302,7 @@ class VxlanInfo:
 
 def decode_vxlan(payload: bytes) -> VxlanInfo | None:
     """The VXLAN settings of an RTM_NEWLINK; None for another kind of link."""
-    if len(payload) < _IFINFOMSG.size:
-        raise DecodeError("short ifinfomsg")
-    info = attributes(payload, _IFINFOMSG.size).get(IFLA_LINKINFO)
+    info = _fixed(payload, _IFINFOMSG, "ifinfomsg")[1].get(IFLA_LINKINFO)
     if info is None:
         return None
     nested = attributes(info, 0)
@@ -326,15 +332,12 @@ class NeighbourInfo:
 
 
 def decode_neighbour(payload: bytes) -> NeighbourInfo:
-    if len(payload) < _NDMSG.size:
-        raise DecodeError("short ndmsg")
-    _, index, state, flags, _ = _NDMSG.unpack_from(payload)
-    attrs = attributes(payload, _NDMSG.size)
+    (_, index, state, flags, _), attrs = _fixed(payload, _NDMSG, "ndmsg")
     dst = attrs.get(NDA_DST)
     if dst is not None and len(dst) not in (4, 16):
         raise DecodeError(f"an FDB destination of {len(dst)} bytes")
     return NeighbourInfo(index=index, state=state, flags=flags,
-                         mac=":".join(f"{b:02x}" for b in attrs.get(NDA_LLADDR) or b""),
+                         mac=_mac(attrs.get(NDA_LLADDR)),
                          dst=ipaddress.ip_address(dst) if dst else None,
                          master=_u32(attrs.get(NDA_MASTER)))
 
@@ -347,10 +350,7 @@ class AddressInfo:
 
 def decode_address(payload: bytes) -> AddressInfo | None:
     """None for an address of neither family, or without one."""
-    if len(payload) < _IFADDRMSG.size:
-        raise DecodeError("short ifaddrmsg")
-    family, prefixlen, _, _, index = _IFADDRMSG.unpack_from(payload)
-    attrs = attributes(payload, _IFADDRMSG.size)
+    (family, prefixlen, _, _, index), attrs = _fixed(payload, _IFADDRMSG, "ifaddrmsg")
     packed = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
     if packed is None or family not in (AF_INET, AF_INET6):
         return None
@@ -374,12 +374,10 @@ class RouteInfo:
 
 def decode_route(payload: bytes) -> RouteInfo | None:
     """None for a route of neither IP family."""
-    if len(payload) < _RTMSG.size:
-        raise DecodeError("short rtmsg")
-    family, dst_len, _, _, table, protocol, scope, kind, _ = _RTMSG.unpack_from(payload)
+    (family, dst_len, _, _, table, protocol, scope, kind, _), attrs = _fixed(
+        payload, _RTMSG, "rtmsg")
     if family not in (AF_INET, AF_INET6):
         return None
-    attrs = attributes(payload, _RTMSG.size)
     if (raw_table := attrs.get(RTA_TABLE)) is not None:
         table = _u32(raw_table)
     raw_dst = attrs.get(RTA_DST)
