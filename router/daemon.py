@@ -63,6 +63,7 @@ from router.ipam.service import IpamService, allocator_config
 from router.kernel.netlink import open_netlink_port
 from router.kernel.netns import resolve_netns
 from router.kernel.nft_cli import nft_binary, open_nft
+from router.kernel.nft_events import NftEvents, open_nft_events
 from router.kernel.plumbing import BRIDGE_NAME, reset_plan
 from router.kernel.port import DeleteLink, KernelPort, NetnsState, OverlayPort, execute
 from router.kernel.route_overlap import check_range_free
@@ -184,11 +185,15 @@ class Router:
                                              on_released=self._containers_vanished))
         self.cni = None if kernel is None else CniService(pods or kernel, store, self.ipam)
         self.host_access: HostService | None = None  # expose/hide, the router's nft table
+        self.nft_events: NftEvents | None = None  # tells the tables' owners of nft changes
         if kernel is not None:
             nft, problem = open_nft()
+            if nft is not None:
+                self.nft_events = open_nft_events()
             self.host_access = HostService(kernel, nft, store, self.ipam,
                                            port=config.mesh.port,
-                                           universe=config.ipalloc_range, nft_problem=problem)
+                                           universe=config.ipalloc_range, nft_problem=problem,
+                                           events=self.nft_events)
         # /metrics; DNS and fastdp add their gauges with ``self.metrics.add_source``.
         self.metrics = RouterCollector(self.snapshot)
 
@@ -244,6 +249,8 @@ class Router:
             with scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.sleeve.run)
+                    if self.nft_events is not None:
+                        await nursery.start(self.nft_events.run)
                     if self.host_access is not None:  # the bridge exists: protect it
                         await nursery.start(self.host_access.run)
                     if self.fastdp is not None:  # after the bridge, before any peer
@@ -290,7 +297,8 @@ class Router:
             return
         keep = [] if self.config.mesh.password is None else [
             (GUARD_TABLE, guard_commands(config.port, self.config.mesh.trusted_subnets))]
-        runner.enable(config, FastdpService(self._overlay, config, nft=nft, keep=keep))
+        runner.enable(config, FastdpService(self._overlay, config, nft=nft, keep=keep,
+                                                   events=self.nft_events))
         log.info("fastdp: %s on %s (local %s, VNI %#x, UDP %d, mtu %d)", config.name,
                  config.bridge, local, config.vni, config.port, config.mtu)
 

@@ -4,9 +4,10 @@ nftables table (rules in ``rules.py``).
 1. **start**   the exposed addresses are the IPv4 addresses on the bridge (they outlive a
    router restart, as the bridge does); whether each is masqueraded is persisted (store
    meta ``expose``). The table ``inet weave-router`` is installed in one transaction.
-2. **watch**   every ``check_interval`` seconds the table is read back; if a chain or rule
-   of ours is missing (``nft flush ruleset``, a firewall reload), the whole table is put
-   back and a warning logged.
+2. **watch**   the table is read back whenever nftables changes in the namespace
+   (``kernel/nft_events.py``; else every ``check_interval`` seconds) and every
+   ``SAFETY_INTERVAL``; if a chain or rule of ours is missing (``nft flush ruleset``, a
+   firewall reload), the whole table is put back and a warning logged.
 3. **expose**  addresses from IPAM (ident ``weave:expose``, not a container's, so the
    vanished-container check never frees them) or as given; added to the bridge, then the
    table is rebuilt. **hide** does the reverse.
@@ -32,6 +33,7 @@ from router.host.rules import TABLE, Exposure, HostRules, table_commands
 from router.ipam import NotFoundError
 from router.ipam.service import IpamService
 from router.kernel.nft import NftPort, commands_view
+from router.kernel.nft_events import NftEvents
 from router.kernel.plumbing import BRIDGE_NAME, Attachment
 from router.kernel.port import AddAddress, DeleteAddress, KernelPort
 from router.store import Store
@@ -40,7 +42,8 @@ log = logging.getLogger("weave-router.host")
 
 EXPOSE_IDENT = "weave:expose"  # Weave's IPAM ident (and ps name) for the host's addresses
 META_KEY = "expose"  # store meta: {"CIDR": masquerade, ...}
-CHECK_INTERVAL = 1.0  # seconds between reads of our table (a flush is undone this fast)
+CHECK_INTERVAL = 1.0  # seconds between reads of our table when nftables cannot tell us
+SAFETY_INTERVAL = 60.0  # seconds between reads when it can (kernel/nft_events.py)
 _DELETED = re.compile(r"(\d+) flow entries have been deleted")
 
 
@@ -50,7 +53,8 @@ class HostService:
     def __init__(self, kernel: KernelPort, nft: NftPort | None, store: Store,
                  ipam: IpamService | None, *, port: int,
                  universe: ipaddress.IPv4Network | None, bridge: str = BRIDGE_NAME,
-                 check_interval: float = CHECK_INTERVAL, nft_problem: str = "") -> None:
+                 check_interval: float = CHECK_INTERVAL, nft_problem: str = "",
+                 events: NftEvents | None = None) -> None:
         self._kernel = kernel
         self._nft = nft
         self._store = store
@@ -59,6 +63,7 @@ class HostService:
         self._bridge = bridge
         self._port = port
         self._interval = check_interval
+        self._events = events  # None: read the table back every check_interval seconds
         self._nft_problem = nft_problem
         self._exposures: dict[ipaddress.IPv4Interface, bool] = {}
         self._lock = trio.Lock()
@@ -80,8 +85,12 @@ class HostService:
         async with self._lock:
             await self._install()
         task_status.started()
+        seen = 0 if self._events is None else self._events.generation
         while True:
-            await trio.sleep(self._interval)
+            if self._events is None:
+                await trio.sleep(self._interval)
+            else:  # nftables changed (maybe us: the read then finds nothing to do)
+                seen = await self._events.wait(seen, SAFETY_INTERVAL)
             try:
                 await self.check()
             except KernelError as exc:  # nft broken for a moment: try again next time

@@ -2,6 +2,7 @@
 
 * Only drivers await: trio, sockets and pyroute2 are imported only by ``service.py``,
   ``daemon.py``, ``kernel/netlink.py``, ``kernel/nft_cli.py`` (the nft binary),
+  ``kernel/nft_events.py`` (nftables change notifications),
   ``control/``, ``network/`` and ``testing/``.
 * Sans-IO cores never read a clock: time comes in as ``now``.
 * Only ``router/dataplane/backend.py`` imports the compiled extension.
@@ -28,7 +29,8 @@ def _sources() -> list[Path]:
 def _is_driver(path: Path) -> bool:
     rel = path.relative_to(ROUTER)
     return (path.name in DRIVER_FILES or rel.parts[0] in DRIVER_DIRS
-            or rel.as_posix() in ("kernel/netlink.py", "kernel/nft_cli.py"))
+            or rel.as_posix() in ("kernel/netlink.py", "kernel/nft_cli.py",
+                                    "kernel/nft_events.py"))
 
 
 def _imports(tree: ast.AST) -> set[str]:

@@ -13,7 +13,9 @@ through an :class:`~router.kernel.port.OverlayPort`. Its loop, one pass at a tim
    keep its frames there (the kernel ages it only after 300 s);
 5. with an nftables port (``nft``), check the bridge filter table is there and whole, and
    put it back if not (``nft flush ruleset``, a deleted chain): fastdp without it would
-   carry frames twice;
+   carry frames twice. With ``events`` (``kernel/nft_events.py``) only after nftables
+   changed (which also starts a pass at once) or ``FILTER_SAFETY`` seconds; without, on
+   every pass;
 6. wait until :meth:`FastdpService.set_peers`, :meth:`FastdpService.set_macs` or
    :meth:`FastdpService.set_heartbeats` change the inputs, or ``resync`` seconds pass: the
    periodic pass re-creates what someone else deleted or changed (``ip link del
@@ -39,6 +41,7 @@ from router.errors import KernelError
 from router.kernel.bridge_filter import TABLE, filter_commands
 from router.kernel.nft import Command, NftPort, TableRef, commands_view
 from router.kernel.nft_cli import NftCli
+from router.kernel.nft_events import NftEvents
 from router.kernel.port import OverlayOp, OverlayPort
 from router.overlay.fastdp.plan import (
     LocalConfig,
@@ -54,6 +57,7 @@ log = logging.getLogger("weave-router.fastdp")
 
 RESYNC_INTERVAL = 10.0  # seconds between passes when nothing changes
 RETRY_INTERVAL = 1.0  # seconds before the next pass after a kernel failure
+FILTER_SAFETY = 60.0  # seconds between filter reads while nftables reports no change
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,15 @@ class FastdpService:
     def __init__(self, port: OverlayPort, config: LocalConfig, *,
                  resync: float = RESYNC_INTERVAL, retry: float = RETRY_INTERVAL,
                  nft: NftPort | None = None,
-                 keep: Sequence[tuple[TableRef, Sequence[Command]]] = ()) -> None:
+                 keep: Sequence[tuple[TableRef, Sequence[Command]]] = (),
+                 events: NftEvents | None = None) -> None:
         self._port = port
         self._config = config
         self._nft = nft  # None: the filter is not ours to keep (tests without nftables)
         self._keep = tuple(keep)  # more nftables tables kept whole beside the bridge filter
+        self._events = events  # None: the filter is read on every pass
+        self._filter_due = True  # nftables changed since the filter was last read
+        self._filter_read_at = -float("inf")
         self._resync = resync
         self._retry = retry
         self._peers: dict[str, ipaddress.IPv4Address] = {}
@@ -118,10 +126,20 @@ class FastdpService:
         """Converge once, report started, then converge on every change and resync."""
         ok = await self.converge()
         task_status.started()
+        async with trio.open_nursery() as nursery:
+            if self._events is not None:
+                nursery.start_soon(self._hear_nft, self._events)
+            while True:
+                with trio.move_on_after(self._resync if ok else self._retry):
+                    await self._changed.wait()
+                ok = await self.converge()
+
+    async def _hear_nft(self, events: NftEvents) -> None:
+        seen = events.generation
         while True:
-            with trio.move_on_after(self._resync if ok else self._retry):
-                await self._changed.wait()
-            ok = await self.converge()
+            seen = await events.wait(seen, float("inf"))
+            self._filter_due = True
+            self._changed.set()
 
     async def converge(self) -> bool:
         """One pass: read, diff, apply. False if the kernel refused (counted, not raised)."""
@@ -181,16 +199,27 @@ class FastdpService:
         whole if missing or changed."""
         if self._nft is None:
             return
+        now = trio.current_time()
+        if (self._events is not None and not self._filter_due
+                and now - self._filter_read_at < FILTER_SAFETY):
+            return
+        self._filter_due = False  # a change heard from here on asks for another read
+        self._filter_read_at = now
         tables = ((TABLE, filter_commands(self._config.name, self._config.tap)), *self._keep)
         self._stats = replace(self._stats, filter_checks=self._stats.filter_checks + 1)
-        for table, commands in tables:
-            view = await self._nft.read_table(table)
-            if view == commands_view(commands):
-                continue
-            await self._nft.replace_table(table, commands)
-            self._stats = replace(self._stats, filter_repairs=self._stats.filter_repairs + 1)
-            log.warning("fastdp nftables table %s was %s: put back", table,
-                        "removed" if view is None else "changed")
+        try:
+            for table, commands in tables:
+                view = await self._nft.read_table(table)
+                if view == commands_view(commands):
+                    continue
+                await self._nft.replace_table(table, commands)
+                self._stats = replace(self._stats,
+                                      filter_repairs=self._stats.filter_repairs + 1)
+                log.warning("fastdp nftables table %s was %s: put back", table,
+                            "removed" if view is None else "changed")
+        except KernelError:
+            self._filter_due = True  # read again on the retry
+            raise
 
     async def _pins(self, port: str) -> frozenset[str]:
         try:
