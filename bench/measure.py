@@ -170,12 +170,16 @@ def stop_process(proc: subprocess.Popen[str]) -> None:
             proc.wait(5.0)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid`` (all its threads); OSError if it
-    is gone."""
+def process_cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds used so far by ``pid`` (all its threads; with
+    ``children``, also its children it waited for: the ``nft`` runs of a router); OSError
+    if it is gone."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rpartition(")")[2].split()  # fields from 3 (state) on
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16, 17)
+    return ticks / _CLK_TCK
 
 
 def rss_kib(pid: int) -> int:
