@@ -67,17 +67,29 @@ class NftEvents:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Hear notifications until cancelled (then the socket is closed)."""
+        """Hear notifications until cancelled (then the socket is closed). A socket error
+        other than lost notifications ends the listening, not the router: the owners then
+        read their tables on their safety interval only (logged)."""
         task_status.started()
         try:
             while True:
                 await trio.lowlevel.wait_readable(self._sock)
-                if self._drain():
-                    self.generation += 1
-                    self._bumped.set()
-                    self._bumped = trio.Event()
+                try:
+                    heard = self._drain()
+                except OSError as exc:
+                    log.error("nftables notifications stopped (%s): tables are read back"
+                              " only every minute", exc.strerror or exc)
+                    self._bump()
+                    return
+                if heard:
+                    self._bump()
         finally:
             self.close()
+
+    def _bump(self) -> None:
+        self.generation += 1
+        self._bumped.set()
+        self._bumped = trio.Event()
 
     def _drain(self) -> bool:
         """Read everything waiting; True if anything was heard (or lost)."""

@@ -15,6 +15,7 @@ class FakeNft:
         self.tables: dict[TableRef, TableView] = {}
         self.commands: dict[TableRef, list[Command]] = {}
         self.replaced = 0  # replace_table calls that succeeded
+        self.reads = 0  # read_table calls (each an nft process on a real host)
         self.fail = False  # every call raises KernelError (nft broken)
 
     def _check(self) -> None:
@@ -29,6 +30,7 @@ class FakeNft:
 
     async def read_table(self, table: TableRef) -> TableView | None:
         self._check()
+        self.reads += 1
         return self.tables.get(table)
 
     async def delete_table(self, table: TableRef) -> bool:

@@ -5,6 +5,7 @@ masquerade flags surviving a restart; and the CLI's argument errors for expose/h
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import trio
 from cli.main import main
 from router.errors import ConfigError
 from router.host.rules import TABLE, Exposure, HostRules, networks, table_commands
-from router.host.service import EXPOSE_IDENT, HostService
+from router.host.service import EXPOSE_IDENT, SAFETY_INTERVAL, HostService
 from router.kernel.fake import FakeKernel
 from router.kernel.nft import commands_view, parse_listing, replace_batch
+from router.kernel.nft_events import NftEvents
 from router.kernel.nft_fake import FakeNft
 from router.kernel.port import AddAddress, AddBridge, SetUp
 from router.store import Store
@@ -133,6 +135,31 @@ async def test_a_flushed_table_or_chain_is_put_back(store: Store, nursery: trio.
     nft.fail = False
     await trio.sleep(0.6)
     assert await service.check() is False
+
+
+async def test_with_nft_events_the_table_is_read_only_when_nftables_changed(
+        store: Store, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+    """Told of nftables changes (a socketpair stands in for the netlink group), the
+    service reads its table when told, and otherwise only every SAFETY_INTERVAL."""
+    nft = FakeNft()
+    ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    events = NftEvents(ours)
+    service = HostService(await _kernel(), nft, store, None, port=6783, universe=None,
+                          check_interval=0.5, events=events)
+    await nursery.start(events.run)
+    await nursery.start(service.run)
+    want = nft.tables[TABLE]
+    await trio.sleep(30.0)
+    assert nft.reads == 0  # not every check_interval: nothing changed
+    nft.flush_ruleset()
+    kernels.send(b"notification")
+    await trio.sleep(0.01)
+    assert nft.tables[TABLE] == want and service.counters["restored"] == 1
+    reads = nft.reads
+    await trio.sleep(SAFETY_INTERVAL)
+    assert nft.reads == reads + 1  # the safety read
+    kernels.close()
 
 
 async def test_masquerade_flags_survive_a_restart(store: Store) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import socket
 
 import trio
 import trio.testing
 
 from router.kernel.bridge_filter import TABLE
 from router.kernel.fake import FakeKernel
+from router.kernel.nft_events import NftEvents
 from router.kernel.nft_fake import FakeNft
 from router.kernel.port import (
     FLOOD_MAC,
@@ -27,7 +29,7 @@ from router.kernel.port import (
 from router.kernel.vxlan_guard import TABLE as GUARD
 from router.kernel.vxlan_guard import guard_commands
 from router.overlay.fastdp.plan import LocalConfig, heartbeat_mac
-from router.overlay.fastdp.service import FastdpService, FastdpStatistics
+from router.overlay.fastdp.service import FILTER_SAFETY, FastdpService, FastdpStatistics
 
 LOCAL = ipaddress.IPv4Address("192.168.1.1")
 PEER_B = ipaddress.IPv4Address("192.168.1.2")
@@ -220,3 +222,33 @@ async def test_an_op_refused_on_every_pass_keeps_nothing_else_out(
         assert stats.errors >= 3 and "File exists" in (stats.last_error or "")
         assert stats.filter_checks == stats.passes and TABLE in nft.tables
         nursery.cancel_scope.cancel()
+
+
+async def test_with_nft_events_the_filter_is_read_only_when_nftables_changed(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Told of nftables changes (here by a socketpair standing in for the netlink group),
+    the service reads the filter when told, at once, and otherwise only every
+    FILTER_SAFETY seconds: its 10 s passes run no nft."""
+    kernel, nft = await kernel_with_bridge(), FakeNft()
+    ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    events = NftEvents(ours)
+    service = FastdpService(kernel, LocalConfig(local=LOCAL, mtu=1376), resync=10.0, nft=nft,
+                            events=events)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(events.run)
+        await nursery.start(service.run)
+        assert TABLE in nft.tables and service.statistics().filter_checks == 1
+        service.set_peers({"b": PEER_B})
+        await trio.sleep(45.0)  # a change and four resyncs: no change of nftables heard
+        stats = service.statistics()
+        assert stats.passes >= 5 and stats.filter_checks == 1, stats
+        nft.flush_ruleset()
+        kernels.send(b"notification")
+        await trio.sleep(0.01)  # at once, not at the next resync
+        stats = service.statistics()
+        assert TABLE in nft.tables and stats.filter_repairs == 2 and stats.filter_checks == 2
+        await trio.sleep(FILTER_SAFETY)  # the safety read comes anyway
+        assert service.statistics().filter_checks == 3
+        nursery.cancel_scope.cancel()
+    kernels.close()
