@@ -114,6 +114,6 @@ def open_nft_events() -> NftEvents | None:
     try:
         return NftEvents.open()
     except OSError as exc:
-        log.warning("cannot listen for nftables changes (%s): reading tables back each second",
+        log.warning("cannot listen for nftables changes (%s): reading tables back on a timer",
                     exc.strerror or exc)
         return None
