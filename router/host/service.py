@@ -33,7 +33,7 @@ from router.host.rules import TABLE, Exposure, HostRules, table_commands
 from router.ipam import NotFoundError
 from router.ipam.service import IpamService
 from router.kernel.nft import NftPort, commands_view
-from router.kernel.nft_events import NftEvents
+from router.kernel.nft_events import SAFETY_INTERVAL, NftEvents
 from router.kernel.plumbing import BRIDGE_NAME, Attachment
 from router.kernel.port import AddAddress, DeleteAddress, KernelPort
 from router.store import Store
@@ -43,7 +43,6 @@ log = logging.getLogger("weave-router.host")
 EXPOSE_IDENT = "weave:expose"  # Weave's IPAM ident (and ps name) for the host's addresses
 META_KEY = "expose"  # store meta: {"CIDR": masquerade, ...}
 CHECK_INTERVAL = 1.0  # seconds between reads of our table when nftables cannot tell us
-SAFETY_INTERVAL = 60.0  # seconds between reads when it can (kernel/nft_events.py)
 _DELETED = re.compile(r"(\d+) flow entries have been deleted")
 
 

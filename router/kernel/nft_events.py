@@ -30,6 +30,7 @@ NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
 RECEIVE_BUFFER = 1 << 20  # bytes: a flush of a big ruleset is heard without loss
 READ_SIZE = 1 << 16
+SAFETY_INTERVAL = 60.0  # seconds between the owners' reads while nothing is heard
 
 
 class NftEvents:
@@ -38,7 +39,6 @@ class NftEvents:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.generation = 0
-        self.lost = 0  # times the kernel dropped notifications (ENOBUFS): counted as changes
         self._bumped = trio.Event()
 
     @classmethod
@@ -103,7 +103,6 @@ class NftEvents:
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                self.lost += 1
                 log.debug("nftables notifications lost (ENOBUFS): tables will be read back")
             heard = True
 

@@ -15,10 +15,10 @@ import trio
 from cli.main import main
 from router.errors import ConfigError
 from router.host.rules import TABLE, Exposure, HostRules, networks, table_commands
-from router.host.service import EXPOSE_IDENT, SAFETY_INTERVAL, HostService
+from router.host.service import EXPOSE_IDENT, HostService
 from router.kernel.fake import FakeKernel
 from router.kernel.nft import commands_view, parse_listing, replace_batch
-from router.kernel.nft_events import NftEvents
+from router.kernel.nft_events import SAFETY_INTERVAL, NftEvents
 from router.kernel.nft_fake import FakeNft
 from router.kernel.port import AddAddress, AddBridge, SetUp
 from router.store import Store

@@ -13,7 +13,7 @@ import trio.testing
 
 from router.kernel.bridge_filter import TABLE
 from router.kernel.fake import FakeKernel
-from router.kernel.nft_events import NftEvents
+from router.kernel.nft_events import SAFETY_INTERVAL, NftEvents
 from router.kernel.nft_fake import FakeNft
 from router.kernel.port import (
     FLOOD_MAC,
@@ -29,7 +29,7 @@ from router.kernel.port import (
 from router.kernel.vxlan_guard import TABLE as GUARD
 from router.kernel.vxlan_guard import guard_commands
 from router.overlay.fastdp.plan import LocalConfig, heartbeat_mac
-from router.overlay.fastdp.service import FILTER_SAFETY, FastdpService, FastdpStatistics
+from router.overlay.fastdp.service import FastdpService, FastdpStatistics
 
 LOCAL = ipaddress.IPv4Address("192.168.1.1")
 PEER_B = ipaddress.IPv4Address("192.168.1.2")
@@ -228,7 +228,7 @@ async def test_with_nft_events_the_filter_is_read_only_when_nftables_changed(
         autojump_clock: trio.testing.MockClock) -> None:
     """Told of nftables changes (here by a socketpair standing in for the netlink group),
     the service reads the filter when told, at once, and otherwise only every
-    FILTER_SAFETY seconds: its 10 s passes run no nft."""
+    SAFETY_INTERVAL seconds: its 10 s passes run no nft."""
     kernel, nft = await kernel_with_bridge(), FakeNft()
     ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setblocking(False)
@@ -248,7 +248,7 @@ async def test_with_nft_events_the_filter_is_read_only_when_nftables_changed(
         await trio.sleep(0.01)  # at once, not at the next resync
         stats = service.statistics()
         assert TABLE in nft.tables and stats.filter_repairs == 2 and stats.filter_checks == 2
-        await trio.sleep(FILTER_SAFETY)  # the safety read comes anyway
+        await trio.sleep(SAFETY_INTERVAL)  # the safety read comes anyway
         assert service.statistics().filter_checks == 3
         nursery.cancel_scope.cancel()
     kernels.close()

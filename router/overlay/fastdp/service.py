@@ -14,7 +14,7 @@ through an :class:`~router.kernel.port.OverlayPort`. Its loop, one pass at a tim
 5. with an nftables port (``nft``), check the bridge filter table is there and whole, and
    put it back if not (``nft flush ruleset``, a deleted chain): fastdp without it would
    carry frames twice. With ``events`` (``kernel/nft_events.py``) only after nftables
-   changed (which also starts a pass at once) or ``FILTER_SAFETY`` seconds; without, on
+   changed (which also starts a pass at once) or ``SAFETY_INTERVAL`` seconds; without, on
    every pass;
 6. wait until :meth:`FastdpService.set_peers`, :meth:`FastdpService.set_macs` or
    :meth:`FastdpService.set_heartbeats` change the inputs, or ``resync`` seconds pass: the
@@ -41,7 +41,7 @@ from router.errors import KernelError
 from router.kernel.bridge_filter import TABLE, filter_commands
 from router.kernel.nft import Command, NftPort, TableRef, commands_view
 from router.kernel.nft_cli import NftCli
-from router.kernel.nft_events import NftEvents
+from router.kernel.nft_events import SAFETY_INTERVAL, NftEvents
 from router.kernel.port import OverlayOp, OverlayPort
 from router.overlay.fastdp.plan import (
     LocalConfig,
@@ -57,7 +57,6 @@ log = logging.getLogger("weave-router.fastdp")
 
 RESYNC_INTERVAL = 10.0  # seconds between passes when nothing changes
 RETRY_INTERVAL = 1.0  # seconds before the next pass after a kernel failure
-FILTER_SAFETY = 60.0  # seconds between filter reads while nftables reports no change
 
 
 @dataclass(frozen=True)
@@ -91,8 +90,8 @@ class FastdpService:
         self._nft = nft  # None: the filter is not ours to keep (tests without nftables)
         self._keep = tuple(keep)  # more nftables tables kept whole beside the bridge filter
         self._events = events  # None: the filter is read on every pass
-        self._filter_due = True  # nftables changed since the filter was last read
-        self._filter_read_at = -float("inf")
+        self._filter_read: tuple[int, float] | None = None  # (generation, time) of the
+        # last read that found every table whole or put it back; None: none yet
         self._resync = resync
         self._retry = retry
         self._peers: dict[str, ipaddress.IPv4Address] = {}
@@ -138,8 +137,7 @@ class FastdpService:
         seen = events.generation
         while True:
             seen = await events.wait(seen, float("inf"))
-            self._filter_due = True
-            self._changed.set()
+            self._changed.set()  # the pass reads the filter: the generation moved
 
     async def converge(self) -> bool:
         """One pass: read, diff, apply. False if the kernel refused (counted, not raised)."""
@@ -200,26 +198,22 @@ class FastdpService:
         if self._nft is None:
             return
         now = trio.current_time()
-        if (self._events is not None and not self._filter_due
-                and now - self._filter_read_at < FILTER_SAFETY):
+        generation = 0 if self._events is None else self._events.generation
+        if (self._events is not None and self._filter_read is not None
+                and self._filter_read[0] == generation
+                and now - self._filter_read[1] < SAFETY_INTERVAL):
             return
-        self._filter_due = False  # a change heard from here on asks for another read
-        self._filter_read_at = now
         tables = ((TABLE, filter_commands(self._config.name, self._config.tap)), *self._keep)
         self._stats = replace(self._stats, filter_checks=self._stats.filter_checks + 1)
-        try:
-            for table, commands in tables:
-                view = await self._nft.read_table(table)
-                if view == commands_view(commands):
-                    continue
-                await self._nft.replace_table(table, commands)
-                self._stats = replace(self._stats,
-                                      filter_repairs=self._stats.filter_repairs + 1)
-                log.warning("fastdp nftables table %s was %s: put back", table,
-                            "removed" if view is None else "changed")
-        except KernelError:
-            self._filter_due = True  # read again on the retry
-            raise
+        for table, commands in tables:  # a KernelError leaves _filter_read: read again
+            view = await self._nft.read_table(table)
+            if view == commands_view(commands):
+                continue
+            await self._nft.replace_table(table, commands)
+            self._stats = replace(self._stats, filter_repairs=self._stats.filter_repairs + 1)
+            log.warning("fastdp nftables table %s was %s: put back", table,
+                        "removed" if view is None else "changed")
+        self._filter_read = (generation, now)  # changes heard from here on ask for more
 
     async def _pins(self, port: str) -> frozenset[str]:
         try:
